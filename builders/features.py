@@ -1,0 +1,84 @@
+"""The VLFeedback data model: every column of every config is declared here and nowhere else."""
+
+from __future__ import annotations
+
+from datasets import Features, Image, List, Value
+
+ASPECTS: tuple[str, ...] = ("Helpfulness", "Visual Faithfulness", "Ethical Considerations")
+"""The three GPT-4V rating aspects, in the paper's order."""
+
+RATING_RANGE: tuple[int, int] = (1, 5)
+
+ANNOTATION = {"Rating": Value("int8"), "Rationale": Value("string")}
+"""One aspect's judgement: ``Rating`` is 1–5, or null when the judge's string did not parse."""
+
+COMPLETION = {
+    "model": Value("string"),
+    "response": Value("string"),
+    "annotations": {aspect: ANNOTATION for aspect in ASPECTS},
+}
+
+RAW_FEATURES = Features(
+    {
+        "id": Value("string"),
+        "source": Value("string"),
+        "image": Image(),
+        "prompt": Value("string"),
+        "models": List(Value("string")),
+        "completions": List(COMPLETION),
+    }
+)
+"""The ``raw`` config: one row per instruction, as published, typed; ``image`` holds the original JPEG bytes."""
+
+CONTENT_PART = {"type": Value("string"), "text": Value("string")}
+MESSAGE = {"role": Value("string"), "content": List(CONTENT_PART)}
+RATINGS = {aspect: Value("int8") for aspect in ASPECTS}
+
+PAIR_FEATURES = Features(
+    {
+        "id": Value("string"),
+        "source": Value("string"),
+        "images": List(Image()),
+        "prompt": List(MESSAGE),
+        "chosen": List(MESSAGE),
+        "rejected": List(MESSAGE),
+        "chosen_model": Value("string"),
+        "rejected_model": Value("string"),
+        "chosen_ratings": RATINGS,
+        "rejected_ratings": RATINGS,
+        "chosen_score": Value("float32"),
+        "rejected_score": Value("float32"),
+        "margin": Value("float32"),
+    }
+)
+"""A pairing config: one row per preference pair, in TRL's conversational vision format, with provenance."""
+
+SOURCE_PREFIXES: dict[str, str] = {
+    "llava-med": "LLaVA-Med",
+    "llavamed": "LLaVA-Med",
+    "llavar": "LLaVAR",
+    "llava": "LLaVA",
+    "svit": "SVIT",
+    "lrv": "LRV",
+    "comvint": "ComVint",
+    "pmc-vqa": "PMC-VQA",
+    "pmcvqa": "PMC-VQA",
+    "m3it": "M3IT",
+    "pca-eval": "PCA-EVAL",
+    "pca": "PCA-EVAL",
+    "rtvlm": "RTVLM",
+    "vlsafe": "VLSafe",
+}
+"""Known id prefixes of the original release (and the kit's own sources) mapped to source names."""
+
+_PREFIXES_LONGEST_FIRST = sorted(SOURCE_PREFIXES, key=len, reverse=True)
+
+
+def source_of(row_id: str) -> str:
+    """The instruction source encoded in an id (``svit-conversation-1219`` → ``SVIT``); unknown prefixes pass through."""
+    lowered = row_id.lower()
+    for prefix in _PREFIXES_LONGEST_FIRST:
+        if lowered.startswith(prefix) and (len(lowered) == len(prefix) or not lowered[len(prefix)].isalpha()):
+            return SOURCE_PREFIXES[prefix]
+    head = row_id.split("-", 1)[0].split("_", 1)[0]
+    return head or "unknown"

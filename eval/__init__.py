@@ -1,0 +1,1 @@
+"""eval: benchmark scoring and base-vs-Silkie comparisons."""

@@ -1,0 +1,1 @@
+"""spaces: the Gradio Space comparing Silkie with its base."""
