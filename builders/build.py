@@ -1,0 +1,279 @@
+"""``vlfeedback build``: stream an input release into a Hub-ready dataset folder with one Parquet config per policy.
+
+Layout written (a complete Hub dataset repo)::
+
+    DIR/README.md                    card whose YAML declares every config (raw, pairs, extra pairing configs)
+    DIR/data/<config>/<split>-*.parquet
+    DIR/pairing_policies.json        each pairing config's policy, fingerprint and counts
+    DIR/build_report.json            read = kept + rejected, reasons, nulled ratings, throughput
+    DIR/rejects.jsonl                every rejected input row with its line, id, reason and the fix
+
+Memory stays flat: rows flow in batches of ``batch_size`` through validation, the ``raw`` writer and every pairing
+policy, and nothing but the seen-id set grows with the input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from builders.errors import UserError
+from builders.features import ASPECTS, PAIR_FEATURES, RAW_FEATURES
+from builders.pairing import PRESETS, PairingPolicy, materialize_pairs, merge_counts, response_table, select_pairs
+from builders.sources import Record, open_source
+from builders.validate import REJECT_REASONS, Reject, RowStats, canonical_row, check_image
+from builders.writer import DEFAULT_MAX_SHARD_BYTES, PAIR_ROW_GROUP_ROWS, RAW_ROW_GROUP_ROWS, ShardWriter
+
+REPORT_FILE = "build_report.json"
+REJECTS_FILE = "rejects.jsonl"
+POLICIES_FILE = "pairing_policies.json"
+RAW_CONFIG = "raw"
+PAIRS_CONFIG = "pairs"
+
+
+@dataclass
+class BuildOptions:
+    """Everything ``build`` needs; the CLI flags map one to one."""
+
+    source: str
+    out_dir: Path
+    policies: dict[str, PairingPolicy] = field(default_factory=lambda: {PAIRS_CONFIG: PRESETS[PAIRS_CONFIG]})
+    revision: str | None = None
+    max_reject_rate: float = 0.05
+    eval_fraction: float = 0.0
+    eval_seed: int = 42
+    verify_images: str = "header"
+    batch_size: int = 256
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.out_dir = Path(self.out_dir)
+        if RAW_CONFIG in self.policies:
+            raise UserError(f"'{RAW_CONFIG}' is the instruction-level config; give the pairing config another name")
+        if PAIRS_CONFIG not in self.policies:
+            self.policies = {PAIRS_CONFIG: PRESETS[PAIRS_CONFIG], **self.policies}
+        if not 0 <= self.max_reject_rate <= 1:
+            raise UserError("--max-reject-rate must be between 0 and 1 (e.g. 0.05 for 5%)")
+        if not 0 <= self.eval_fraction < 1:
+            raise UserError("--eval-fraction must be in [0, 1) (the paper held out 0.005)")
+        if self.verify_images not in ("header", "decode"):
+            raise UserError("--verify-images must be 'header' or 'decode'")
+
+
+def split_of(row_ids: list[str], fraction: float, seed: int) -> list[str]:
+    """Assign instructions to ``train``/``test`` by a seeded hash of the id: stable as the dataset grows."""
+    if fraction <= 0:
+        return ["train"] * len(row_ids)
+    threshold = int(fraction * 2**64)
+    return [
+        "test" if int.from_bytes(hashlib.blake2b(f"{seed}:{i}".encode(), digest_size=8).digest(), "big") < threshold
+        else "train"
+        for i in row_ids
+    ]
+
+
+class _Report:
+    """Running counts; ``read == kept + rejected`` by construction."""
+
+    def __init__(self, rejects_path: Path) -> None:
+        self.read = self.kept = self.rejected = 0
+        self.reasons: dict[str, int] = {}
+        self.null_ratings = dict.fromkeys(ASPECTS, 0)
+        self._rejects = rejects_path.open("w", encoding="utf-8")
+
+    def reject(self, record: Record, reason: str, detail: str) -> None:
+        self.rejected += 1
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+        row = record.row if isinstance(record.row, dict) else None
+        entry = {
+            "file": record.where,
+            "line": record.line,
+            "id": row.get("id") if row else None,
+            "reason": reason,
+            "detail": detail,
+            "fix": REJECT_REASONS.get(reason, ""),
+            "row": row if row is not None else record.raw_text,
+        }
+        self._rejects.write(json.dumps(entry, ensure_ascii=False, default=repr) + "\n")
+
+    def close(self) -> None:
+        self._rejects.close()
+
+
+def _canonical_rows(records, options: BuildOptions, report: _Report):
+    """Validated canonical rows; rejects are written to the report as they are met."""
+    seen: set[bytes] = set()
+    stats = RowStats()
+    for record in records:
+        report.read += 1
+        if record.error is not None:
+            report.reject(record, *record.error)
+            continue
+        try:
+            row = record.row
+            if not isinstance(row, dict):
+                raise Reject("invalid_json", f"expected a JSON object, got {type(row).__name__}")
+            row_id = row.get("id")
+            if record.image is None:
+                raise Reject("missing_image", f"no image found for id {row_id!r} ({record.image_name})")
+            check_image(record.image, options.verify_images)
+            canonical = canonical_row(row, record.image, record.image_name, stats)
+            key = hashlib.blake2b(canonical["id"].encode(), digest_size=12).digest()
+            if key in seen:
+                raise Reject("duplicate_id", f"id {canonical['id']!r} appeared earlier in the input")
+            seen.add(key)
+        except Reject as err:
+            report.reject(record, err.reason, err.detail)
+            continue
+        report.kept += 1
+        yield canonical
+    report.null_ratings = stats.null_ratings
+
+
+def _batches(rows, size: int):
+    batch = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def build(options: BuildOptions) -> dict:
+    """Build the Hub-ready folder; returns the report. Raises UserError when the input is unusable."""
+    from tqdm.auto import tqdm
+
+    out = options.out_dir
+    if out.exists() and any(out.iterdir()):
+        if not options.overwrite:
+            raise UserError(f"{out} exists and is not empty; pass --overwrite to replace it or choose another --out")
+    reader = open_source(options.source, options.revision)
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    started = time.perf_counter()
+
+    report = _Report(staging / REJECTS_FILE)
+    writers: dict[tuple[str, str], ShardWriter] = {}
+    pair_counts = {name: {} for name in options.policies}
+    split_counts: dict[str, dict[str, int]] = {name: {} for name in (RAW_CONFIG, *options.policies)}
+
+    def writer(config: str, split: str) -> ShardWriter:
+        if (config, split) not in writers:
+            raw = config == RAW_CONFIG
+            writers[config, split] = ShardWriter(
+                staging / "data" / config,
+                split,
+                RAW_FEATURES if raw else PAIR_FEATURES,
+                RAW_ROW_GROUP_ROWS if raw else PAIR_ROW_GROUP_ROWS,
+                dedupe_images=not raw,
+                max_shard_bytes=options.max_shard_bytes,
+            )
+        return writers[config, split]
+
+    schema = RAW_FEATURES.arrow_schema
+    bar = tqdm(desc="build", unit=" rows", disable=not options.progress)
+    try:
+        for batch in _batches(_canonical_rows(reader.records(), options, report), options.batch_size):
+            table = pa.Table.from_pylist(batch, schema=schema)
+            splits = split_of([r["id"] for r in batch], options.eval_fraction, options.eval_seed)
+            for split in sorted(set(splits)):
+                part = table.filter(pa.array([s == split for s in splits])) if len(set(splits)) > 1 else table
+                writer(RAW_CONFIG, split).write(part)
+                _add(split_counts[RAW_CONFIG], split, part.num_rows)
+                for name, policy in options.policies.items():
+                    selection = select_pairs(response_table(part, policy.seed), policy)
+                    merge_counts(pair_counts[name], selection.counts)
+                    pairs = materialize_pairs(part, selection)
+                    writer(name, split).write(pairs)
+                    _add(split_counts[name], split, pairs.num_rows)
+            bar.update(len(batch))
+    finally:
+        bar.close()
+        report.close()
+    files = {f"{config}/{split}": [p.relative_to(staging).as_posix() for p in w.close()] for (config, split), w in writers.items()}
+    elapsed = time.perf_counter() - started
+
+    result = {
+        "source": reader.describe(),
+        "revision": options.revision,
+        "read": report.read,
+        "kept": report.kept,
+        "rejected": report.rejected,
+        "reasons": dict(sorted(report.reasons.items())),
+        "reject_rate": report.rejected / report.read if report.read else 0.0,
+        "max_reject_rate": options.max_reject_rate,
+        "null_ratings": report.null_ratings,
+        "splits": split_counts,
+        "eval_fraction": options.eval_fraction,
+        "eval_seed": options.eval_seed,
+        "verify_images": options.verify_images,
+        "files": files,
+        "seconds": round(elapsed, 3),
+        "rows_per_second": round(report.read / elapsed, 1) if elapsed else None,
+    }
+    policies = {
+        name: {"policy": policy.to_dict(), "fingerprint": policy.fingerprint(), "counts": pair_counts[name],
+               "splits": split_counts[name]}
+        for name, policy in options.policies.items()
+    }
+    _write_json(staging / REPORT_FILE, result)
+    failed = _failure(result, options)
+    if failed:
+        _keep_report_only(staging, out)
+        raise UserError(f"{failed} See {out / REPORT_FILE} and {out / REJECTS_FILE}.")
+    _write_json(staging / POLICIES_FILE, policies)
+    write_card(staging)
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    return result
+
+
+def _failure(result: dict, options: BuildOptions) -> str | None:
+    if result["read"] == 0:
+        return f"the input {result['source']} holds no rows."
+    if result["kept"] == 0:
+        return f"all {result['read']} rows were rejected ({result['reasons']})."
+    if result["reject_rate"] > options.max_reject_rate:
+        return (
+            f"{result['rejected']} of {result['read']} rows rejected ({result['reject_rate']:.1%} > "
+            f"--max-reject-rate {options.max_reject_rate:.1%}): {result['reasons']}. Fix the input, or raise "
+            "--max-reject-rate if these rows should be dropped."
+        )
+    return None
+
+
+def _keep_report_only(staging: Path, out: Path) -> None:
+    """On failure, leave only the report and the rejects in ``out`` so nothing half-built looks usable."""
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    for name in (REPORT_FILE, REJECTS_FILE):
+        (staging / name).rename(out / name)
+    shutil.rmtree(staging)
+
+
+def _add(counts: dict[str, int], split: str, n: int) -> None:
+    counts[split] = counts.get(split, 0) + n
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def write_card(folder: Path) -> None:
+    """Render the dataset card (README.md with the ``configs`` YAML) from the folder's own records."""
+    from cards.dataset import render_dataset_card
+
+    render_dataset_card(folder).save(folder / "README.md")

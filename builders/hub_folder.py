@@ -1,0 +1,69 @@
+"""Reading and extending a Hub-ready folder written by ``vlfeedback build``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from builders.build import POLICIES_FILE, RAW_CONFIG, REPORT_FILE, write_card
+from builders.errors import UserError
+from builders.features import PAIR_FEATURES
+from builders.pairing import PairingPolicy, materialize_pairs, merge_counts, response_table, select_pairs
+from builders.writer import PAIR_ROW_GROUP_ROWS, ShardWriter
+
+
+def read_records(folder: Path) -> tuple[dict, dict]:
+    """The build report and the pairing-policy record of a built folder."""
+    report_path, policies_path = folder / REPORT_FILE, folder / POLICIES_FILE
+    if not report_path.is_file() or not policies_path.is_file():
+        raise UserError(f"{folder} is not a folder written by `vlfeedback build` (no {REPORT_FILE}/{POLICIES_FILE})")
+    return json.loads(report_path.read_text()), json.loads(policies_path.read_text())
+
+
+def raw_batches(folder: Path, split: str, batch_rows: int = 256) -> Iterator[pa.Table]:
+    """Stream the ``raw`` config of one split in batches of whole instructions."""
+    for path in sorted((folder / "data" / RAW_CONFIG).glob(f"{split}-*.parquet")):
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
+            yield pa.Table.from_batches([batch])
+
+
+def add_pairing_config(
+    folder: Path, name: str, policy: PairingPolicy, dry_run: bool = False, overwrite: bool = False
+) -> dict:
+    """Build a new pairing config from the folder's ``raw`` config; updates the records and the card."""
+    report, policies = read_records(folder)
+    if name == RAW_CONFIG or (name in policies and not overwrite):
+        raise UserError(f"config {name!r} already exists in {folder}; pass --overwrite or pick another name")
+    target = folder / "data" / name
+    staging = folder / "data" / f".{name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    counts: dict[str, int] = {}
+    splits: dict[str, int] = {}
+    writers = []
+    for split in report["splits"][RAW_CONFIG]:
+        writer = ShardWriter(staging, split, PAIR_FEATURES, PAIR_ROW_GROUP_ROWS, dedupe_images=True)
+        for raw in raw_batches(folder, split):
+            selection = select_pairs(response_table(raw, policy.seed), policy)
+            merge_counts(counts, selection.counts)
+            if not dry_run:
+                writer.write(materialize_pairs(raw, selection))
+            splits[split] = splits.get(split, 0) + selection.counts["pairs"]
+        writers.append(writer)
+    record = {"policy": policy.to_dict(), "fingerprint": policy.fingerprint(), "counts": counts, "splits": splits}
+    if dry_run:
+        return record
+    for writer in writers:
+        writer.close()
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    policies[name] = record
+    report["splits"][name] = splits
+    (folder / POLICIES_FILE).write_text(json.dumps(policies, indent=2) + "\n")
+    (folder / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    write_card(folder)
+    return record
