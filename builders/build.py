@@ -18,6 +18,7 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,8 +81,8 @@ def split_of(row_ids: list[str], fraction: float, seed: int) -> list[str]:
     ]
 
 
-class _Report:
-    """Running counts; ``read == kept + rejected`` by construction."""
+class RejectLog:
+    """Running counts and the rejects file; ``read == kept + rejected`` by construction."""
 
     def __init__(self, rejects_path: Path) -> None:
         self.read = self.kept = self.rejected = 0
@@ -108,7 +109,7 @@ class _Report:
         self._rejects.close()
 
 
-def _canonical_rows(records, options: BuildOptions, report: _Report):
+def canonical_rows(records: Iterable[Record], report: RejectLog, verify_images: str = "header") -> Iterator[dict]:
     """Validated canonical rows; rejects are written to the report as they are met."""
     seen: set[bytes] = set()
     stats = RowStats()
@@ -124,7 +125,7 @@ def _canonical_rows(records, options: BuildOptions, report: _Report):
             row_id = row.get("id")
             if record.image is None:
                 raise Reject("missing_image", f"no image found for id {row_id!r} ({record.image_name})")
-            check_image(record.image, options.verify_images)
+            check_image(record.image, verify_images)
             canonical = canonical_row(row, record.image, record.image_name, stats)
             key = hashlib.blake2b(canonical["id"].encode(), digest_size=12).digest()
             if key in seen:
@@ -138,7 +139,8 @@ def _canonical_rows(records, options: BuildOptions, report: _Report):
     report.null_ratings = stats.null_ratings
 
 
-def _batches(rows, size: int):
+def batched(rows: Iterable[dict], size: int) -> Iterator[list[dict]]:
+    """Lists of up to ``size`` consecutive rows."""
     batch = []
     for row in rows:
         batch.append(row)
@@ -163,7 +165,7 @@ def build(options: BuildOptions) -> dict:
     staging.mkdir(parents=True)
     started = time.perf_counter()
 
-    report = _Report(staging / REJECTS_FILE)
+    report = RejectLog(staging / REJECTS_FILE)
     writers: dict[tuple[str, str], ShardWriter] = {}
     pair_counts = {name: {} for name in options.policies}
     split_counts: dict[str, dict[str, int]] = {name: {} for name in (RAW_CONFIG, *options.policies)}
@@ -184,7 +186,7 @@ def build(options: BuildOptions) -> dict:
     schema = RAW_FEATURES.arrow_schema
     bar = tqdm(desc="build", unit=" rows", disable=not options.progress)
     try:
-        for batch in _batches(_canonical_rows(reader.records(), options, report), options.batch_size):
+        for batch in batched(canonical_rows(reader.records(), report, options.verify_images), options.batch_size):
             table = pa.Table.from_pylist(batch, schema=schema)
             splits = split_of([r["id"] for r in batch], options.eval_fraction, options.eval_seed)
             for split in sorted(set(splits)):
@@ -227,12 +229,12 @@ def build(options: BuildOptions) -> dict:
                "splits": split_counts[name]}
         for name, policy in options.policies.items()
     }
-    _write_json(staging / REPORT_FILE, result)
+    write_json(staging / REPORT_FILE, result)
     failed = _failure(result, options)
     if failed:
         _keep_report_only(staging, out)
         raise UserError(f"{failed} See {out / REPORT_FILE} and {out / REJECTS_FILE}.")
-    _write_json(staging / POLICIES_FILE, policies)
+    write_json(staging / POLICIES_FILE, policies)
     write_card(staging)
     if out.exists():
         shutil.rmtree(out)
@@ -268,7 +270,7 @@ def _add(counts: dict[str, int], split: str, n: int) -> None:
     counts[split] = counts.get(split, 0) + n
 
 
-def _write_json(path: Path, data: dict) -> None:
+def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from builders.build import POLICIES_FILE, RAW_CONFIG, REPORT_FILE, write_card
+from builders.build import POLICIES_FILE, RAW_CONFIG, REPORT_FILE, write_card, write_json
 from builders.errors import UserError
 from builders.features import PAIR_FEATURES
 from builders.pairing import PairingPolicy, materialize_pairs, merge_counts, response_table, select_pairs
@@ -63,7 +63,7 @@ def add_pairing_config(
     staging.rename(target)
     policies[name] = record
     report["splits"][name] = splits
-    (folder / POLICIES_FILE).write_text(json.dumps(policies, indent=2) + "\n")
-    (folder / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    write_json(folder / POLICIES_FILE, policies)
+    write_json(folder / REPORT_FILE, report)
     write_card(folder)
     return record

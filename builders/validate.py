@@ -51,7 +51,9 @@ def check_image(data: bytes | None, mode: str = "header") -> str:
                 image.load()
             elif image_format == "JPEG" and b"\xff\xd9" not in data[-1024:]:
                 raise Reject("unreadable_image", "JPEG has no end-of-image marker (truncated file)")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except UnidentifiedImageError as err:
+        raise Reject("unreadable_image", f"not a recognised image format ({len(data)} bytes)") from err
+    except (OSError, SyntaxError, ValueError) as err:
         raise Reject("unreadable_image", f"cannot decode image: {err}") from err
     return image_format
 

@@ -12,9 +12,11 @@ ORIGINAL_ASPECT_ORDER = ("Helpfulness", "Ethical Considerations", "Visual Faithf
 
 
 def jpeg(colour: tuple[int, int, int] = (200, 30, 30), size: int = 32) -> bytes:
-    """A small valid JPEG."""
+    """A small valid JPEG with some texture (so its entropy-coded data is longer than its headers)."""
     buffer = io.BytesIO()
-    Image.new("RGB", (size, size), colour).save(buffer, "JPEG", quality=90)
+    image = Image.new("RGB", (size, size), colour)
+    image.putdata([(colour[0], (x * 7) % 256, (x * 13) % 256) for x in range(size * size)])
+    image.save(buffer, "JPEG", quality=90)
     return buffer.getvalue()
 
 
