@@ -1,1 +1,1 @@
-"""builders: the VLFeedback dataset — schema, ingest, sample, pairing, the AI-feedback pipeline, the Hub-ready writer."""
+"""builders: the VLFeedback dataset — schema, ingest, sample, pairing, feedback pipeline, Hub-ready writer."""

@@ -26,7 +26,15 @@ import pyarrow as pa
 
 from builders.errors import UserError
 from builders.features import ASPECTS, PAIR_FEATURES, RAW_FEATURES
-from builders.pairing import PRESETS, PairingPolicy, materialize_pairs, merge_counts, response_table, select_pairs
+from builders.pairing import (
+    PAIR_ARROW_SCHEMA,
+    PRESETS,
+    PairingPolicy,
+    materialize_pairs,
+    merge_counts,
+    response_table,
+    select_pairs,
+)
 from builders.sources import Record, open_source
 from builders.validate import REJECT_REASONS, Reject, RowStats, canonical_row, check_image
 from builders.writer import DEFAULT_MAX_SHARD_BYTES, PAIR_ROW_GROUP_ROWS, RAW_ROW_GROUP_ROWS, ShardWriter
@@ -75,7 +83,8 @@ def split_of(row_ids: list[str], fraction: float, seed: int) -> list[str]:
         return ["train"] * len(row_ids)
     threshold = int(fraction * 2**64)
     return [
-        "test" if int.from_bytes(hashlib.blake2b(f"{seed}:{i}".encode(), digest_size=8).digest(), "big") < threshold
+        "test"
+        if int.from_bytes(hashlib.blake2b(f"{seed}:{i}".encode(), digest_size=8).digest(), "big") < threshold
         else "train"
         for i in row_ids
     ]
@@ -156,9 +165,8 @@ def build(options: BuildOptions) -> dict:
     from tqdm.auto import tqdm
 
     out = options.out_dir
-    if out.exists() and any(out.iterdir()):
-        if not options.overwrite:
-            raise UserError(f"{out} exists and is not empty; pass --overwrite to replace it or choose another --out")
+    if out.exists() and any(out.iterdir()) and not options.overwrite:
+        raise UserError(f"{out} exists and is not empty; pass --overwrite to replace it or choose another --out")
     reader = open_source(options.source, options.revision)
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -178,7 +186,8 @@ def build(options: BuildOptions) -> dict:
                 split,
                 RAW_FEATURES if raw else PAIR_FEATURES,
                 RAW_ROW_GROUP_ROWS if raw else PAIR_ROW_GROUP_ROWS,
-                dedupe_images=not raw,
+                schema=None if raw else PAIR_ARROW_SCHEMA,
+                shared_images=not raw,
                 max_shard_bytes=options.max_shard_bytes,
             )
         return writers[config, split]
@@ -203,7 +212,10 @@ def build(options: BuildOptions) -> dict:
     finally:
         bar.close()
         report.close()
-    files = {f"{config}/{split}": [p.relative_to(staging).as_posix() for p in w.close()] for (config, split), w in writers.items()}
+    files = {
+        f"{config}/{split}": [p.relative_to(staging).as_posix() for p in w.close()]
+        for (config, split), w in writers.items()
+    }
     elapsed = time.perf_counter() - started
 
     result = {
@@ -225,8 +237,12 @@ def build(options: BuildOptions) -> dict:
         "rows_per_second": round(report.read / elapsed, 1) if elapsed else None,
     }
     policies = {
-        name: {"policy": policy.to_dict(), "fingerprint": policy.fingerprint(), "counts": pair_counts[name],
-               "splits": split_counts[name]}
+        name: {
+            "policy": policy.to_dict(),
+            "fingerprint": policy.fingerprint(),
+            "counts": pair_counts[name],
+            "splits": split_counts[name],
+        }
         for name, policy in options.policies.items()
     }
     write_json(staging / REPORT_FILE, result)

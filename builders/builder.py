@@ -106,17 +106,24 @@ class VLFeedback(datasets.GeneratorBasedBuilder):
             reader = open_source(source, config.revision)
             index = 0
             for batch in batched(canonical_rows(reader.records(), report, config.verify_images), 256):
-                rows = [r for r, s in zip(batch, split_of([r["id"] for r in batch], config.eval_fraction,
-                                                          config.eval_seed)) if s == split]
+                rows = [
+                    r
+                    for r, s in zip(batch, split_of([r["id"] for r in batch], config.eval_fraction, config.eval_seed))
+                    if s == split
+                ]
                 if policy is not None and rows:
                     table = pa.Table.from_pylist(rows, schema=RAW_FEATURES.arrow_schema)
-                    rows = materialize_pairs(table, select_pairs(response_table(table, policy.seed), policy)).to_pylist()
+                    rows = materialize_pairs(
+                        table, select_pairs(response_table(table, policy.seed), policy)
+                    ).to_pylist()
                 for row in rows:
                     yield Key(0, index), row
                     index += 1
             report.close()
             if report.rejected:
-                logger.warning("VLFeedback: %d of %d input rows rejected: %s", report.rejected, report.read, report.reasons)
+                logger.warning(
+                    "VLFeedback: %d of %d input rows rejected: %s", report.rejected, report.read, report.reasons
+                )
             if report.read and report.rejected / report.read > config.max_reject_rate:
                 raise UserError(
                     f"{report.rejected} of {report.read} rows rejected ({report.reasons}), above max_reject_rate="

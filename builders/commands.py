@@ -30,11 +30,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--revision", help="Hub revision (branch, tag or commit) when --source is a Hub id")
     build.add_argument("--pairs", action="append", default=[], metavar="SPEC", help=PAIRS_HELP)
     build.add_argument("--max-reject-rate", type=float, default=0.05, help="fail above this share of rejects")
-    build.add_argument("--eval-fraction", type=float, default=0.0, help="hold out this share of instructions as "
-                       "a test split in every config (the paper: 0.005)")
+    build.add_argument(
+        "--eval-fraction",
+        type=float,
+        default=0.0,
+        help="hold out this share of instructions as a test split in every config (the paper: 0.005)",
+    )
     build.add_argument("--eval-seed", type=int, default=42, help="seed of the held-out split (default 42)")
-    build.add_argument("--verify-images", choices=("header", "decode"), default="header",
-                       help="header: parse headers and check JPEG completeness (fast); decode: decode every pixel")
+    build.add_argument(
+        "--verify-images",
+        choices=("header", "decode"),
+        default="header",
+        help="header: parse headers and check JPEG completeness (fast); decode: decode every pixel",
+    )
     build.add_argument("--batch-size", type=int, default=256, help="rows per processing batch")
     build.add_argument("--max-shard-mb", type=int, default=500, help="Parquet shard size limit in MB")
     build.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -113,7 +121,7 @@ def _build(args: argparse.Namespace) -> int:
 def _pairs(args: argparse.Namespace) -> int:
     from builders.hub_folder import add_pairing_config
 
-    (name, policy), = _parse_policies([args.spec]).items()
+    ((name, policy),) = _parse_policies([args.spec]).items()
     record = add_pairing_config(args.folder, name, policy, dry_run=args.dry_run, overwrite=args.overwrite)
     action = "would write" if args.dry_run else "wrote"
     print(f"{action} config {name!r}: {record['counts']['pairs']} pairs; counts {json.dumps(record['counts'])}")

@@ -75,7 +75,7 @@ _PREFIXES_LONGEST_FIRST = sorted(SOURCE_PREFIXES, key=len, reverse=True)
 
 
 def source_of(row_id: str) -> str:
-    """The instruction source encoded in an id (``svit-conversation-1219`` → ``SVIT``); unknown prefixes pass through."""
+    """The source encoded in an id (``svit-conversation-1219`` → ``SVIT``); unknown prefixes pass through."""
     lowered = row_id.lower()
     for prefix in _PREFIXES_LONGEST_FIRST:
         if lowered.startswith(prefix) and (len(lowered) == len(prefix) or not lowered[len(prefix)].isalpha()):

@@ -13,7 +13,14 @@ import pyarrow.parquet as pq
 from builders.build import POLICIES_FILE, RAW_CONFIG, REPORT_FILE, write_card, write_json
 from builders.errors import UserError
 from builders.features import PAIR_FEATURES
-from builders.pairing import PairingPolicy, materialize_pairs, merge_counts, response_table, select_pairs
+from builders.pairing import (
+    PAIR_ARROW_SCHEMA,
+    PairingPolicy,
+    materialize_pairs,
+    merge_counts,
+    response_table,
+    select_pairs,
+)
 from builders.writer import PAIR_ROW_GROUP_ROWS, ShardWriter
 
 
@@ -46,7 +53,9 @@ def add_pairing_config(
     splits: dict[str, int] = {}
     writers = []
     for split in report["splits"][RAW_CONFIG]:
-        writer = ShardWriter(staging, split, PAIR_FEATURES, PAIR_ROW_GROUP_ROWS, dedupe_images=True)
+        writer = ShardWriter(
+            staging, split, PAIR_FEATURES, PAIR_ROW_GROUP_ROWS, schema=PAIR_ARROW_SCHEMA, shared_images=True
+        )
         for raw in raw_batches(folder, split):
             selection = select_pairs(response_table(raw, policy.seed), policy)
             merge_counts(counts, selection.counts)

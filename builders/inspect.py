@@ -28,8 +28,9 @@ def _open_target(target: str, revision: str | None):
         return LocalFileSystem(), str(Path(target).resolve())
     if Path(target).exists() or target.count("/") != 1:
         raise UserError(f"{target} is neither a built folder nor a Hub dataset id ORG/NAME")
-    from huggingface_hub import HfFileSystem
     from urllib.parse import quote
+
+    from huggingface_hub import HfFileSystem
 
     root = f"datasets/{target}" + (f"@{quote(revision, safe='')}" if revision else "")
     return HfFileSystem(), root
@@ -45,7 +46,9 @@ def _configs(fs, root: str) -> dict[str, dict[str, list[str]]]:
 
     readme = f"{root}/README.md"
     if not fs.exists(readme):
-        raise UserError(f"{root} has no README.md with a `configs` block; is it a folder written by `vlfeedback build`?")
+        raise UserError(
+            f"{root} has no README.md with a `configs` block; is it a folder written by `vlfeedback build`?"
+        )
     card = DatasetCard(fs.cat_file(readme).decode("utf-8"))
     configs = {}
     for entry in card.data.to_dict().get("configs") or []:
@@ -80,7 +83,9 @@ def summarize(target: str, revision: str | None = None) -> dict:
             "counts": policies.get(config, {}).get("counts"),
             "pairs": int(len(margins)),
             "margin_mean": round(float(margins.mean()), 3) if len(margins) else None,
-            "margin_histogram": {f"[{lo:g},{hi:g})": int(n) for lo, hi, n in zip(MARGIN_BINS, MARGIN_BINS[1:], histogram)},
+            "margin_histogram": {
+                f"[{lo:g},{hi:g})": int(n) for lo, hi, n in zip(MARGIN_BINS, MARGIN_BINS[1:], histogram)
+            },
         }
     example_config = "pairs" if "pairs" in configs else next((c for c in configs if c != "raw"), None)
     if example_config:
@@ -89,7 +94,9 @@ def summarize(target: str, revision: str | None = None) -> dict:
             summary["example"] = _example(fs, first)
     report = _read_json(fs, f"{root}/build_report.json")
     if report:
-        summary["build"] = {k: report[k] for k in ("read", "kept", "rejected", "reasons", "null_ratings") if k in report}
+        summary["build"] = {
+            k: report[k] for k in ("read", "kept", "rejected", "reasons", "null_ratings") if k in report
+        }
     return summary
 
 
@@ -146,7 +153,9 @@ def format_summary(summary: dict) -> str:
         lines.append(f"  {config:<18} " + ", ".join(f"{s}: {n:,}" for s, n in splits.items()))
     if "build" in summary:
         b = summary["build"]
-        lines.append(f"\nbuild: read {b['read']:,}, kept {b['kept']:,}, rejected {b['rejected']:,} {b['reasons'] or ''}")
+        lines.append(
+            f"\nbuild: read {b['read']:,}, kept {b['kept']:,}, rejected {b['rejected']:,} {b['reasons'] or ''}"
+        )
         lines.append(f"  unparseable ratings nulled: {b['null_ratings']}")
     if "sources" in summary:
         total = sum(summary["sources"].values())

@@ -44,6 +44,12 @@ COUNT_KEYS: tuple[str, ...] = (
     "dropped_cap",
     "pairs",
 )
+SHARED_IMAGE_TYPE = pa.list_(pa.struct([("bytes", pa.dictionary(pa.int32(), pa.binary())), ("path", pa.string())]))
+PAIR_ARROW_SCHEMA = PAIR_FEATURES.arrow_schema.set(
+    PAIR_FEATURES.arrow_schema.get_field_index("images"), pa.field("images", SHARED_IMAGE_TYPE)
+)
+"""The Arrow schema of materialised pairs: ``PAIR_FEATURES`` with the image bytes as a dictionary over the batch's
+images, so the ~5 pairs of an instruction share one copy in memory and in Parquet (readers decode it transparently)."""
 _ASPECT_ALIASES = {a.lower().replace(" ", "_"): a for a in ASPECTS} | {a.lower(): a for a in ASPECTS}
 
 
@@ -87,7 +93,9 @@ class PairingPolicy:
             )
         if aggregation == "weighted":
             if self.weights is None or len(self.weights) != len(ASPECTS):
-                raise ValueError(f"aggregation=weighted needs `weights` with {len(ASPECTS)} numbers ({', '.join(ASPECTS)})")
+                raise ValueError(
+                    f"aggregation=weighted needs `weights` with {len(ASPECTS)} numbers ({', '.join(ASPECTS)})"
+                )
             if min(self.weights) < 0 or sum(self.weights) <= 0:
                 raise ValueError("`weights` must be non-negative with a positive sum")
         elif self.weights is not None:
@@ -193,19 +201,23 @@ def response_table(raw: pa.Table, seed: int = 42) -> ResponseTable:
     offsets = offsets - offsets[0]
     counts = np.diff(offsets)
     values = completions.values.slice(completions.offsets[0].as_py(), int(offsets[-1]))
-    n_rows, width = len(counts), int(counts.max(initial=0))
+    width = int(counts.max(initial=0))
     valid = np.arange(width)[None, :] < counts[:, None]
     flat_index = np.where(valid, offsets[:-1, None] + np.arange(width)[None, :], -1)
     take = np.where(valid, flat_index, 0)
 
     annotations = values.field("annotations")
-    flat_ratings = np.stack(
-        [
-            pc.fill_null(annotations.field(aspect).field("Rating").cast(pa.float64()), np.nan).to_numpy()
-            for aspect in ASPECTS
-        ],
-        axis=-1,
-    ) if len(values) else np.zeros((0, len(ASPECTS)))
+    flat_ratings = (
+        np.stack(
+            [
+                pc.fill_null(annotations.field(aspect).field("Rating").cast(pa.float64()), np.nan).to_numpy()
+                for aspect in ASPECTS
+            ],
+            axis=-1,
+        )
+        if len(values)
+        else np.zeros((0, len(ASPECTS)))
+    )
     ratings = np.where(valid[..., None], flat_ratings[take] if len(values) else np.nan, np.nan)
 
     responses = pc.utf8_trim_whitespace(pc.fill_null(values.field("response"), ""))
@@ -378,7 +390,10 @@ def _messages(role: str, parts_type: pa.Array, parts_text: pa.Array, parts_per_m
 
 
 def materialize_pairs(raw: pa.Table, selection: PairSelection) -> pa.Table:
-    """Rows in the ``pairs`` schema (TRL-ready messages + images + provenance) for a selection over ``raw``."""
+    """Rows in the ``pairs`` schema (TRL-ready messages + images + provenance) for a selection over ``raw``.
+
+    No image is copied: each pair's image bytes are a dictionary index into ``raw``'s image column.
+    """
     n = len(selection.row)
     row = pa.array(selection.row)
     completions = raw.column("completions").combine_chunks()
@@ -386,8 +401,14 @@ def materialize_pairs(raw: pa.Table, selection: PairSelection) -> pa.Table:
     values = completions.values.slice(start, len(completions.values) - start)
     chosen_idx, rejected_idx = pa.array(selection.chosen), pa.array(selection.rejected)
 
+    image = raw.column("image").combine_chunks()
+    image_bytes = image.field("bytes")
+    if pa.types.is_dictionary(image_bytes.type):
+        image_bytes = image_bytes.dictionary_decode()
+    shared_bytes = pa.DictionaryArray.from_arrays(pa.array(selection.row, pa.int32()), image_bytes)
     images = pa.ListArray.from_arrays(
-        pa.array(np.arange(n + 1, dtype=np.int32)), raw.column("image").combine_chunks().take(row)
+        pa.array(np.arange(n + 1, dtype=np.int32)),
+        pa.StructArray.from_arrays([shared_bytes, image.field("path").take(row)], names=["bytes", "path"]),
     )
     prompt_text = raw.column("prompt").combine_chunks().take(row)
     interleave = np.empty(2 * n, dtype=np.int64)
@@ -417,7 +438,7 @@ def materialize_pairs(raw: pa.Table, selection: PairSelection) -> pa.Table:
         "rejected_score": pa.array(selection.rejected_score, pa.float32()),
         "margin": pa.array(selection.margin, pa.float32()),
     }
-    schema = PAIR_FEATURES.arrow_schema
+    schema = PAIR_ARROW_SCHEMA
     return pa.Table.from_arrays([columns[f.name].cast(f.type) for f in schema], schema=schema)
 
 

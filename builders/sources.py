@@ -78,8 +78,13 @@ class ReleaseFolder:
         if self._zip is not None:
             member = self._zip_names.get(name) or (self._zip_names.get(Path(hinted).name) if hinted else None)
             return (self._zip.read(member), Path(member).name) if member else (None, name)
-        for path in (self.image_dir / name, self.root / hinted if hinted else None):
-            if path is not None and path.is_file() and path.resolve().is_relative_to(self.root.resolve()):
+        try:  # ids are validated file names, so this path cannot leave the image folder
+            return (self.image_dir / name).read_bytes(), name
+        except (FileNotFoundError, IsADirectoryError):
+            pass
+        if hinted:
+            path = self.root / hinted
+            if path.is_file() and path.resolve().is_relative_to(self.root.resolve()):
                 return path.read_bytes(), path.name
         return None, name
 
@@ -134,7 +139,9 @@ class ParquetRelease:
                 for row in batch.to_pylist():
                     number += 1
                     image = row.pop("image", None)
-                    image_bytes, image_name = (image.get("bytes"), image.get("path")) if isinstance(image, dict) else (image, None)
+                    image_bytes, image_name = (
+                        (image.get("bytes"), image.get("path")) if isinstance(image, dict) else (image, None)
+                    )
                     row_id = row.get("id")
                     name = Path(image_name).name if image_name else f"{row_id}.jpg"
                     yield Record(path.name, number, row=row, image=image_bytes, image_name=name)

@@ -4,15 +4,28 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from datasets import Features
 
 DEFAULT_MAX_SHARD_BYTES = 500 * 1024**2
 RAW_ROW_GROUP_ROWS = 100
 PAIR_ROW_GROUP_ROWS = 500
 DICTIONARY_PAGE_LIMIT = 256 * 1024**2
+
+
+def leaf_columns(schema: pa.Schema) -> list[str]:
+    """Parquet leaf column paths of an Arrow schema (lists appear as ``name.list.element``)."""
+
+    def walk(prefix: str, data_type: pa.DataType) -> list[str]:
+        if pa.types.is_struct(data_type):
+            return [p for f in data_type for p in walk(f"{prefix}.{f.name}", f.type)]
+        if pa.types.is_list(data_type) or pa.types.is_large_list(data_type):
+            return walk(f"{prefix}.list.element", data_type.value_type)
+        return [prefix]
+
+    return [p for f in schema for p in walk(f.name, f.type)]
 
 
 def image_byte_columns(features: Features) -> list[str]:
@@ -26,12 +39,31 @@ def image_byte_columns(features: Features) -> list[str]:
     return paths
 
 
+def compact_shared_images(table: pa.Table, column: str = "images") -> pa.Table:
+    """Keep only the dictionary entries (images) a slice of pairs uses, so a row group stores each image once."""
+    images = table.column(column).combine_chunks()
+    values = images.flatten()
+    image_bytes, paths = values.flatten()
+    indices = image_bytes.indices.to_numpy(zero_copy_only=False)
+    used, remapped = np.unique(indices, return_inverse=True)
+    compact = pa.DictionaryArray.from_arrays(
+        pa.array(remapped.astype(np.int32)), image_bytes.dictionary.take(pa.array(used))
+    )
+    offsets = images.offsets.to_numpy()
+    rebuilt = pa.ListArray.from_arrays(
+        pa.array(offsets - offsets[0], pa.int32()),
+        pa.StructArray.from_arrays([compact, paths], fields=list(values.type)),
+    )
+    return table.set_column(table.schema.get_field_index(column), table.schema.field(column), rebuilt)
+
+
 class ShardWriter:
     """Writes one split of one config as ``data/<config>/<split>-0000k-of-0000n.parquet``.
 
-    Rows arrive in batches and leave in row groups of ``row_group_rows``; a new shard starts past
-    ``max_shard_bytes``. With ``dedupe_images`` the image bytes are dictionary-encoded with a dictionary page large
-    enough for a whole row group, so the pairs of one instruction (adjacent rows) store their shared image once.
+    Rows arrive in batches and leave in row groups of at most ``row_group_rows``; a new shard starts past
+    ``max_shard_bytes``. With ``shared_images`` the ``images`` column arrives dictionary-encoded (the pairs of one
+    instruction index one image, see ``builders.pairing.materialize_pairs``) and each row group keeps exactly the
+    images its rows use: Parquet stores every image once per row group, and nothing is copied or hashed.
     """
 
     def __init__(
@@ -40,13 +72,14 @@ class ShardWriter:
         split: str,
         features: Features,
         row_group_rows: int,
-        dedupe_images: bool = False,
+        schema: pa.Schema | None = None,
+        shared_images: bool = False,
         max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     ) -> None:
         self.folder, self.split, self.features = folder, split, features
-        self.schema = features.arrow_schema
+        self.schema = schema or features.arrow_schema
         self.row_group_rows, self.max_shard_bytes = row_group_rows, max_shard_bytes
-        self.dictionary_columns = image_byte_columns(features) if dedupe_images else []
+        self.shared_images = shared_images
         self.rows = 0
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
@@ -57,9 +90,13 @@ class ShardWriter:
         """Queue a batch of rows; full row groups are written as they fill."""
         if table.num_rows == 0:
             return
+        self.rows += table.num_rows
+        if self.shared_images:  # row groups never span batches: their dictionaries differ
+            for start in range(0, table.num_rows, self.row_group_rows):
+                self._write_row_group(compact_shared_images(table.slice(start, self.row_group_rows)))
+            return
         self._pending.append(table)
         self._pending_rows += table.num_rows
-        self.rows += table.num_rows
         while self._pending_rows >= self.row_group_rows:
             merged = pa.concat_tables(self._pending)
             self._write_row_group(merged.slice(0, self.row_group_rows))
@@ -70,15 +107,16 @@ class ShardWriter:
         path = self.folder / f"{self.split}-{len(self._shards):05d}.parquet.partial"
         self._shards.append(path)
         self.folder.mkdir(parents=True, exist_ok=True)
-        if self.dictionary_columns:
-            return pq.ParquetWriter(
-                path,
-                self.schema,
-                use_dictionary=self.dictionary_columns,
-                dictionary_pagesize_limit=DICTIONARY_PAGE_LIMIT,
-                write_statistics=False,
-            )
-        return pq.ParquetWriter(path, self.schema, use_dictionary=True, write_statistics=False)
+        # Unique images gain nothing from a dictionary and cost a hash of every byte: encode them plain.
+        images = set(image_byte_columns(self.features))
+        dictionary = [c for c in leaf_columns(self.schema) if c not in images or self.shared_images]
+        return pq.ParquetWriter(
+            path,
+            self.schema,
+            use_dictionary=dictionary,
+            dictionary_pagesize_limit=DICTIONARY_PAGE_LIMIT,
+            write_statistics=False,
+        )
 
     def _write_row_group(self, table: pa.Table) -> None:
         if self._writer is None:

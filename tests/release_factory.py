@@ -49,7 +49,9 @@ def row(row_id: str, ratings: list[tuple], responses: list[str] | None = None, p
     }
 
 
-def write_release(folder: Path, rows: list, images: dict[str, bytes] | None = None, lines: list[bytes] | None = None) -> Path:
+def write_release(
+    folder: Path, rows: list, images: dict[str, bytes] | None = None, lines: list[bytes] | None = None
+) -> Path:
     """Write ``vlfeedback_80k.jsonl`` (rows as JSON, then raw ``lines``) and one JPEG per row id (or ``images``)."""
     (folder / "merged_images").mkdir(parents=True, exist_ok=True)
     with (folder / "vlfeedback_80k.jsonl").open("wb") as out:

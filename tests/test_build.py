@@ -54,8 +54,19 @@ def test_bad_rows_are_rejected_with_reasons_and_line_numbers(tmp_path):
     one = row("llava-one", [(5, 5, 5)])
     zero = row("llava-zero", []) | {"models": []}
     mismatch = row("llava-mm", GOOD) | {"models": ["a", "b", "c", "d"]}
-    rows = [*good, missing_prompt, wrong_type, one, zero, mismatch, row("llava-0", GOOD), row("../escape", GOOD),
-            row("llava-noimg", GOOD), row("llava-corrupt", GOOD), row("llava-trunc", GOOD)]
+    rows = [
+        *good,
+        missing_prompt,
+        wrong_type,
+        one,
+        zero,
+        mismatch,
+        row("llava-0", GOOD),
+        row("../escape", GOOD),
+        row("llava-noimg", GOOD),
+        row("llava-corrupt", GOOD),
+        row("llava-trunc", GOOD),
+    ]
     images = {r["id"]: jpeg() for r in rows if r["id"] not in ("llava-noimg", "../escape")}
     images["llava-corrupt"] = b"\xff\xd8 this is not a jpeg"
     images["llava-trunc"] = jpeg(size=256)[:-200]
@@ -65,8 +76,15 @@ def test_bad_rows_are_rejected_with_reasons_and_line_numbers(tmp_path):
     assert report["read"] == len(rows) + 2 == report["kept"] + report["rejected"]
     assert report["kept"] == 20
     assert report["reasons"] == {
-        "duplicate_id": 1, "invalid_id": 1, "invalid_json": 1, "invalid_type": 1, "invalid_utf8": 1,
-        "missing_field": 1, "missing_image": 1, "models_mismatch": 1, "too_few_completions": 2,
+        "duplicate_id": 1,
+        "invalid_id": 1,
+        "invalid_json": 1,
+        "invalid_type": 1,
+        "invalid_utf8": 1,
+        "missing_field": 1,
+        "missing_image": 1,
+        "models_mismatch": 1,
+        "too_few_completions": 2,
         "unreadable_image": 2,
     }
     by_reason = {}
@@ -87,7 +105,10 @@ def test_unparseable_ratings_become_null_and_are_counted_not_rejected(tmp_path):
     assert report["rejected"] == 0
     assert report["null_ratings"] == {"Helpfulness": 1, "Visual Faithfulness": 1, "Ethical Considerations": 0}
     raw = pq.read_table(next((out / "data" / "raw").glob("*.parquet"))).to_pylist()
-    assert raw[0]["completions"][0]["annotations"]["Helpfulness"] == {"Rating": None, "Rationale": "Helpfulness rationale"}
+    assert raw[0]["completions"][0]["annotations"]["Helpfulness"] == {
+        "Rating": None,
+        "Rationale": "Helpfulness rationale",
+    }
     # the two responses with a null take no pairs: 1 pair left in svit-x (responses 2 vs 3), all 6 in svit-y
     assert report["splits"]["pairs"]["train"] == 1 + 6
 
@@ -102,12 +123,15 @@ def test_reject_rate_above_limit_fails_and_keeps_only_the_report(tmp_path):
     assert json.loads((out / "build_report.json").read_text())["reasons"] == {"missing_image": 2}
 
 
-@pytest.mark.parametrize(("setup", "message"), [
-    ("missing", "source path does not exist"),
-    ("empty", "holds no rows"),
-    ("noimages", "no merged_images/ folder"),
-    ("twojsonl", "several \\*.jsonl files"),
-])
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        ("missing", "source path does not exist"),
+        ("empty", "holds no rows"),
+        ("noimages", "no merged_images/ folder"),
+        ("twojsonl", "several \\*.jsonl files"),
+    ],
+)
 def test_unusable_inputs_get_clear_errors(tmp_path, setup, message):
     rel = tmp_path / "rel"
     if setup != "missing":
@@ -130,8 +154,16 @@ def test_zip_images_and_parquet_copy_give_the_same_raw_rows(tmp_path):
             archive.write(path, f"merged_images/{path.name}")
             path.unlink()
     (zip_rel / "merged_images").rmdir()
-    parquet_rows = [r | {"image": {"bytes": (folder_rel / "merged_images" / f"{r['id']}.jpg").read_bytes(),
-                                    "path": f"{r['id']}.jpg"}} for r in rows]
+    parquet_rows = [
+        r
+        | {
+            "image": {
+                "bytes": (folder_rel / "merged_images" / f"{r['id']}.jpg").read_bytes(),
+                "path": f"{r['id']}.jpg",
+            }
+        }
+        for r in rows
+    ]
     (tmp_path / "pq").mkdir()
     pq.write_table(pa.Table.from_pylist(parquet_rows), tmp_path / "pq" / "train-00000.parquet")
 
@@ -160,11 +192,25 @@ def test_extra_pairing_configs_and_pairs_verb(tmp_path):
     rel = write_release(tmp_path / "rel", rows)
     out = tmp_path / "ds"
     cli = [sys.executable, "-m", "builders.cli"]
-    done = subprocess.run([*cli, "build", "--source", str(rel), "--out", str(out), "--quiet",
-                           "--pairs", "best-vs-worst", "--pairs", "gap:strategy=best-vs-all,min_margin=2"],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            *cli,
+            "build",
+            "--source",
+            str(rel),
+            "--out",
+            str(out),
+            "--quiet",
+            "--pairs",
+            "best-vs-worst",
+            "--pairs",
+            "gap:strategy=best-vs-all,min_margin=2",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
-    assert 'load_dataset(' in done.stdout
+    assert "load_dataset(" in done.stdout
     report = json.loads((out / "build_report.json").read_text())
     assert report["splits"]["best-vs-worst"] == {"train": 10}
     assert report["splits"]["gap"] == {"train": 20}  # best (5) vs the two responses at least 2 below (2.67, 2)
@@ -172,8 +218,11 @@ def test_extra_pairing_configs_and_pairs_verb(tmp_path):
     assert done.returncode == 0, done.stderr
     assert json.loads((out / "pairing_policies.json").read_text())["margin-1"]["counts"]["pairs"] == 40
     assert "config_name: margin-1" in (out / "README.md").read_text()
-    done = subprocess.run([*cli, "build", "--source", str(tmp_path / "nope"), "--out", str(tmp_path / "x")],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [*cli, "build", "--source", str(tmp_path / "nope"), "--out", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 2 and "source path does not exist" in done.stderr and "Traceback" not in done.stderr
 
 

@@ -4,8 +4,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from builders.features import ASPECTS, PAIR_FEATURES, RAW_FEATURES
+from builders.features import ASPECTS, RAW_FEATURES
 from builders.pairing import (
+    PAIR_ARROW_SCHEMA,
     PairingPolicy,
     materialize_pairs,
     parse_policy_spec,
@@ -126,7 +127,13 @@ def test_length_ratio_filter_counters_verbosity():
 def test_best_vs_worst_best_vs_all_best_vs_random():
     table = raw_table([[(5, 5, 5), (4, 4, 4), (2, 2, 2), (1, 1, 1)], [(3, 3, 3), (1, 1, 1), (2, 2, 2)]])
     assert pairs_of(table, PairingPolicy(strategy="best-vs-worst"))[0] == {(0, 0, 3), (1, 0, 1)}
-    assert pairs_of(table, PairingPolicy(strategy="best-vs-all"))[0] == {(0, 0, 1), (0, 0, 2), (0, 0, 3), (1, 0, 1), (1, 0, 2)}
+    assert pairs_of(table, PairingPolicy(strategy="best-vs-all"))[0] == {
+        (0, 0, 1),
+        (0, 0, 2),
+        (0, 0, 3),
+        (1, 0, 1),
+        (1, 0, 2),
+    }
     found, counts = pairs_of(table, PairingPolicy(strategy="best-vs-random"))
     assert len(found) == 2 and all(chosen == 0 for _, chosen, _ in found)
     assert counts["not_selected"] == counts["candidates"] - counts["pairs"]
@@ -163,7 +170,14 @@ def test_materialized_rows_are_trl_ready():
     table = raw_table([PAPER_ROW])
     policy = PairingPolicy()
     pairs = materialize_pairs(table, select_pairs(response_table(table), policy))
-    assert pairs.schema.equals(PAIR_FEATURES.arrow_schema)
+    assert pairs.schema.equals(PAIR_ARROW_SCHEMA)
+    assert (
+        pairs.column("images")
+        .combine_chunks()
+        .flatten()
+        .flatten()[0]
+        .dictionary.equals(table.column("image").combine_chunks().field("bytes"))
+    )
     row = pairs.to_pylist()[0]
     assert row["images"] == [{"bytes": b"image-0", "path": "llava-0.jpg"}]
     assert row["prompt"] == [

@@ -1,0 +1,233 @@
+"""Dataset-building benchmark: ``build`` throughput and memory on a scaled synthetic release, and 80K pair selection.
+
+    python -m builders.bench --rows 20000 --rows 5000 --pair-instructions 80000
+
+For each ``--rows`` value it writes a release in the original layout (realistic rows: 4 responses of 100–300 words
+and 12 rationales; JPEGs of ~40 KB), runs ``vlfeedback build`` in a child process and reports rows/s, input MB/s
+and the child's peak RSS — comparing two sizes shows whether memory grows with the input. Then it times the
+``all-pairs`` selection (and the materialisation of TRL rows, images excluded) for ``--pair-instructions``
+instructions × 4 responses. Prints a Markdown table for BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+WORDS = [
+    "the",
+    "a",
+    "image",
+    "shows",
+    "red",
+    "blue",
+    "green",
+    "circle",
+    "square",
+    "triangle",
+    "two",
+    "three",
+    "left",
+    "right",
+    "of",
+    "in",
+    "on",
+    "with",
+    "and",
+    "is",
+    "are",
+]
+ORIGINAL_ASPECTS = ("Helpfulness", "Ethical Considerations", "Visual Faithfulness")
+
+
+def synthetic_jpegs(count: int, seed: int = 0, target_bytes: int = 40_000) -> list[bytes]:
+    """Distinct 448×448 JPEGs of about ``target_bytes`` each (textured noise at a tuned quality)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(count):
+        base = rng.integers(0, 255, (56, 56, 3), dtype=np.uint8)
+        pixels = np.asarray(Image.fromarray(base).resize((448, 448), Image.BICUBIC), dtype=np.int16)
+        pixels = np.clip(pixels + rng.integers(-8, 8, pixels.shape), 0, 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, "JPEG", quality=70)
+        images.append(buffer.getvalue())
+    mean = float(np.mean([len(b) for b in images]))
+    print(f"synthetic JPEGs: {count} distinct, mean {mean / 1e3:.1f} KB ({mean / target_bytes:.2f}× target)")
+    return images
+
+
+def _text(rng: np.random.Generator, low: int, high: int) -> str:
+    return " ".join(rng.choice(WORDS, size=int(rng.integers(low, high))))
+
+
+def write_synthetic_release(folder: Path, rows: int, images: list[bytes], seed: int = 0) -> int:
+    """A release in the original layout with ``rows`` realistic rows; returns the input size in bytes."""
+    rng = np.random.default_rng(seed)
+    image_dir = folder / "merged_images"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    total = 0
+    with (folder / "vlfeedback_80k.jsonl").open("w") as out:
+        for i in range(rows):
+            row_id = f"svit-conversation-{i}"
+            models = [f"model-{m}" for m in rng.choice(12, size=4, replace=False)]
+            completions = [
+                {
+                    "annotations": {
+                        aspect: {"Rating": str(int(rng.integers(1, 6))), "Rationale": _text(rng, 20, 50)}
+                        for aspect in ORIGINAL_ASPECTS
+                    },
+                    "model": model,
+                    "response": _text(rng, 100, 300),
+                }
+                for model in models
+            ]
+            line = json.dumps(
+                {"id": row_id, "prompt": _text(rng, 10, 40), "models": models, "completions": completions}
+            )
+            out.write(line + "\n")
+            image = images[i % len(images)]
+            (image_dir / f"{row_id}.jpg").write_bytes(image)
+            total += len(line) + 1 + len(image)
+    return total
+
+
+_CHILD = (
+    "import resource, sys; from builders.cli import main; rc = main(sys.argv[1:]); "
+    "print('MAXRSS_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(rc)"
+)
+
+
+def bench_build(rows: int, images: list[bytes], workdir: Path, extra: list[str]) -> dict:
+    """Run ``vlfeedback build`` in a child process on a fresh synthetic release of ``rows`` rows."""
+    release = workdir / f"release-{rows}"
+    if not release.exists():
+        input_bytes = write_synthetic_release(release, rows, images)
+    else:
+        input_bytes = sum(p.stat().st_size for p in release.rglob("*") if p.is_file())
+    out = workdir / f"built-{rows}"
+    shutil.rmtree(out, ignore_errors=True)
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD, "build", "--source", str(release), "--out", str(out), "--quiet", *extra],
+        capture_output=True,
+        text=True,
+    )
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(done.stderr)
+    peak_kib = int(done.stderr.rsplit("MAXRSS_KIB", 1)[1])
+    report = json.loads((out / "build_report.json").read_text())
+    size = {c: sum(p.stat().st_size for p in (out / "data" / c).glob("*.parquet")) for c in report["splits"]}
+    return {
+        "rows": rows,
+        "seconds_total": round(elapsed, 2),
+        "seconds_build": report["seconds"],
+        "rows_per_s": round(rows / report["seconds"], 0),
+        "input_MB_per_s": round(input_bytes / 1e6 / report["seconds"], 1),
+        "peak_rss_MiB": round(peak_kib / 1024),
+        "parquet_MB": {c: round(v / 1e6, 1) for c, v in size.items()},
+        "pairs_over_raw_bytes": round(size["pairs"] / size["raw"], 3),
+        "pairs": report["splits"]["pairs"]["train"],
+    }
+
+
+def bench_pairs(instructions: int, seed: int = 0) -> dict:
+    """Time ``all-pairs`` selection and TRL-row materialisation for ``instructions`` × 4 responses."""
+    import pyarrow as pa
+
+    from builders.features import ASPECTS, RAW_FEATURES
+    from builders.pairing import PairingPolicy, materialize_pairs, response_table, select_pairs
+
+    rng = np.random.default_rng(seed)
+    n = instructions * 4
+    ratings = rng.integers(1, 6, (n, 3)).astype(np.int8)
+    ratings_null = rng.random((n, 3)) < 0.01
+    rating_arrays = [pa.array(ratings[:, a], mask=ratings_null[:, a]) for a in range(3)]
+    rationale = pa.array(["."] * n)
+    annotations = pa.StructArray.from_arrays(
+        [pa.StructArray.from_arrays([r, rationale], names=["Rating", "Rationale"]) for r in rating_arrays],
+        names=list(ASPECTS),
+    )
+    responses = pa.array([f"response {i % 50_000} words words words" for i in range(n)])
+    models = pa.array([f"model-{i % 12}" for i in range(n)])
+    completion = pa.StructArray.from_arrays(
+        [models, responses, annotations], names=["model", "response", "annotations"]
+    )
+    offsets = pa.array(np.arange(instructions + 1, dtype=np.int32) * 4)
+    schema = RAW_FEATURES.arrow_schema
+    table = pa.Table.from_arrays(
+        [
+            pa.array([f"svit-{i}" for i in range(instructions)]),
+            pa.array(["SVIT"] * instructions),
+            pa.StructArray.from_arrays(
+                [pa.array([b"x"] * instructions), pa.nulls(instructions, pa.string())], names=["bytes", "path"]
+            ),
+            pa.array(["prompt"] * instructions),
+            pa.ListArray.from_arrays(offsets, models),
+            pa.ListArray.from_arrays(offsets, completion),
+        ],
+        schema=schema,
+    )
+    policy = PairingPolicy()
+    started = time.perf_counter()
+    selection = select_pairs(response_table(table, policy.seed), policy)
+    selected = time.perf_counter() - started
+    started = time.perf_counter()
+    pairs = materialize_pairs(table, selection)
+    materialized = time.perf_counter() - started
+    return {
+        "instructions": instructions,
+        "pairs": pairs.num_rows,
+        "select_seconds": round(selected, 3),
+        "materialize_seconds": round(materialized, 3),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and print the results as JSON and a Markdown table."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, action="append", help="release sizes to build (default 5000 and 20000)")
+    parser.add_argument("--distinct-images", type=int, default=400, help="distinct JPEGs cycled through the rows")
+    parser.add_argument("--pair-instructions", type=int, default=80_000)
+    parser.add_argument("--workdir", type=Path, help="keep the synthetic releases here (default: a temp dir)")
+    parser.add_argument(
+        "--build-args", default="", help="extra flags for `vlfeedback build`, e.g. '--verify-images decode'"
+    )
+    args = parser.parse_args(argv)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vlf-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    print(f"machine: {os.cpu_count()} CPUs; workdir {workdir}")
+    images = synthetic_jpegs(args.distinct_images)
+    results = [bench_build(rows, images, workdir, args.build_args.split()) for rows in (args.rows or [5000, 20000])]
+    pairs = bench_pairs(args.pair_instructions)
+    print(json.dumps({"build": results, "pairs": pairs}, indent=2))
+    print("\n| rows | build s | rows/s | input MB/s | peak RSS MiB | raw MB | pairs MB | pairs/raw |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        print(
+            f"| {r['rows']:,} | {r['seconds_build']} | {r['rows_per_s']:,.0f} | {r['input_MB_per_s']} | "
+            f"{r['peak_rss_MiB']} | {r['parquet_MB']['raw']} | {r['parquet_MB']['pairs']} | "
+            f"{r['pairs_over_raw_bytes']} |"
+        )
+    print(
+        f"\nall-pairs for {pairs['instructions']:,} × 4: select {pairs['select_seconds']} s, "
+        f"materialize {pairs['materialize_seconds']} s, {pairs['pairs']:,} pairs"
+    )
+    if not args.workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
