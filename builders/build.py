@@ -219,7 +219,9 @@ def build(options: BuildOptions) -> dict:
     elapsed = time.perf_counter() - started
 
     result = {
-        "source": reader.describe(),
+        "source": options.source,
+        "source_name": _source_name(options.source, options.revision),
+        "input": reader.describe(),
         "revision": options.revision,
         "read": report.read,
         "kept": report.kept,
@@ -258,9 +260,16 @@ def build(options: BuildOptions) -> dict:
     return result
 
 
+def _source_name(source: str, revision: str | None) -> str:
+    """How the card names the input: the Hub id (with revision), or a local folder's name (no machine paths)."""
+    if Path(source).exists():
+        return Path(source).resolve().name
+    return f"{source}@{revision}" if revision else source
+
+
 def _failure(result: dict, options: BuildOptions) -> str | None:
     if result["read"] == 0:
-        return f"the input {result['source']} holds no rows."
+        return f"the input {result['input']} holds no rows."
     if result["kept"] == 0:
         return f"all {result['read']} rows were rejected ({result['reasons']})."
     if result["reject_rate"] > options.max_reject_rate:

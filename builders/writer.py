@@ -110,18 +110,25 @@ class ShardWriter:
         # Unique images gain nothing from a dictionary and cost a hash of every byte: encode them plain.
         images = set(image_byte_columns(self.features))
         dictionary = [c for c in leaf_columns(self.schema) if c not in images or self.shared_images]
-        return pq.ParquetWriter(
+        if not self.shared_images:
+            return pq.ParquetWriter(path, self.schema, use_dictionary=dictionary, write_statistics=False)
+        # The stored Arrow schema would say "dictionary", which makes readers (datasets included) ignore the
+        # Image features; without it readers see plain binary, and the features travel as key-value metadata.
+        writer = pq.ParquetWriter(
             path,
-            self.schema,
+            self.schema.remove_metadata(),
+            store_schema=False,
             use_dictionary=dictionary,
             dictionary_pagesize_limit=DICTIONARY_PAGE_LIMIT,
             write_statistics=False,
         )
+        writer.add_key_value_metadata({"huggingface": self.features.arrow_schema.metadata[b"huggingface"].decode()})
+        return writer
 
     def _write_row_group(self, table: pa.Table) -> None:
         if self._writer is None:
             self._writer = self._open()
-        self._writer.write_table(table.cast(self.schema), row_group_size=table.num_rows)
+        self._writer.write_table(table.cast(self._writer.schema), row_group_size=table.num_rows)
         if self._shards[-1].stat().st_size >= self.max_shard_bytes:
             self._writer.close()
             self._writer = None

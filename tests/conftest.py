@@ -14,3 +14,15 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ.pop("HF_TOKEN", None)
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+import pytest  # noqa: E402
+from support.hub_server import HubServer, point_clients_at  # noqa: E402
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A fresh loopback fake Hub that huggingface_hub and datasets (here and in subprocesses) point at."""
+    with HubServer() as server:
+        point_clients_at(server, tmp_path / "hf_home", monkeypatch)
+        yield server

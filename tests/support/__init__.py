@@ -1,0 +1,1 @@
+"""Test helpers shared by the kit's test suite (local servers that stand in for remote services)."""

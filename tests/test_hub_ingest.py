@@ -1,0 +1,91 @@
+"""`vlfeedback build --source ORG/NAME`: the original release and a Parquet copy, fetched from a (loopback) Hub."""
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from huggingface_hub import HfApi
+from release_factory import row, write_release
+
+GOOD = [(5, 5, 5), (3, 3, 4), (1, 2, 5), (2, 2, 2)]
+
+
+def build_from_hub(hub, tmp_path, repo_id, *extra):
+    out = tmp_path / "built"
+    env = {**os.environ, **hub.client_env(), "HF_HOME": str(tmp_path / "hf_home")}
+    done = subprocess.run(
+        [sys.executable, "-m", "builders.cli", "build", "--source", repo_id, "--out", str(out), "--quiet", *extra],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    return done, out
+
+
+def test_original_release_layout_from_the_hub_at_a_revision(hub, tmp_path):
+    rows = [row(f"svit-{i}", GOOD) for i in range(8)]
+    release = write_release(tmp_path / "release", rows)
+    with zipfile.ZipFile(release / "merged_images.zip", "w") as archive:
+        for path in sorted((release / "merged_images").iterdir()):
+            archive.write(path, f"merged_images/{path.name}")
+    api = HfApi(endpoint=hub.url, token="hf_test")
+    api.create_repo("org/vlfeedback-original", repo_type="dataset")
+    api.upload_file(
+        path_or_fileobj=release / "vlfeedback_80k.jsonl",
+        path_in_repo="vlfeedback_80k.jsonl",
+        repo_id="org/vlfeedback-original",
+        repo_type="dataset",
+    )
+    api.upload_file(
+        path_or_fileobj=release / "merged_images.zip",
+        path_in_repo="merged_images.zip",
+        repo_id="org/vlfeedback-original",
+        repo_type="dataset",
+    )
+    api.create_tag("org/vlfeedback-original", tag="v1", repo_type="dataset")
+    (release / "more.jsonl").write_text(json.dumps(row("svit-99", GOOD)) + "\n")
+    api.upload_file(
+        path_or_fileobj=release / "more.jsonl",
+        path_in_repo="vlfeedback_80k.jsonl",
+        repo_id="org/vlfeedback-original",
+        repo_type="dataset",
+    )  # main moves on; v1 must not
+
+    done, out = build_from_hub(hub, tmp_path, "org/vlfeedback-original", "--revision", "v1")
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "build_report.json").read_text())
+    assert (report["read"], report["kept"], report["revision"]) == (8, 8, "v1")
+    assert report["splits"]["pairs"] == {"train": 48}
+
+
+def test_parquet_copy_from_the_hub(hub, tmp_path):
+    rows = [row(f"lrv-{i}", GOOD) for i in range(5)]
+    release = write_release(tmp_path / "release", rows)
+    table = pa.Table.from_pylist(
+        [
+            r | {"image": {"bytes": (release / "merged_images" / f"{r['id']}.jpg").read_bytes(), "path": None}}
+            for r in rows
+        ]
+    )
+    pq.write_table(table, tmp_path / "train-00000-of-00001.parquet")
+    api = HfApi(endpoint=hub.url, token="hf_test")
+    api.create_repo("org/vlfeedback-parquet", repo_type="dataset")
+    api.upload_file(
+        path_or_fileobj=tmp_path / "train-00000-of-00001.parquet",
+        path_in_repo="data/train-00000-of-00001.parquet",
+        repo_id="org/vlfeedback-parquet",
+        repo_type="dataset",
+    )
+    done, out = build_from_hub(hub, tmp_path, "org/vlfeedback-parquet")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / "build_report.json").read_text())["kept"] == 5
+
+
+def test_unknown_hub_repo_is_a_clear_error(hub, tmp_path):
+    done, _ = build_from_hub(hub, tmp_path, "org/does-not-exist")
+    assert done.returncode == 2
+    assert "Hub dataset 'org/does-not-exist'" in done.stderr and "Traceback" not in done.stderr
