@@ -106,8 +106,9 @@ def _build(args: argparse.Namespace) -> int:
     )
     report = build(options)
     print(
-        f"read {report['read']} rows: kept {report['kept']}, rejected {report['rejected']} "
-        f"{report['reasons'] or ''} in {report['seconds']:.1f}s ({report['rows_per_second']} rows/s)"
+        f"read {report['read']} rows: kept {report['kept']}, rejected {report['rejected']}"
+        f"{' ' + json.dumps(report['reasons']) if report['reasons'] else ''} in {report['seconds']:.1f}s "
+        f"({report['rows_per_second']} rows/s)"
     )
     for config, splits in report["splits"].items():
         print(f"  {config:<16} {', '.join(f'{s}: {n}' for s, n in splits.items())}")

@@ -89,3 +89,21 @@ def test_unknown_hub_repo_is_a_clear_error(hub, tmp_path):
     done, _ = build_from_hub(hub, tmp_path, "org/does-not-exist")
     assert done.returncode == 2
     assert "Hub dataset 'org/does-not-exist'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_inspect_a_hub_repo_at_a_revision(hub, tmp_path):
+    from builders.build import BuildOptions, build
+    from builders.inspect import summarize
+
+    release = write_release(tmp_path / "release", [row(f"m3it-{i}", GOOD) for i in range(6)])
+    build(BuildOptions(source=str(release), out_dir=tmp_path / "vlfeedback", progress=False))
+    api = HfApi(endpoint=hub.url, token="hf_test")
+    api.create_repo("org/built", repo_type="dataset")
+    api.upload_folder(folder_path=tmp_path / "vlfeedback", repo_id="org/built", repo_type="dataset")
+    api.create_tag("org/built", tag="v1.0.0", repo_type="dataset")
+
+    summary = summarize("org/built", revision="v1.0.0")
+    assert summary["configs"] == {"raw": {"train": 6}, "pairs": {"train": 36}}
+    assert summary["sources"] == {"M3IT": 6}
+    assert summary["pairing"]["pairs"]["counts"]["pairs"] == 36
+    assert summary["example"]["id"].startswith("m3it-")
