@@ -12,7 +12,12 @@ import sys
 
 from builders.errors import UserError
 
-COMMAND_MODULES: tuple[str, ...] = ("builders.commands", "training.commands")
+COMMAND_MODULES: tuple[str, ...] = (
+    "builders.commands",
+    "builders.pipeline.commands",
+    "training.commands",
+    "cards.commands",
+)
 
 
 def make_parser() -> argparse.ArgumentParser:
