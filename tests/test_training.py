@@ -1,0 +1,256 @@
+"""Silkie training: `accelerate launch` of the tiny recipe on the sample, the kit's DPO step against TRL's, guards."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from training.commands import ACCELERATE, RECIPES, launch_command
+from training.freeze import is_vision_parameter
+
+CLI = [sys.executable, "-m", "builders.cli"]
+
+
+def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A small sample built into ./vlfeedback and tiny Qwen2-VL / LLaVA models, like the README's main job."""
+    root = tmp_path_factory.mktemp("train")
+    run([*CLI, "sample", "--out", "sample_release", "--num-instructions", "12"], root)
+    run([*CLI, "build", "--source", "sample_release", "--out", "vlfeedback", "--quiet"], root)
+    for family in ("qwen2_vl", "llava"):
+        run([*CLI, "tiny-model", "--family", family, "--out", f"runs/tiny-{family.replace('_', '-')}"], root)
+    return root
+
+
+def train(workspace: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """`vlfeedback train --recipe tiny` (an accelerate launch on the CPU) with TRL flag overrides."""
+    return run([*CLI, "train", "--recipe", "tiny", "--accelerate", "cpu", *overrides], workspace)
+
+
+def state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(f).items()}
+
+
+def parameters(folder: Path) -> dict[str, torch.Tensor]:
+    from transformers import AutoModelForImageTextToText
+
+    return {k: v.detach() for k, v in AutoModelForImageTextToText.from_pretrained(folder).named_parameters()}
+
+
+def test_tiny_qwen2_vl_run_caches_reference_resumes_and_keeps_vision_frozen(workspace):
+    out = workspace / "runs" / "qwen"
+    pairs = json.loads((workspace / "vlfeedback" / "build_report.json").read_text())["splits"]["pairs"]["train"]
+    micro_batches = math.ceil(pairs / 2)  # per-device batch 2, accumulation 2
+    steps_per_epoch = math.ceil(micro_batches / 2)
+    common = ["--output_dir", str(out), "--ref_precompute", "false", "--max_steps", "-1", "--save_strategy", "epoch"]
+    done = train(workspace, *common, "--num_train_epochs", "2", "--merge", "true")
+    assert "accelerate" in done.stdout.splitlines()[0]
+    info = json.loads((out / "run_info.json").read_text())
+    cache = info["reference_cache"]
+    # epoch 1 meets every pair once (a reference forward per batch); epoch 2 is served from the cache
+    assert cache["misses"] == pairs and cache["hits"] == pairs
+    assert cache["reference_forwards"] == micro_batches
+    assert info["dataset"]["revision"].startswith("local-") and info["global_batch_size"] == 4
+    log = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert all(math.isfinite(e["loss"]) for e in log if "loss" in e) and len([e for e in log if "loss" in e]) >= 2
+    assert (out / "training_curves.png").stat().st_size > 1000 and (out / "resolved_config.yaml").is_file()
+
+    adapter = state_dict(out)
+    assert adapter and all("lora_" in k for k in adapter)
+    assert not any("visual" in k for k in adapter), "LoRA reached the vision tower"
+    assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in adapter.items())
+    base, merged = parameters(workspace / "runs" / "tiny-qwen2-vl"), parameters(out / "merged")
+    vision = [k for k in base if is_vision_parameter(k)]
+    language = [k for k in base if "language_model" in k and k.endswith(("q_proj.weight", "v_proj.weight"))]
+    assert vision and all(torch.equal(base[k], merged[k]) for k in vision)
+    assert language and any(not torch.equal(base[k], merged[k]) for k in language)
+
+    # resume from the last checkpoint for a third epoch: the step count continues, the cache is reused
+    train(workspace, *common, "--num_train_epochs", "3", "--resume_from_checkpoint", "true")
+    resumed = json.loads((out / "trainer_state.json").read_text())
+    assert resumed["global_step"] == 3 * steps_per_epoch
+    assert json.loads((out / "run_info.json").read_text())["reference_cache"]["reference_forwards"] == 0
+
+
+def test_tiny_llava_run_with_precomputed_reference(workspace):
+    out = workspace / "runs" / "llava"
+    train(
+        workspace,
+        "--model_name_or_path",
+        "runs/tiny-llava",
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "-1",
+        "--num_train_epochs",
+        "1",
+        "--ref_cache_dir",
+        str(workspace / "llava-cache"),
+    )
+    info = json.loads((out / "run_info.json").read_text())
+    pairs = json.loads((workspace / "vlfeedback" / "build_report.json").read_text())["splits"]["pairs"]["train"]
+    cache = info["reference_cache"]
+    # one batched pass (reference batch 4 = 2x the training batch) before training, then only cache hits
+    assert cache["reference_forwards"] == math.ceil(pairs / 4) and cache["misses"] == 0 and cache["hits"] == pairs
+    assert info["base_model"] == "runs/tiny-llava" and math.isfinite(info["metrics"]["train_loss"])
+    adapter = state_dict(out)
+    assert adapter and not any("vision_tower" in k or "multi_modal_projector" in k for k in adapter)
+    assert list((workspace / "llava-cache").glob("*.parquet"))
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
+def test_kit_loss_equals_trl_sigmoid_loss_on_the_same_batch(workspace, family, tmp_path):
+    from datasets import load_dataset
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from trl import DPOConfig, DPOTrainer
+
+    from training.ref_cache import RefLogpCache
+    from training.tiny_model import build_tiny_model
+    from training.trainer import SilkieDPOTrainer
+
+    model_dir = workspace / "runs" / f"tiny-{family.replace('_', '-')}"
+    dataset = load_dataset(str(workspace / "vlfeedback"), "pairs", split="train").select(range(8))
+    config = DPOConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        max_length=None,
+        bf16=False,
+        use_cpu=True,
+        report_to="none",
+        activation_checkpointing=False,
+        seed=0,
+    )
+    reference_dir = build_tiny_model(family, tmp_path / "reference", seed=1)  # another reference than the policy
+
+    def models():
+        return {
+            "model": AutoModelForImageTextToText.from_pretrained(model_dir),
+            "ref_model": AutoModelForImageTextToText.from_pretrained(reference_dir),
+        }
+
+    processor = AutoProcessor.from_pretrained(model_dir)
+    stock = DPOTrainer(**models(), args=config, train_dataset=dataset, processing_class=processor)
+    cache = RefLogpCache(tmp_path / "ref.parquet", {})
+    kit = SilkieDPOTrainer(**models(), args=config, train_dataset=dataset, processing_class=processor, ref_cache=cache)
+    kit.precompute_reference()
+    stock_batch = next(iter(stock.get_train_dataloader()))
+    kit_batch = next(iter(kit.get_train_dataloader()))
+    assert torch.equal(stock_batch["input_ids"], kit_batch["input_ids"])
+    assert kit_batch["pixel_values"].shape[0] * 2 == stock_batch["pixel_values"].shape[0]  # each image prepared once
+    stock_loss = stock.compute_loss(stock.model, stock._prepare_inputs(stock_batch))
+    forwards = kit.reference_forwards
+    kit_loss = kit.compute_loss(kit.model, kit._prepare_inputs(kit_batch))
+    assert abs(stock_loss.item() - math.log(2)) > 1e-3  # policy and reference really differ
+    assert kit_loss.item() == pytest.approx(stock_loss.item(), rel=1e-4)
+    assert kit.reference_forwards == forwards  # served from the cache
+    policy_hook, reference_hook = kit.image_sharing
+    assert (reference_hook.encoded_images, policy_hook.encoded_images) == (8, 4)  # each image once per forward
+
+
+def test_audit_refuses_truncation_and_names_rows(workspace):
+    from datasets import load_dataset
+    from transformers import AutoProcessor
+
+    from training.audit import audit_dataset, check_audit
+
+    dataset = load_dataset(str(workspace / "vlfeedback"), "pairs", split="train").select(range(6))
+    processor = AutoProcessor.from_pretrained(workspace / "runs" / "tiny-qwen2-vl")
+    report = audit_dataset(dataset, processor, max_length=None)
+    assert report.image_tokens["min"] > 0 and not report.truncated_rows
+    longest = int(report.total_tokens["max"])
+    assert not audit_dataset(dataset, processor, max_length=longest).truncated_rows
+    cut_answers = audit_dataset(dataset, processor, max_length=longest - 1)
+    with pytest.raises(ValueError, match="truncate the answers of 1 rows") as answers:
+        check_audit(cut_answers)
+    ((row, row_id, tokens),) = cut_answers.truncated_rows
+    assert row_id == dataset[row]["id"] and f"{row_id} ({tokens} tokens)" in str(answers.value)
+    check_audit(cut_answers, allow_response_truncation=True)
+    with pytest.raises(ValueError, match="would cut image tokens"):
+        check_audit(audit_dataset(dataset, processor, max_length=20), allow_response_truncation=True)
+
+
+def test_audit_matches_what_trl_really_builds(workspace):
+    from datasets import load_dataset
+    from transformers import AutoProcessor
+    from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
+
+    from training.audit import audit_dataset
+
+    dataset = load_dataset(str(workspace / "vlfeedback"), "pairs", split="train").select(range(1))
+    processor = AutoProcessor.from_pretrained(workspace / "runs" / "tiny-qwen2-vl")
+    batch = DataCollatorForVisionPreference(processor)([dataset[0]])
+    real = int(batch["attention_mask"].sum(dim=1).max())
+    assert audit_dataset(dataset, processor, max_length=None).total_tokens["max"] == real
+
+
+def test_lora_targets_never_hit_the_vision_side(workspace):
+    import re
+
+    from transformers import AutoModelForImageTextToText
+
+    from training.freeze import is_vision_parameter, language_lora_targets
+
+    pattern = re.compile(language_lora_targets())
+    for family in ("tiny-qwen2-vl", "tiny-llava"):
+        model = AutoModelForImageTextToText.from_pretrained(workspace / "runs" / family)
+        names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+        hits = [n for n in names if pattern.fullmatch(n)]
+        assert hits and not any(is_vision_parameter(n) for n in hits)
+        assert any("language_model" in n and n.endswith("q_proj") for n in hits)
+
+
+def test_recipes_state_hardware_and_global_batch():
+    for path in sorted(RECIPES.glob("*.yaml")):
+        recipe = yaml.safe_load(path.read_text())
+        text = path.read_text()
+        assert recipe["hardware"] and recipe["recipe_name"] == path.stem
+        assert "Global batch" in text and "Hardware:" in text
+        if path.stem.startswith("silkie"):
+            gpus = int(recipe["hardware"].split("x")[0])
+            assert recipe["per_device_train_batch_size"] * recipe["gradient_accumulation_steps"] * gpus == 256
+    lora = yaml.safe_load((RECIPES / "silkie-qwen2.5-vl-7b-lora.yaml").read_text())
+    assert (lora["lora_r"], lora["lora_alpha"], lora["lora_dropout"], lora["beta"]) == (64, 16, 0.05, 0.1)
+    assert (lora["learning_rate"], lora["warmup_steps"], lora["weight_decay"], lora["adam_beta2"]) == (
+        1e-5,
+        0.1,
+        0.05,
+        0.98,
+    )
+    assert {p.stem for p in ACCELERATE.glob("*.yaml")} >= {"single_gpu", "multi_gpu", "zero2", "zero3", "fsdp2", "cpu"}
+
+
+def test_every_recipe_key_is_a_script_field():
+    import dataclasses
+
+    from trl import ModelConfig
+
+    from training.config import SilkieDPOConfig, SilkieScriptArguments
+
+    fields = {f.name for cls in (SilkieScriptArguments, SilkieDPOConfig, ModelConfig) for f in dataclasses.fields(cls)}
+    for path in RECIPES.glob("*.yaml"):
+        assert set(yaml.safe_load(path.read_text())) <= fields, path.name
+
+
+def test_launch_command_and_unknown_recipe():
+    command = launch_command("tiny", "cpu", ["--max_steps", "1"])
+    assert command[-4:] == ["--config", str(RECIPES / "tiny.yaml"), "--max_steps", "1"]
+    assert str(ACCELERATE / "cpu.yaml") in command
+    from builders.errors import UserError
+
+    with pytest.raises(UserError, match="choose one of"):
+        launch_command("nope", "cpu", [])

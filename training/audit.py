@@ -1,0 +1,127 @@
+"""Pre-flight audit: what the real processor will make of every row, before any GPU hour is spent.
+
+Counts image tokens per row from the image *header* (no pixel decoding) and text tokens from the chat template,
+then refuses a dataset whose rows ``max_length`` would truncate — naming the rows and the fix — because a cut inside
+the image tokens is the "Image features and image tokens do not match" crash, and a cut inside the answers silently
+changes what DPO compares. Rows without an image in an image dataset are reported (mixed batches hang some setups).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class AuditReport:
+    """Per-dataset token statistics and the rows that would be truncated."""
+
+    rows: int
+    image_tokens: dict[str, float]
+    total_tokens: dict[str, float]
+    max_length: int | None
+    truncated_rows: list[tuple[int, str, int]] = field(default_factory=list)  # (row, id, tokens)
+    image_cut_rows: list[tuple[int, str, int]] = field(default_factory=list)
+    rows_without_image: int = 0
+
+    def summary(self) -> str:
+        """A few lines for the training log."""
+        return (
+            f"audit: {self.rows} rows; image tokens/row min {self.image_tokens['min']:.0f} median "
+            f"{self.image_tokens['median']:.0f} max {self.image_tokens['max']:.0f}; tokens/sequence p50 "
+            f"{self.total_tokens['p50']:.0f} p95 {self.total_tokens['p95']:.0f} max {self.total_tokens['max']:.0f}; "
+            f"max_length {self.max_length}; would truncate {len(self.truncated_rows)} rows "
+            f"({len(self.image_cut_rows)} inside image tokens); rows without an image: {self.rows_without_image}"
+        )
+
+
+def _stats(values: np.ndarray) -> dict[str, float]:
+    if not len(values):
+        return {"min": 0.0, "median": 0.0, "p50": 0.0, "p95": 0.0, "max": 0.0}
+    return {
+        "min": float(values.min()),
+        "median": float(np.median(values)),
+        "p50": float(np.percentile(values, 50)),
+        "p95": float(np.percentile(values, 95)),
+        "max": float(values.max()),
+    }
+
+
+def _lengths(processor, example: dict) -> tuple[int, int]:
+    """Text tokens of the prompt (with one placeholder per image) and of the longer answer, exactly as TRL's vision
+    collator renders them."""
+    from trl.data_utils import apply_chat_template, prepare_multimodal_messages
+
+    example = {
+        "prompt": prepare_multimodal_messages(example["prompt"], images=example["images"]),
+        "chosen": prepare_multimodal_messages(example["chosen"]),
+        "rejected": prepare_multimodal_messages(example["rejected"]),
+    }
+    texts = apply_chat_template(example, processor)
+    tokenize = processor.tokenizer
+    prompt = len(tokenize(texts["prompt"], add_special_tokens=False)["input_ids"])
+    answer = max(len(tokenize(texts[side], add_special_tokens=False)["input_ids"]) for side in ("chosen", "rejected"))
+    return prompt, answer
+
+
+def audit_dataset(dataset, processor, max_length: int | None, batch_size: int = 256) -> AuditReport:
+    """Token counts of every row of a TRL vision preference dataset under ``processor`` and ``max_length``."""
+    from datasets import Image, List
+    from PIL import Image as PILImage
+
+    image_column = "images" if "images" in dataset.column_names else "image"
+    raw = dataset.cast_column(image_column, List(Image(decode=False)) if image_column == "images" else Image(False))
+    columns = [c for c in ("id", image_column, "prompt", "chosen", "rejected") if c in raw.column_names]
+    image_tokens, totals, truncated, image_cut, without_image = [], [], [], [], 0
+    for start in range(0, len(raw), batch_size):
+        batch = raw.select_columns(columns)[start : start + batch_size]
+        for offset in range(len(batch["prompt"])):
+            row = start + offset
+            images = batch[image_column][offset]
+            images = images if isinstance(images, list) else [images] if images else []
+            sizes = []
+            for image in images:
+                with PILImage.open(io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"]) as opened:
+                    sizes.append((opened.height, opened.width))
+            n_image = sum(processor._get_num_multimodal_tokens(image_sizes=sizes).num_image_tokens) if sizes else 0
+            without_image += not sizes
+            example = {key: batch[key][offset] for key in ("prompt", "chosen", "rejected")}
+            prompt_text, answer = _lengths(processor, example | {"images": [None] * len(sizes)})
+            prompt = prompt_text - len(sizes) + n_image
+            longest = prompt + answer
+            image_tokens.append(n_image)
+            totals.append(longest)
+            if max_length is not None and longest > max_length:
+                row_id = batch["id"][offset] if "id" in batch else str(row)
+                truncated.append((row, row_id, longest))
+                if prompt > max_length:
+                    image_cut.append((row, row_id, prompt))
+    return AuditReport(
+        rows=len(raw),
+        image_tokens=_stats(np.array(image_tokens)),
+        total_tokens=_stats(np.array(totals)),
+        max_length=max_length,
+        truncated_rows=truncated,
+        image_cut_rows=image_cut,
+        rows_without_image=without_image if without_image < len(raw) else 0,
+    )
+
+
+def check_audit(report: AuditReport, allow_response_truncation: bool = False) -> None:
+    """Raise ValueError naming the offending rows and the fix when training would truncate."""
+    if report.image_cut_rows:
+        rows = ", ".join(f"{row_id} ({tokens} tokens)" for _, row_id, tokens in report.image_cut_rows[:5])
+        raise ValueError(
+            f"max_length={report.max_length} would cut image tokens in {len(report.image_cut_rows)} rows, e.g. "
+            f"{rows}. Raise `max_length` to at least {int(report.total_tokens['max'])} (or set it to null), or lower "
+            "the processor's max_pixels so images take fewer tokens."
+        )
+    if report.truncated_rows and not allow_response_truncation:
+        rows = ", ".join(f"{row_id} ({tokens} tokens)" for _, row_id, tokens in report.truncated_rows[:5])
+        raise ValueError(
+            f"max_length={report.max_length} would truncate the answers of {len(report.truncated_rows)} rows, e.g. "
+            f"{rows}. Raise `max_length` to {int(report.total_tokens['max'])}, filter those rows, or pass "
+            "`--audit_allow_response_truncation` to accept cut answers."
+        )

@@ -1,0 +1,72 @@
+"""Configuration dataclasses of the Silkie DPO script: TRL's own, extended rather than re-declared."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import DPOConfig, ScriptArguments
+
+
+@dataclass
+class SilkieScriptArguments(ScriptArguments):
+    """TRL's ``ScriptArguments`` plus the dataset revision (a tag or commit) recorded in every output.
+
+    Defaults that differ from TRL's: ``dataset_config="pairs"`` (the paper's pairing rule).
+    """
+
+    dataset_config: str | None = field(
+        default="pairs", metadata={"help": "Pairing config of a VLFeedback dataset (raw is not trainable)."}
+    )
+    dataset_revision: str | None = field(
+        default=None, metadata={"help": "Dataset revision (tag such as v1.0.0, branch or commit) to train on."}
+    )
+    recipe_name: str | None = field(default=None, metadata={"help": "Name of the recipe, recorded in run_info."})
+    hardware: str | None = field(
+        default=None, metadata={"help": "The hardware the recipe assumes (e.g. '8x H100 80GB'), recorded in run_info."}
+    )
+
+
+@dataclass
+class SilkieDPOConfig(DPOConfig):
+    """TRL's ``DPOConfig`` plus the kit's VLM extensions.
+
+    Reference cache: reference log-probs are computed once — ``ref_precompute`` runs one gradient-free pass with
+    ``ref_batch_size`` before training — and stored under ``ref_cache_dir`` (default: beside a local dataset, else
+    under ``$HF_HOME/vlfeedback``), keyed by dataset revision, model revision and processor settings.
+
+    Image sharing: ``share_image_features`` encodes each image once per step for chosen, rejected and reference.
+
+    Guards: ``freeze_vision`` freezes the vision tower and projector (LoRA never targets them); ``audit`` checks every
+    row against ``max_length`` with the real processor before training.
+
+    Outputs: ``merge`` also saves merged weights; ``plot`` writes the loss / reward curves PNG.
+    """
+
+    ref_cache: bool = field(default=True, metadata={"help": "Cache reference log-probs across epochs and runs."})
+    ref_precompute: bool = field(
+        default=True, metadata={"help": "Fill the reference cache in one batched pass before training."}
+    )
+    ref_batch_size: int | None = field(
+        default=None, metadata={"help": "Batch size of the reference pass (default: 2x per_device_train_batch_size)."}
+    )
+    ref_cache_dir: str | None = field(default=None, metadata={"help": "Where reference caches are stored."})
+    share_image_features: bool = field(
+        default=True, metadata={"help": "Encode each image once per step (chosen, rejected and reference)."}
+    )
+    freeze_vision: bool = field(default=True, metadata={"help": "Freeze the vision tower and the projector."})
+    audit: bool = field(default=True, metadata={"help": "Refuse rows that max_length would truncate."})
+    audit_allow_response_truncation: bool = field(
+        default=False, metadata={"help": "Accept rows whose answers max_length cuts (image tokens are never cut)."}
+    )
+    merge: bool = field(default=False, metadata={"help": "Also save the LoRA adapter merged into the base weights."})
+    plot: bool = field(default=True, metadata={"help": "Write training_curves.png (loss, reward accuracy, margin)."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.precompute_ref_log_probs:
+            raise ValueError(
+                "`precompute_ref_log_probs` is TRL's text-only cache; for VLMs use the kit's `ref_cache` (on by "
+                "default) and leave `precompute_ref_log_probs` false"
+            )
+        if self.ref_precompute and not self.ref_cache:
+            self.ref_precompute = False

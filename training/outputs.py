@@ -1,0 +1,130 @@
+"""What a training run leaves in its output folder: the records the model card and the eval read."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+CURVES = "training_curves.png"
+CURVE_METRICS = (("loss", "DPO loss"), ("rewards/accuracies", "reward accuracy"), ("rewards/margins", "reward margin"))
+HYPERPARAMETERS = (
+    "beta", "loss_type", "learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "adam_beta1",
+    "adam_beta2", "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
+    "max_length", "bf16", "activation_checkpointing", "seed",
+)  # fmt: skip
+LORA = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
+
+
+def plot_curves(log_history: list[dict], path: Path) -> bool:
+    """Loss, reward accuracy and reward margin against the step, one panel each; False when nothing was logged."""
+    points = {key: [(e["step"], e[key]) for e in log_history if key in e] for key, _ in CURVE_METRICS}
+    if not any(points.values()):
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(CURVE_METRICS), figsize=(4 * len(CURVE_METRICS), 3), constrained_layout=True)
+    for axis, (key, title) in zip(axes, CURVE_METRICS):
+        if points[key]:
+            steps, values = zip(*points[key])
+            axis.plot(steps, values, marker="o" if len(steps) < 30 else None)
+        axis.set_title(title)
+        axis.set_xlabel("step")
+        axis.grid(alpha=0.3)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
+
+
+def hardware() -> str:
+    """A one-line description of the accelerators this process sees."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
+    return f"CPU ({platform.machine()})"
+
+
+def _plain(value):
+    return value if isinstance(value, (int, float, str, bool, type(None), list, dict)) else str(value)
+
+
+def resolved_config(script_args, training_args, model_args) -> dict:
+    """Every parsed field, grouped by dataclass, as plain data."""
+    return {
+        type(script_args).__name__: {k: _plain(v) for k, v in dataclasses.asdict(script_args).items()},
+        type(training_args).__name__: {k: _plain(v) for k, v in training_args.to_dict().items()},
+        type(model_args).__name__: {k: _plain(v) for k, v in dataclasses.asdict(model_args).items()},
+    }
+
+
+def write_outputs(trainer, processor, result, script_args, training_args, model_args, revision, audit) -> None:
+    """Processor, optional merged weights, run_info.json, metrics, curves, resolved config and audit."""
+    import peft
+    import transformers
+    import trl
+
+    out = Path(training_args.output_dir)
+    processor.save_pretrained(out)
+    merged = False
+    if training_args.merge and hasattr(trainer.model, "merge_and_unload"):
+        trainer.model.merge_and_unload().save_pretrained(out / "merged")
+        processor.save_pretrained(out / "merged")
+        merged = True
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+    curves = plot_curves(trainer.state.log_history, out / CURVES)
+    args = training_args.to_dict()
+    hyperparameters = {k: _plain(args[k]) for k in HYPERPARAMETERS if k in args}
+    if model_args.use_peft:
+        hyperparameters |= {k: _plain(getattr(model_args, k)) for k in LORA}
+    last = next((e for e in reversed(trainer.state.log_history) if "rewards/accuracies" in e), {})
+    info = {
+        "base_model": model_args.model_name_or_path,
+        "base_model_revision": model_args.model_revision,
+        "dataset": {
+            "name": script_args.dataset_name,
+            "config": script_args.dataset_config,
+            "split": script_args.dataset_train_split,
+            "revision": revision,
+            "requested_revision": script_args.dataset_revision,
+        },
+        "recipe": script_args.recipe_name,
+        "hyperparameters": hyperparameters,
+        "hardware": script_args.hardware or hardware(),
+        "num_processes": trainer.accelerator.num_processes,
+        "global_batch_size": training_args.per_device_train_batch_size
+        * training_args.gradient_accumulation_steps
+        * trainer.accelerator.num_processes,
+        "peft": bool(model_args.use_peft),
+        "merged": merged,
+        "metrics": {"train_loss": result.metrics.get("train_loss"), **{k: v for k, v in last.items() if "/" in k}},
+        "reference_cache": None
+        if trainer.ref_cache is None
+        else {
+            "file": str(trainer.ref_cache.path),
+            "hits": trainer.ref_cache.hits,
+            "misses": trainer.ref_cache.misses,
+            "reference_forwards": trainer.reference_forwards,
+        },
+        "curves": CURVES if curves else None,
+        "library_versions": {
+            "trl": trl.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+        },
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    (out / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    (out / "resolved_config.yaml").write_text(
+        yaml.safe_dump(resolved_config(script_args, training_args, model_args), sort_keys=False)
+    )
+    if audit is not None:
+        (out / "audit.json").write_text(json.dumps(dataclasses.asdict(audit), indent=2) + "\n")

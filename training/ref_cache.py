@@ -1,0 +1,92 @@
+"""A persistent cache of reference log-probs for VLM DPO, keyed by pair and by what determines the numbers.
+
+TRL 1.16 refuses ``precompute_ref_log_probs`` for image data, so every step pays a reference forward. The kit
+computes the reference log-probs once — in one batched, gradient-free pass before training, or on the fly the first
+time a pair is seen — and reuses them across epochs and runs. A cache file belongs to a *namespace*: the dataset
+(id, config, split, revision), the model (id, revision, dtype), the processor settings, ``max_length`` and the TRL
+version; change any of them and a new file is used. Pairs are keyed by ``pair_key`` (see :func:`pair_key`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+CACHE_FOLDER = ".ref_logps"
+
+
+def pair_key(example: dict) -> str:
+    """A stable key of one preference pair: its id and models when present, else its texts (and image sizes)."""
+    if example.get("id") is not None and example.get("chosen_model") is not None:
+        material = [example["id"], example["chosen_model"], example["rejected_model"]]
+    else:
+        material = [example["prompt"], example["chosen"], example["rejected"]]
+    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def namespace(parts: dict) -> str:
+    """A short hash of everything the reference log-probs depend on."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def default_cache_dir(dataset_name: str | None) -> Path:
+    """Beside the data for a local dataset folder; under ``$HF_HOME/vlfeedback`` for a Hub dataset."""
+    if dataset_name and Path(dataset_name).is_dir():
+        return Path(dataset_name) / CACHE_FOLDER
+    home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+    return home / "vlfeedback" / CACHE_FOLDER / (dataset_name or "unnamed").replace("/", "--")
+
+
+class RefLogpCache:
+    """pair_key → (reference chosen log-prob, reference rejected log-prob), persisted as one Parquet file."""
+
+    def __init__(self, path: Path, parts: dict) -> None:
+        self.path = path
+        self.parts = parts
+        self.values: dict[str, tuple[float, float]] = {}
+        self.hits = self.misses = 0
+        if path.is_file():
+            table = pq.read_table(path)
+            self.values = dict(
+                zip(
+                    table.column("pair_key").to_pylist(),
+                    zip(table.column("ref_chosen_logps").to_pylist(), table.column("ref_rejected_logps").to_pylist()),
+                )
+            )
+
+    @classmethod
+    def open(cls, folder: Path, parts: dict) -> RefLogpCache:
+        """The cache file of ``parts``' namespace under ``folder`` (created on save)."""
+        return cls(folder / f"{namespace(parts)}.parquet", parts)
+
+    def lookup(self, keys: list[str]) -> tuple[list[float], list[float]] | None:
+        """Both columns for ``keys`` when every key is cached, else None (counted as hits or misses)."""
+        if all(k in self.values for k in keys):
+            self.hits += len(keys)
+            return [self.values[k][0] for k in keys], [self.values[k][1] for k in keys]
+        self.misses += len(keys)
+        return None
+
+    def add(self, keys: list[str], chosen: list[float], rejected: list[float]) -> None:
+        """Record reference log-probs for ``keys``."""
+        self.values.update(zip(keys, zip(chosen, rejected)))
+
+    def save(self) -> None:
+        """Write the file atomically, with the namespace parts as metadata for humans."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        keys = list(self.values)
+        table = pa.table(
+            {
+                "pair_key": keys,
+                "ref_chosen_logps": [self.values[k][0] for k in keys],
+                "ref_rejected_logps": [self.values[k][1] for k in keys],
+            }
+        ).replace_schema_metadata({"vlfeedback.ref_cache": json.dumps(self.parts, sort_keys=True, default=str)})
+        partial = self.path.with_suffix(".partial")
+        pq.write_table(table, partial)
+        partial.replace(self.path)

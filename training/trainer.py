@@ -1,0 +1,162 @@
+"""``SilkieDPOTrainer``: TRL's ``DPOTrainer`` with its loss untouched and the VLM-specific waste removed.
+
+- Reference log-probs come from a :class:`~training.ref_cache.RefLogpCache`: one batched, gradient-free pass before
+  training (``ref_precompute``), or filled the first time a pair is seen; reused across epochs and runs.
+- Each image is processed and encoded once per step, for chosen and rejected and for the reference pass
+  (:mod:`training.shared_images`).
+- Everything else — the loss types, metrics, PEFT reference via disabled adapters, logging — is TRL's own code path:
+  the cached values enter through TRL's ``ref_chosen_logps`` / ``ref_rejected_logps`` inputs.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from trl import DPOTrainer
+
+from training.ref_cache import RefLogpCache, pair_key
+from training.shared_images import ImageFeatureSharing, ImageOnceProcessor
+
+logger = logging.getLogger(__name__)
+PAIR_KEY = "pair_key"
+
+
+def add_pair_keys(dataset):
+    """The dataset with a ``pair_key`` column, computed from light columns only (images are not decoded)."""
+    if dataset is None or PAIR_KEY in dataset.column_names:
+        return dataset
+    light = [c for c in ("id", "chosen_model", "rejected_model") if c in dataset.column_names]
+    columns = light if len(light) == 3 else ["prompt", "chosen", "rejected"]
+
+    def keys(*values):
+        return {PAIR_KEY: [pair_key(dict(zip(columns, row))) for row in zip(*values)]}
+
+    return dataset.map(keys, input_columns=columns, batched=True, desc="pair keys")
+
+
+class PairKeyCollator:
+    """Wraps TRL's collator: pops each example's ``pair_key`` and hands the keys to the trainer with the batch."""
+
+    def __init__(self, collator: Any) -> None:
+        self.collator = collator
+
+    def __call__(self, examples: list[dict]) -> dict:
+        keys = [example.pop(PAIR_KEY) for example in examples]
+        batch = self.collator(examples)
+        batch["pair_keys"] = keys
+        return batch
+
+
+class SilkieDPOTrainer(DPOTrainer):
+    """DPO for VLMs with a persistent reference log-prob cache and one vision encode per image per step."""
+
+    def __init__(self, *args: Any, ref_cache: RefLogpCache | None = None, **kwargs: Any) -> None:
+        for name in ("train_dataset", "eval_dataset"):
+            if kwargs.get(name) is not None and ref_cache is not None:
+                kwargs[name] = add_pair_keys(kwargs[name])
+        super().__init__(*args, **kwargs)
+        self.ref_cache = ref_cache
+        self.reference_forwards = 0
+        self.image_sharing: list[ImageFeatureSharing] = []
+        if getattr(self.args, "share_image_features", True) and self._is_vision_dataset:
+            self.data_collator.processor = ImageOnceProcessor(self.data_collator.processor)
+            self.image_sharing = [ImageFeatureSharing(m) for m in (self.model, self.ref_model) if m is not None]
+        if ref_cache is not None:
+            self.data_collator = PairKeyCollator(self.data_collator)
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        if self.ref_cache is not None and PAIR_KEY not in self._signature_columns:
+            self._signature_columns.append(PAIR_KEY)
+
+    def train(self, *args: Any, **kwargs: Any):
+        """Fill the reference cache in one batched pass (when enabled), then train as TRL does."""
+        if self.ref_cache is not None and getattr(self.args, "ref_precompute", True) and self._covers_dataset():
+            self.precompute_reference()
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            if self.ref_cache is not None:
+                self.ref_cache.save()
+
+    def _covers_dataset(self) -> bool:
+        """Whether the run visits every training pair (else the cache fills lazily, only for visited pairs)."""
+        if self.args.max_steps is None or self.args.max_steps <= 0:
+            return True
+        world = self.accelerator.num_processes
+        seen = self.args.max_steps * self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
+        return seen * world >= len(self.train_dataset)
+
+    @torch.no_grad()
+    def precompute_reference(self) -> int:
+        """Reference log-probs of every uncached training pair, batched and without gradients; returns the count."""
+        from torch.utils.data import DataLoader
+        from tqdm.auto import tqdm
+
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            logger.warning("reference cache: sharded model, filling the cache during the first epoch instead")
+            return 0
+        keys = self.train_dataset[PAIR_KEY]
+        missing = [i for i, key in enumerate(keys) if key not in self.ref_cache.values]
+        if not missing:
+            return 0
+        subset = self.train_dataset.select(missing)
+        if self.accelerator.num_processes > 1:
+            subset = subset.shard(self.accelerator.num_processes, self.accelerator.process_index, contiguous=True)
+        subset = self._remove_unused_columns(subset, description="reference pass")
+        batch_size = getattr(self.args, "ref_batch_size", None) or 2 * self.args.per_device_train_batch_size
+        loader = DataLoader(subset, batch_size=batch_size, collate_fn=self.data_collator, shuffle=False)
+        self.model.eval()
+        for batch in tqdm(loader, desc="reference log-probs", disable=not self.accelerator.is_local_main_process):
+            batch_keys = batch.pop("pair_keys")
+            chosen, rejected = self.compute_ref_log_probs(self._reference(self.model), self._prepare_inputs(batch))
+            self.reference_forwards += 1
+            self.ref_cache.add(batch_keys, chosen.float().tolist(), rejected.float().tolist())
+        self.model.train()
+        self._gather_cache()
+        return len(missing)
+
+    def _reference(self, model):
+        """The model computing reference log-probs: a separate reference, or the policy (TRL disables its adapter)."""
+        return self.ref_model if self.ref_model is not None else model
+
+    def _gather_cache(self) -> None:
+        """Share every process's new cache entries with all processes."""
+        if self.accelerator.num_processes == 1:
+            return
+        from accelerate.utils import gather_object
+
+        for part in gather_object([self.ref_cache.values]):
+            self.ref_cache.values.update(part)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """TRL's logs plus the reference cache's running counts."""
+        if self.ref_cache is not None and "loss" in logs:
+            logs = {
+                **logs,
+                "ref_cache/hits": self.ref_cache.hits,
+                "ref_cache/misses": self.ref_cache.misses,
+                "ref_cache/reference_forwards": self.reference_forwards,
+            }
+        super().log(logs, start_time)
+
+    def _compute_loss(self, model, inputs: dict, return_outputs: bool):
+        keys = inputs.pop("pair_keys", None)
+        if self.ref_cache is None or keys is None:
+            return super()._compute_loss(model, inputs, return_outputs)
+        cached = self.ref_cache.lookup(keys)
+        if cached is None:
+            chosen, rejected = self.compute_ref_log_probs(self._reference(model), inputs)
+            self.reference_forwards += 1
+            self.ref_cache.add(keys, chosen.float().tolist(), rejected.float().tolist())
+        else:
+            device = inputs["input_ids"].device
+            chosen, rejected = (torch.tensor(values, device=device) for values in cached)
+        inputs["ref_chosen_logps"], inputs["ref_rejected_logps"] = chosen, rejected
+        self.precompute_ref_logps = True
+        try:
+            return super()._compute_loss(model, inputs, return_outputs)
+        finally:
+            self.precompute_ref_logps = False
