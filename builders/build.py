@@ -7,6 +7,8 @@ Layout written (a complete Hub dataset repo)::
     DIR/pairing_policies.json        each pairing config's policy, fingerprint and counts
     DIR/build_report.json            read = kept + rejected, reasons, nulled ratings, throughput
     DIR/rejects.jsonl                every rejected input row with its line, id, reason and the fix
+    DIR/judge.json                   the judges of an annotated release (copied from the source when it has one)
+    DIR/assets/                      the card's figures: rating distributions, the example row's image
 
 Memory stays flat: rows flow in batches of ``batch_size`` through validation, the ``raw`` writer and every pairing
 policy, and nothing but the seen-id set grows with the input.
@@ -42,6 +44,7 @@ from builders.writer import DEFAULT_MAX_SHARD_BYTES, PAIR_ROW_GROUP_ROWS, RAW_RO
 REPORT_FILE = "build_report.json"
 REJECTS_FILE = "rejects.jsonl"
 POLICIES_FILE = "pairing_policies.json"
+JUDGE_FILE = "judge.json"
 RAW_CONFIG = "raw"
 PAIRS_CONFIG = "pairs"
 
@@ -253,6 +256,9 @@ def build(options: BuildOptions) -> dict:
         _keep_report_only(staging, out)
         raise UserError(f"{failed} See {out / REPORT_FILE} and {out / REJECTS_FILE}.")
     write_json(staging / POLICIES_FILE, policies)
+    judge = reader.folder / JUDGE_FILE
+    if judge.is_file():
+        shutil.copyfile(judge, staging / JUDGE_FILE)
     write_card(staging)
     if out.exists():
         shutil.rmtree(out)

@@ -39,7 +39,7 @@ class ReleaseFolder:
     """The original layout: one ``*.jsonl`` plus ``merged_images/<id>.jpg`` or ``merged_images.zip``."""
 
     def __init__(self, root: Path, jsonl: Path | None = None) -> None:
-        self.root = root
+        self.root = self.folder = root
         self.jsonl = jsonl or self._find_jsonl(root)
         self.image_dir = root / IMAGE_DIR
         self.zip_path = root / f"{IMAGE_DIR}.zip"
@@ -122,6 +122,7 @@ class ParquetRelease:
 
     def __init__(self, files: list[Path], batch_size: int = 64) -> None:
         self.files = files
+        self.folder = files[0].parent
         self.batch_size = batch_size
 
     def describe(self) -> str:

@@ -1,9 +1,135 @@
-"""CLI verbs of cards and publishing (being built under issue 5)."""
+"""CLI verbs of cards and publishing: ``card dataset|model`` and ``publish dataset|model``.
+
+    vlfeedback card dataset vlfeedback
+    vlfeedback card model runs/silkie --eval-results results.json
+    vlfeedback publish dataset vlfeedback --repo ORG/vlfeedback --version 1.0.0 [--dry-run OUT]
+    vlfeedback publish model runs/silkie --repo ORG/silkie --version 1.0.0
+
+Heavy imports stay inside the verbs.
+"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cards.publish import Outcome, Release
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the card and publish verbs to the ``vlfeedback`` parser."""
+    card = subparsers.add_parser("card", help="render the dataset card of a built folder or the model card of a run")
+    card_kinds = card.add_subparsers(dest="kind", required=True, metavar="KIND")
+    dataset = card_kinds.add_parser("dataset", help="(re)write DIR/README.md and its figures in DIR/assets/")
+    dataset.add_argument("folder", type=Path, metavar="DIR", help="a folder written by `vlfeedback build`")
+    dataset.add_argument("--repo", metavar="ORG/NAME", help="Hub repo the loading snippets name (default ORG/NAME)")
+    dataset.set_defaults(func=_card_dataset)
+    model = card_kinds.add_parser("model", help="(re)write RUN_DIR/README.md from run_info.json and the curves")
+    model.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a training run dir")
+    _model_options(model)
+    model.add_argument("--repo", metavar="ORG/NAME", help="Hub repo the quick start loads (default: the folder)")
+    model.set_defaults(func=_card_model)
+
+    publish = subparsers.add_parser("publish", help="publish a dataset folder or a run dir as a tagged Hub release")
+    publish_kinds = publish.add_subparsers(dest="kind", required=True, metavar="KIND")
+    dataset = publish_kinds.add_parser("dataset", help="publish a built folder: changelog, card, one commit, tag")
+    dataset.add_argument("folder", type=Path, metavar="DIR", help="a folder written by `vlfeedback build`")
+    _release_options(dataset)
+    dataset.add_argument(
+        "--include-rejects", action="store_true", help="also upload rejects.jsonl (local-only by default)"
+    )
+    dataset.set_defaults(func=_publish_dataset)
+    model = publish_kinds.add_parser("model", help="publish a run dir: card, one commit, tag")
+    model.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a training run dir")
+    _release_options(model)
+    _model_options(model)
+    model.set_defaults(func=_publish_model)
+
+
+def _release_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--repo", required=True, metavar="ORG/NAME", help="Hub repo to publish to (created if new)")
+    parser.add_argument("--version", required=True, metavar="X.Y.Z", help="release version; tagged vX.Y.Z")
+    parser.add_argument("--private", action="store_true", help="create the repo private")
+    parser.add_argument("--revision", default="main", metavar="BRANCH", help="branch to commit to (default main)")
+    parser.add_argument(
+        "--dry-run", type=Path, metavar="OUT", help="write the exact repo tree to OUT and upload nothing"
+    )
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--eval-results", type=Path, metavar="FILE", help="eval-results JSON (default: RUN_DIR/eval_results.json)"
+    )
+    parser.add_argument("--license", help="license id of the weights (default cc-by-nc-4.0, the data's license)")
+
+
+def _card_dataset(args: argparse.Namespace) -> int:
+    from cards.dataset import render_dataset_card
+
+    render_dataset_card(args.folder, repo_id=args.repo).save(args.folder / "README.md")
+    print(f"wrote {args.folder / 'README.md'} and its figures in {args.folder / 'assets'}")
+    return 0
+
+
+def _card_model(args: argparse.Namespace) -> int:
+    from cards.model import LICENSE, render_model_card
+
+    card = render_model_card(
+        args.run_dir, repo_id=args.repo, eval_results=args.eval_results, license=args.license or LICENSE
+    )
+    card.save(args.run_dir / "README.md")
+    print(f"wrote {args.run_dir / 'README.md'}")
+    return 0
+
+
+def _release(args: argparse.Namespace, repo_type: str) -> Release:
+    from cards.publish import Release
+
+    return Release(args.repo, args.version, repo_type=repo_type, branch=args.revision, private=args.private)
+
+
+def _publish_dataset(args: argparse.Namespace) -> int:
+    from cards.publish import publish_dataset
+
+    outcome = publish_dataset(
+        args.folder, _release(args, "dataset"), dry_run=args.dry_run, include_rejects=args.include_rejects
+    )
+    return _report(outcome)
+
+
+def _publish_model(args: argparse.Namespace) -> int:
+    from cards.publish import publish_model
+
+    outcome = publish_model(
+        args.run_dir,
+        _release(args, "model"),
+        dry_run=args.dry_run,
+        eval_results=args.eval_results,
+        license=args.license,
+    )
+    return _report(outcome)
+
+
+def _report(outcome: Outcome) -> int:
+    release = outcome.release
+    previous = f"previous release {outcome.previous}" if outcome.previous else "first release"
+    print(outcome.description)
+    if outcome.dry_run is not None:
+        print(
+            f"dry run: wrote the {len(outcome.files)}-file tree of {release.repo_id} {release.tag} to "
+            f"{outcome.dry_run} ({previous}); nothing was uploaded"
+        )
+        if outcome.deleted:
+            print(f"the commit would also delete {len(outcome.deleted)} stale file(s): {', '.join(outcome.deleted)}")
+        return 0
+    deleted = f", {len(outcome.deleted)} stale file(s) deleted" if outcome.deleted else ""
+    print(
+        f"published {release.repo_id} {release.tag}: commit {outcome.commit[:12]} on {release.branch!r}, "
+        f"{len(outcome.files)} files{deleted} ({previous})"
+    )
+    print("load it:")
+    for line in outcome.usage:
+        print(f"  {line}")
+    return 0

@@ -1,18 +1,58 @@
-"""The dataset card of a Hub-ready VLFeedback folder, rendered from the folder's own records.
+"""The dataset card of a Hub-ready VLFeedback folder, rendered from the folder's own data and records.
 
-Every number in the card comes from ``build_report.json`` and ``pairing_policies.json``; the template only words
-them. Rendering goes through ``huggingface_hub``'s ``DatasetCard.from_template``.
+Every number in the card comes from the folder: ``build_report.json`` and ``pairing_policies.json`` (counts,
+policies), the optional ``judge.json`` (judge models and template hashes), the Parquet schema (column types) and
+the ``raw`` Parquet's small columns (rows per source, rating distributions, per-model mean scores; image bytes are
+never read for statistics). The template only words them. Rendering writes the figures the card shows into
+``assets/`` (one rating-distribution PNG per aspect, and the example row's image) and goes through
+``huggingface_hub``'s ``DatasetCard.from_template`` with ``DatasetCardData`` for the metadata.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import shutil
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from huggingface_hub import DatasetCard, DatasetCardData
 
-TEMPLATE = Path(__file__).parent / "templates" / "dataset_card.md"
+from builders.features import ASPECTS, PAIR_FEATURES
+from cards.plots import RATING_LABELS, rating_distribution_plot, slug
+
+TEMPLATES = Path(__file__).parent / "templates"
+TEMPLATE = TEMPLATES / "dataset_card.md"
+CITATION = TEMPLATES / "citation.bib"
 LICENSE = "cc-by-nc-4.0"
+ASSETS_DIR = "assets"
+JUDGE_FILE = "judge.json"
+DEFAULT_CONFIG = "pairs"
+UNPUBLISHED_TARGET = "ORG/NAME"
+PAPER_JUDGE = (
+    "GPT-4V (gpt-4-vision-preview), as reported by the paper; per-row judge metadata not in the original release"
+)
+TEXT_PREVIEW_CHARS = 300
+COLUMN_DOCS: dict[str, str] = {
+    "id": "instruction id; its prefix names the source dataset",
+    "source": "source dataset of the instruction, from the id prefix",
+    "image": "the instruction's image, original bytes (JPEG in the release)",
+    "images": "the instruction's image as a one-element list, as TRL's DPOTrainer reads it",
+    "prompt": "the instruction (`raw`), or the user turn with an image placeholder (pairs)",
+    "models": "the models that answered, in completion order",
+    "completions": "each model's response with a 1–5 rating (null if unparseable) and a rationale per aspect",
+    "chosen": "the preferred assistant turn",
+    "rejected": "the dispreferred assistant turn",
+    "chosen_model": "model that wrote the chosen response",
+    "rejected_model": "model that wrote the rejected response",
+    "chosen_ratings": "the chosen response's rating per aspect",
+    "rejected_ratings": "the rejected response's rating per aspect",
+    "chosen_score": "the chosen response's score under the config's aggregation",
+    "rejected_score": "the rejected response's score under the config's aggregation",
+    "margin": "chosen_score − rejected_score",
+}
 
 
 def size_category(n: int) -> str:
@@ -23,7 +63,7 @@ def size_category(n: int) -> str:
     return "1M<n<10M"
 
 
-def configs_block(report: dict, default: str = "pairs") -> list[dict]:
+def configs_block(report: dict, default: str = DEFAULT_CONFIG) -> list[dict]:
     """The README ``configs`` YAML: one entry per config, one data_files entry per split."""
     configs = []
     for config, splits in report["splits"].items():
@@ -37,20 +77,218 @@ def configs_block(report: dict, default: str = "pairs") -> list[dict]:
     return configs
 
 
-def render_dataset_card(folder: Path) -> DatasetCard:
-    """Render the card of a built folder (README.md content with YAML metadata)."""
+def config_files(folder: Path, config: str, splits: dict[str, int]) -> list[Path]:
+    """The Parquet files of one config, every split, in the order the ``configs`` globs list them."""
+    return [path for split in sorted(splits) for path in sorted((folder / "data" / config).glob(f"{split}-*.parquet"))]
+
+
+def feature_type(feature: object) -> str:
+    """A compact type string for a ``datasets`` feature: ``string``, ``image``, ``list<{role: string, ...}>``."""
+    from datasets import Image, List, Value
+
+    if isinstance(feature, Value):
+        return feature.dtype
+    if isinstance(feature, Image):
+        return "image"
+    if isinstance(feature, List):
+        return f"list<{feature_type(feature.feature)}>"
+    if isinstance(feature, dict):
+        return "{" + ", ".join(f"{name}: {feature_type(sub)}" for name, sub in feature.items()) + "}"
+    return type(feature).__name__
+
+
+def schema_of(files: list[Path]) -> list[dict[str, str]]:
+    """Column name, type and meaning of a config, from the ``datasets`` features stored in its Parquet schema."""
+    from datasets import Features
+
+    features = Features.from_arrow_schema(pq.read_schema(files[0])) if files else PAIR_FEATURES
+    return [
+        {"name": name, "type": feature_type(feature), "doc": COLUMN_DOCS.get(name, "")}
+        for name, feature in features.items()
+    ]
+
+
+def response_table(raw_files: list[Path]) -> pa.Table:
+    """One row per response of the ``raw`` config: ``model`` and one rating column per aspect (nested reads only)."""
+    columns = ["completions.list.element.model"] + [
+        f"completions.list.element.annotations.{aspect}.Rating" for aspect in ASPECTS
+    ]
+    parts = []
+    for path in raw_files:
+        flat = pc.list_flatten(pq.ParquetFile(path).read(columns=columns).column("completions").combine_chunks())
+        annotations = flat.field("annotations")
+        ratings = {aspect: annotations.field(aspect).field("Rating") for aspect in ASPECTS}
+        parts.append(pa.table({"model": flat.field("model"), **ratings}))
+    return pa.concat_tables(parts)
+
+
+def rating_distributions(responses: pa.Table) -> dict[str, dict[str, int]]:
+    """Per aspect, the number of responses rated 1..5 and the number whose rating did not parse (``null``)."""
+    distributions = {}
+    for aspect in ASPECTS:
+        column = responses.column(aspect)
+        counts = {str(v["values"]): v["counts"] for v in pc.value_counts(column.drop_null()).to_pylist()}
+        distributions[aspect] = {label: counts.get(label, 0) for label in RATING_LABELS[:-1]} | {
+            "null": column.null_count
+        }
+    return distributions
+
+
+def model_scores(responses: pa.Table) -> list[dict]:
+    """Per model: responses, mean rating per aspect (nulls skipped) and their average; best average first."""
+    grouped = (
+        responses.group_by("model")
+        .aggregate([("model", "count")] + [(aspect, "mean") for aspect in ASPECTS])
+        .to_pylist()
+    )
+    rows = []
+    for group in grouped:
+        means = {aspect: group[f"{aspect}_mean"] for aspect in ASPECTS}
+        known = [m for m in means.values() if m is not None]
+        rows.append(
+            {
+                "model": group["model"],
+                "responses": group["model_count"],
+                "means": means,
+                "average": sum(known) / len(known) if known else None,
+            }
+        )
+    return sorted(rows, key=lambda r: (-(r["average"] or 0), r["model"]))
+
+
+def source_counts(raw_files: list[Path]) -> dict[str, int]:
+    """Instructions per source, most first."""
+    counts: dict[str, int] = {}
+    for path in raw_files:
+        for value in pc.value_counts(pq.read_table(path, columns=["source"]).column("source")).to_pylist():
+            counts[value["values"]] = counts.get(value["values"], 0) + value["counts"]
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def mean_margin(files: list[Path]) -> float | None:
+    """Mean score margin of a pairing config's pairs; None when it has none."""
+    chunks = [c for p in files for c in pq.ParquetFile(p).read(columns=["margin"]).column("margin").chunks]
+    return pc.mean(pa.chunked_array(chunks, type=pa.float32())).as_py()
+
+
+def _preview(text: str | None) -> str | None:
+    if text is None or len(text) <= TEXT_PREVIEW_CHARS:
+        return text
+    return text[:TEXT_PREVIEW_CHARS].rstrip() + " …"
+
+
+def example_row(files: list[Path], assets: Path) -> dict | None:
+    """The first pair row, its texts shortened and its image written to ``assets/example.<ext>``; None if empty."""
+    from PIL import Image
+
+    path = next((p for p in files if pq.ParquetFile(p).metadata.num_rows), None)
+    if path is None:
+        return None
+    row = pq.ParquetFile(path).read_row_group(0).slice(0, 1).to_pylist()[0]
+    image = row["images"][0]["bytes"]
+    with Image.open(io.BytesIO(image)) as decoded:
+        fmt, size = decoded.format or "image", decoded.size
+    name = f"{ASSETS_DIR}/example.{'jpg' if fmt == 'JPEG' else fmt.lower()}"
+    (assets / Path(name).name).write_bytes(image)
+    for key in ("prompt", "chosen", "rejected"):
+        for message in row[key]:
+            for part in message["content"]:
+                part["text"] = _preview(part["text"])
+    row["images"] = [name]
+    row = {key: round(v, 3) if isinstance(v, float) else v for key, v in row.items()}
+    lines = ",\n".join(f"  {json.dumps(key)}: {json.dumps(value, ensure_ascii=False)}" for key, value in row.items())
+    return {
+        "image": name,
+        "image_info": f"{fmt} {size[0]}×{size[1]}, {len(image):,} bytes",
+        "text": f"{{\n{lines}\n}}",
+    }
+
+
+def read_judge(folder: Path) -> list[dict] | None:
+    """The judges recorded in ``judge.json`` by the AI-feedback pipeline; None when the folder has none."""
+    path = folder / JUDGE_FILE
+    return json.loads(path.read_text())["judges"] if path.is_file() else None
+
+
+def dataset_facts(folder: Path) -> dict:
+    """Everything the card states, computed from the folder; writes the figures it shows into ``assets/``."""
     report = json.loads((folder / "build_report.json").read_text())
     policies = json.loads((folder / "pairing_policies.json").read_text())
-    raw_rows = sum(report["splits"]["raw"].values())
-    data = DatasetCardData(
+    assets = folder / ASSETS_DIR
+    shutil.rmtree(assets, ignore_errors=True)
+    assets.mkdir()
+    files = {config: config_files(folder, config, splits) for config, splits in report["splits"].items()}
+    responses = response_table(files["raw"])
+    ratings = rating_distributions(responses)
+    plots = {
+        aspect: rating_distribution_plot(aspect, counts, assets / f"ratings-{slug(aspect)}.png")
+        .relative_to(folder)
+        .as_posix()
+        for aspect, counts in ratings.items()
+    }
+    pair_configs = [config for config in report["splits"] if config != "raw"]
+    example_config = DEFAULT_CONFIG if DEFAULT_CONFIG in files else pair_configs[0]
+    rated = {aspect: sum(counts.values()) for aspect, counts in ratings.items()}
+    return {
+        "report": report,
+        "policies": policies,
+        "raw_rows": sum(report["splits"]["raw"].values()),
+        "sources": source_counts(files["raw"]),
+        "ratings": ratings,
+        "rating_shares": {
+            aspect: {label: 100 * n / (rated[aspect] or 1) for label, n in counts.items()}
+            for aspect, counts in ratings.items()
+        },
+        "plots": plots,
+        "models": model_scores(responses),
+        "margins": {config: mean_margin(files[config]) for config in pair_configs},
+        "schemas": {
+            "raw": schema_of(files["raw"]),
+            example_config: schema_of(files[example_config]),
+        },
+        "example_config": example_config,
+        "example": example_row(files[example_config], assets),
+        "judges": read_judge(folder),
+    }
+
+
+def card_data(facts: dict) -> DatasetCardData:
+    """The card's YAML metadata: license, tasks, size, tags and the ``configs`` block (``pairs`` is the default)."""
+    return DatasetCardData(
         license=LICENSE,
         language="en",
         pretty_name="VLFeedback",
+        annotations_creators=["machine-generated"],
+        language_creators=["machine-generated"],
+        multilinguality="monolingual",
         task_categories=["image-text-to-text", "visual-question-answering"],
-        size_categories=size_category(raw_rows),
-        tags=["dpo", "preference", "vision-language", "ai-feedback", "gpt-4v", "vlfeedback"],
-        configs=configs_block(report),
+        size_categories=size_category(facts["raw_rows"]),
+        tags=["dpo", "preference", "vision-language", "ai-feedback", "gpt-4v", "vlfeedback", "silkie"],
+        configs=configs_block(facts["report"]),
     )
+
+
+def render_dataset_card(
+    folder: Path, repo_id: str | None = None, revision: str | None = None, changelog: str | None = None
+) -> DatasetCard:
+    """Render the card of a built folder (README.md content with YAML metadata); writes its figures to ``assets/``.
+
+    ``repo_id`` and ``revision`` make the loading snippets point at a Hub release (default: an ``ORG/NAME``
+    placeholder, the folder not being published yet);
+    ``changelog`` is the markdown of the changelog entries, newest first (default: a not-published-yet note).
+    """
+    folder = Path(folder)
+    facts = dataset_facts(folder)
     return DatasetCard.from_template(
-        data, template_path=str(TEMPLATE), report=report, policies=policies, raw_rows=raw_rows
+        card_data(facts),
+        template_path=str(TEMPLATE),
+        aspects=ASPECTS,
+        repo_id=repo_id,
+        load_target=repo_id or UNPUBLISHED_TARGET,
+        revision=revision,
+        changelog=changelog,
+        paper_judge=PAPER_JUDGE,
+        preview_chars=TEXT_PREVIEW_CHARS,
+        citation=CITATION.read_text(encoding="utf-8").strip(),
+        **facts,
     )

@@ -128,3 +128,6 @@ def write_outputs(trainer, processor, result, script_args, training_args, model_
     )
     if audit is not None:
         (out / "audit.json").write_text(json.dumps(dataclasses.asdict(audit), indent=2) + "\n")
+    from cards.model import write_model_card
+
+    write_model_card(out)

@@ -107,7 +107,14 @@ class SilkieDPOTrainer(DPOTrainer):
             subset = subset.shard(self.accelerator.num_processes, self.accelerator.process_index, contiguous=True)
         subset = self._remove_unused_columns(subset, description="reference pass")
         batch_size = getattr(self.args, "ref_batch_size", None) or 2 * self.args.per_device_train_batch_size
-        loader = DataLoader(subset, batch_size=batch_size, collate_fn=self.data_collator, shuffle=False)
+        loader = DataLoader(
+            subset,
+            batch_size=batch_size,
+            collate_fn=self.data_collator,
+            shuffle=False,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory and torch.cuda.is_available(),
+        )
         self.model.eval()
         for batch in tqdm(loader, desc="reference log-probs", disable=not self.accelerator.is_local_main_process):
             batch_keys = batch.pop("pair_keys")

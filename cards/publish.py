@@ -1,0 +1,346 @@
+"""Publish a built dataset folder or a training run dir to the Hub as a versioned release.
+
+A release is one commit and one tag: create the repo (``exist_ok``), render the card for this release, commit
+every file of the folder (and delete what the branch holds beyond it, so the tag's tree is exactly the folder) in
+a single ``create_commit``, then tag it ``vX.Y.Z`` — only once the commit has landed. A version must be new and
+greater than every ``vX.Y.Z`` tag on the repo. The dataset card gets a changelog entry comparing the folder with
+the previous tag. ``dry_run`` writes the exact tree that would be committed into a folder and uploads nothing.
+
+The token is never handled here: ``huggingface_hub`` reads it from ``HF_TOKEN`` or the saved login.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from builders.errors import UserError
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfApi
+
+DATASET_EXCLUDE: tuple[str, ...] = ("rejects.jsonl", ".*", "*/.*")
+"""Local-only files of a built folder: ``rejects.jsonl`` holds the raw rejected input rows (their counts and reasons
+stay in ``build_report.json``), and hidden files or folders (``data/.<config>.partial`` staging).
+``--include-rejects`` uploads the rejects too."""
+MODEL_EXCLUDE: tuple[str, ...] = (
+    ".*",
+    "*/.*",
+    "checkpoint-*",
+    "runs/*",
+    "optimizer.pt",
+    "scheduler.pt",
+    "rng_state*.pth",
+    "training_args.bin",
+)
+"""Training state that is no part of a model release: intermediate checkpoints, logs, optimizer and RNG states,
+pickled training arguments."""
+VERSION = re.compile(r"v?(\d+)\.(\d+)\.(\d+)")
+KEEP_ON_HUB = frozenset({".gitattributes"})
+
+
+@dataclass
+class Release:
+    """Where and as what a folder is published."""
+
+    repo_id: str
+    version: str
+    repo_type: str = "dataset"
+    branch: str = "main"
+    private: bool = False
+
+    def __post_init__(self) -> None:
+        if not VERSION.fullmatch(self.version):
+            raise UserError(f"--version {self.version!r} must be X.Y.Z (semantic version, e.g. 1.0.0)")
+        self.version = self.version.removeprefix("v")
+        if self.repo_id.count("/") != 1:
+            raise UserError(f"--repo {self.repo_id!r} must be ORG/NAME")
+
+    @property
+    def tag(self) -> str:
+        """The git tag of this release: ``vX.Y.Z``."""
+        return f"v{self.version}"
+
+
+@dataclass
+class HubState:
+    """What the repo holds before the release: whether it exists, its version tags, the branch head and files."""
+
+    exists: bool = False
+    tags: list[str] = field(default_factory=list)
+    head: str | None = None
+    branch_exists: bool = False
+    files: list[str] = field(default_factory=list)
+    private: bool | None = None
+
+
+@dataclass
+class Outcome:
+    """What a publish did (or, in a dry run, would do)."""
+
+    release: Release
+    previous: str | None
+    description: str
+    usage: list[str]
+    files: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    commit: str | None = None
+    dry_run: Path | None = None
+
+
+def version_key(tag: str) -> tuple[int, int, int] | None:
+    """``(X, Y, Z)`` of a ``vX.Y.Z`` tag; None for any other tag."""
+    match = VERSION.fullmatch(tag)
+    return tuple(int(part) for part in match.groups()) if match and tag.startswith("v") else None
+
+
+def previous_version(tags: list[str], release: Release) -> str | None:
+    """The latest ``vX.Y.Z`` tag, after checking ``release`` is new and greater; None for a first release."""
+    if release.tag in tags:
+        raise UserError(
+            f"{release.repo_id} already has tag {release.tag}; a published version is never overwritten — "
+            "publish a new version instead"
+        )
+    versions = sorted((key, tag) for tag in tags if (key := version_key(tag)) is not None)
+    if versions and version_key(release.tag) <= versions[-1][0]:
+        raise UserError(
+            f"version {release.version} is not greater than the latest release {versions[-1][1]} of "
+            f"{release.repo_id}; pick a higher version"
+        )
+    return versions[-1][1] if versions else None
+
+
+def upload_plan(folder: Path, exclude: tuple[str, ...], readme: bytes) -> dict[str, Path | bytes]:
+    """Repo path → local file (or bytes) of everything to commit: the folder minus ``exclude``, the new card."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    plan: dict[str, Path | bytes] = {
+        path: folder / path for path in filter_repo_objects(files, ignore_patterns=list(exclude))
+    }
+    plan["README.md"] = readme
+    return dict(sorted(plan.items()))
+
+
+def write_tree(plan: dict[str, Path | bytes], out: Path) -> None:
+    """Write the planned repo tree into ``out`` (hard links where possible: Parquet shards can be large)."""
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"--dry-run {out} exists and is not empty; choose an empty or new folder")
+    for path, source in plan.items():
+        target = out / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(source, bytes):
+            target.write_bytes(source)
+            continue
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copyfile(source, target)
+
+
+def hub_state(api: HfApi, release: Release) -> HubState:
+    """Read the repo's tags, the branch head (main's when the branch is new) and its files; empty when no repo."""
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    try:
+        refs = api.list_repo_refs(release.repo_id, repo_type=release.repo_type)
+        heads = {branch.name: branch.target_commit for branch in refs.branches}
+        head = heads.get(release.branch) or heads["main"]
+        info = api.repo_info(release.repo_id, repo_type=release.repo_type, revision=head)
+    except RepositoryNotFoundError:
+        return HubState()
+    except HfHubHTTPError as err:
+        raise UserError(f"could not read {release.repo_id} on the Hub: {err}") from err
+    return HubState(
+        exists=True,
+        tags=[tag.name for tag in refs.tags],
+        head=head,
+        branch_exists=release.branch in heads,
+        files=[sibling.rfilename for sibling in info.siblings or []],
+        private=info.private,
+    )
+
+
+def check_visibility(release: Release, state: HubState) -> None:
+    """Refuse ``--private`` for a repo that exists and is public: it would not become private."""
+    if release.private and state.exists and not state.private:
+        raise UserError(
+            f"{release.repo_id} exists and is public; --private does not change an existing repo's visibility "
+            "(change it in the repo's settings first)"
+        )
+
+
+def commit_release(
+    api: HfApi, release: Release, state: HubState, plan: dict[str, Path | bytes], description: str
+) -> str:
+    """Create the repo and branch if needed, commit ``plan`` as one commit, then tag it; returns the commit oid.
+
+    The commit deletes whatever the branch holds beyond ``plan`` (stale shards would otherwise match the
+    ``configs`` globs) and names the head it was planned against as parent, so a concurrent push fails it.
+    """
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+    from huggingface_hub.errors import HfHubHTTPError
+
+    operations = [CommitOperationAdd(path, source) for path, source in plan.items()]
+    operations += [CommitOperationDelete(path) for path in stale_files(state, plan)]
+    try:
+        if not state.exists:
+            api.create_repo(release.repo_id, repo_type=release.repo_type, private=release.private, exist_ok=True)
+        if not state.branch_exists and release.branch != "main":
+            api.create_branch(
+                release.repo_id, branch=release.branch, revision=state.head, repo_type=release.repo_type, exist_ok=True
+            )
+    except HfHubHTTPError as err:
+        raise UserError(f"could not create {release.repo_id} or its branch {release.branch!r}: {err}") from err
+    parent = state.head if state.exists else branch_head(api, release)
+    try:
+        commit = api.create_commit(
+            release.repo_id,
+            operations,
+            commit_message=f"Release {release.tag}",
+            commit_description=description,
+            repo_type=release.repo_type,
+            revision=release.branch,
+            parent_commit=parent,
+        )
+    except Exception as err:  # HTTP errors, LFS transfer errors (RuntimeError), dropped connections
+        raise UserError(
+            f"upload to {release.repo_id} failed ({type(err).__name__}: {err}); "
+            f"{_after_failure(branch_head(api, release), parent, release.branch)} no tag was created or moved "
+            f"({release.tag} does not exist). Re-run the same command to retry: files that already reached the Hub "
+            "are not sent again."
+        ) from err
+    try:
+        api.create_tag(
+            release.repo_id, tag=release.tag, revision=commit.oid, repo_type=release.repo_type, tag_message=description
+        )
+    except HfHubHTTPError as err:
+        raise UserError(
+            f"commit {commit.oid} landed on {release.branch!r} of {release.repo_id} but tagging it {release.tag} "
+            f"failed: {err}. Re-run the same command to publish and tag the release."
+        ) from err
+    return commit.oid
+
+
+def _after_failure(head: str | None, parent: str | None, branch: str) -> str:
+    """What a failed commit left on the branch, judged from its head read again afterwards."""
+    if head is None:
+        return f"whether a commit reached {branch!r} could not be checked, and"
+    if head == parent:
+        return f"nothing was committed: {branch!r} is unchanged and"
+    return f"the Hub did record a commit ({head[:12]}) on {branch!r}, but"
+
+
+def branch_head(api: HfApi, release: Release) -> str | None:
+    """The branch's current commit, or None when it (or the repo) cannot be read."""
+    try:
+        refs = api.list_repo_refs(release.repo_id, repo_type=release.repo_type)
+    except Exception:  # the Hub unreachable or refusing: the caller says it could not check
+        return None
+    return next((b.target_commit for b in refs.branches if b.name == release.branch), None)
+
+
+def stale_files(state: HubState, plan: dict[str, Path | bytes]) -> list[str]:
+    """Files on the branch that the release does not contain (``.gitattributes`` stays)."""
+    return sorted(set(state.files) - set(plan) - KEEP_ON_HUB)
+
+
+def prepare(release: Release, dry_run: Path | None) -> tuple[HfApi, HubState, str | None]:
+    """Check the token (real uploads only), read the repo, apply the version and visibility rules.
+
+    Returns ``(api, state, previous)``; fails before anything is written when the release would be refused.
+    """
+    from huggingface_hub import HfApi, get_token
+
+    if dry_run is None and get_token() is None:
+        raise UserError("no Hugging Face token: set HF_TOKEN or log in with `hf auth login` (write access needed)")
+    api = HfApi()
+    state = hub_state(api, release)
+    previous = previous_version(state.tags, release)
+    check_visibility(release, state)
+    return api, state, previous
+
+
+def deliver(
+    api: HfApi, state: HubState, plan: dict[str, Path | bytes], outcome: Outcome, dry_run: Path | None
+) -> Outcome:
+    """Write the tree into ``dry_run`` when given, else commit and tag it; fills in what was done."""
+    outcome.files, outcome.deleted = list(plan), stale_files(state, plan)
+    if dry_run is not None:
+        write_tree(plan, dry_run)
+        outcome.dry_run = dry_run
+        return outcome
+    outcome.commit = commit_release(api, outcome.release, state, plan, outcome.description)
+    return outcome
+
+
+def _today() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+
+
+def publish_dataset(
+    folder: Path, release: Release, dry_run: Path | None = None, include_rejects: bool = False
+) -> Outcome:
+    """Publish a built folder as ``release``: changelog against the previous tag, card, one commit, tag."""
+    from fsspec.implementations.local import LocalFileSystem
+    from huggingface_hub import HfFileSystem
+
+    from cards.changelog import changelog_section, compare, first_release_entry, format_entry, read_snapshot
+    from cards.dataset import render_dataset_card
+
+    folder = Path(folder)
+    missing = [
+        name for name in ("README.md", "build_report.json", "pairing_policies.json") if not (folder / name).is_file()
+    ]
+    if missing:
+        raise UserError(f"{folder} is not a folder written by `vlfeedback build` (no {', '.join(missing)})")
+    api, state, previous = prepare(release, dry_run)
+    new = read_snapshot(LocalFileSystem(), folder.resolve().as_posix(), "this build")
+    if previous is None:
+        entry = first_release_entry(release.tag, _today(), new)
+        section = entry
+    else:
+        old = read_snapshot(HfFileSystem(skip_instance_cache=True), f"datasets/{release.repo_id}@{previous}", previous)
+        entry = format_entry(release.tag, _today(), compare(old, new))
+        section = changelog_section(entry, old.card)
+    card = render_dataset_card(folder, repo_id=release.repo_id, revision=release.tag, changelog=section)
+    card.validate(repo_type="dataset")
+    exclude = tuple(p for p in DATASET_EXCLUDE if not (include_rejects and p == "rejects.jsonl"))
+    plan = upload_plan(folder, exclude, str(card).encode("utf-8"))
+    usage = [f'load_dataset("{release.repo_id}", "{config}", revision="{release.tag}")' for config in new.splits]
+    return deliver(api, state, plan, Outcome(release, previous, entry, usage), dry_run)
+
+
+def publish_model(
+    run_dir: Path,
+    release: Release,
+    dry_run: Path | None = None,
+    eval_results: Path | None = None,
+    license: str | None = None,
+) -> Outcome:
+    """Publish a run dir as ``release``: card pointing at the repo and tag, one commit, tag."""
+    from cards.model import LICENSE, read_run, render_model_card
+
+    read_run(Path(run_dir))
+    api, state, previous = prepare(release, dry_run)
+    card = render_model_card(
+        Path(run_dir),
+        repo_id=release.repo_id,
+        revision=release.tag,
+        eval_results=eval_results,
+        license=license or LICENSE,
+    )
+    card.validate(repo_type="model")
+    plan = upload_plan(Path(run_dir), MODEL_EXCLUDE, str(card).encode("utf-8"))
+    description = f"Model release {release.tag}" + (f" (previous: {previous})" if previous else " (first release)")
+    load = (
+        f'PeftModel.from_pretrained(base_model, "{release.repo_id}", revision="{release.tag}")'
+        if (Path(run_dir) / "adapter_config.json").is_file()
+        else f'AutoModelForImageTextToText.from_pretrained("{release.repo_id}", revision="{release.tag}")'
+    )
+    return deliver(api, state, plan, Outcome(release, previous, description, [load]), dry_run)

@@ -1,0 +1,295 @@
+"""DPO step benchmark: TRL's stock ``DPOTrainer`` against the kit's ``SilkieDPOTrainer``, same model and rows.
+
+    python -m training.bench --shape tiny                         # the CPU check (2 cores)
+    python -m training.bench --shape qwen2-vl-7b --device cuda    # one H100/H200, bf16, random init
+
+Both trainers get the same random-init model (a tiny model, or the public Qwen2-VL 2B/7B shapes), the Silkie LoRA
+(r 64, alpha 16, language model only, vision frozen), beta 0.1, sdpa, and the same synthetic VLFeedback-like rows
+(one 448x448 image, a ~40-word prompt, 100-300-word answers). Each configuration runs ``--warmup`` then ``--steps``
+timed optimizer steps (per-device batch B, no accumulation).
+
+Printed per configuration: pairs/s, LM tokens/s (non-padding tokens of chosen + rejected sequences), peak memory
+(GPU: ``max_memory_allocated``; CPU: the process's max RSS), MFU, and the losses of the timed steps. The kit's
+reference pass (one batched gradient-free pass over the pairs, cached for later epochs and runs) is timed apart and
+folded into ``pairs/s 3 ep``: the throughput of a 3-epoch run that pays the pass once.
+
+MFU = useful FLOPs / (time x peak FLOP/s). Useful FLOPs per pair = 6 N_lm T + 2 N_vit P: per LM token T a LoRA
+policy forward and backward (4 N_lm) and a reference forward (2 N_lm), plus one ViT forward over the image's P
+patches. The same useful work is counted for every configuration, so MFU is proportional to pairs/s. Peak:
+989 TFLOP/s (H100/H200 bf16 dense) on CUDA; on the CPU MFU is not reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PEAK_FLOPS = {"cuda": 989e12}
+QWEN2_VL_SHAPES = {
+    "qwen2-vl-2b": {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
+                    "num_attention_heads": 12, "num_key_value_heads": 2, "vocab_size": 151936,
+                    "tie_word_embeddings": True, "vision_hidden_size": 1536},
+    "qwen2-vl-7b": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+                    "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
+                    "tie_word_embeddings": False, "vision_hidden_size": 3584},
+}  # fmt: skip
+"""The public Qwen2-VL-2B/7B-Instruct dimensions; both share the 32-layer, 1280-wide ViT."""
+CONFIGS = {
+    "trl-default": {"trainer": "trl", "batch": 2, "checkpointing": True},
+    "trl-b2": {"trainer": "trl", "batch": 2, "checkpointing": False},
+    "trl-b8": {"trainer": "trl", "batch": 8, "checkpointing": False},
+    "kit-b2": {"trainer": "kit", "batch": 2, "checkpointing": False},
+    "kit-b8": {"trainer": "kit", "batch": 8, "checkpointing": False},
+    "kit-b8-ckpt": {"trainer": "kit", "batch": 8, "checkpointing": True},
+}
+DEFAULT_CONFIGS = {"cpu": ["trl-default", "trl-b2", "kit-b2"], "cuda": list(CONFIGS)}
+
+
+def synthetic_pairs(n: int, seed: int = 0):
+    """VLFeedback-like pair rows in the kit's schema: a 448x448 JPEG, ~40-word prompt, 100-300-word answers."""
+    import numpy as np
+    from datasets import Dataset
+    from PIL import Image
+
+    from builders.features import PAIR_FEATURES
+    from training.tiny_model import corpus
+
+    rng = np.random.default_rng(seed)
+    words = sorted({w for line in corpus() for w in line.split() if w.isalpha()})
+
+    def text(low: int, high: int) -> str:
+        return " ".join(rng.choice(words, size=int(rng.integers(low, high))))
+
+    def message(role: str, content: str, image: bool = False) -> list[dict]:
+        parts = ([{"type": "image", "text": None}] if image else []) + [{"type": "text", "text": content}]
+        return [{"role": role, "content": parts}]
+
+    rows = []
+    for i in range(n):
+        buffer = io.BytesIO()
+        pixels = rng.integers(0, 255, (56, 56, 3), dtype=np.uint8)
+        Image.fromarray(pixels).resize((448, 448)).save(buffer, "JPEG", quality=85)
+        rows.append({
+            "id": f"bench-{i}", "source": "bench", "images": [{"bytes": buffer.getvalue(), "path": None}],
+            "prompt": message("user", text(35, 45), image=True), "chosen": message("assistant", text(100, 300)),
+            "rejected": message("assistant", text(100, 300)), "chosen_model": "a", "rejected_model": "b",
+            "chosen_ratings": dict.fromkeys(("Helpfulness", "Visual Faithfulness", "Ethical Considerations"), 5),
+            "rejected_ratings": dict.fromkeys(("Helpfulness", "Visual Faithfulness", "Ethical Considerations"), 1),
+            "chosen_score": 5.0, "rejected_score": 1.0, "margin": 4.0,
+        })  # fmt: skip
+    return Dataset.from_list(rows, features=PAIR_FEATURES)
+
+
+def build_model(shape: str, folder: Path, device: str):
+    """The model and processor of a shape: the tiny Qwen2-VL, or a random-init public Qwen2-VL shape."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor, Qwen2VLForConditionalGeneration
+
+    from training.tiny_model import build_tiny_model
+
+    tiny = build_tiny_model("qwen2_vl", folder / "tiny")
+    processor = AutoProcessor.from_pretrained(tiny)
+    if shape == "tiny":
+        return AutoModelForImageTextToText.from_pretrained(tiny).to(device), processor
+    dims = dict(QWEN2_VL_SHAPES[shape])
+    vision_hidden = dims.pop("vision_hidden_size")
+    config = AutoModelForImageTextToText.from_pretrained(tiny).config
+    text = {k: v for k, v in config.text_config.to_dict().items() if k not in ("layer_types", "max_window_layers")}
+    text |= dims
+    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [16, 24, 24]}
+    vision = config.vision_config.to_dict() | {
+        "depth": 32,
+        "embed_dim": 1280,
+        "hidden_size": vision_hidden,
+        "num_heads": 16,
+        "mlp_ratio": 4,
+    }
+    full = type(config)(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=config.image_token_id,
+        video_token_id=config.video_token_id,
+        vision_start_token_id=config.vision_start_token_id,
+        vision_end_token_id=config.vision_end_token_id,
+    )
+    # the real Qwen2-VL pixel budget: a 448x448 image is 32x32 patches, 256 tokens after the 2x2 merge
+    processor.image_processor.min_pixels, processor.image_processor.max_pixels = 56 * 56, 28 * 28 * 1280
+    processor.image_processor.size = {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280}
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Qwen2VLForConditionalGeneration._from_config(full, dtype=torch.bfloat16, attn_implementation="sdpa")
+    return model, processor
+
+
+def parameter_counts(model) -> tuple[int, int]:
+    """(language-model parameters, vision parameters)."""
+    from training.freeze import is_vision_parameter
+
+    vision = sum(p.numel() for n, p in model.named_parameters() if is_vision_parameter(n))
+    return sum(p.numel() for p in model.parameters()) - vision, vision
+
+
+def run_config(shape: str, name: str, device: str, steps: int, warmup: int) -> dict:
+    """Train one configuration for warmup + steps steps and measure the timed ones."""
+    import torch
+    from peft import LoraConfig
+    from transformers import TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    from training.config import SilkieDPOConfig
+    from training.freeze import freeze_vision, language_lora_targets
+    from training.ref_cache import RefLogpCache
+    from training.trainer import SilkieDPOTrainer
+
+    spec = CONFIGS[name]
+    work = Path(tempfile.mkdtemp(prefix="vlf-bench-"))
+    model, processor = build_model(shape, work, device)
+    freeze_vision(model)
+    n_lm, n_vit = parameter_counts(model)
+    dataset = synthetic_pairs((warmup + steps) * spec["batch"])
+    cuda = device == "cuda"
+    common = dict(
+        output_dir=str(work / "run"),
+        per_device_train_batch_size=spec["batch"],
+        max_steps=warmup + steps,
+        learning_rate=1e-5,
+        beta=0.1,
+        max_length=None,
+        bf16=cuda,
+        use_cpu=not cuda,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        seed=0,
+        activation_checkpointing=spec["checkpointing"],
+        dataloader_num_workers=2 if cuda else 0,
+    )
+    lora = LoraConfig(r=64, lora_alpha=16, lora_dropout=0.05, target_modules=language_lora_targets())
+    if spec["trainer"] == "trl":
+        trainer = DPOTrainer(
+            model=model, args=DPOConfig(**common), train_dataset=dataset, processing_class=processor, peft_config=lora
+        )
+    else:
+        trainer = SilkieDPOTrainer(
+            model=model,
+            args=SilkieDPOConfig(**common, ref_batch_size=2 * spec["batch"]),
+            train_dataset=dataset,
+            processing_class=processor,
+            peft_config=lora,
+            ref_cache=RefLogpCache(work / "ref.parquet", {}),
+        )
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    class Timer(TrainerCallback):
+        """Wall time between optimizer-step ends (data loading and collation included), and tokens per step."""
+
+        def __init__(self) -> None:
+            self.ends: list[float] = []
+            self.tokens: list[int] = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            sync()
+            self.ends.append(time.perf_counter())
+            self.tokens.append(trainer._total_train_tokens)
+            if state.global_step == warmup and cuda:
+                torch.cuda.reset_peak_memory_stats()
+
+    timer = Timer()
+    trainer.add_callback(timer)
+    reference_seconds = 0.0
+    if spec["trainer"] == "kit":
+        sync()
+        started = time.perf_counter()
+        trainer.precompute_reference()
+        sync()
+        reference_seconds = time.perf_counter() - started
+    trainer.train()
+    step = (timer.ends[-1] - timer.ends[warmup - 1]) / steps
+    pairs_per_s = spec["batch"] / step
+    tokens_per_pair = (timer.tokens[-1] - timer.tokens[warmup - 1]) / steps / spec["batch"]
+    patches = 32 * 32 if shape != "tiny" else 256
+    useful = 6 * n_lm * tokens_per_pair + 2 * n_vit * patches
+    reference_per_pair = reference_seconds / len(dataset)
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e][warmup:]
+    return {
+        "config": name, "shape": shape, "device": device, "batch": spec["batch"],
+        "activation_checkpointing": spec["checkpointing"], "step_s": round(step, 4),
+        "pairs_per_s": round(pairs_per_s, 3), "lm_tokens_per_s": round(pairs_per_s * tokens_per_pair),
+        "tokens_per_pair": round(tokens_per_pair), "reference_pass_s_per_pair": round(reference_per_pair, 4),
+        "pairs_per_s_3_epochs": round(3 / (3 / pairs_per_s + reference_per_pair), 3),
+        "peak_GiB": round((torch.cuda.max_memory_allocated() if cuda else
+                           resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30, 2),
+        "mfu": round(pairs_per_s * useful / PEAK_FLOPS[device], 4) if device in PEAK_FLOPS else None,
+        "n_lm": n_lm, "n_vit": n_vit, "losses": [round(x, 5) for x in losses],
+    }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run each configuration in its own process and print one JSON line each, then a Markdown table."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", default="tiny", choices=["tiny", *QWEN2_VL_SHAPES])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--configs", help=f"comma-separated subset of {', '.join(CONFIGS)}")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (at least 1)")
+    parser.add_argument("--out", type=Path, help="append the JSON lines to this file")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print("RESULT " + json.dumps(run_config(args.shape, args.child, args.device, args.steps, args.warmup)))
+        return
+    results = []
+    for name in args.configs.split(",") if args.configs else DEFAULT_CONFIGS[args.device]:
+        command = [
+            sys.executable,
+            "-m",
+            "training.bench",
+            "--shape",
+            args.shape,
+            "--device",
+            args.device,
+            "--steps",
+            str(args.steps),
+            "--warmup",
+            str(args.warmup),
+            "--child",
+            name,
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+        lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+        if done.returncode or not lines:
+            result = {"config": name, "shape": args.shape, "error": done.stderr.strip().splitlines()[-1:]}
+        else:
+            result = json.loads(lines[-1][len("RESULT ") :])
+        results.append(result)
+        print(json.dumps(result), flush=True)
+        if args.out:
+            with args.out.open("a") as out:
+                out.write(json.dumps(result) + "\n")
+    print("\n| config | batch | ckpt | step s | pairs/s | pairs/s 3 ep | LM tokens/s | peak GiB | MFU |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        if "error" in r:
+            print(f"| {r['config']} | failed: {r['error']} |")
+            continue
+        mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
+        print(
+            f"| {r['config']} | {r['batch']} | {r['activation_checkpointing']} | {r['step_s']} | {r['pairs_per_s']} "
+            f"| {r['pairs_per_s_3_epochs']} | {r['lm_tokens_per_s']:,} | {r['peak_GiB']} | {mfu} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
