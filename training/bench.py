@@ -47,10 +47,15 @@ CONFIGS = {
     "trl-b2": {"trainer": "trl", "batch": 2, "checkpointing": False},
     "trl-b8": {"trainer": "trl", "batch": 8, "checkpointing": False},
     "kit-b2": {"trainer": "kit", "batch": 2, "checkpointing": False},
+    "kit-b4": {"trainer": "kit", "batch": 4, "checkpointing": False},
     "kit-b8": {"trainer": "kit", "batch": 8, "checkpointing": False},
     "kit-b8-ckpt": {"trainer": "kit", "batch": 8, "checkpointing": True},
+    "kit-b16-ckpt": {"trainer": "kit", "batch": 16, "checkpointing": True},
 }
-DEFAULT_CONFIGS = {"cpu": ["trl-default", "trl-b2", "kit-b2"], "cuda": list(CONFIGS)}
+DEFAULT_CONFIGS = {
+    "cpu": ["trl-default", "trl-b2", "kit-b2"],
+    "cuda": ["trl-default", "trl-b8", "kit-b2", "kit-b8", "kit-b8-ckpt"],
+}
 
 
 def synthetic_pairs(n: int, seed: int = 0):
@@ -137,7 +142,9 @@ def parameter_counts(model) -> tuple[int, int]:
     return sum(p.numel() for p in model.parameters()) - vision, vision
 
 
-def run_config(shape: str, name: str, device: str, steps: int, warmup: int) -> dict:
+def run_config(
+    shape: str, name: str, device: str, steps: int, warmup: int, ref_factor: int = 2, workers: int = 2
+) -> dict:
     """Train one configuration for warmup + steps steps and measure the timed ones."""
     import torch
     from peft import LoraConfig
@@ -171,7 +178,7 @@ def run_config(shape: str, name: str, device: str, steps: int, warmup: int) -> d
         disable_tqdm=True,
         seed=0,
         activation_checkpointing=spec["checkpointing"],
-        dataloader_num_workers=2 if cuda else 0,
+        dataloader_num_workers=workers if cuda else 0,
     )
     lora = LoraConfig(r=64, lora_alpha=16, lora_dropout=0.05, target_modules=language_lora_targets())
     if spec["trainer"] == "trl":
@@ -181,7 +188,7 @@ def run_config(shape: str, name: str, device: str, steps: int, warmup: int) -> d
     else:
         trainer = SilkieDPOTrainer(
             model=model,
-            args=SilkieDPOConfig(**common, ref_batch_size=2 * spec["batch"]),
+            args=SilkieDPOConfig(**common, ref_batch_size=ref_factor * spec["batch"]),
             train_dataset=dataset,
             processing_class=processor,
             peft_config=lora,
@@ -222,7 +229,8 @@ def run_config(shape: str, name: str, device: str, steps: int, warmup: int) -> d
     patches = 32 * 32 if shape != "tiny" else 256
     useful = 6 * n_lm * tokens_per_pair + 2 * n_vit * patches
     reference_per_pair = reference_seconds / len(dataset)
-    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e][warmup:]
+    all_losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    losses = all_losses[warmup:]
     return {
         "config": name, "shape": shape, "device": device, "batch": spec["batch"],
         "activation_checkpointing": spec["checkpointing"], "step_s": round(step, 4),
@@ -233,6 +241,7 @@ def run_config(shape: str, name: str, device: str, steps: int, warmup: int) -> d
                            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30, 2),
         "mfu": round(pairs_per_s * useful / PEAK_FLOPS[device], 4) if device in PEAK_FLOPS else None,
         "n_lm": n_lm, "n_vit": n_vit, "losses": [round(x, 5) for x in losses],
+        "first_loss": round(all_losses[0], 5), "ref_batch_size": ref_factor * spec["batch"],
     }  # fmt: skip
 
 
@@ -244,11 +253,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--configs", help=f"comma-separated subset of {', '.join(CONFIGS)}")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (at least 1)")
+    parser.add_argument("--workers", type=int, default=2, help="dataloader workers on CUDA")
+    parser.add_argument("--ref-factor", type=int, default=2, help="reference-pass batch = this x the training batch")
     parser.add_argument("--out", type=Path, help="append the JSON lines to this file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print("RESULT " + json.dumps(run_config(args.shape, args.child, args.device, args.steps, args.warmup)))
+        result = run_config(
+            args.shape, args.child, args.device, args.steps, args.warmup, args.ref_factor, args.workers
+        )
+        print("RESULT " + json.dumps(result))
         return
     results = []
     for name in args.configs.split(",") if args.configs else DEFAULT_CONFIGS[args.device]:
@@ -264,6 +278,10 @@ def main(argv: list[str] | None = None) -> None:
             str(args.steps),
             "--warmup",
             str(args.warmup),
+            "--ref-factor",
+            str(args.ref_factor),
+            "--workers",
+            str(args.workers),
             "--child",
             name,
         ]

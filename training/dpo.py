@@ -134,6 +134,11 @@ def main(script_args, training_args, model_args) -> Path:
     trainer.save_model(str(output_dir))
     if trainer.accelerator.is_main_process:
         write_outputs(trainer, processor, result, script_args, training_args, model_args, revision, audit)
+        print(
+            f"Silkie run in {output_dir}: train loss {result.metrics.get('train_loss', float('nan')):.4f}; adapter, "
+            "README.md (model card), training_curves.png, run_info.json. Publish it with: vlfeedback publish model "
+            f"{output_dir} --repo ORG/NAME --version 0.1.0"
+        )
     trainer.accelerator.wait_for_everyone()
     return output_dir
 
