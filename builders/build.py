@@ -3,7 +3,7 @@
 Layout written (a complete Hub dataset repo)::
 
     DIR/README.md                    card whose YAML declares every config (raw, pairs, extra pairing configs)
-    DIR/data/<config>/<split>-*.parquet
+    DIR/data/<config>/<split>-0000k-of-0000n-<digest>.parquet   (content-addressed, listed in the card)
     DIR/pairing_policies.json        each pairing config's policy, fingerprint and counts
     DIR/build_report.json            read = kept + rejected, reasons, nulled ratings, throughput
     DIR/rejects.jsonl                every rejected input row with its line, id, reason and the fix

@@ -53,7 +53,12 @@ def _configs(fs, root: str) -> dict[str, dict[str, list[str]]]:
     configs = {}
     for entry in card.data.to_dict().get("configs") or []:
         configs[entry["config_name"]] = {
-            spec["split"]: sorted(fs.glob(f"{root}/{spec['path']}")) for spec in entry.get("data_files", [])
+            spec["split"]: sorted(
+                f
+                for pattern in ([spec["path"]] if isinstance(spec["path"], str) else spec["path"])
+                for f in fs.glob(f"{root}/{pattern}")
+            )
+            for spec in entry.get("data_files", [])
         }
     return configs
 

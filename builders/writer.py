@@ -57,8 +57,19 @@ def compact_shared_images(table: pa.Table, column: str = "images") -> pa.Table:
     return table.set_column(table.schema.get_field_index(column), table.schema.field(column), rebuilt)
 
 
+def file_digest(path: Path, length: int = 12) -> str:
+    """A short content digest of a file (xxh3-128, streamed)."""
+    import xxhash
+
+    digest = xxhash.xxh3_128()
+    with path.open("rb") as stream:
+        while chunk := stream.read(8 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()[:length]
+
+
 class ShardWriter:
-    """Writes one split of one config as ``data/<config>/<split>-0000k-of-0000n.parquet``.
+    """Writes one split of one config as ``data/<config>/<split>-0000k-of-0000n-<digest>.parquet``.
 
     Rows arrive in batches and leave in row groups of at most ``row_group_rows``; a new shard starts past
     ``max_shard_bytes``. With ``shared_images`` the ``images`` column arrives dictionary-encoded (the pairs of one
@@ -134,7 +145,12 @@ class ShardWriter:
             self._writer = None
 
     def close(self) -> list[Path]:
-        """Flush, close and give the shards their final ``-of-`` names; returns them (none for an empty split)."""
+        """Flush, close and give the shards their final names; returns them (none for an empty split).
+
+        A name is ``<split>-0000k-of-0000n-<digest>.parquet`` with a digest of the file's bytes: ``datasets`` keys
+        its cache of a local folder on the card's ``configs`` (not on file contents), so content-addressed names
+        listed in the card are what makes a rebuilt folder load fresh instead of from a stale cache.
+        """
         if self._pending_rows:
             self._write_row_group(pa.concat_tables(self._pending))
             self._pending, self._pending_rows = [], 0
@@ -143,7 +159,8 @@ class ShardWriter:
             self._writer = None
         final = []
         for index, partial in enumerate(self._shards):
-            target = self.folder / f"{self.split}-{index:05d}-of-{len(self._shards):05d}.parquet"
+            digest = file_digest(partial)
+            target = self.folder / f"{self.split}-{index:05d}-of-{len(self._shards):05d}-{digest}.parquet"
             partial.rename(target)
             final.append(target)
         return final

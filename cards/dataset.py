@@ -63,13 +63,23 @@ def size_category(n: int) -> str:
     return "1M<n<10M"
 
 
-def configs_block(report: dict, default: str = DEFAULT_CONFIG) -> list[dict]:
-    """The README ``configs`` YAML: one entry per config, one data_files entry per split."""
+def configs_block(folder: Path, report: dict, default: str = DEFAULT_CONFIG) -> list[dict]:
+    """The README ``configs`` YAML: one entry per config, each split listing its (content-addressed) files.
+
+    Exact file names rather than a glob: ``datasets`` caches a local folder's configs under a key made from this
+    block, so listing the files is what keeps ``load_dataset`` from serving a rebuilt folder from a stale cache.
+    """
     configs = []
     for config, splits in report["splits"].items():
         entry = {
             "config_name": config,
-            "data_files": [{"split": split, "path": f"data/{config}/{split}-*.parquet"} for split in sorted(splits)],
+            "data_files": [
+                {
+                    "split": split,
+                    "path": [p.relative_to(folder).as_posix() for p in config_files(folder, config, {split: 0})],
+                }
+                for split in sorted(splits)
+            ],
         }
         if config == default:
             entry["default"] = True
@@ -230,6 +240,7 @@ def dataset_facts(folder: Path) -> dict:
     example_config = DEFAULT_CONFIG if DEFAULT_CONFIG in files else pair_configs[0]
     rated = {aspect: sum(counts.values()) for aspect, counts in ratings.items()}
     return {
+        "folder": folder,
         "report": report,
         "policies": policies,
         "raw_rows": sum(report["splits"]["raw"].values()),
@@ -264,7 +275,7 @@ def card_data(facts: dict) -> DatasetCardData:
         task_categories=["image-text-to-text", "visual-question-answering"],
         size_categories=size_category(facts["raw_rows"]),
         tags=["dpo", "preference", "vision-language", "ai-feedback", "gpt-4v", "vlfeedback", "silkie"],
-        configs=configs_block(facts["report"]),
+        configs=configs_block(facts["folder"], facts["report"]),
     )
 
 

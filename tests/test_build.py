@@ -1,6 +1,8 @@
 """`vlfeedback build` on hand-made releases: every input row accounted for, bad input named, all input forms."""
 
 import json
+import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -30,7 +32,8 @@ def test_clean_release_builds_every_config(tmp_path):
     out, report = run_build(tmp_path / "b", write_release(tmp_path / "rel", rows), policies={})
     assert (report["read"], report["kept"], report["rejected"]) == (30, 30, 0)
     assert report["splits"] == {"raw": {"train": 30}, "pairs": {"train": 30 * 6}}
-    assert sorted(p.name for p in (out / "data" / "raw").iterdir()) == ["train-00000-of-00001.parquet"]
+    (shard,) = (out / "data" / "raw").iterdir()
+    assert re.fullmatch(r"train-00000-of-00001-[0-9a-f]{12}\.parquet", shard.name)
     policies = json.loads((out / "pairing_policies.json").read_text())
     assert policies["pairs"]["policy"]["strategy"] == "all-pairs" and policies["pairs"]["counts"]["pairs"] == 180
     assert "config_name: pairs" in (out / "README.md").read_text()
@@ -239,3 +242,21 @@ def test_completion_helper_matches_original_layout():
     item = completion("m", "r", (4, 3, 5))
     assert list(item["annotations"]) == ["Helpfulness", "Ethical Considerations", "Visual Faithfulness"]
     assert item["annotations"]["Visual Faithfulness"]["Rating"] == "3"
+
+
+def test_rebuilt_folder_never_loads_from_a_stale_datasets_cache(tmp_path):
+    """`datasets` caches a local folder under a key made from its card's configs, not its files' contents."""
+    rel = write_release(tmp_path / "rel", [row("svit-1", GOOD), row("svit-2", GOOD)])
+    load = "from datasets import load_dataset; d = load_dataset('vlfeedback', 'raw', split='train'); "
+    load += "print(d[0]['completions'][0]['annotations']['Helpfulness']['Rating'])"
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf")}
+    ratings = []
+    for rating in ("5", "2"):
+        first = row("svit-1", GOOD)
+        first["completions"][0]["annotations"]["Helpfulness"]["Rating"] = rating  # same bytes length, new value
+        write_release(rel, [first, row("svit-2", GOOD)])
+        run_build(tmp_path, rel, overwrite=True)
+        done = subprocess.run([sys.executable, "-c", load], cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        ratings.append(done.stdout.strip())
+    assert ratings == ["5", "2"]

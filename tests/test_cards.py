@@ -115,7 +115,9 @@ def test_dataset_card_metadata_is_valid_for_the_hub(folder: Path, hub) -> None:
     assert {"dpo", "vlfeedback"} <= set(meta["tags"])
     configs = {c["config_name"]: c for c in meta["configs"]}
     assert list(configs) == ["raw", "pairs", "best-vs-worst"] and configs["pairs"]["default"] is True
-    assert configs["raw"]["data_files"] == [{"split": "train", "path": "data/raw/train-*.parquet"}]
+    (raw_files,) = configs["raw"]["data_files"]
+    assert raw_files["split"] == "train"
+    assert raw_files["path"] == [p.relative_to(folder).as_posix() for p in sorted((folder / "data" / "raw").iterdir())]
     assert DatasetCardData(**card.data.to_dict()).to_dict() == card.data.to_dict() == meta
 
 

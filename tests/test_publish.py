@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -204,9 +205,11 @@ def test_second_release_changelog_and_exact_dry_run_tree(releases, hub, token, t
     dry = tmp_path / "dry"
     assert publish(releases["v2"], "1.1.0", "--dry-run", str(dry)) == 0
     assert len(hub.repo(REPO).commits) == commits and "v1.1.0" not in hub.repo(REPO).tags
-    assert "would also delete 1 stale file(s): data/best-vs-worst/train-00000-of-00001.parquet" in (
-        capsys.readouterr().out
-    )
+    stale = re.search(r"would also delete (\d+) stale file\(s\): (.+)", capsys.readouterr().out)
+    v1_files = {p.relative_to(releases["v1"]).as_posix() for p in (releases["v1"] / "data").rglob("*.parquet")}
+    v2_files = {p.relative_to(releases["v2"]).as_posix() for p in (releases["v2"] / "data").rglob("*.parquet")}
+    assert set(stale.group(2).split(", ")) == v1_files - v2_files  # shards are content-addressed
+    assert any(path.startswith("data/best-vs-worst/") for path in v1_files - v2_files)
 
     assert publish(releases["v2"], "1.1.0") == 0
     published = tree(hub, "v1.1.0")

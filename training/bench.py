@@ -6,7 +6,8 @@
 Both trainers get the same random-init model (a tiny model, or the public Qwen2-VL 2B/7B shapes), the Silkie LoRA
 (r 64, alpha 16, language model only, vision frozen), beta 0.1, sdpa, and the same synthetic VLFeedback-like rows
 (one 448x448 image, a ~40-word prompt, 100-300-word answers). Each configuration runs ``--warmup`` then ``--steps``
-timed optimizer steps (per-device batch B, no accumulation).
+timed optimizer steps (per-device batch B, no accumulation); the step time is the median wall time between
+optimizer-step ends (data loading included). GPU numbers in BENCHMARKS.md before 2026-11-27 used the mean.
 
 Printed per configuration: pairs/s, LM tokens/s (non-padding tokens of chosen + rejected sequences), peak memory
 (GPU: ``max_memory_allocated``; CPU: the process's max RSS), MFU, and the losses of the timed steps. The kit's
@@ -223,7 +224,8 @@ def run_config(
         sync()
         reference_seconds = time.perf_counter() - started
     trainer.train()
-    step = (timer.ends[-1] - timer.ends[warmup - 1]) / steps
+    durations = sorted(b - a for a, b in zip(timer.ends[warmup - 1 :], timer.ends[warmup:]))
+    step = durations[len(durations) // 2]  # the median step: robust to a busy neighbour on a shared machine
     pairs_per_s = spec["batch"] / step
     tokens_per_pair = (timer.tokens[-1] - timer.tokens[warmup - 1]) / steps / spec["batch"]
     patches = 32 * 32 if shape != "tiny" else 256
