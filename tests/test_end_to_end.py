@@ -9,6 +9,7 @@ from itertools import combinations
 from pathlib import Path
 
 import pytest
+from support.dpo import cpu_dpo_config
 
 CLI = [sys.executable, "-m", "builders.cli"]
 LOAD_SCRIPT = textwrap.dedent(
@@ -154,7 +155,7 @@ def test_trl_dpo_trainer_takes_a_real_step_on_the_pairs_config(built, family, tm
     import torch
     from datasets import load_dataset
     from transformers import AutoModelForImageTextToText, AutoProcessor
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOTrainer
 
     from training.tiny_model import build_tiny_model
 
@@ -162,20 +163,7 @@ def test_trl_dpo_trainer_takes_a_real_step_on_the_pairs_config(built, family, tm
     dataset = load_dataset(str(built / "vlfeedback"), "pairs", split="train").select(range(4))
     model = AutoModelForImageTextToText.from_pretrained(model_dir)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if n.startswith("lm_head")}
-    args = DPOConfig(
-        output_dir=str(tmp_path / "run"),
-        per_device_train_batch_size=2,
-        max_steps=1,
-        learning_rate=1e-3,
-        max_length=None,
-        activation_checkpointing=False,
-        bf16=False,
-        use_cpu=True,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=1,
-        disable_tqdm=True,
-    )
+    args = cpu_dpo_config(tmp_path / "run")
     trainer = DPOTrainer(
         model=model, args=args, train_dataset=dataset, processing_class=AutoProcessor.from_pretrained(model_dir)
     )

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image, ImageDraw
+from support.dpo import cpu_dpo_config
 
 from builders.cli import main as cli_main
 from builders.features import ASPECTS, PAIR_FEATURES
@@ -157,26 +158,13 @@ def test_one_trl_dpo_step_on_pair_rows(tiny_models: dict[str, Path], family: str
     import torch
     from datasets import Dataset
     from transformers import AutoModelForImageTextToText, AutoProcessor
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOTrainer
 
     dataset = Dataset.from_list([pair_row(i) for i in range(2)], features=PAIR_FEATURES)
     processor = AutoProcessor.from_pretrained(tiny_models[family])
     model = AutoModelForImageTextToText.from_pretrained(tiny_models[family])
     before = {name: param.detach().clone() for name, param in model.named_parameters()}
-    args = DPOConfig(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=2,
-        max_steps=1,
-        learning_rate=1e-3,
-        max_length=128,
-        activation_checkpointing=False,
-        bf16=False,
-        use_cpu=True,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=1,
-        disable_tqdm=True,
-    )
+    args = cpu_dpo_config(tmp_path, max_length=128)
     trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor)
     trainer.train()
 

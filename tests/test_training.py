@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from support.dpo import cpu_dpo_config
 
 from training.commands import ACCELERATE, RECIPES, launch_command
 from training.freeze import is_vision_parameter
@@ -117,7 +118,7 @@ def test_tiny_llava_run_with_precomputed_reference(workspace):
 def test_kit_loss_equals_trl_sigmoid_loss_on_the_same_batch(workspace, family, tmp_path):
     from datasets import load_dataset
     from transformers import AutoModelForImageTextToText, AutoProcessor
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOTrainer
 
     from training.ref_cache import RefLogpCache
     from training.tiny_model import build_tiny_model
@@ -125,16 +126,7 @@ def test_kit_loss_equals_trl_sigmoid_loss_on_the_same_batch(workspace, family, t
 
     model_dir = workspace / "runs" / f"tiny-{family.replace('_', '-')}"
     dataset = load_dataset(str(workspace / "vlfeedback"), "pairs", split="train").select(range(8))
-    config = DPOConfig(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=4,
-        max_length=None,
-        bf16=False,
-        use_cpu=True,
-        report_to="none",
-        activation_checkpointing=False,
-        seed=0,
-    )
+    config = cpu_dpo_config(tmp_path, per_device_train_batch_size=4, seed=0)
     reference_dir = build_tiny_model(family, tmp_path / "reference", seed=1)  # another reference than the policy
 
     def models():
