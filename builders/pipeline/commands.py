@@ -1,9 +1,244 @@
-"""CLI verbs of the AI-feedback pipeline (being built under issue 3)."""
+"""CLI verbs of the AI-feedback pipeline: ``instructions``, ``decode``, ``annotate``, ``assemble``, ``agreement``.
+
+Heavy imports (openai, transformers, PIL) stay inside the verbs so that ``vlfeedback --help`` stays instant. A verb
+whose work is not finished (items pending after retries, a spent budget, batches still running) exits with 3.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+
+INCOMPLETE = 3
+"""Exit status of a run that stopped with work left: re-run the same command to continue."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the pipeline verbs to the ``vlfeedback`` parser."""
+    instructions = subparsers.add_parser("instructions", help="collect instructions from source datasets")
+    instructions.add_argument(
+        "--source",
+        action="append",
+        required=True,
+        metavar="NAME=PATH",
+        help="a source by adapter name: a file, a folder or a Hub dataset ORG/NAME[@REV]; repeatable",
+    )
+    instructions.add_argument(
+        "--images",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="folder the source's image paths are relative to (default: the source's folder)",
+    )
+    instructions.add_argument(
+        "--quota",
+        action="append",
+        default=[],
+        metavar="NAME=N",
+        help="rows to draw from a source, or 'all' (default: the paper's table)",
+    )
+    instructions.add_argument("--adapters", type=Path, help="YAML of extra or changed adapters (see adapters.yaml)")
+    instructions.add_argument("--seed", type=int, default=0, help="seed of the quota draws (default 0)")
+    instructions.add_argument("--out", type=Path, required=True, help="output folder (release layout)")
+    instructions.add_argument("--quiet", action="store_true", help="no progress bar")
+    instructions.set_defaults(func=_instructions)
+
+    decode = subparsers.add_parser("decode", help="let a model pool answer every instruction")
+    decode.add_argument("--input", type=Path, required=True, help="folder written by `vlfeedback instructions`")
+    decode.add_argument("--pool", type=Path, required=True, help="pool YAML (see builders/pipeline/pool.example.yaml)")
+    decode.add_argument("--out", type=Path, required=True, help="output folder (release layout, no ratings yet)")
+    decode.add_argument("--k", type=int, help="members per instruction (default: the pool file's k, else 4)")
+    decode.add_argument("--seed", type=int, help="seed of the member draw (default: the pool file's seed, else 0)")
+    _endpoint_flags(decode)
+    decode.set_defaults(func=_decode)
+
+    annotate = subparsers.add_parser("annotate", help="rate every response with a judge (resumable)")
+    annotate.add_argument("--input", type=Path, required=True, help="folder written by `vlfeedback decode`")
+    annotate.add_argument("--out", type=Path, required=True, help="output folder; its annotate/ holds the store")
+    annotate.add_argument(
+        "--base-url", required=True, help="OpenAI-compatible endpoint, e.g. https://api.openai.com/v1"
+    )
+    annotate.add_argument("--judge-model", required=True, help="judge model name at the endpoint, e.g. gpt-4o")
+    annotate.add_argument(
+        "--api-key-env",
+        default="OPENAI_API_KEY",
+        help="environment variable holding the API key (default OPENAI_API_KEY)",
+    )
+    annotate.add_argument(
+        "--template", type=Path, help="rubric prompt with {instruction} and {texts} (default: the kit's)"
+    )
+    annotate.add_argument("--concurrency", type=int, default=16, help="requests in flight (default 16)")
+    annotate.add_argument(
+        "--max-attempts", type=int, default=3, help="asks per item when replies are malformed (default 3)"
+    )
+    annotate.add_argument("--shuffle", action="store_true", help="show each item's responses in a seeded random order")
+    annotate.add_argument("--seed", type=int, default=0, help="seed of --shuffle (default 0)")
+    annotate.add_argument("--temperature", type=float, default=0.0, help="judge temperature (default 0)")
+    annotate.add_argument("--max-tokens", type=int, default=2048, help="judge reply token limit (default 2048)")
+    annotate.add_argument(
+        "--image-detail", default="high", choices=("low", "high", "auto"), help="image detail (default high)"
+    )
+    annotate.add_argument("--shard", default="0/1", metavar="I/N", help="judge only shard I of N (by content hash)")
+    annotate.add_argument("--batch", action="store_true", help="use the OpenAI Batch API (half price, up to 24 h)")
+    annotate.add_argument("--batch-id", help="with --batch: adopt this submitted batch (e.g. after losing the store)")
+    annotate.add_argument("--poll-interval", type=float, default=60.0, help="seconds between batch polls (default 60)")
+    annotate.add_argument("--no-wait", action="store_true", help="with --batch: submit (or check) and exit")
+    annotate.add_argument("--dry-run", action="store_true", help="estimate the cost of the run and exit; no calls")
+    annotate.add_argument("--max-cost", type=float, metavar="USD", help="stop before the ledger's spend passes this")
+    annotate.add_argument(
+        "--retry-failed", action="store_true", help="ask again about items recorded as failed or refused"
+    )
+    _endpoint_flags(annotate)
+    annotate.set_defaults(func=_annotate)
+
+    assemble = subparsers.add_parser("assemble", help="write the annotated release layout from judge stores")
+    assemble.add_argument("--input", type=Path, required=True, help="the folder that was annotated")
+    assemble.add_argument("--out", type=Path, required=True, help="output folder")
+    assemble.add_argument(
+        "--store",
+        type=Path,
+        action="append",
+        default=[],
+        help="a store to read (repeat to merge shards; default OUT/annotate/state.sqlite)",
+    )
+    assemble.set_defaults(func=_assemble)
+
+    agreement = subparsers.add_parser("agreement", help="agreement of judge preferences with human pairwise labels")
+    agreement.add_argument("--judge", type=Path, required=True, help="an annotated folder (or its jsonl)")
+    agreement.add_argument(
+        "--human", type=Path, required=True, help="labels: CSV or JSONL with id,model_a,model_b,preferred[,aspect]"
+    )
+    agreement.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CI (default 1000)")
+    agreement.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    agreement.add_argument("--json", action="store_true", help="machine-readable output")
+    agreement.set_defaults(func=_agreement)
+
+
+def _endpoint_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
+    parser.add_argument(
+        "--max-retries", type=int, default=8, help="retries of 429/5xx/timeouts per request (default 8)"
+    )
+    parser.add_argument("--prices", type=Path, help="price table YAML (default: the kit's prices.yaml)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _instructions(args: argparse.Namespace) -> int:
+    from builders.pipeline.instructions import collect, parse_assignments
+
+    report = collect(
+        parse_assignments(args.source, "--source"),
+        args.out,
+        images=parse_assignments(args.images, "--images"),
+        quotas=parse_assignments(args.quota, "--quota"),
+        adapters_file=args.adapters,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    for prefix, counts in report["sources"].items():
+        skipped = {k: v for k, v in counts.items() if k in ("no_prompt", "no_image", "duplicate")}
+        print(
+            f"  {prefix:<10} drew {counts['drawn']:>6} of {counts['read']:>7} read (quota {counts['quota'] or 'all'})"
+            f"{'  skipped ' + json.dumps(skipped) if skipped else ''}"
+        )
+    print(f"wrote {report['instructions']} instructions to {args.out}")
+    print(f"next: vlfeedback decode --input {args.out} --pool pool.yaml --out responses")
+    return 0
+
+
+def _decode(args: argparse.Namespace) -> int:
+    from builders.pipeline.decode import decode
+
+    report = decode(
+        args.input,
+        args.out,
+        args.pool,
+        k=args.k,
+        seed=args.seed,
+        prices=args.prices,
+        timeout=args.timeout,
+        max_retries=args.max_retries,
+        progress=not args.quiet,
+    )
+    print(
+        f"decoded {report['ok']} of {report['rows']} instructions into {args.out} "
+        f"(pending {report['pending']}, failed {report['failed']}, invalid {report['invalid']})"
+    )
+    if not report["complete"]:
+        print("some answers are missing (see decode/failures.jsonl): re-run the same command to finish")
+        return INCOMPLETE
+    print(f"next: vlfeedback annotate --input {args.out} --out annotated --base-url URL --judge-model NAME")
+    return 0
+
+
+def _annotate(args: argparse.Namespace) -> int:
+    from builders.pipeline.annotate import AnnotateOptions, annotate, parse_shard
+
+    options = AnnotateOptions(
+        input_dir=args.input,
+        out_dir=args.out,
+        base_url=args.base_url,
+        judge_model=args.judge_model,
+        api_key_env=args.api_key_env,
+        template=args.template,
+        concurrency=args.concurrency,
+        timeout=args.timeout,
+        max_retries=args.max_retries,
+        max_attempts=args.max_attempts,
+        shuffle=args.shuffle,
+        seed=args.seed,
+        temperature=args.temperature,
+        max_tokens=args.max_tokens,
+        image_detail=args.image_detail,
+        shard=parse_shard(args.shard),
+        batch=args.batch,
+        batch_id=args.batch_id,
+        poll_interval=args.poll_interval,
+        no_wait=args.no_wait,
+        prices=args.prices,
+        dry_run=args.dry_run,
+        max_cost=args.max_cost,
+        retry_failed=args.retry_failed,
+        progress=not args.quiet,
+    )
+    report = annotate(options)
+    if args.dry_run:
+        print(json.dumps(report, indent=2))
+        return 0
+    run = report["run"]
+    print(
+        f"judged {sum(run['finished'].values())} items in {run['seconds']:.1f}s with {run['calls']} calls "
+        f"(${run['cost_usd']:.4f} this run, ${report['ledger']['cost_usd']:.4f} in all)"
+    )
+    print(
+        f"  ok {report['ok']}, failed {report['failed']}, refused {report['refused']}, invalid {report['invalid']}, "
+        f"pending {report['pending']}, other shards {report['other_shards']} of {report['rows']} rows"
+    )
+    if run["stopped"]:
+        print(f"stopped: {run['stopped']}")
+    if not report["complete"]:
+        print("items are pending: re-run the same command to continue (nothing finished is asked again)")
+        return INCOMPLETE
+    print(f"release layout: {args.out} (next: vlfeedback build --source {args.out} --out vlfeedback)")
+    return 0
+
+
+def _assemble(args: argparse.Namespace) -> int:
+    from builders.pipeline.annotate import state_path
+    from builders.pipeline.assemble import assemble_from
+
+    report = assemble_from(args.input, args.out, args.store or [state_path(args.out)])
+    print(
+        f"assembled {report['ok']} judged rows into {args.out} (failed {report['failed']}, refused "
+        f"{report['refused']}, invalid {report['invalid']}, pending {report['pending']})"
+    )
+    return 0 if report["complete"] else INCOMPLETE
+
+
+def _agreement(args: argparse.Namespace) -> int:
+    from builders.pipeline.agreement import agreement, format_table, read_judged, read_labels
+
+    results = agreement(read_labels(args.human), read_judged(args.judge), args.bootstrap, args.seed)
+    print(json.dumps(results, indent=2) if args.json else format_table(results))
+    return 0

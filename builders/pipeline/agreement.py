@@ -1,0 +1,154 @@
+"""``vlfeedback agreement``: how often the judge prefers what humans preferred, overall and per aspect, with a CI.
+
+Human labels (CSV or JSONL), one pairwise judgement per row::
+
+    id,model_a,model_b,preferred[,aspect]
+    svit-12,gpt4v,fuyu-8b,a,Helpfulness
+
+``preferred`` is ``a``, ``b``, ``tie`` or one of the two model names; ``aspect`` is an aspect name or ``overall``
+(the default). The judge prefers the response with the higher rating (overall: the mean of the three aspects, as
+the paper's pairing). Agreement counts the pairs where neither side is a tie — the usual convention, and how the
+paper's 76% reads — and ties are reported beside it. A per-aspect line uses that aspect's human labels when the
+file has them, else the overall labels (how well that one aspect predicts the human preference).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from builders.errors import UserError
+from builders.features import ASPECTS
+from builders.ratings import parse_rating
+
+OVERALL = "overall"
+GROUPS: tuple[str, ...] = (OVERALL, *ASPECTS)
+
+
+@dataclass(frozen=True)
+class Label:
+    """One human pairwise judgement."""
+
+    item_id: str
+    model_a: str
+    model_b: str
+    preferred: str
+    aspect: str
+
+
+def preference(score_a: float, score_b: float) -> str:
+    """``a``, ``b`` or ``tie`` from two scores."""
+    return "a" if score_a > score_b else "b" if score_b > score_a else "tie"
+
+
+def judge_scores(ratings: dict[str, int | None], aspect: str) -> float | None:
+    """A response's score for an aspect, or the mean of all three for ``overall``; None when a rating is missing."""
+    needed = ASPECTS if aspect == OVERALL else (aspect,)
+    values = [ratings.get(a) for a in needed]
+    return None if None in values else float(np.mean(values))
+
+
+def bootstrap_ci(agree: np.ndarray, resamples: int, seed: int, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of a 0/1 array (resampling pairs with replacement)."""
+    rng = np.random.default_rng(seed)
+    means = rng.choice(agree, size=(resamples, len(agree)), replace=True).mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
+def agreement(
+    labels: list[Label], judged: dict[str, dict[str, dict[str, int | None]]], resamples: int = 1000, seed: int = 0
+) -> dict:
+    """Agreement per group (``overall`` and each aspect): decisive pairs, agreement, 95% CI, ties, unmatched."""
+    has_own = {label.aspect for label in labels}
+    results = {}
+    for group in GROUPS:
+        label_aspect = group if group in has_own else OVERALL
+        agree, human_ties, judge_ties, unmatched = [], 0, 0, 0
+        for label in (lab for lab in labels if lab.aspect == label_aspect):
+            models = judged.get(label.item_id, {})
+            scores = [judge_scores(models[m], group) if m in models else None for m in (label.model_a, label.model_b)]
+            if None in scores:
+                unmatched += 1
+            elif label.preferred == "tie":
+                human_ties += 1
+            elif (judge := preference(*scores)) == "tie":
+                judge_ties += 1
+            else:
+                agree.append(judge == label.preferred)
+        decisive = np.array(agree, dtype=float)
+        results[group] = {
+            "human_labels": label_aspect,
+            "pairs": len(agree),
+            "agree": int(decisive.sum()),
+            "agreement": float(decisive.mean()) if len(agree) else None,
+            "ci95": list(bootstrap_ci(decisive, resamples, seed)) if len(agree) else None,
+            "human_ties": human_ties,
+            "judge_ties": judge_ties,
+            "unmatched": unmatched,
+        }
+    return results
+
+
+def read_labels(path: Path) -> list[Label]:
+    """Human labels from a CSV or JSONL file (see the module docstring for the columns)."""
+    try:
+        with path.open(encoding="utf-8", newline="") as handle:
+            records = (
+                [json.loads(line) for line in handle if line.strip()]
+                if path.suffix == ".jsonl"
+                else list(csv.DictReader(handle))
+            )
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(
+            f"--human {path}: cannot read it as {'JSONL' if path.suffix == '.jsonl' else 'CSV'} ({err})"
+        ) from err
+    aspects = {a.lower(): a for a in GROUPS}
+    labels = []
+    for number, record in enumerate(records, start=1):
+        missing = [c for c in ("id", "model_a", "model_b", "preferred") if not record.get(c)]
+        if missing:
+            raise UserError(f"--human {path}: record {number} lacks {', '.join(missing)}")
+        a, b, preferred = str(record["model_a"]), str(record["model_b"]), str(record["preferred"]).strip()
+        preferred = {a: "a", b: "b"}.get(preferred, preferred.lower())
+        aspect = aspects.get(str(record.get("aspect") or OVERALL).strip().lower())
+        if preferred not in ("a", "b", "tie") or aspect is None:
+            raise UserError(
+                f"--human {path}: record {number}: preferred must be a, b, tie or a model name, and aspect one of "
+                f"{', '.join(GROUPS)}"
+            )
+        labels.append(Label(str(record["id"]), a, b, preferred, aspect))
+    return labels
+
+
+def read_judged(folder: Path) -> dict[str, dict[str, dict[str, int | None]]]:
+    """id → model → aspect → rating, from an annotated release folder (or its jsonl)."""
+    from builders.pipeline.layout import open_input
+
+    jsonl = folder if folder.is_file() else open_input(folder, "--judge").jsonl
+    judged = {}
+    with jsonl.open(encoding="utf-8") as handle:
+        for line in filter(str.strip, handle):
+            row = json.loads(line)
+            judged[row["id"]] = {
+                c["model"]: {a: parse_rating((c.get("annotations") or {}).get(a, {}).get("Rating")) for a in ASPECTS}
+                for c in row.get("completions", [])
+            }
+    return judged
+
+
+def format_table(results: dict) -> str:
+    """The results as a small text table."""
+    lines = [f"{'':<24}{'pairs':>7}{'agree':>9}{'95% CI':>17}{'human ties':>12}{'judge ties':>12}{'unmatched':>11}"]
+    for group, r in results.items():
+        share = f"{r['agreement']:.1%}" if r["agreement"] is not None else "-"
+        ci = f"{r['ci95'][0]:.1%}–{r['ci95'][1]:.1%}" if r["ci95"] else "-"
+        name = group if r["human_labels"] == group else f"{group} (vs {r['human_labels']})"
+        lines.append(
+            f"{name:<24}{r['pairs']:>7}{share:>9}{ci:>17}{r['human_ties']:>12}{r['judge_ties']:>12}{r['unmatched']:>11}"
+        )
+    return "\n".join(lines)

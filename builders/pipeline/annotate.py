@@ -1,0 +1,310 @@
+"""``vlfeedback annotate``: a judge rates every response of every instruction on the three aspects, resumably.
+
+    vlfeedback annotate --input responses/ --out annotated/ --base-url https://api.openai.com/v1 \\
+        --judge-model gpt-4o --concurrency 64 --shuffle --max-cost 200
+
+One call per instruction with the image; replies are validated strictly and re-asked (bounded) when malformed.
+Every paid call is committed to ``OUT/annotate/state.sqlite`` as soon as it returns, keyed by the item's content
+hash, so a killed run re-run with the same command pays for nothing twice. The last step assembles the release
+layout (``OUT/vlfeedback.jsonl`` + ``merged_images/`` + ``judge.json``) from the store; see ``assemble``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
+
+from builders.errors import UserError
+from builders.pipeline.cost import Price, call_cost, estimate_tokens, load_prices, price_for, require_price
+from builders.pipeline.endpoint import (
+    GaveUp,
+    Rejected,
+    RetryPolicy,
+    RunStats,
+    api_key_from_env,
+    complete,
+    for_each,
+    make_client,
+)
+from builders.pipeline.items import Planned, build_request, load, plan, settle
+from builders.pipeline.judge import JudgeSettings, Template, load_template, read_reply
+from builders.pipeline.layout import StageInput, open_input, write_json
+from builders.pipeline.store import Store
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+STAGE_DIR = "annotate"
+STATE_FILE = "state.sqlite"
+SETTINGS_FLAGS = "--judge-model, --template, --shuffle, --seed, --temperature, --max-tokens and --image-detail"
+IMAGE_DETAILS = ("low", "high", "auto")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``i/N`` → (i, N), with 0 ≤ i < N."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError as err:
+        raise UserError(f"--shard {text!r}: expected i/N, e.g. 0/4") from err
+    if not 0 <= index < count:
+        raise UserError(f"--shard {text!r}: need 0 <= i < N")
+    return index, count
+
+
+def state_path(out_dir: Path) -> Path:
+    """Where a run's store lives."""
+    return out_dir / STAGE_DIR / STATE_FILE
+
+
+def redact_url(url: str) -> str:
+    """A URL without credentials or query (what reports may show)."""
+    parts = urlsplit(url)
+    host = f"{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+@dataclass
+class AnnotateOptions:
+    """Everything ``annotate`` needs; the CLI flags map one to one."""
+
+    input_dir: Path
+    out_dir: Path
+    base_url: str
+    judge_model: str
+    api_key_env: str = "OPENAI_API_KEY"
+    template: Path | None = None
+    concurrency: int = 16
+    timeout: float = 120.0
+    max_retries: int = 8
+    max_attempts: int = 3
+    shuffle: bool = False
+    seed: int = 0
+    temperature: float = 0.0
+    max_tokens: int = 2048
+    image_detail: str = "high"
+    shard: tuple[int, int] = (0, 1)
+    batch: bool = False
+    batch_id: str | None = None
+    poll_interval: float = 60.0
+    no_wait: bool = False
+    prices: Path | None = None
+    dry_run: bool = False
+    max_cost: float | None = None
+    retry_failed: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.input_dir, self.out_dir = Path(self.input_dir), Path(self.out_dir)
+        checks = {
+            "--concurrency must be at least 1": self.concurrency < 1,
+            "--max-attempts must be at least 1": self.max_attempts < 1,
+            "--max-retries must be at least 0": self.max_retries < 0,
+            "--timeout must be positive": self.timeout <= 0,
+            "--max-cost must be positive": self.max_cost is not None and self.max_cost <= 0,
+            f"--image-detail must be one of {', '.join(IMAGE_DETAILS)}": self.image_detail not in IMAGE_DETAILS,
+            "--batch-id needs --batch": self.batch_id is not None and not self.batch,
+            "--no-wait needs --batch": self.no_wait and not self.batch,
+            "--poll-interval must be positive": self.poll_interval <= 0,
+        }
+        for message, failed in checks.items():
+            if failed:
+                raise UserError(message)
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """How transient failures of one request are retried."""
+        return RetryPolicy(max_retries=self.max_retries)
+
+    def settings(self, template: Template) -> JudgeSettings:
+        """The judge settings that enter every content key."""
+        return JudgeSettings(
+            model=self.judge_model,
+            template_sha256=template.sha256,
+            shuffle_seed=self.seed if self.shuffle else None,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            image_detail=self.image_detail,
+        )
+
+
+class Budget:
+    """``--max-cost``: admit an item only if the spend so far, the estimates in flight and its own fit the limit."""
+
+    def __init__(
+        self, limit: float | None, spent: float, price: Price | None, detail: str, batch: bool = False
+    ) -> None:
+        self.limit, self.spent, self.price, self.detail, self.batch = limit, spent, price, detail, batch
+        self.reserved: dict[str, float] = {}
+
+    def estimate(self, planned: Planned) -> float:
+        """USD one call for this item is expected to cost."""
+        prompt, completion = estimate_tokens(
+            planned.prompt_chars, planned.image_size, planned.n, self.detail, self.price
+        )
+        return call_cost(prompt, completion, self.price, self.batch) or 0.0
+
+    def admit(self, planned: Planned) -> bool:
+        """Reserve the item's estimate, or refuse it when the limit would be passed."""
+        if self.limit is None:
+            return True
+        estimate = self.estimate(planned)
+        if self.spent + sum(self.reserved.values()) + estimate > self.limit:
+            return False
+        self.reserved[planned.key] = estimate
+        return True
+
+    def settle(self, planned: Planned, cost: float | None) -> None:
+        """Replace an item's reservation by what a call actually cost."""
+        self.spent += cost or 0.0
+        self.reserved.pop(planned.key, None)
+
+
+class Judging:
+    """The synchronous (chat completions) judge loop over the items of a plan."""
+
+    def __init__(
+        self,
+        options: AnnotateOptions,
+        settings: JudgeSettings,
+        template: Template,
+        store: Store,
+        price: Price | None,
+        folder: StageInput,
+        bar: tqdm,
+    ) -> None:
+        self.options, self.settings, self.template, self.store = options, settings, template, store
+        self.price, self.folder, self.bar = price, folder, bar
+        self.stats = RunStats()
+        self.budget = Budget(options.max_cost, store.totals()[2], price, settings.image_detail)
+        self.client = None
+
+    async def run(self, todo: list[Planned], api_key: str) -> RunStats:
+        """Judge every item in ``todo`` (bounded concurrency, budget permitting)."""
+        started = time.perf_counter()
+        self.client = make_client(self.options.base_url, api_key, self.options.timeout)
+        try:
+            complete_intake = await for_each(todo, self.judge, self.options.concurrency, self.budget.admit)
+        finally:
+            await self.client.close()
+        if not complete_intake:
+            self.stats.stopped = f"--max-cost {self.options.max_cost} reached"
+        self.stats.seconds = time.perf_counter() - started
+        return self.stats
+
+    async def judge(self, planned: Planned) -> None:
+        """Ask the judge about one item until it is settled, or leave it pending when the endpoint keeps failing."""
+        item = load(self.folder, planned)
+        history = self.store.history(planned.key)
+        calls, attempt = [(completion, cost) for _, completion, cost in history.calls], history.next_attempt
+        try:
+            while True:
+                request, order = build_request(item, self.settings, self.template, [c for c, _ in calls])
+                completion = await complete(self.client, request, self.options.retry, self.stats.retried)
+                cost = call_cost(completion.prompt_tokens, completion.completion_tokens, self.price)
+                calls.append((completion, cost))
+                finish = settle(read_reply(completion.reply, planned.n), order, calls, self.options.max_attempts)
+                outcome = (planned.item_id, *finish) if finish else None
+                self.store.record(planned.key, attempt, "sync", completion, cost, outcome)
+                attempt += 1
+                self.stats.add_call(completion.prompt_tokens, completion.completion_tokens, cost)
+                self.budget.settle(planned, cost)
+                if finish:
+                    self.stats.finished[finish[0]] += 1
+                    break
+        except GaveUp as err:
+            self.stats.pending[planned.key] = str(err)
+        except Rejected as err:
+            self.store.put_many([(planned.key, planned.item_id, "failed", {"reason": str(err), "attempts": 0})])
+            self.stats.finished["failed"] += 1
+        finally:
+            self.budget.settle(planned, 0.0)
+            self.bar.update(1)
+            if not self.bar.disable:
+                tokens = self.stats.prompt_tokens + self.stats.completion_tokens
+                self.bar.set_postfix_str(f"tokens {tokens:,} ${self.budget.spent:,.2f}", refresh=False)
+
+
+def estimate(
+    folder: StageInput, settings: JudgeSettings, template: Template, options: AnnotateOptions, price: Price
+) -> dict:
+    """``--dry-run``: what judging the items not yet finished would cost, before spending anything."""
+    items = plan(folder, settings, template, options.shard, sizes=True).unique()
+    path = state_path(options.out_dir)
+    finished: dict[str, str] = {}
+    if path.is_file():
+        with Store(path, lock=False) as store:
+            store.bind("judge", settings.to_dict(), SETTINGS_FLAGS, record=False)
+            finished = store.finished()
+    todo = [p for p in items if p.key not in finished]
+    prompt = completion = 0
+    for planned in todo:
+        p, c = estimate_tokens(planned.prompt_chars, planned.image_size, planned.n, settings.image_detail, price)
+        prompt, completion = prompt + p, completion + c
+    usd = call_cost(prompt, completion, price, batch=options.batch) or 0.0
+    return {
+        "dry_run": True,
+        "judge_model": settings.model,
+        "items": len(items),
+        "finished": len(items) - len(todo),
+        "to_judge": len(todo),
+        "estimated_prompt_tokens": prompt,
+        "estimated_completion_tokens": completion,
+        "estimated_cost_usd": round(usd, 4),
+        "mean_cost_per_item_usd": round(usd / len(todo), 6) if todo else 0.0,
+        "batch": options.batch,
+        "assumes": "4 characters per text token, the price table's image tile rule, one call per item (no re-asks)",
+    }
+
+
+def annotate(options: AnnotateOptions) -> dict:
+    """Judge the input into ``options.out_dir`` and assemble the release layout there; returns the report."""
+    from tqdm.auto import tqdm
+
+    from builders.pipeline.assemble import REPORT_FILE, assemble
+
+    template = load_template(options.template)
+    settings = options.settings(template)
+    prices = load_prices(options.prices)
+    price = price_for(settings.model, prices)
+    if options.dry_run:
+        with open_input(options.input_dir) as folder:
+            return estimate(folder, settings, template, options, require_price(settings.model, prices, "--dry-run"))
+    if options.max_cost is not None:
+        require_price(settings.model, prices, "--max-cost")
+    api_key = api_key_from_env(options.api_key_env)
+    with open_input(options.input_dir) as folder, Store(state_path(options.out_dir)) as store:
+        store.bind("judge", settings.to_dict(), SETTINGS_FLAGS)
+        store.bind("shard", list(options.shard), "--shard")
+        reopened = store.reopen(("failed", "refused")) if options.retry_failed else 0
+        work = plan(folder, settings, template, options.shard, sizes=options.max_cost is not None)
+        finished = store.finished()
+        todo = [p for p in work.unique() if p.key not in finished]
+        bar = tqdm(
+            total=len(work.unique()),
+            initial=len(work.unique()) - len(todo),
+            desc="annotate",
+            unit=" items",
+            disable=not options.progress,
+            smoothing=0.05,
+        )
+        try:
+            if options.batch:
+                from builders.pipeline.batch import run_batches
+
+                stats = run_batches(options, settings, template, store, price, folder, work, api_key, bar)
+            else:
+                stats = asyncio.run(Judging(options, settings, template, store, price, folder, bar).run(todo, api_key))
+        finally:
+            bar.close()
+        report = assemble(folder, options.out_dir, [store], work)
+    report["run"] = {**stats.to_dict(), "reopened": reopened}
+    report["endpoint"] = redact_url(options.base_url)
+    report["template"] = template.source
+    report["pending_reasons"] = dict(Counter(stats.pending.values()))
+    write_json(options.out_dir / STAGE_DIR / REPORT_FILE, report)
+    return report

@@ -1,0 +1,135 @@
+"""``vlfeedback assemble``: the annotated release layout, written from the input and the store(s) of judge results.
+
+    vlfeedback assemble --input responses/ --out annotated/                       # again, from OUT's own store
+    vlfeedback assemble --input responses/ --out merged/ --store s0/annotate/state.sqlite --store s1/...
+
+Written to OUT:
+
+    vlfeedback.jsonl        one row per judged instruction, exactly the original layout: completions[k].annotations
+                            [aspect] = {"Rating": "4", "Rationale": "..."}, plus ``judge`` provenance per row
+    merged_images/<id>.jpg  the input's image bytes
+    judge.json              {"judges": [{"model", "template_sha256", "items"}]}
+    annotate/failures.jsonl every input row not in the jsonl: failed (raw replies kept), refused, invalid, pending
+    annotate/report.json    the counts — rows = other shards + ok + failed + refused + invalid + pending — and spend
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from builders.errors import UserError
+from builders.pipeline.items import Plan, load, plan
+from builders.pipeline.judge import JudgeSettings
+from builders.pipeline.layout import JsonlWriter, LayoutWriter, open_input, write_json
+from builders.pipeline.store import Result, Store
+from builders.sources import ReleaseFolder
+
+OUTPUT_JSONL = "vlfeedback.jsonl"
+JUDGE_FILE = "judge.json"
+FAILURES_FILE = "failures.jsonl"
+REPORT_FILE = "report.json"
+STAGE_DIR = "annotate"
+
+
+def judged_row(row: dict, result: Result, settings: JudgeSettings, key: str) -> dict:
+    """The release row of an ``ok`` item: the input row with annotations filled in and the judge's provenance."""
+    completions = [
+        {**completion, "annotations": annotations}
+        for completion, annotations in zip(row["completions"], result.data["annotations"], strict=True)
+    ]
+    provenance = {name: result.data[name] for name in ("attempts", "permutation", "raw_reply", "usage", "cost_usd")}
+    return {
+        **row,
+        "models": [c["model"] for c in completions],
+        "completions": completions,
+        "judge": {
+            "model": settings.model,
+            "template_sha256": settings.template_sha256,
+            "outcome": result.outcome,
+            **provenance,
+            "key": key,
+        },
+    }
+
+
+def failure_entry(line: int, item_id: str, key: str, result: Result | None) -> dict:
+    """A failures-file entry for an item that did not make the jsonl (``result`` None: not judged yet)."""
+    if result is None:
+        return {
+            "line": line,
+            "id": item_id,
+            "outcome": "pending",
+            "reason": "not judged yet: re-run annotate",
+            "key": key,
+        }
+    return {"line": line, "id": item_id, "outcome": result.outcome, **result.data, "key": key}
+
+
+def settings_of(stores: list[Store]) -> JudgeSettings:
+    """The judge settings the stores were made with (they must agree)."""
+    recorded = [store.meta("judge") for store in stores]
+    if None in recorded:
+        raise UserError("--store: a store holds no judge settings (not made by `vlfeedback annotate`)")
+    if any(r != recorded[0] for r in recorded):
+        raise UserError("--store: the stores were made with different judge settings and cannot be merged")
+    return JudgeSettings(**recorded[0])
+
+
+def assemble(folder: ReleaseFolder, out_dir: Path, stores: list[Store], work: Plan) -> dict:
+    """Write the annotated release layout for the items of ``work`` from the results in ``stores``."""
+    settings = settings_of(stores)
+    counts: Counter = Counter()
+    writer = LayoutWriter(out_dir, OUTPUT_JSONL, input_dir=folder.root)
+    failures = JsonlWriter(out_dir / STAGE_DIR / FAILURES_FILE)
+    for entry in work.invalid:
+        failures.write(entry)
+        counts["invalid"] += 1
+    for planned in work.items:
+        result = next((r for r in (store.result(planned.key) for store in stores) if r is not None), None)
+        if result is not None and result.outcome == "ok":
+            item = load(folder, planned)
+            writer.add(judged_row(item.row, result, settings, planned.key), item.image)
+        else:
+            failures.write(failure_entry(planned.line, planned.item_id, planned.key, result))
+        counts[result.outcome if result else "pending"] += 1
+    writer.close()
+    failures.close()
+    totals = [store.totals() for store in stores]
+    report = {
+        "input": folder.root.name,
+        "output": OUTPUT_JSONL,
+        "judge": settings.to_dict(),
+        "rows": work.rows,
+        "other_shards": work.other_shard,
+        **{outcome: counts[outcome] for outcome in ("ok", "failed", "refused", "invalid", "pending")},
+        "complete": counts["pending"] == 0,
+        "ledger": {
+            "calls": sum(t[3] for t in totals),
+            "prompt_tokens": sum(t[0] for t in totals),
+            "completion_tokens": sum(t[1] for t in totals),
+            "cost_usd": round(sum(t[2] for t in totals), 6),
+        },
+    }
+    judges = [{"model": settings.model, "template_sha256": settings.template_sha256, "items": counts["ok"]}]
+    write_json(out_dir / JUDGE_FILE, {"judges": judges})
+    write_json(out_dir / STAGE_DIR / REPORT_FILE, report)
+    return report
+
+
+def assemble_from(input_dir: Path, out_dir: Path, store_paths: list[Path]) -> dict:
+    """``vlfeedback assemble``: re-assemble from a run's own store, or merge the stores of several shards."""
+    missing = [str(p) for p in store_paths if not p.is_file()]
+    if missing:
+        raise UserError(f"--store: no store at {', '.join(missing)} (annotate writes OUT/{STAGE_DIR}/state.sqlite)")
+    folder = open_input(input_dir)
+    stores = [Store(path, lock=False) for path in store_paths]
+    try:
+        settings = settings_of(stores)
+        shard = stores[0].meta("shard") if len(stores) == 1 else None
+        work = plan(folder, settings, None, tuple(shard) if shard else None)
+        return assemble(folder, out_dir, stores, work)
+    finally:
+        folder.close()
+        for store in stores:
+            store.close()

@@ -1,0 +1,225 @@
+"""``vlfeedback decode``: a model pool answers every instruction; output in the release layout, without ratings.
+
+    vlfeedback decode --input instructions/ --pool pool.yaml --out responses/
+
+Each instruction is answered by ``k`` distinct pool members drawn with the pool's seed. Answers are committed to
+``OUT/decode/state.sqlite`` as they come (keyed by image, prompt and the member's settings), so an interrupted
+decode re-run with the same command redoes only what is missing — and a pool that changes keeps the answers of
+the members that did not. Rows whose answers are not all in yet are listed in ``decode/failures.jsonl``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from builders.pipeline.cost import Price, call_cost, load_prices, price_for
+from builders.pipeline.endpoint import (
+    GaveUp,
+    Rejected,
+    RetryPolicy,
+    RunStats,
+    api_key_from_env,
+    complete,
+    for_each,
+    make_client,
+)
+from builders.pipeline.judge import image_data_url
+from builders.pipeline.layout import JsonlWriter, LayoutWriter, StageInput, open_input, write_json
+from builders.pipeline.pool import LocalModel, Member, Pool, assign, chat_request, load_pool, unit_key
+from builders.pipeline.store import Store
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+OUTPUT_JSONL = "responses.jsonl"
+STAGE_DIR = "decode"
+NO_KEY = "EMPTY"
+"""The API key sent to an endpoint member without ``api_key_env`` (a local vLLM server accepts any)."""
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One answer to produce: a member's response to one instruction."""
+
+    key: str
+    item_id: str
+    offset: int
+
+
+@dataclass(frozen=True)
+class Row:
+    """An instruction of the input: where it is, and the answer keys of its members (in pool-draw order)."""
+
+    line: int
+    offset: int
+    item_id: str
+    members: tuple[str, ...]
+    keys: tuple[str, ...]
+
+
+def plan_units(
+    folder: StageInput, pool: Pool, finished: dict[str, str]
+) -> tuple[list[Row], list[dict], dict[str, list[Unit]]]:
+    """The rows to write, the rows that cannot be decoded, and per member the answers still missing."""
+    rows, invalid = [], []
+    todo: dict[str, list[Unit]] = {m.name: [] for m in pool.members}
+    queued: set[str] = set()
+    for line in folder.lines():
+        bad_prompt = line.row is not None and not isinstance(line.row.get("prompt"), str)
+        image, problem = folder.usable(line, "'prompt' is missing or not a string" if bad_prompt else None)
+        if problem is not None:
+            invalid.append(line.invalid(problem))
+            continue
+        image_sha = hashlib.sha256(image).hexdigest()
+        members = assign(line.row["id"], pool)
+        keys = tuple(unit_key(image_sha, line.row["prompt"], m) for m in members)
+        rows.append(Row(line.number, line.offset, line.row["id"], tuple(m.name for m in members), keys))
+        for member, key in zip(members, keys, strict=True):
+            if key not in finished and key not in queued:
+                queued.add(key)
+                todo[member.name].append(Unit(key, line.row["id"], line.offset))
+    return rows, invalid, todo
+
+
+def run_local(member: Member, units: list[Unit], folder: StageInput, store: Store, seed: int, bar: tqdm) -> None:
+    """Answer ``units`` with a local model, one padded batch at a time, committing each batch."""
+    model = LocalModel(member)
+    for start in range(0, len(units), member.batch_size):
+        batch = units[start : start + member.batch_size]
+        rows = [folder.row(unit.offset) for unit in batch]
+        texts = model.answer([r["prompt"] for r in rows], [folder.image_bytes(r) for r in rows], seed + start)
+        settings = member.settings()
+        store.put_many(
+            [
+                (u.key, u.item_id, "ok", {"response": t, "generation": settings})
+                for u, t in zip(batch, texts, strict=True)
+            ]
+        )
+        bar.update(len(batch))
+
+
+async def run_endpoint(
+    member: Member,
+    units: list[Unit],
+    folder: StageInput,
+    store: Store,
+    price: Price | None,
+    policy: RetryPolicy,
+    timeout: float,
+    stats: RunStats,
+    bar: tqdm,
+) -> None:
+    """Answer ``units`` through an OpenAI-compatible endpoint with bounded concurrency, committing each answer."""
+    api_key = api_key_from_env(member.api_key_env) if member.api_key_env else NO_KEY
+    client = make_client(member.base_url, api_key, timeout)
+    settings = member.settings()
+
+    async def answer(unit: Unit) -> None:
+        row = folder.row(unit.offset)
+        request = chat_request(member, row["prompt"], image_data_url(folder.image_bytes(row)))
+        try:
+            completion = await complete(client, request, policy, stats.retried)
+        except GaveUp as err:
+            stats.pending[unit.key] = f"{member.name}: {err}"
+        except Rejected as err:
+            store.put_many([(unit.key, unit.item_id, "failed", {"reason": f"{member.name}: {err}"})])
+        else:
+            cost = call_cost(completion.prompt_tokens, completion.completion_tokens, price)
+            reply = completion.reply
+            usage = {"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens}
+            data = {
+                "response": (reply.content or reply.refusal or "").strip(),
+                "generation": settings,
+                "usage": usage,
+                "cost_usd": cost,
+            }
+            store.record(
+                unit.key, store.history(unit.key).next_attempt, "sync", completion, cost, (unit.item_id, "ok", data)
+            )
+            stats.add_call(completion.prompt_tokens, completion.completion_tokens, cost)
+        bar.update(1)
+
+    try:
+        await for_each(units, answer, member.concurrency, lambda unit: True)
+    finally:
+        await client.close()
+
+
+def decode(
+    input_dir: Path,
+    out_dir: Path,
+    pool_path: Path,
+    k: int | None = None,
+    seed: int | None = None,
+    prices: Path | None = None,
+    timeout: float = 120.0,
+    max_retries: int = 8,
+    progress: bool = True,
+) -> dict:
+    """Decode every instruction of ``input_dir`` with the pool into ``out_dir``; returns the report."""
+    from tqdm.auto import tqdm
+
+    pool = load_pool(pool_path, k, seed)
+    price_table = load_prices(prices)
+    stats = RunStats()
+    with open_input(input_dir) as folder, Store(out_dir / STAGE_DIR / "state.sqlite") as store:
+        rows, invalid, todo = plan_units(folder, pool, store.finished())
+        for member in pool.members:
+            units = todo[member.name]
+            if not units:
+                continue
+            with tqdm(total=len(units), desc=f"decode {member.name}", unit=" answers", disable=not progress) as bar:
+                if member.kind == "transformers":
+                    run_local(member, units, folder, store, pool.seed, bar)
+                else:
+                    price = price_for(member.model, price_table)
+                    policy = RetryPolicy(max_retries=max_retries)
+                    asyncio.run(run_endpoint(member, units, folder, store, price, policy, timeout, stats, bar))
+        report = write_output(folder, out_dir, store, rows, invalid)
+    report["pool"] = {"k": pool.k, "seed": pool.seed, "members": {m.name: m.settings() for m in pool.members}}
+    report["asked_this_run"] = {name: len(units) for name, units in todo.items()}
+    report["run"] = stats.to_dict() | {"answers_missing": len(stats.pending)}
+    write_json(out_dir / STAGE_DIR / "report.json", report)
+    return report
+
+
+def write_output(folder: StageInput, out_dir: Path, store: Store, rows: list[Row], invalid: list[dict]) -> dict:
+    """The release layout of every fully answered row; the others, and invalid input rows, in the failures file."""
+    writer = LayoutWriter(out_dir, OUTPUT_JSONL, input_dir=folder.root)
+    failures = JsonlWriter(out_dir / STAGE_DIR / "failures.jsonl")
+    for entry in invalid:
+        failures.write(entry)
+    counts: Counter = Counter(invalid=len(invalid))
+    for row in rows:
+        results = [store.result(key) for key in row.keys]
+        if all(r is not None and r.outcome == "ok" for r in results):
+            source = folder.row(row.offset)
+            completions = [
+                {"model": name, "response": r.data["response"], "generation": r.data["generation"]}
+                for name, r in zip(row.members, results, strict=True)
+            ]
+            writer.add({**source, "models": list(row.members), "completions": completions}, folder.image_bytes(source))
+            counts["ok"] += 1
+            continue
+        missing = {
+            name: (r.data.get("reason") if r else "not answered yet: re-run decode")
+            for name, r in zip(row.members, results, strict=True)
+            if r is None or r.outcome != "ok"
+        }
+        outcome = "failed" if all(r is not None for r in results) else "pending"
+        failures.write({"line": row.line, "id": row.item_id, "outcome": outcome, "missing": missing})
+        counts[outcome] += 1
+    writer.close()
+    failures.close()
+    return {
+        "input": folder.root.name,
+        "output": OUTPUT_JSONL,
+        "rows": len(rows) + len(invalid),
+        **{name: counts[name] for name in ("ok", "failed", "pending", "invalid")},
+        "complete": counts["pending"] == 0,
+    }

@@ -1,0 +1,350 @@
+"""The judge, as pure functions: the rubric prompt, the request, reading and validating replies, order shuffling.
+
+One request per instruction holds the image and every response (as the paper did). A reply is read in either the
+kit's JSON format (``rubric.md``) or the original sectioned format — per aspect a heading, per text an
+``Output for Text k`` line, then ``Rating:`` and ``Rationale:`` lines — tolerating the usual noise (markdown bold,
+code fences, extra whitespace, ``Rating: 4 (Helpful)``). Validation is strict: every text × aspect present once,
+each rating an integer 1–5; otherwise the reply is malformed and the problem is named, so it can be re-asked.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import random
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from builders.errors import UserError
+from builders.features import ASPECTS, RATING_RANGE
+
+TEMPLATE_FILE = Path(__file__).with_name("rubric.md")
+REQUIRED_PLACEHOLDERS: tuple[str, ...] = ("instruction", "texts")
+_PLACEHOLDER = re.compile(r"\{(instruction|texts|num_texts)\}")
+KEY_VERSION = 1
+"""Bumped when the content key's recipe changes (old stores then simply miss)."""
+
+
+@dataclass(frozen=True)
+class Template:
+    """A rubric prompt with ``{instruction}``, ``{texts}`` and optionally ``{num_texts}`` placeholders."""
+
+    text: str
+    sha256: str
+    source: str
+
+
+def load_template(path: Path | None = None) -> Template:
+    """The kit's rubric, or a user's template file (e.g. the original one), checked for its placeholders."""
+    template_path = path or TEMPLATE_FILE
+    try:
+        text = template_path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise UserError(f"--template {template_path}: cannot read it ({err})") from err
+    found = set(_PLACEHOLDER.findall(text))
+    missing = [name for name in REQUIRED_PLACEHOLDERS if name not in found]
+    if missing:
+        names = ", ".join("{" + name + "}" for name in missing)
+        raise UserError(f"--template {template_path} lacks the placeholder(s) {names}; the kit fills them in")
+    sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return Template(text, sha, "kit rubric" if path is None else str(template_path))
+
+
+def render_texts(responses: list[str]) -> str:
+    """The responses as numbered ``<text k>`` blocks, in the order shown to the judge."""
+    return "\n\n".join(f"<text {k}>\n{response}\n</text {k}>" for k, response in enumerate(responses, start=1))
+
+
+def render_prompt(template: Template, instruction: str, responses: list[str]) -> str:
+    """The judge prompt: placeholders filled in one pass, so braces inside the inserted text stay as they are."""
+    values = {"instruction": instruction, "texts": render_texts(responses), "num_texts": str(len(responses))}
+    return _PLACEHOLDER.sub(lambda match: values[match.group(1)], template.text)
+
+
+@dataclass(frozen=True)
+class JudgeSettings:
+    """Everything besides the item that changes what the judge is asked; part of every item's content key."""
+
+    model: str
+    template_sha256: str
+    shuffle_seed: int | None = None
+    temperature: float = 0.0
+    max_tokens: int = 2048
+    image_detail: str = "high"
+
+    def to_dict(self) -> dict:
+        """The settings as a JSON-able dict (recorded in the store and the report)."""
+        return asdict(self)
+
+
+def item_key(image_sha256: str, prompt: str, responses: list[str], settings: JudgeSettings) -> str:
+    """The content hash that identifies one judge item: image, prompt, responses, template, judge and settings."""
+    blob = json.dumps(
+        {"v": KEY_VERSION, "image": image_sha256, "prompt": prompt, "responses": responses, **settings.to_dict()},
+        sort_keys=True,
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def shard_of(key: str, shards: int) -> int:
+    """The shard an item belongs to: a function of its content key only, so every machine agrees."""
+    return int(key[:16], 16) % shards
+
+
+def permutation(n: int, seed: int | None, key: str) -> list[int]:
+    """The order the judge sees: ``shown[j] = responses[perm[j]]``; identity without a seed, else seeded per item."""
+    order = list(range(n))
+    if seed is not None:
+        random.Random(f"{seed}:{key}").shuffle(order)
+    return order
+
+
+def image_data_url(image: bytes) -> str:
+    """A ``data:`` URL for the image bytes, with the MIME type read from the magic number."""
+    if image.startswith(b"\x89PNG"):
+        mime = "image/png"
+    elif image[:6] in (b"GIF87a", b"GIF89a"):
+        mime = "image/gif"
+    elif image[:4] == b"RIFF" and image[8:12] == b"WEBP":
+        mime = "image/webp"
+    else:
+        mime = "image/jpeg"
+    return f"data:{mime};base64,{base64.b64encode(image).decode('ascii')}"
+
+
+def first_message(prompt: str, image_url: str, detail: str) -> dict:
+    """The user message of an item: the rubric prompt and the image."""
+    return {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": prompt},
+            {"type": "image_url", "image_url": {"url": image_url, "detail": detail}},
+        ],
+    }
+
+
+def reask_message(problem: str, n: int) -> dict:
+    """The follow-up after a malformed reply: what was wrong and what a complete reply holds."""
+    return {
+        "role": "user",
+        "content": (
+            f"Your reply could not be read: {problem}. Reply again with the complete assessment: all {n} texts "
+            f"on each of {', '.join(ASPECTS)}, every rating an integer from 1 to 5, in exactly the format asked for."
+        ),
+    }
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What came back from one judge call."""
+
+    content: str | None
+    refusal: str | None = None
+    finish_reason: str | None = None
+
+
+def conversation(first: dict, previous: list[tuple[Reply, str]], n: int) -> list[dict]:
+    """The messages of the next attempt: the item, then each earlier (malformed) reply and its correction."""
+    messages = [first]
+    for reply, problem in previous:
+        messages += [{"role": "assistant", "content": reply.content or ""}, reask_message(problem, n)]
+    return messages
+
+
+# --- reading replies --------------------------------------------------------------------------------------------
+
+_ASPECT_KEYS = {re.sub(r"[^a-z]", "", aspect.lower()): aspect for aspect in ASPECTS}
+_NOISE = re.compile(r"[*_`#>]+")
+_HEADING = re.compile(
+    r"^(?:\d+[.)]\s*)?(helpfulness|visual faithfulness|ethical considerations)"
+    r"(?:\s+(?:assessment|evaluation|ratings?))?(?:\s*\(.*\))?\s*:?$",
+    re.IGNORECASE,
+)
+_TEXT_LINE = re.compile(r"^(?:output\s+for\s+)?text\s*(\d+)\s*:?$", re.IGNORECASE)
+_FIELD = re.compile(r"^(rating|rationale)\s*[:：-]\s*(.*)$", re.IGNORECASE)
+_RATING_VALUE = re.compile(r"^(\d+)(?:\s*/\s*5)?(?![\d.,]\d)(?:\s*\(.*\))?\s*[.:]?(?:\s.*)?$")
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)
+_REFUSAL = re.compile(
+    r"\b(?:i['’]?m sorry|i am sorry|i apologi[sz]e|i (?:can(?:no|['’])t|won['’]t|will not) (?:help|assist|comply|"
+    r"provide|evaluate|rate|do that|fulfil)|i(?:['’]m| am) (?:unable|not able) to|cannot (?:help|assist) with)",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One rating the reply gave: which text (as shown), which aspect, the raw rating, the rationale."""
+
+    text: int
+    aspect: str
+    rating: object
+    rationale: str
+
+
+def aspect_of(name: str) -> str | None:
+    """The canonical aspect for a spelling such as ``visual_faithfulness`` or ``Ethical Considerations``."""
+    return _ASPECT_KEYS.get(re.sub(r"[^a-z]", "", name.lower()))
+
+
+def parse_rating_value(value: object) -> int | None:
+    """A rating as an int 1–5 (``4``, ``"4"``, ``"4 (Helpful)"``, ``"4/5"``, ``4.0``), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, str):
+        match = _RATING_VALUE.match(_NOISE.sub("", value).strip())
+        value = int(match.group(1)) if match else None
+    low, high = RATING_RANGE
+    return value if isinstance(value, int) and low <= value <= high else None
+
+
+def _json_entries(text: str) -> list[Entry] | None:
+    """Entries of a JSON reply (fenced or bare), or None when the reply holds no such JSON object."""
+    candidates = [*_FENCE.findall(text)]
+    if "{" in text:
+        candidates.append(text[text.index("{") : text.rindex("}") + 1])
+    for candidate in candidates:
+        try:
+            data = json.loads(candidate)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(data, dict) and any(aspect_of(k) for k in data):
+            return list(_entries_of_json(data))
+    return None
+
+
+def _entries_of_json(data: dict):
+    for name, items in data.items():
+        aspect = aspect_of(name)
+        if aspect is None:
+            continue
+        if isinstance(items, dict):
+            items = [{"text": number, **(value if isinstance(value, dict) else {})} for number, value in items.items()]
+        for item in items if isinstance(items, list) else []:
+            if not isinstance(item, dict):
+                continue
+            number = re.sub(r"\D", "", str(item.get("text", "")))
+            rationale = item.get("rationale", item.get("Rationale", ""))
+            yield Entry(
+                int(number) if number else 0,
+                aspect,
+                item.get("rating", item.get("Rating")),
+                rationale.strip() if isinstance(rationale, str) else "",
+            )
+
+
+def _sectioned_entries(text: str) -> list[Entry]:
+    """Entries of a reply in the original sectioned format (headings, ``Output for Text k``, Rating/Rationale)."""
+    entries: list[Entry] = []
+    aspect: str | None = None
+    number: int | None = None
+    rating: object = None
+    rationale: list[str] | None = None
+
+    def flush() -> None:
+        nonlocal rating, rationale
+        if aspect and number is not None and (rating is not None or rationale is not None):
+            entries.append(Entry(number, aspect, rating, " ".join(rationale or []).strip()))
+        rating, rationale = None, None
+
+    for raw_line in text.splitlines():
+        line = " ".join(_NOISE.sub("", raw_line).split())
+        if not line:
+            continue
+        heading, text_line, field = _HEADING.match(line), _TEXT_LINE.match(line), _FIELD.match(line)
+        if heading:
+            flush()
+            aspect, number = aspect_of(heading.group(1)), None
+        elif text_line:
+            flush()
+            number = int(text_line.group(1))
+        elif field and field.group(1).lower() == "rating":
+            if rating is not None:
+                flush()
+            rating = field.group(2)
+        elif field:
+            rationale = [field.group(2)]
+        elif rationale is not None:
+            rationale.append(line)
+    flush()
+    return entries
+
+
+def parse_reply(text: str) -> list[Entry]:
+    """Every rating found in a reply, in the kit's JSON format or the original sectioned one."""
+    entries = _json_entries(text)
+    return entries if entries else _sectioned_entries(text)
+
+
+def validate(entries: list[Entry], n: int) -> tuple[list[dict[str, tuple[int, str]]] | None, str | None]:
+    """Per shown text, aspect → (rating, rationale); or None and the problems, named for the re-ask."""
+    found: dict[tuple[int, str], list[Entry]] = {}
+    problems = []
+    for entry in entries:
+        if not 1 <= entry.text <= n:
+            problems.append(f"there is no Text {entry.text} (texts are numbered 1 to {n})")
+            continue
+        found.setdefault((entry.text, entry.aspect), []).append(entry)
+    ratings: list[dict[str, tuple[int, str]]] = [{} for _ in range(n)]
+    for number in range(1, n + 1):
+        for aspect in ASPECTS:
+            given = found.get((number, aspect), [])
+            values = {parse_rating_value(e.rating) for e in given}
+            if not given:
+                problems.append(f"Text {number} has no {aspect} rating")
+            elif None in values:
+                bad = next(e.rating for e in given if parse_rating_value(e.rating) is None)
+                problems.append(f"Text {number} {aspect} rating {bad!r} is not an integer from 1 to 5")
+            elif len(values) > 1:
+                problems.append(f"Text {number} has conflicting {aspect} ratings {sorted(values)}")
+            else:
+                ratings[number - 1][aspect] = (values.pop(), given[0].rationale)
+    if problems:
+        return None, "; ".join(dict.fromkeys(problems))
+    return ratings, None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """How one reply reads: ``ok`` with ratings per shown text, ``malformed`` with the problem, or ``refused``."""
+
+    outcome: str
+    ratings: list[dict[str, tuple[int, str]]] | None = None
+    problem: str | None = None
+
+
+def read_reply(reply: Reply, n: int) -> Verdict:
+    """Classify a judge reply for ``n`` texts; a refusal is a labelled outcome, anything unreadable is malformed."""
+    if reply.refusal:
+        return Verdict("refused", problem=f"refused: {reply.refusal}")
+    if reply.finish_reason == "content_filter":
+        return Verdict("refused", problem="refused: the reply was stopped by the content filter")
+    content = reply.content or ""
+    if not content.strip():
+        return Verdict("malformed", problem="the reply is empty")
+    entries = parse_reply(content)
+    if not entries and _REFUSAL.search(content[:400]):
+        return Verdict("refused", problem=f"refused: {content.strip()[:200]}")
+    ratings, problem = validate(entries, n)
+    if ratings is None:
+        if reply.finish_reason == "length":
+            problem = f"the reply was cut off at the token limit ({problem})"
+        return Verdict("malformed", problem=problem or "no ratings found")
+    return Verdict("ok", ratings=ratings)
+
+
+def unshuffle(ratings: list[dict[str, tuple[int, str]]], order: list[int]) -> list[dict[str, tuple[int, str]]]:
+    """Ratings per shown text mapped back to the original response order (``shown[j] = original[order[j]]``)."""
+    original: list[dict[str, tuple[int, str]]] = [{} for _ in order]
+    for shown, index in enumerate(order):
+        original[index] = ratings[shown]
+    return original
+
+
+def release_annotations(ratings: dict[str, tuple[int, str]]) -> dict[str, dict[str, str]]:
+    """One response's ratings in the release layout: ``{aspect: {"Rating": "4", "Rationale": "..."}}``."""
+    return {aspect: {"Rating": str(ratings[aspect][0]), "Rationale": ratings[aspect][1]} for aspect in ASPECTS}

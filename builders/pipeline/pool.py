@@ -1,0 +1,201 @@
+"""The model pool of ``decode``: its YAML config, which members answer which instruction, and the members themselves.
+
+A member is a local transformers VLM (``AutoModelForImageTextToText`` + ``AutoProcessor``, batched generation,
+optional PEFT adapter) or any OpenAI-compatible endpoint (OpenAI, vLLM, TGI) reached with the ``openai`` client.
+See ``pool.example.yaml``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from builders.errors import UserError
+
+EXAMPLE_FILE = Path(__file__).with_name("pool.example.yaml")
+KINDS = ("transformers", "openai")
+GENERATION_DEFAULTS = {"max_new_tokens": 512, "temperature": 0.0, "top_p": 1.0}
+MEMBER_KEYS = {
+    "name",
+    "kind",
+    "model",
+    "adapter",
+    "dtype",
+    "device",
+    "batch_size",
+    "base_url",
+    "api_key_env",
+    "concurrency",
+    "generation",
+}
+
+
+@dataclass(frozen=True)
+class Member:
+    """One pool model and how it generates."""
+
+    name: str
+    kind: str
+    model: str
+    generation: dict = field(default_factory=dict)
+    adapter: str | None = None
+    dtype: str = "auto"
+    device: str | None = None
+    batch_size: int = 8
+    base_url: str | None = None
+    api_key_env: str | None = None
+    concurrency: int = 8
+
+    def settings(self) -> dict:
+        """What is recorded with each response: the member's identity and its generation settings."""
+        where = (
+            {"adapter": self.adapter, "dtype": self.dtype}
+            if self.kind == "transformers"
+            else {"endpoint": _host(self.base_url)}
+        )
+        return {"kind": self.kind, "model": self.model, **where, **self.generation}
+
+    def fingerprint(self) -> str:
+        """A hash of everything that changes this member's answers."""
+        identity = {"name": self.name, **self.settings(), "base_url": self.base_url}
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def _host(url: str | None) -> str | None:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).netloc.rsplit("@", 1)[-1] if url else None
+
+
+@dataclass(frozen=True)
+class Pool:
+    """The members, how many answer each instruction, and the seed of that draw."""
+
+    members: tuple[Member, ...]
+    k: int
+    seed: int
+
+
+def load_pool(path: Path, k: int | None = None, seed: int | None = None) -> Pool:
+    """A pool from its YAML file (``k`` and ``seed`` override the file's), checked."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise UserError(f"--pool {path}: cannot read it ({err}); see {EXAMPLE_FILE.name}") from err
+    defaults = {**GENERATION_DEFAULTS, **(data.get("generation") or {})}
+    members = tuple(_member(spec, defaults, path) for spec in data.get("members") or [])
+    names = [m.name for m in members]
+    pool = Pool(
+        members, int(k if k is not None else data.get("k", 4)), int(seed if seed is not None else data.get("seed", 0))
+    )
+    if len(set(names)) != len(names):
+        raise UserError(f"--pool {path}: member names must be unique ({names})")
+    if not 1 <= pool.k <= len(members):
+        raise UserError(f"--pool {path}: k = {pool.k} needs 1 <= k <= {len(members)} members; change k or pass --k")
+    return pool
+
+
+def _member(spec: dict, defaults: dict, path: Path) -> Member:
+    if not isinstance(spec, dict) or not spec.get("name") or not spec.get("model"):
+        raise UserError(f"--pool {path}: every member needs a name and a model ({spec!r})")
+    unknown = set(spec) - MEMBER_KEYS
+    generation = {**defaults, **(spec.get("generation") or {})}
+    unknown |= {f"generation.{key}" for key in set(generation) - set(GENERATION_DEFAULTS)}
+    problems = [
+        f"unknown key(s) {sorted(unknown)}" if unknown else "",
+        f"kind must be one of {KINDS}" if spec.get("kind") not in KINDS else "",
+        "an openai member needs base_url" if spec.get("kind") == "openai" and not spec.get("base_url") else "",
+    ]
+    problems = [p for p in problems if p]
+    if problems:
+        raise UserError(f"--pool {path}: member {spec['name']!r}: {'; '.join(problems)}")
+    return Member(**{**spec, "generation": generation})
+
+
+def assign(item_id: str, pool: Pool) -> list[Member]:
+    """The ``k`` distinct members that answer an instruction: seeded by the pool seed and the id only."""
+    return random.Random(f"{pool.seed}/{item_id}").sample(list(pool.members), pool.k)
+
+
+def unit_key(image_sha256: str, prompt: str, member: Member) -> str:
+    """The content hash of one (instruction, member) answer."""
+    blob = json.dumps({"image": image_sha256, "prompt": prompt, "member": member.fingerprint()}, ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def chat_request(member: Member, prompt: str, image_url: str) -> dict:
+    """The chat completion request a pool endpoint gets for one instruction."""
+    generation = member.generation
+    return {
+        "model": member.model,
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "image_url", "image_url": {"url": image_url}}, {"type": "text", "text": prompt}],
+            }
+        ],
+        "max_tokens": generation["max_new_tokens"],
+        "temperature": generation["temperature"],
+        "top_p": generation["top_p"],
+    }
+
+
+class LocalModel:
+    """A local transformers VLM (optionally with a PEFT adapter) that answers batches of instructions."""
+
+    def __init__(self, member: Member) -> None:
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        self.member = member
+        self.device = member.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.processor = AutoProcessor.from_pretrained(member.model)
+        self.processor.tokenizer.padding_side = "left"
+        model = AutoModelForImageTextToText.from_pretrained(member.model, dtype=member.dtype)
+        if member.adapter:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, member.adapter)
+        self.model = model.to(self.device).eval()
+
+    def answer(self, prompts: list[str], images: list[bytes], seed: int) -> list[str]:
+        """One response per (prompt, image), generated as one padded batch."""
+        import torch
+        from PIL import Image
+
+        conversations = [
+            [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image", "image": Image.open(io.BytesIO(image)).convert("RGB")},
+                        {"type": "text", "text": prompt},
+                    ],
+                }
+            ]
+            for prompt, image in zip(prompts, images, strict=True)
+        ]
+        inputs = self.processor.apply_chat_template(
+            conversations,
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+            return_tensors="pt",
+            processor_kwargs={"padding": True},
+        ).to(self.device)
+        generation = self.member.generation
+        sampling = generation["temperature"] > 0
+        kwargs = {"max_new_tokens": generation["max_new_tokens"], "do_sample": sampling}
+        if sampling:
+            kwargs |= {"temperature": generation["temperature"], "top_p": generation["top_p"]}
+            torch.manual_seed(seed)
+        with torch.inference_mode():
+            output = self.model.generate(**inputs, **kwargs)
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        return [text.strip() for text in self.processor.batch_decode(new_tokens, skip_special_tokens=True)]

@@ -1,0 +1,90 @@
+"""``vlfeedback agreement``: judge preferences against human pairwise labels, hand-computed, with a bootstrap CI.
+
+Run: pytest tests/test_pipeline_agreement.py
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from release_factory import row, write_release
+
+from builders.cli import main as cli_main
+from builders.errors import UserError
+from builders.pipeline.agreement import bootstrap_ci
+
+JUDGED = [
+    row("i1", [(5, 5, 5), (3, 4, 5), (1, 1, 5)]),  # means 5, 4, 2.33
+    row("i2", [(2, 2, 5), (4, 1, 5)]),  # means 3, 3.33
+    row("i3", [(3, 3, 3), (3, 3, 3)]),  # a tie
+]
+LABELS = [
+    {"id": "i1", "model_a": "model-0", "model_b": "model-1", "preferred": "a"},  # judge a: agree
+    {"id": "i1", "model_a": "model-1", "model_b": "model-2", "preferred": "b"},  # judge a: disagree
+    {"id": "i1", "model_a": "model-0", "model_b": "model-2", "preferred": "a"},  # agree
+    {"id": "i2", "model_a": "model-0", "model_b": "model-1", "preferred": "model-1"},  # b, judge b: agree
+    {"id": "i3", "model_a": "model-0", "model_b": "model-1", "preferred": "a"},  # judge tie
+    {"id": "i2", "model_a": "model-0", "model_b": "model-1", "preferred": "tie"},  # human tie
+    {"id": "i9", "model_a": "model-0", "model_b": "model-1", "preferred": "a"},  # not judged
+    {"id": "i1", "model_a": "model-0", "model_b": "model-2", "preferred": "a", "aspect": "Visual Faithfulness"},
+]
+
+
+@pytest.fixture
+def judged(tmp_path: Path) -> Path:
+    return write_release(tmp_path / "judged", JUDGED)
+
+
+def run(judged: Path, labels: Path, capsys: pytest.CaptureFixture) -> dict:
+    assert cli_main(["agreement", "--judge", str(judged), "--human", str(labels), "--json", "--bootstrap", "200"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_agreement_overall_and_per_aspect_is_hand_computed(judged: Path, tmp_path: Path, capsys) -> None:
+    labels = tmp_path / "labels.csv"
+    with labels.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["id", "model_a", "model_b", "preferred", "aspect"])
+        writer.writeheader()
+        writer.writerows(LABELS)
+    results = run(judged, labels, capsys)
+    overall = results["overall"]
+    assert (overall["pairs"], overall["agree"], overall["agreement"]) == (4, 3, 0.75)
+    assert (overall["human_ties"], overall["judge_ties"], overall["unmatched"]) == (1, 1, 1)
+    assert 0 <= overall["ci95"][0] <= 0.75 <= overall["ci95"][1] <= 1
+    helpful = results["Helpfulness"]
+    assert (helpful["human_labels"], helpful["pairs"], helpful["agree"]) == ("overall", 4, 3)
+    faithful = results["Visual Faithfulness"]
+    assert (faithful["human_labels"], faithful["pairs"], faithful["agreement"]) == ("Visual Faithfulness", 1, 1.0)
+    ethics = results["Ethical Considerations"]
+    assert (ethics["pairs"], ethics["judge_ties"], ethics["agreement"], ethics["ci95"]) == (0, 5, None, None)
+
+    jsonl = tmp_path / "labels.jsonl"
+    jsonl.write_text("".join(json.dumps(label) + "\n" for label in LABELS))
+    assert run(judged, jsonl, capsys) == results
+    assert cli_main(["agreement", "--judge", str(judged), "--human", str(jsonl)]) == 0
+    assert "75.0%" in capsys.readouterr().out
+
+
+def test_the_bootstrap_interval_is_right_and_seeded() -> None:
+    agree = np.array([1.0] * 304 + [0.0] * 96)  # 76%, as the paper
+    low, high = bootstrap_ci(agree, 2000, seed=0)
+    half = 1.96 * np.sqrt(0.76 * 0.24 / 400)
+    assert low == pytest.approx(0.76 - half, abs=0.012) and high == pytest.approx(0.76 + half, abs=0.012)
+    assert bootstrap_ci(agree, 2000, seed=0) == (low, high)
+    assert bootstrap_ci(np.ones(30), 100, seed=1) == (1.0, 1.0)
+
+
+def test_bad_labels_are_named(judged: Path, tmp_path: Path) -> None:
+    from builders.pipeline.agreement import read_labels
+
+    labels = tmp_path / "labels.csv"
+    labels.write_text("id,model_a,model_b,preferred\ni1,model-0,model-1,maybe\n")
+    with pytest.raises(UserError, match="record 1: preferred must be a, b, tie or a model name"):
+        read_labels(labels)
+    labels.write_text("id,model_a,preferred\ni1,model-0,a\n")
+    with pytest.raises(UserError, match="record 1 lacks model_b"):
+        read_labels(labels)

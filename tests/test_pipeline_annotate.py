@@ -1,0 +1,273 @@
+"""``vlfeedback annotate`` and ``assemble`` end to end against the loopback OpenAI-compatible server.
+
+Run: pytest tests/test_pipeline_annotate.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from release_factory import jpeg, row, write_release
+from support.openai_server import TEXT_BLOCK, OpenAIServer
+
+from builders.cli import main as cli_main
+from builders.features import ASPECTS
+from builders.pipeline.judge import load_template
+
+SECRET = "sk-test-DO-NOT-LEAK-7f3a9c"
+KEY_ENV = "VLF_TEST_JUDGE_KEY"
+GPT_4O = (2.50, 10.00)
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch):
+    """The loopback judge, and the API key in the environment variable the tests name."""
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    with OpenAIServer(latency=0.01, retry_after_ms=150) as running:
+        yield running
+
+
+def marked(ratings: tuple[int, int, int], text: str) -> str:
+    """A response the loopback judge rates with exactly these (Helpfulness, Faithfulness, Ethics) ratings."""
+    return f"{text} [[rate={ratings[0]},{ratings[1]},{ratings[2]}]]"
+
+
+def decoded(folder: Path, items: dict[str, tuple[str, list[str]]], images: dict[str, bytes] | None = None) -> Path:
+    """A decoded release (responses, no meaningful ratings): id → (prompt, responses)."""
+    rows = [row(i, [(1, 1, 1)] * len(r), responses=r, prompt=p) for i, (p, r) in items.items()]
+    default = {i: jpeg((40 * n % 256, 90, 160), size=24 + n) for n, i in enumerate(items)}
+    return write_release(folder, rows, images=default if images is None else images)
+
+
+def annotate(server: OpenAIServer, source: Path, out: Path, *extra: str) -> int:
+    """Run the CLI verb in this process."""
+    args = [
+        "annotate",
+        "--input",
+        str(source),
+        "--out",
+        str(out),
+        "--base-url",
+        server.url,
+        "--judge-model",
+        "gpt-4o",
+        "--api-key-env",
+        KEY_ENV,
+        "--quiet",
+        *extra,
+    ]
+    return cli_main(args)
+
+
+def output(out: Path) -> dict[str, dict]:
+    """The annotated rows by id."""
+    return {r["id"]: r for r in map(json.loads, (out / "vlfeedback.jsonl").read_text().splitlines())}
+
+
+def report(out: Path) -> dict:
+    return json.loads((out / "annotate" / "report.json").read_text())
+
+
+def failures(out: Path) -> dict[str, dict]:
+    return {f["id"]: f for f in map(json.loads, (out / "annotate" / "failures.jsonl").read_text().splitlines())}
+
+
+def ratings_of(completion: dict) -> tuple[int, ...]:
+    return tuple(int(completion["annotations"][aspect]["Rating"]) for aspect in ASPECTS)
+
+
+def test_ratings_land_on_the_right_response_after_shuffling(server: OpenAIServer, tmp_path: Path) -> None:
+    expected = {f"svit-{i}": [(k % 5 + 1, (k + i) % 5 + 1, (2 * k + i) % 5 + 1) for k in range(4)] for i in range(12)}
+    items = {
+        i: (f"Question {i}?", [marked(r, f"answer {k} of {i}") for k, r in enumerate(rs)])
+        for i, rs in expected.items()
+    }
+    assert annotate(server, decoded(tmp_path / "in", items), tmp_path / "out", "--shuffle", "--seed", "3") == 0
+    rows = output(tmp_path / "out")
+    moved = 0
+    for item_id, row_ in rows.items():
+        assert [ratings_of(c) for c in row_["completions"]] == expected[item_id]
+        order = row_["judge"]["permutation"]
+        (call,) = server.calls_about(f"Question {item_id}?")
+        shown = [body for _, body in TEXT_BLOCK.findall(call.text)]
+        assert shown == [items[item_id][1][k] for k in order]
+        moved += order != sorted(order)
+    assert moved >= 6
+
+
+def test_outcomes_are_recorded_and_every_row_is_accounted_for(server: OpenAIServer, tmp_path: Path) -> None:
+    good = [marked((5, 4, 5), "fine"), marked((2, 1, 5), "poor")]
+    items = {
+        "llava-0": ("Plain question?", good),
+        "llava-1": ("Malformed once [[malformed]]", good),
+        "llava-2": ("Always malformed [[malformed:always]]", good),
+        "llava-3": ("Refuse in words [[refuse]]", good),
+        "llava-4": ("Refuse in the field [[refuse-field]]", good),
+        "llava-5": ("Original format [[sectioned]]", good),
+        "llava-6": ("Missing image", good),
+    }
+    source = decoded(tmp_path / "in", items)
+    (source / "merged_images" / "llava-6.jpg").unlink()
+    with (source / "vlfeedback_80k.jsonl").open("a") as handle:
+        handle.write(json.dumps({"id": "llava-7", "prompt": "no responses", "models": [], "completions": []}) + "\n")
+        handle.write("{not json\n")
+    out = tmp_path / "out"
+    assert annotate(server, source, out) == 0
+
+    rows, failed, counts = output(out), failures(out), report(out)
+    assert sorted(rows) == ["llava-0", "llava-1", "llava-5"]
+    for row_ in rows.values():
+        assert [ratings_of(c) for c in row_["completions"]] == [(5, 4, 5), (2, 1, 5)]
+        assert row_["judge"]["model"] == "gpt-4o" and row_["judge"]["outcome"] == "ok"
+        assert row_["judge"]["template_sha256"] == load_template().sha256
+    assert rows["llava-1"]["judge"]["attempts"] == 2
+    second = server.calls_about("Malformed once")[1]
+    assert second.attempt == 2 and "could not be read: Text 2 has no Ethical Considerations" in second.last_text
+    assert failed["llava-2"]["outcome"] == "failed" and failed["llava-2"]["attempts"] == 3
+    assert (
+        len(failed["llava-2"]["replies"]) == 3
+        and "has no Ethical Considerations rating" in failed["llava-2"]["reason"]
+    )
+    assert failed["llava-3"]["outcome"] == "refused" and "I'm sorry" in failed["llava-3"]["raw_reply"]
+    assert failed["llava-4"]["outcome"] == "refused" and len(server.calls_about("Refuse in the field")) == 1
+    assert failed["llava-6"]["reason"] == "missing_image" and failed["llava-7"]["reason"] == "invalid_row"
+    assert [f["reason"] for f in failed.values() if f["id"] is None] == ["invalid_json"]
+    assert (counts["rows"], counts["ok"], counts["failed"], counts["refused"], counts["invalid"]) == (9, 3, 1, 2, 3)
+    assert counts["pending"] == 0 and counts["complete"]
+    judges = json.loads((out / "judge.json").read_text())["judges"]
+    assert judges == [{"model": "gpt-4o", "template_sha256": load_template().sha256, "items": 3}]
+    assert sorted(p.name for p in (out / "merged_images").iterdir()) == ["llava-0.jpg", "llava-1.jpg", "llava-5.jpg"]
+    assert (out / "merged_images" / "llava-5.jpg").read_bytes() == (
+        source / "merged_images" / "llava-5.jpg"
+    ).read_bytes()
+
+    calls = len(server.calls)
+    assert annotate(server, source, out) == 0
+    assert len(server.calls) == calls and output(out) == rows
+    assert cli_main(["build", "--source", str(out), "--out", str(tmp_path / "built"), "--quiet"]) == 0
+    built = json.loads((tmp_path / "built" / "build_report.json").read_text())
+    assert (built["kept"], built["rejected"]) == (3, 0)
+    assert json.loads((tmp_path / "built" / "judge.json").read_text())["judges"] == judges
+
+
+def test_rate_limits_server_errors_and_timeouts_are_retried(server: OpenAIServer, tmp_path: Path) -> None:
+    good = [marked((4, 4, 4), "a"), marked((1, 2, 3), "b")]
+    items = {
+        "lrv-0": ("Rate limited [[status:429]]", good),
+        "lrv-1": ("Server error [[status:500]]", good),
+        "lrv-2": ("Slow first [[slow:2]]", good),
+        "lrv-3": ("Plain", good),
+    }
+    server.fail_next(503, 2)
+    assert annotate(server, decoded(tmp_path / "in", items), tmp_path / "out", "--timeout", "0.5") == 0
+    assert len(output(tmp_path / "out")) == 4
+    limited = [c for c in server.calls_about("Rate limited") if c.status != 503]  # fail_next hits whoever is first
+    assert [c.status for c in limited] == [429, 200]
+    assert limited[1].at - limited[0].at >= 0.15  # retry-after-ms: 150
+    assert [c.status for c in server.calls_about("Server error") if c.status != 503] == [500, 200]
+    retries = report(tmp_path / "out")["run"]["retries"]
+    assert retries["HTTP 429"] == 1 and retries["HTTP 500"] == 1 and retries["HTTP 503"] == 2
+    assert retries["APITimeoutError"] == 1
+
+
+def test_cost_accounting_matches_the_usage_the_server_reported(server: OpenAIServer, tmp_path: Path) -> None:
+    items = {
+        f"m3it-{i}": (f"Q{i} [[malformed]]" if i % 3 == 0 else f"Q{i}", [f"a{i}", f"b{i}", f"c{i}"]) for i in range(9)
+    }
+    assert annotate(server, decoded(tmp_path / "in", items), tmp_path / "out") == 0
+    prompt, completion = server.usage_totals()
+    ledger = report(tmp_path / "out")["ledger"]
+    assert (ledger["prompt_tokens"], ledger["completion_tokens"], ledger["calls"]) == (prompt, completion, 12)
+    assert ledger["cost_usd"] == pytest.approx((prompt * GPT_4O[0] + completion * GPT_4O[1]) / 1e6, abs=1e-6)
+    rows = output(tmp_path / "out").values()
+    assert sum(r["judge"]["usage"]["prompt_tokens"] for r in rows) == prompt
+    assert sum(r["judge"]["cost_usd"] for r in rows) == pytest.approx(ledger["cost_usd"], abs=1e-6)
+
+
+def test_dry_run_and_max_cost(server: OpenAIServer, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    items = {f"pca-eval-{i}": (f"Q{i}", [f"a{i}", f"b{i}"]) for i in range(10)}
+    source, out = decoded(tmp_path / "in", items), tmp_path / "out"
+    assert annotate(server, source, out, "--dry-run") == 0
+    estimate = json.loads(capsys.readouterr().out)
+    assert server.calls == [] and not out.exists()
+    assert (estimate["items"], estimate["to_judge"]) == (10, 10) and estimate["estimated_cost_usd"] > 0
+    per_item = estimate["mean_cost_per_item_usd"]
+
+    budget = 3.5 * per_item
+    assert annotate(server, source, out, "--max-cost", str(budget), "--concurrency", "2") == 3
+    first = report(out)
+    assert 0 < first["ok"] < 10 and first["pending"] == 10 - first["ok"]
+    assert first["ledger"]["cost_usd"] <= budget and "--max-cost" in first["run"]["stopped"]
+    assert sum(f["outcome"] == "pending" for f in failures(out).values()) == first["pending"]
+
+    assert annotate(server, source, out, "--max-cost", "100") == 0
+    assert report(out)["ok"] == 10 and set(server.counts_by_hash().values()) == {1}
+    capsys.readouterr()
+    assert annotate(server, source, out, "--dry-run") == 0
+    assert json.loads(capsys.readouterr().out)["to_judge"] == 0
+
+
+def test_shards_split_the_work_and_assemble_merges_them(server: OpenAIServer, tmp_path: Path) -> None:
+    items = {f"comvint-{i}": (f"Q{i}", [marked((i % 5 + 1, 3, 5), "a"), "b"]) for i in range(16)}
+    source = decoded(tmp_path / "in", items)
+    for shard in ("0/2", "1/2"):
+        assert annotate(server, source, tmp_path / f"shard{shard[0]}", "--shard", shard) == 0
+    parts = [report(tmp_path / f"shard{s}") for s in "01"]
+    assert parts[0]["ok"] + parts[1]["ok"] == 16 and parts[0]["other_shards"] == parts[1]["ok"]
+    assert not set(output(tmp_path / "shard0")) & set(output(tmp_path / "shard1"))
+    stores = [arg for s in "01" for arg in ("--store", str(tmp_path / f"shard{s}" / "annotate" / "state.sqlite"))]
+    merged = tmp_path / "merged"
+    assert cli_main(["assemble", "--input", str(source), "--out", str(merged), *stores]) == 0
+    assert sorted(output(merged)) == sorted(items) and report(merged)["complete"]
+    assert set(server.counts_by_hash().values()) == {1}
+
+
+def test_retry_failed_asks_again_and_keeps_the_ledger(server: OpenAIServer, tmp_path: Path) -> None:
+    source = decoded(tmp_path / "in", {"rtvlm-0": ("Bad judge [[malformed:3]]", ["a", "b"])})
+    out = tmp_path / "out"
+    assert annotate(server, source, out, "--max-attempts", "2") == 0
+    assert failures(out)["rtvlm-0"]["outcome"] == "failed"
+    assert annotate(server, source, out, "--max-attempts", "2", "--retry-failed") == 0
+    row_ = output(out)["rtvlm-0"]
+    assert row_["judge"]["attempts"] == 2 and len(server.calls_about("Bad judge")) == 4
+    assert report(out)["ledger"]["calls"] == 4 and report(out)["run"]["reopened"] == 1
+
+
+def test_bad_flags_and_settings_fail_early_naming_the_flag(
+    server: OpenAIServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    source, out = decoded(tmp_path / "in", {"svit-0": ("Q", ["a", "b"])}), tmp_path / "out"
+    for extra, flag in [
+        (["--batch-id", "batch-1"], "--batch-id"),
+        (["--no-wait"], "--no-wait"),
+        (["--shard", "2/2"], "--shard"),
+        (["--concurrency", "0"], "--concurrency"),
+    ]:
+        assert annotate(server, source, out, *extra) == 2
+        assert flag in capsys.readouterr().err
+    monkeypatch.delenv(KEY_ENV)
+    assert annotate(server, source, out) == 2
+    assert f"{KEY_ENV} is not set" in capsys.readouterr().err
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    assert annotate(server, source, out) == 0
+    args = [
+        "annotate",
+        "--input",
+        str(source),
+        "--out",
+        str(out),
+        "--base-url",
+        server.url,
+        "--judge-model",
+        "gpt-4.1",
+        "--api-key-env",
+        KEY_ENV,
+        "--quiet",
+    ]
+    assert cli_main(args) == 2
+    assert "--judge-model" in capsys.readouterr().err
+    assert server.tokens == {SECRET}
+    for path in out.rglob("*"):
+        assert not path.is_file() or SECRET.encode() not in path.read_bytes(), path

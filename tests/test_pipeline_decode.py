@@ -1,0 +1,173 @@
+"""``vlfeedback decode``: a pool of a local tiny VLM and two loopback endpoints answers instructions, then the
+judge rates the answers and ``build`` ingests the result.
+
+Run: pytest tests/test_pipeline_decode.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from release_factory import jpeg, write_release
+from support.openai_server import OpenAIServer
+
+from builders.cli import main as cli_main
+from builders.errors import UserError
+from builders.pipeline.pool import assign, load_pool
+from training.tiny_model import build_tiny_model
+
+KEY_ENV = "VLF_TEST_POOL_KEY"
+
+
+def instructions(folder: Path, count: int) -> Path:
+    rows = [
+        {"id": f"llava-{i}", "source": "LLaVA", "prompt": f"What is in picture {i}?", "models": [], "completions": []}
+        for i in range(count)
+    ]
+    return write_release(
+        folder, rows, images={r["id"]: jpeg((30 * i % 256, 120, 60), 28 + i) for i, r in enumerate(rows)}
+    )
+
+
+def pool_file(path: Path, tiny: Path, url: str, k: int = 2) -> Path:
+    pool = {
+        "k": k,
+        "seed": 5,
+        "generation": {"max_new_tokens": 6},
+        "members": [
+            {"name": "tiny-qwen2-vl", "kind": "transformers", "model": str(tiny), "batch_size": 3, "dtype": "float32"},
+            {"name": "endpoint-a", "kind": "openai", "model": "pool-a", "base_url": url, "concurrency": 4},
+            {
+                "name": "endpoint-b",
+                "kind": "openai",
+                "model": "pool-b",
+                "base_url": url,
+                "api_key_env": KEY_ENV,
+                "generation": {"temperature": 0.7},
+            },
+        ],
+    }
+    path.write_text(yaml.safe_dump(pool))
+    return path
+
+
+def test_a_pool_with_a_local_vlm_and_endpoints_decodes_then_the_judge_rates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(KEY_ENV, "sk-test-pool")
+    tiny = build_tiny_model("qwen2_vl", tmp_path / "tiny")
+    source = instructions(tmp_path / "instructions", 7)
+    with OpenAIServer() as server:
+        pool = pool_file(tmp_path / "pool.yaml", tiny, server.url)
+        out = tmp_path / "responses"
+        assert cli_main(["decode", "--input", str(source), "--pool", str(pool), "--out", str(out), "--quiet"]) == 0
+        rows = [json.loads(line) for line in (out / "responses.jsonl").read_text().splitlines()]
+        report = json.loads((out / "decode" / "report.json").read_text())
+        members = {m.name: m for m in load_pool(pool).members}
+        assert [r["id"] for r in rows] == [f"llava-{i}" for i in range(7)] and report["ok"] == 7
+        for row in rows:
+            names = [m.name for m in assign(row["id"], load_pool(pool))]
+            assert row["models"] == names == [c["model"] for c in row["completions"]] and len(set(names)) == 2
+            assert row["source"] == "LLaVA" and row["prompt"].startswith("What is in picture")
+            for completion in row["completions"]:
+                assert completion["generation"] == members[completion["model"]].settings()
+                assert isinstance(completion["response"], str)
+                if completion["model"].startswith("endpoint"):
+                    assert completion["response"].startswith(members[completion["model"]].model + " answers")
+            image = f"merged_images/{row['id']}.jpg"
+            assert (out / image).read_bytes() == (source / image).read_bytes()
+        tiny_answers = sum(c["model"] == "tiny-qwen2-vl" for r in rows for c in r["completions"])
+        assert 0 < tiny_answers < 7 and report["asked_this_run"]["tiny-qwen2-vl"] == tiny_answers
+        assert members["endpoint-b"].settings()["temperature"] == 0.7
+        assert {c.model for c in server.calls} == {"pool-a", "pool-b"} and server.tokens == {"EMPTY", "sk-test-pool"}
+
+        calls = len(server.calls)
+        assert cli_main(["decode", "--input", str(source), "--pool", str(pool), "--out", str(out), "--quiet"]) == 0
+        again = json.loads((out / "decode" / "report.json").read_text())
+        assert len(server.calls) == calls and set(again["asked_this_run"].values()) == {0}
+        assert [json.loads(line) for line in (out / "responses.jsonl").read_text().splitlines()] == rows
+
+        monkeypatch.setenv("VLF_TEST_JUDGE_KEY", "sk-test-judge")
+        judged = tmp_path / "annotated"
+        assert (
+            cli_main(
+                [
+                    "annotate",
+                    "--input",
+                    str(out),
+                    "--out",
+                    str(judged),
+                    "--base-url",
+                    server.url,
+                    "--judge-model",
+                    "gpt-4o",
+                    "--api-key-env",
+                    "VLF_TEST_JUDGE_KEY",
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
+    annotated = [json.loads(line) for line in (judged / "vlfeedback.jsonl").read_text().splitlines()]
+    assert all(
+        c["generation"] and c["annotations"]["Helpfulness"]["Rating"] in "12345"
+        for r in annotated
+        for c in r["completions"]
+    )
+    assert cli_main(["build", "--source", str(judged), "--out", str(tmp_path / "built"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "built" / "build_report.json").read_text())["kept"] == 7
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"k": 4}, "k = 4 needs 1 <= k <= 3"),
+        ({"members": [{"name": "x", "kind": "openai", "model": "m"}]}, "needs base_url"),
+        ({"members": [{"name": "x", "kind": "vllm", "model": "m", "base_url": "http://h/v1"}]}, "kind must be one of"),
+        ({"generation": {"max_length": 3}}, "generation.max_length"),
+        ({"members": [{"name": "x", "kind": "transformers", "model": "m", "gpu": 1}]}, "unknown key"),
+    ],
+)
+def test_pool_files_are_checked(tmp_path: Path, change: dict, message: str) -> None:
+    pool = {"k": 2, "members": [{"name": n, "kind": "openai", "model": n, "base_url": "http://h/v1"} for n in "abc"]}
+    path = tmp_path / "pool.yaml"
+    path.write_text(yaml.safe_dump({**pool, **change}))
+    with pytest.raises(UserError, match=message):
+        load_pool(path)
+
+
+def test_the_example_pool_file_loads() -> None:
+    from builders.pipeline.pool import EXAMPLE_FILE
+
+    pool = load_pool(EXAMPLE_FILE)
+    assert pool.k == 4 and len(pool.members) == 5
+    assert {m.kind for m in pool.members} == {"transformers", "openai"}
+    assert len({tuple(m.name for m in assign(f"svit-{i}", pool)) for i in range(20)}) > 10
+
+
+def test_a_local_member_with_a_peft_adapter_answers_a_batch(tmp_path: Path) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    from builders.pipeline.pool import LocalModel, Member
+
+    tiny = build_tiny_model("llava", tmp_path / "tiny")
+    lora = get_peft_model(
+        AutoModelForImageTextToText.from_pretrained(tiny), LoraConfig(r=4, target_modules=["q_proj"])
+    )
+    lora.save_pretrained(tmp_path / "adapter")
+    member = Member(
+        "tiny-lora",
+        "transformers",
+        str(tiny),
+        {"max_new_tokens": 4, "temperature": 0.0, "top_p": 1.0},
+        adapter=str(tmp_path / "adapter"),
+    )
+    model = LocalModel(member)
+    answers = model.answer(["What colour?", "How many shapes are there in this picture?"], [jpeg(), jpeg(size=40)], 0)
+    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+    assert type(model.model).__name__ == "PeftModel"
+    assert member.settings()["adapter"] == str(tmp_path / "adapter")
