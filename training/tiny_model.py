@@ -3,7 +3,7 @@
 The kit's training, evaluation and demo code is exercised end to end (CPU tests, smoke runs) against these models
 instead of multi-gigabyte checkpoints from the Hub:
 
-    vlfeedback tiny-model --family qwen2_vl --out /tmp/tiny-qwen2-vl
+    vlfeedback tiny-model --family qwen2_vl --out runs/tiny-qwen2-vl
 
 Each model is the family's real architecture (``Qwen2VLForConditionalGeneration``,
 ``Qwen2_5_VLForConditionalGeneration``, ``LlavaForConditionalGeneration``) with tiny dimensions, a byte-level BPE
