@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from huggingface_hub import HfApi
 from release_factory import row, write_release
+from support.hub_server import dataset_repo
 
 GOOD = [(5, 5, 5), (3, 3, 4), (1, 2, 5), (2, 2, 2)]
 
@@ -32,19 +33,13 @@ def test_original_release_layout_from_the_hub_at_a_revision(hub, tmp_path):
     with zipfile.ZipFile(release / "merged_images.zip", "w") as archive:
         for path in sorted((release / "merged_images").iterdir()):
             archive.write(path, f"merged_images/{path.name}")
-    api = HfApi(endpoint=hub.url, token="hf_test")
-    api.create_repo("org/vlfeedback-original", repo_type="dataset")
-    api.upload_file(
-        path_or_fileobj=release / "vlfeedback_80k.jsonl",
-        path_in_repo="vlfeedback_80k.jsonl",
-        repo_id="org/vlfeedback-original",
-        repo_type="dataset",
-    )
-    api.upload_file(
-        path_or_fileobj=release / "merged_images.zip",
-        path_in_repo="merged_images.zip",
-        repo_id="org/vlfeedback-original",
-        repo_type="dataset",
+    api = dataset_repo(
+        hub,
+        "org/vlfeedback-original",
+        {
+            "vlfeedback_80k.jsonl": release / "vlfeedback_80k.jsonl",
+            "merged_images.zip": release / "merged_images.zip",
+        },
     )
     api.create_tag("org/vlfeedback-original", tag="v1", repo_type="dataset")
     (release / "more.jsonl").write_text(json.dumps(row("svit-99", GOOD)) + "\n")
@@ -72,13 +67,8 @@ def test_parquet_copy_from_the_hub(hub, tmp_path):
         ]
     )
     pq.write_table(table, tmp_path / "train-00000-of-00001.parquet")
-    api = HfApi(endpoint=hub.url, token="hf_test")
-    api.create_repo("org/vlfeedback-parquet", repo_type="dataset")
-    api.upload_file(
-        path_or_fileobj=tmp_path / "train-00000-of-00001.parquet",
-        path_in_repo="data/train-00000-of-00001.parquet",
-        repo_id="org/vlfeedback-parquet",
-        repo_type="dataset",
+    dataset_repo(
+        hub, "org/vlfeedback-parquet", {"data/train-00000-of-00001.parquet": tmp_path / "train-00000-of-00001.parquet"}
     )
     done, out = build_from_hub(hub, tmp_path, "org/vlfeedback-parquet")
     assert done.returncode == 0, done.stderr

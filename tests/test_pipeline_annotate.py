@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 from release_factory import jpeg, row, write_release
 from support.openai_server import TEXT_BLOCK, OpenAIServer
+from support.pipeline import JUDGE_KEY_ENV as KEY_ENV
+from support.pipeline import annotate_args
 
 from builders.cli import main as cli_main
 from builders.features import ASPECTS
 from builders.pipeline.judge import load_template
 
 SECRET = "sk-test-DO-NOT-LEAK-7f3a9c"
-KEY_ENV = "VLF_TEST_JUDGE_KEY"
 GPT_4O = (2.50, 10.00)
 
 
@@ -43,22 +44,7 @@ def decoded(folder: Path, items: dict[str, tuple[str, list[str]]], images: dict[
 
 def annotate(server: OpenAIServer, source: Path, out: Path, *extra: str) -> int:
     """Run the CLI verb in this process."""
-    args = [
-        "annotate",
-        "--input",
-        str(source),
-        "--out",
-        str(out),
-        "--base-url",
-        server.url,
-        "--judge-model",
-        "gpt-4o",
-        "--api-key-env",
-        KEY_ENV,
-        "--quiet",
-        *extra,
-    ]
-    return cli_main(args)
+    return cli_main(annotate_args(server.url, source, out, "--quiet", *extra))
 
 
 def output(out: Path) -> dict[str, dict]:
@@ -252,21 +238,7 @@ def test_bad_flags_and_settings_fail_early_naming_the_flag(
     assert f"{KEY_ENV} is not set" in capsys.readouterr().err
     monkeypatch.setenv(KEY_ENV, SECRET)
     assert annotate(server, source, out) == 0
-    args = [
-        "annotate",
-        "--input",
-        str(source),
-        "--out",
-        str(out),
-        "--base-url",
-        server.url,
-        "--judge-model",
-        "gpt-4.1",
-        "--api-key-env",
-        KEY_ENV,
-        "--quiet",
-    ]
-    assert cli_main(args) == 2
+    assert cli_main(annotate_args(server.url, source, out, "--quiet", judge_model="gpt-4.1")) == 2
     assert "--judge-model" in capsys.readouterr().err
     assert server.tokens == {SECRET}
     for path in out.rglob("*"):

@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 from release_factory import jpeg, row, write_release
 from support.openai_server import OpenAIServer
+from support.pipeline import JUDGE_KEY_ENV as KEY_ENV
+from support.pipeline import annotate_args
 
 from builders.cli import main as cli_main
 from builders.features import ASPECTS
 
-KEY_ENV = "VLF_TEST_JUDGE_KEY"
 RATINGS = {f"svit-{i}": [(i % 5 + 1, 4, 5), (2, (i + 1) % 5 + 1, 3)] for i in range(6)}
 
 
@@ -44,26 +45,9 @@ def source(tmp_path: Path) -> Path:
 
 
 def annotate(server: OpenAIServer, source: Path, out: Path, *extra: str) -> int:
-    args = [
-        "annotate",
-        "--input",
-        str(source),
-        "--out",
-        str(out),
-        "--base-url",
-        server.url,
-        "--judge-model",
-        "gpt-4o",
-        "--api-key-env",
-        KEY_ENV,
-        "--batch",
-        "--poll-interval",
-        "0.01",
-        "--shuffle",
-        "--quiet",
-        *extra,
-    ]
-    return cli_main(args)
+    return cli_main(
+        annotate_args(server.url, source, out, "--batch", "--poll-interval", "0.01", "--shuffle", "--quiet", *extra)
+    )
 
 
 def check_output(out: Path) -> dict:

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from release_factory import jpeg, write_release
 from support.openai_server import OpenAIServer
+from support.pipeline import JUDGE_KEY_ENV, annotate_args
 
 from builders.cli import main as cli_main
 from builders.errors import UserError
@@ -90,27 +91,9 @@ def test_a_pool_with_a_local_vlm_and_endpoints_decodes_then_the_judge_rates(
         assert len(server.calls) == calls and set(again["asked_this_run"].values()) == {0}
         assert [json.loads(line) for line in (out / "responses.jsonl").read_text().splitlines()] == rows
 
-        monkeypatch.setenv("VLF_TEST_JUDGE_KEY", "sk-test-judge")
+        monkeypatch.setenv(JUDGE_KEY_ENV, "sk-test-judge")
         judged = tmp_path / "annotated"
-        assert (
-            cli_main(
-                [
-                    "annotate",
-                    "--input",
-                    str(out),
-                    "--out",
-                    str(judged),
-                    "--base-url",
-                    server.url,
-                    "--judge-model",
-                    "gpt-4o",
-                    "--api-key-env",
-                    "VLF_TEST_JUDGE_KEY",
-                    "--quiet",
-                ]
-            )
-            == 0
-        )
+        assert cli_main(annotate_args(server.url, out, judged, "--quiet")) == 0
     annotated = [json.loads(line) for line in (judged / "vlfeedback.jsonl").read_text().splitlines()]
     assert all(
         c["generation"] and c["annotations"]["Helpfulness"]["Rating"] in "12345"

@@ -13,8 +13,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from huggingface_hub import HfApi
 from release_factory import jpeg
+from support.hub_server import dataset_repo
 
 from builders.cli import main as cli_main
 from builders.errors import UserError
@@ -163,14 +163,7 @@ def test_a_hub_dataset_is_a_source_through_a_user_adapter(hub, tmp_path: Path) -
         }
     )
     pq.write_table(table, tmp_path / "train.parquet")
-    api = HfApi(endpoint=hub.url, token="hf_test")
-    api.create_repo("org/vqa-hub", repo_type="dataset")
-    api.upload_file(
-        path_or_fileobj=tmp_path / "train.parquet",
-        path_in_repo="data/train.parquet",
-        repo_id="org/vqa-hub",
-        repo_type="dataset",
-    )
+    dataset_repo(hub, "org/vqa-hub", {"data/train.parquet": tmp_path / "train.parquet"})
     adapters = tmp_path / "adapters.yaml"
     adapters.write_text(
         "vqa-hub:\n  name: VQA-Hub\n  quota: 3\n  reader: fields\n  prompt: '{question}'\n"

@@ -16,9 +16,10 @@ from pathlib import Path
 
 from release_factory import jpeg, row, write_release
 from support.openai_server import OpenAIServer
+from support.pipeline import JUDGE_KEY_ENV as KEY_ENV
+from support.pipeline import annotate_args
 
 SECRET = "sk-test-DO-NOT-LEAK-kill9"
-KEY_ENV = "VLF_TEST_JUDGE_KEY"
 ITEMS = 80
 
 
@@ -48,24 +49,7 @@ def test_kill_9_mid_run_then_rerun_repeats_no_finished_item(tmp_path: Path) -> N
     store = out / "annotate" / "state.sqlite"
     env = {**os.environ, KEY_ENV: SECRET}
     with OpenAIServer(latency=0.1) as server:
-        command = [
-            sys.executable,
-            "-m",
-            "builders.cli",
-            "annotate",
-            "--input",
-            str(source),
-            "--out",
-            str(out),
-            "--base-url",
-            server.url,
-            "--judge-model",
-            "gpt-4o",
-            "--api-key-env",
-            KEY_ENV,
-            "--concurrency",
-            "4",
-        ]
+        command = [sys.executable, "-m", "builders.cli", *annotate_args(server.url, source, out, "--concurrency", "4")]
         first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120
         while len(finished_items(store)) < 12:

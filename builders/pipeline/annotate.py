@@ -164,23 +164,39 @@ class Budget:
         self.reserved.pop(planned.key, None)
 
 
-class Judging:
+@dataclass(frozen=True)
+class JudgeJob:
+    """What a judge loop (synchronous or batch) works with: the run's options, the judge, the store and the input."""
+
+    options: AnnotateOptions
+    settings: JudgeSettings
+    template: Template
+    store: Store
+    price: Price | None
+    folder: StageInput
+    bar: tqdm
+
+
+class JudgeLoop:
+    """Base of the judge loops: the job's parts as attributes, the run's stats, and the --max-cost budget."""
+
+    batch = False
+    """Whether the loop's calls are priced at the Batch API's rates."""
+
+    def __init__(self, job: JudgeJob) -> None:
+        self.options, self.settings, self.template, self.store = job.options, job.settings, job.template, job.store
+        self.price, self.folder, self.bar = job.price, job.folder, job.bar
+        self.stats = RunStats()
+        self.budget = Budget(
+            self.options.max_cost, self.store.totals()[2], self.price, self.settings.image_detail, batch=self.batch
+        )
+
+
+class Judging(JudgeLoop):
     """The synchronous (chat completions) judge loop over the items of a plan."""
 
-    def __init__(
-        self,
-        options: AnnotateOptions,
-        settings: JudgeSettings,
-        template: Template,
-        store: Store,
-        price: Price | None,
-        folder: StageInput,
-        bar: tqdm,
-    ) -> None:
-        self.options, self.settings, self.template, self.store = options, settings, template, store
-        self.price, self.folder, self.bar = price, folder, bar
-        self.stats = RunStats()
-        self.budget = Budget(options.max_cost, store.totals()[2], price, settings.image_detail)
+    def __init__(self, job: JudgeJob) -> None:
+        super().__init__(job)
         self.client = None
 
     async def run(self, todo: list[Planned], api_key: str) -> RunStats:
@@ -292,13 +308,14 @@ def annotate(options: AnnotateOptions) -> dict:
             disable=not options.progress,
             smoothing=0.05,
         )
+        job = JudgeJob(options, settings, template, store, price, folder, bar)
         try:
             if options.batch:
                 from builders.pipeline.batch import run_batches
 
-                stats = run_batches(options, settings, template, store, price, folder, work, api_key, bar)
+                stats = run_batches(job, work, api_key)
             else:
-                stats = asyncio.run(Judging(options, settings, template, store, price, folder, bar).run(todo, api_key))
+                stats = asyncio.run(Judging(job).run(todo, api_key))
         finally:
             bar.close()
         report = assemble(folder, options.out_dir, [store], work)

@@ -18,18 +18,16 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from builders.errors import UserError
-from builders.pipeline.annotate import STAGE_DIR, AnnotateOptions, Budget
-from builders.pipeline.cost import Price, call_cost
+from builders.pipeline.annotate import STAGE_DIR, JudgeJob, JudgeLoop
+from builders.pipeline.cost import call_cost
 from builders.pipeline.endpoint import RunStats, completion_of
 from builders.pipeline.items import Plan, Planned, build_request, load, settle
-from builders.pipeline.judge import JudgeSettings, Template, permutation, read_reply
-from builders.pipeline.layout import StageInput
-from builders.pipeline.store import Batch, Store
+from builders.pipeline.judge import permutation, read_reply
+from builders.pipeline.store import Batch
 
 if TYPE_CHECKING:
     from openai import OpenAI
     from openai.types import Batch as RemoteBatch
-    from tqdm import tqdm
 
 ENDPOINT = "/v1/chat/completions"
 MAX_REQUESTS = 50_000
@@ -62,28 +60,17 @@ def chunks(lines: list[tuple[str, bytes]], max_requests: int, max_bytes: int) ->
     return groups
 
 
-class BatchRun:
+class BatchRun(JudgeLoop):
     """One ``annotate --batch`` invocation over a plan."""
 
-    def __init__(
-        self,
-        options: AnnotateOptions,
-        settings: JudgeSettings,
-        template: Template,
-        store: Store,
-        price: Price | None,
-        folder: StageInput,
-        work: Plan,
-        client: OpenAI,
-        bar: tqdm,
-    ) -> None:
-        self.options, self.settings, self.template, self.store = options, settings, template, store
-        self.price, self.folder, self.client, self.bar = price, folder, client, bar
+    batch = True
+
+    def __init__(self, job: JudgeJob, work: Plan, client: OpenAI) -> None:
+        super().__init__(job)
+        self.client = client
         self.items = {p.key: p for p in work.unique()}
-        self.stats = RunStats()
         self.transient: Counter = Counter()
-        self.budget = Budget(options.max_cost, store.totals()[2], price, settings.image_detail, batch=True)
-        self.dir = options.out_dir / STAGE_DIR / "batches"
+        self.dir = self.options.out_dir / STAGE_DIR / "batches"
 
     def run(self) -> RunStats:
         """Rounds of submit → poll → ingest until every item is settled, the budget is spent, or --no-wait."""
@@ -234,24 +221,15 @@ class BatchRun:
             self.stats.pending[key] = reason
 
 
-def run_batches(
-    options: AnnotateOptions,
-    settings: JudgeSettings,
-    template: Template,
-    store: Store,
-    price: Price | None,
-    folder: StageInput,
-    work: Plan,
-    api_key: str,
-    bar: tqdm,
-) -> RunStats:
+def run_batches(job: JudgeJob, work: Plan, api_key: str) -> RunStats:
     """Judge the plan's unfinished items through the Batch API."""
     from openai import OpenAI
 
+    options = job.options
     client = OpenAI(
         base_url=options.base_url, api_key=api_key, timeout=options.timeout, max_retries=options.max_retries
     )
     try:
-        return BatchRun(options, settings, template, store, price, folder, work, client, bar).run()
+        return BatchRun(job, work, client).run()
     finally:
         client.close()

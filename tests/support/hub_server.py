@@ -23,19 +23,20 @@ import hashlib
 import itertools
 import json
 import re
-import sys
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
 from http.client import HTTPMessage
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
+
+from support.loopback import LoopbackServer, QuietHTTPServer
 
 API_REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
 URL_PREFIXES = {"model": "", "dataset": "datasets/", "space": "spaces/"}
@@ -339,23 +340,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(response.body)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
+class _Server(QuietHTTPServer):
     def __init__(self, address: tuple[str, int], hub: HubServer):
         super().__init__(address, _Handler)
         self.hub = hub
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client hanging up mid-response (a range reader closing early) is not an error worth a traceback."""
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
 
 
 _RepoRoute = Callable[["HubServer", _Request, Repo, list[str]], _Response]
 
 
-class HubServer:
+class HubServer(LoopbackServer):
     """A fake Hub on a loopback port; a context manager that starts and stops it.
 
     Args:
@@ -366,6 +360,8 @@ class HubServer:
         user: namespace for repos created without one, and the author of every commit.
         host, port: where to listen; port 0 picks a free one.
     """
+
+    thread_name = "fake-hub"
 
     def __init__(
         self,
@@ -382,45 +378,13 @@ class HubServer:
         self.requests: list[RecordedRequest] = []
         self.tokens: set[str] = set()
         self.repos: dict[tuple[str, str], Repo] = {}
-        self._address = (host, port)
         self._faults: list[_Fault] = []
         self._lock = threading.RLock()
         self._counter = itertools.count()
-        self._httpd: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._init_loopback(host, port)
 
-    @property
-    def url(self) -> str:
-        """Base URL to use as ``HF_ENDPOINT`` / ``HfApi(endpoint=...)``."""
-        if self._httpd is None:
-            raise RuntimeError("HubServer is not running: call start() or use it as a context manager")
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> HubServer:
-        """Bind the port and serve from a daemon thread."""
-        if self._httpd is None:
-            self._httpd = _Server(self._address, self)
-            self._thread = threading.Thread(
-                target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-hub", daemon=True
-            )
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and release the port."""
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            if self._thread is not None:
-                self._thread.join()
-            self._httpd = self._thread = None
-
-    def __enter__(self) -> HubServer:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+    def _make_server(self, address: tuple[str, int]) -> _Server:
+        return _Server(address, self)
 
     def client_env(self) -> dict[str, str]:
         """Environment that points ``huggingface_hub`` / ``datasets`` in a subprocess here, and nowhere else.
@@ -906,3 +870,15 @@ def point_clients_at(server: HubServer, hf_home: Path, monkeypatch: Any) -> None
         "HF_HUB_CACHE": str(hf_home / "hub"),
     }.items():
         monkeypatch.setattr(constants, name, value)
+
+
+def dataset_repo(server: HubServer, repo_id: str, files: dict[str, Path], token: str = "hf_test") -> Any:
+    """Create the dataset repo ``repo_id`` on ``server`` and upload ``files`` (path in the repo → local file) with
+    ``huggingface_hub``, one commit a file, in order; returns the ``HfApi`` client for more."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=server.url, token=token)
+    api.create_repo(repo_id, repo_type="dataset")
+    for path_in_repo, local in files.items():
+        api.upload_file(path_or_fileobj=local, path_in_repo=path_in_repo, repo_id=repo_id, repo_type="dataset")
+    return api

@@ -43,8 +43,13 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+try:
+    from support.loopback import LoopbackServer, QuietHTTPServer
+except ModuleNotFoundError:  # run as a script (the benchmark): tests/support is on sys.path, tests/ is not
+    from loopback import LoopbackServer, QuietHTTPServer
 
 ASPECTS = ("Helpfulness", "Visual Faithfulness", "Ethical Considerations")
 TEXT_BLOCK = re.compile(r"<text (\d+)>\n?(.*?)\n?</text \1>", re.DOTALL)
@@ -195,7 +200,7 @@ def error_body(status: int) -> dict:
     return {"error": {"message": f"simulated {status}", "type": kinds.get(status, "error"), "code": None}}
 
 
-class OpenAIServer:
+class OpenAIServer(LoopbackServer):
     """A fake OpenAI API on a loopback port; a context manager that starts and stops it.
 
     Args:
@@ -204,6 +209,9 @@ class OpenAIServer:
         batch_polls: how many retrievals of a batch return ``in_progress`` before it completes.
         retry_after_ms: the ``retry-after-ms`` header sent with a 429 (also ``Retry-After`` in whole seconds).
     """
+
+    thread_name = "fake-openai"
+    url_path = "/v1"
 
     def __init__(
         self,
@@ -223,46 +231,15 @@ class OpenAIServer:
         self.tokens: set[str] = set()
         self.files: dict[str, dict] = {}
         self.batches: dict[str, dict] = {}
-        self._address = (host, port)
         self._failures: list[int] = []
         self._first_seen: set[str] = set()
         self._replies: Counter = Counter()
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._init_loopback(host, port)
 
-    @property
-    def url(self) -> str:
-        """The ``base_url`` for the ``openai`` client."""
-        if self._httpd is None:
-            raise RuntimeError("OpenAIServer is not running: call start() or use it as a context manager")
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}/v1"
-
-    def start(self) -> OpenAIServer:
-        """Bind the port and serve from a daemon thread."""
-        if self._httpd is None:
-            self._httpd = _Server(self._address, self)
-            self._thread = threading.Thread(
-                target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-openai", daemon=True
-            )
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and release the port."""
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._thread.join()
-            self._httpd = self._thread = None
-
-    def __enter__(self) -> OpenAIServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def _make_server(self, address: tuple[str, int]) -> _Server:
+        return _Server(address, self)
 
     def fail_next(self, status: int, count: int = 1) -> None:
         """Answer the next ``count`` chat calls with HTTP ``status``."""
@@ -414,18 +391,12 @@ def _public(batch: dict) -> dict:
     return {k: v for k, v in batch.items() if k != "polls"}
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(QuietHTTPServer):
     request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], app: OpenAIServer) -> None:
         self.app = app
         super().__init__(address, _Handler)
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        """A client that timed out and hung up is part of the game; anything else is printed."""
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
