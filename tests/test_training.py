@@ -246,3 +246,19 @@ def test_launch_command_and_unknown_recipe():
 
     with pytest.raises(UserError, match="choose one of"):
         launch_command("nope", "cpu", [])
+
+
+def test_two_process_ddp_shares_one_reference_pass(workspace):
+    """DDP over 2 CPU processes (gloo): each rank computes half the reference pass; both use the merged cache."""
+    out = workspace / "runs" / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               str(RECIPES.parent / "dpo.py"), "--config", str(RECIPES / "tiny.yaml"), "--max_steps", "-1",
+               "--num_train_epochs", "1", "--output_dir", str(out), "--ddp_backend", "gloo",
+               "--ref_cache_dir", str(workspace / "ddp-cache")]  # fmt: skip
+    run(command, workspace)
+    info = json.loads((out / "run_info.json").read_text())
+    pairs = json.loads((workspace / "vlfeedback" / "build_report.json").read_text())["splits"]["pairs"]["train"]
+    cache = info["reference_cache"]
+    assert info["num_processes"] == 2 and info["global_batch_size"] == 8
+    assert cache["misses"] == 0 and cache["hits"] >= pairs // 2  # rank 0 trained on its half, all from the cache
+    assert cache["reference_forwards"] == math.ceil(math.ceil(pairs / 2) / 4)  # its half of the pass, batches of 4
