@@ -262,3 +262,65 @@ def test_two_process_ddp_shares_one_reference_pass(workspace):
     assert info["num_processes"] == 2 and info["global_batch_size"] == 8
     assert cache["misses"] == 0 and cache["hits"] >= pairs // 2  # rank 0 trained on its half, all from the cache
     assert cache["reference_forwards"] == math.ceil(math.ceil(pairs / 2) / 4)  # its half of the pass, batches of 4
+
+
+def test_reference_pass_encodes_every_batch_and_matches_live_log_probs(workspace, tmp_path):
+    """Batches of the same shape must never share image features (their tensors may reuse one memory block)."""
+    from datasets import load_dataset
+    from torch.utils.data import DataLoader
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from training.ref_cache import RefLogpCache
+    from training.trainer import SilkieDPOTrainer
+
+    model_dir = workspace / "runs" / "tiny-qwen2-vl"
+    dataset = load_dataset(str(workspace / "vlfeedback"), "pairs", split="train").select(range(8))
+    trainer = SilkieDPOTrainer(
+        model=AutoModelForImageTextToText.from_pretrained(model_dir),
+        args=cpu_dpo_config(tmp_path, ref_batch_size=2),
+        train_dataset=dataset,
+        processing_class=AutoProcessor.from_pretrained(model_dir),
+        ref_cache=RefLogpCache(tmp_path / "ref.parquet", {}),
+    )
+    trainer.precompute_reference()
+    reference_hook = trainer.image_sharing[-1]
+    assert reference_hook.encoded_images == 8 and reference_hook.reused == 0  # 4 batches of 2, each encoded
+    single = DataLoader(trainer._remove_unused_columns(trainer.train_dataset), batch_size=1,
+                        collate_fn=trainer.data_collator)  # fmt: skip
+    for batch in single:
+        (key,) = batch.pop("pair_keys")
+        with torch.no_grad():
+            chosen, rejected = trainer.compute_ref_log_probs(trainer.ref_model, batch)
+        assert trainer.ref_cache.values[key] == pytest.approx((chosen.item(), rejected.item()), abs=1e-3)
+
+
+def test_feature_memo_is_keyed_by_tensor_identity_not_address(workspace):
+    """A new batch tensor at the same address (same storage, shape and version) must be encoded again."""
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from training.freeze import freeze_vision
+    from training.shared_images import ImageFeatureSharing
+
+    model_dir = workspace / "runs" / "tiny-qwen2-vl"
+    model = AutoModelForImageTextToText.from_pretrained(model_dir)
+    freeze_vision(model)
+    sharing = ImageFeatureSharing(model)
+    processor = AutoProcessor.from_pretrained(model_dir)
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many circles?"}]}],
+        add_generation_prompt=True,
+    )
+    inputs = processor(images=[Image.new("RGB", (224, 224), "red")], text=[prompt], return_tensors="pt")
+    kwargs = {
+        "input_ids": torch.cat([inputs["input_ids"]] * 2),
+        "pixel_values": inputs["pixel_values"],
+        "image_grid_thw": torch.cat([inputs["image_grid_thw"]] * 2),
+    }
+    with torch.no_grad():
+        sharing._hook(sharing.inner, (), kwargs)
+        sharing._hook(sharing.inner, (), kwargs)  # the reference pass of the same step: reused
+        same_address = kwargs | {"pixel_values": kwargs["pixel_values"].detach()}  # another tensor, same storage
+        assert same_address["pixel_values"].data_ptr() == kwargs["pixel_values"].data_ptr()
+        sharing._hook(sharing.inner, (), same_address)
+    assert (sharing.encoded_images, sharing.reused) == (2, 1)

@@ -76,7 +76,10 @@ class ImageFeatureSharing:
         self.frozen = not any(p.requires_grad for p in vision_parameters(model))
         self.encoded_images = 0
         self.reused = 0
-        self._memo: tuple[tuple, Any] | None = None
+        # (the pixel_values tensor itself, its version, its features): holding the tensor keeps its memory from being
+        # reused by the next batch, so identity cannot match a different batch (an address-based key could, since
+        # allocators hand the freed block of one batch to the next batch of the same shape).
+        self._memo: tuple[torch.Tensor, int, Any] | None = None
         self._handle = self.inner.register_forward_pre_hook(self._hook, with_kwargs=True)
 
     def remove(self) -> None:
@@ -113,15 +116,15 @@ class ImageFeatureSharing:
         if unique is None:
             return None
         pixel_values = kwargs["pixel_values"]
-        key = (pixel_values.data_ptr(), tuple(pixel_values.shape), pixel_values._version)
-        if self.frozen and self._memo is not None and self._memo[0] == key:
-            features = self._memo[1]
+        memo = self._memo
+        if self.frozen and memo is not None and memo[0] is pixel_values and memo[1] == pixel_values._version:
+            features = memo[2]
             self.reused += unique
         else:
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
                 features = self._features(pixel_values, kwargs, unique)
             self.encoded_images += unique
-            self._memo = (key, features) if self.frozen else None
+            self._memo = (pixel_values, pixel_values._version, features) if self.frozen else None
         pooled = list(features.pooler_output)
         shared = type(features)(pooler_output=tuple(pooled + pooled))
         kwargs = {**kwargs, "pixel_values": None, "mm_encoder_outputs": {"image": shared}}

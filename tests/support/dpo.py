@@ -6,8 +6,8 @@ from pathlib import Path
 
 
 def cpu_dpo_config(output_dir: Path, **overrides: object):
-    """A ``DPOConfig`` for a few CPU steps: fp32, no checkpointing, no saving, logs every step."""
-    from trl import DPOConfig
+    """A ``SilkieDPOConfig`` (TRL's ``DPOConfig`` + the kit's fields) for a few CPU steps: fp32, no checkpointing."""
+    from training.config import SilkieDPOConfig
 
     settings = {
         "output_dir": str(output_dir),
@@ -23,4 +23,4 @@ def cpu_dpo_config(output_dir: Path, **overrides: object):
         "logging_steps": 1,
         "disable_tqdm": True,
     }
-    return DPOConfig(**(settings | overrides))
+    return SilkieDPOConfig(**(settings | overrides))
