@@ -87,6 +87,6 @@ class RefLogpCache:
                 "ref_rejected_logps": [self.values[k][1] for k in keys],
             }
         ).replace_schema_metadata({"vlfeedback.ref_cache": json.dumps(self.parts, sort_keys=True, default=str)})
-        partial = self.path.with_suffix(".partial")
+        partial = self.path.with_suffix(f".{os.getpid()}.partial")
         pq.write_table(table, partial)
         partial.replace(self.path)

@@ -76,10 +76,16 @@ class SilkieDPOTrainer(DPOTrainer):
         if self.ref_cache is not None and getattr(self.args, "ref_precompute", True) and self._covers_dataset():
             self.precompute_reference()
         try:
-            return super().train(*args, **kwargs)
-        finally:
-            if self.ref_cache is not None:
+            result = super().train(*args, **kwargs)
+        except BaseException:
+            if self.ref_cache is not None and self.accelerator.is_main_process:
+                self.ref_cache.save()  # keep what this process computed for the next run
+            raise
+        if self.ref_cache is not None:
+            self._gather_cache()  # entries filled lazily by other ranks
+            if self.accelerator.is_main_process:
                 self.ref_cache.save()
+        return result
 
     def _covers_dataset(self) -> bool:
         """Whether the run visits every training pair (else the cache fills lazily, only for visited pairs)."""
