@@ -88,7 +88,7 @@ def test_tiny_qwen2_vl_run_caches_reference_resumes_and_keeps_vision_frozen(work
     assert json.loads((out / "run_info.json").read_text())["reference_cache"]["reference_forwards"] == 0
 
 
-def test_tiny_llava_run_with_precomputed_reference(workspace):
+def test_tiny_llava_run_with_precomputed_reference_and_prefix_sharing(workspace):
     out = workspace / "runs" / "llava"
     train(
         workspace,
@@ -102,6 +102,8 @@ def test_tiny_llava_run_with_precomputed_reference(workspace):
         "1",
         "--ref_cache_dir",
         str(workspace / "llava-cache"),
+        "--share_prompt_prefix",
+        "true",
     )
     info = json.loads((out / "run_info.json").read_text())
     pairs = json.loads((workspace / "vlfeedback" / "build_report.json").read_text())["splits"]["pairs"]["train"]
@@ -114,8 +116,9 @@ def test_tiny_llava_run_with_precomputed_reference(workspace):
     assert list((workspace / "llava-cache").glob("*.parquet"))
 
 
+@pytest.mark.parametrize("prefix", [False, True], ids=["two-rows", "prefix-shared"])
 @pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
-def test_kit_loss_equals_trl_sigmoid_loss_on_the_same_batch(workspace, family, tmp_path):
+def test_kit_loss_equals_trl_sigmoid_loss_on_the_same_batch(workspace, family, prefix, tmp_path):
     from datasets import load_dataset
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from trl import DPOTrainer
@@ -126,7 +129,7 @@ def test_kit_loss_equals_trl_sigmoid_loss_on_the_same_batch(workspace, family, t
 
     model_dir = workspace / "runs" / f"tiny-{family.replace('_', '-')}"
     dataset = load_dataset(str(workspace / "vlfeedback"), "pairs", split="train").select(range(8))
-    config = cpu_dpo_config(tmp_path, per_device_train_batch_size=4, seed=0)
+    config = cpu_dpo_config(tmp_path, per_device_train_batch_size=4, seed=0, share_prompt_prefix=prefix)
     reference_dir = build_tiny_model(family, tmp_path / "reference", seed=1)  # another reference than the policy
 
     def models():
@@ -151,7 +154,9 @@ def test_kit_loss_equals_trl_sigmoid_loss_on_the_same_batch(workspace, family, t
     assert kit_loss.item() == pytest.approx(stock_loss.item(), rel=1e-4)
     assert kit.reference_forwards == forwards  # served from the cache
     policy_hook, reference_hook = kit.image_sharing
-    assert (reference_hook.encoded_images, policy_hook.encoded_images) == (8, 4)  # each image once per forward
+    # each image once per forward: through the hook for two-row pairs; a packed pair carries its image only once
+    expected = (0, 0) if prefix else (8, 4)
+    assert (reference_hook.encoded_images, policy_hook.encoded_images) == expected
 
 
 def test_audit_refuses_truncation_and_names_rows(workspace):

@@ -52,6 +52,10 @@ CONFIGS = {
     "kit-b8": {"trainer": "kit", "batch": 8, "checkpointing": False},
     "kit-b8-ckpt": {"trainer": "kit", "batch": 8, "checkpointing": True},
     "kit-b16-ckpt": {"trainer": "kit", "batch": 16, "checkpointing": True},
+    "kit-b2-prefix": {"trainer": "kit", "batch": 2, "checkpointing": False, "prefix": True},
+    "kit-b4-prefix": {"trainer": "kit", "batch": 4, "checkpointing": False, "prefix": True},
+    "kit-b8-prefix": {"trainer": "kit", "batch": 8, "checkpointing": False, "prefix": True},
+    "kit-b16-ckpt-prefix": {"trainer": "kit", "batch": 16, "checkpointing": True, "prefix": True},
 }
 DEFAULT_CONFIGS = {
     "cpu": ["trl-default", "trl-b2", "kit-b2"],
@@ -189,7 +193,9 @@ def run_config(
     else:
         trainer = SilkieDPOTrainer(
             model=model,
-            args=SilkieDPOConfig(**common, ref_batch_size=ref_factor * spec["batch"]),
+            args=SilkieDPOConfig(
+                **common, ref_batch_size=ref_factor * spec["batch"], share_prompt_prefix=spec.get("prefix", False)
+            ),
             train_dataset=dataset,
             processing_class=processor,
             peft_config=lora,

@@ -34,7 +34,8 @@ class SilkieDPOConfig(DPOConfig):
     ``ref_batch_size`` before training — and stored under ``ref_cache_dir`` (default: beside a local dataset, else
     under ``$HF_HOME/vlfeedback``), keyed by dataset revision, model revision and processor settings.
 
-    Image sharing: ``share_image_features`` encodes each image once per step for chosen, rejected and reference.
+    Image sharing: ``share_image_features`` encodes each image once per step for chosen, rejected and reference;
+    ``share_prompt_prefix`` packs chosen and rejected behind one copy of the prompt (``training.prefix_sharing``).
 
     Guards: ``freeze_vision`` freezes the vision tower and projector (LoRA never targets them); ``audit`` checks every
     row against ``max_length`` with the real processor before training.
@@ -52,6 +53,13 @@ class SilkieDPOConfig(DPOConfig):
     ref_cache_dir: str | None = field(default=None, metadata={"help": "Where reference caches are stored."})
     share_image_features: bool = field(
         default=True, metadata={"help": "Encode each image once per step (chosen, rejected and reference)."}
+    )
+    share_prompt_prefix: bool = field(
+        default=False,
+        metadata={
+            "help": "Run chosen and rejected as one packed sequence so the prompt is computed once "
+            "(experimental: exact on CPU, not yet measured on GPU)."
+        },
     )
     freeze_vision: bool = field(default=True, metadata={"help": "Freeze the vision tower and the projector."})
     audit: bool = field(default=True, metadata={"help": "Refuse rows that max_length would truncate."})

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from trl import DPOTrainer
 
+from training.prefix_sharing import PrefixSharing
 from training.ref_cache import RefLogpCache, pair_key
 from training.shared_images import ImageFeatureSharing, ImageOnceProcessor
 
@@ -124,7 +125,8 @@ class SilkieDPOTrainer(DPOTrainer):
         self.model.eval()
         for batch in tqdm(loader, desc="reference log-probs", disable=not self.accelerator.is_local_main_process):
             batch_keys = batch.pop("pair_keys")
-            chosen, rejected = self.compute_ref_log_probs(self._reference(self.model), self._prepare_inputs(batch))
+            reference = self._packed(self._reference(self.model))
+            chosen, rejected = self.compute_ref_log_probs(reference, self._prepare_inputs(batch))
             self.reference_forwards += 1
             self.ref_cache.add(batch_keys, chosen.float().tolist(), rejected.float().tolist())
         self.model.train()
@@ -155,13 +157,22 @@ class SilkieDPOTrainer(DPOTrainer):
             }
         super().log(logs, start_time)
 
+    def _packed(self, model):
+        """``model`` itself, or its prompt-prefix-sharing stand-in when ``share_prompt_prefix`` is on."""
+        if not getattr(self.args, "share_prompt_prefix", False) or not self._is_vision_dataset:
+            return model
+        wrappers = self.__dict__.setdefault("_prefix_wrappers", {})
+        if id(model) not in wrappers:
+            wrappers[id(model)] = PrefixSharing(model)
+        return wrappers[id(model)]
+
     def _compute_loss(self, model, inputs: dict, return_outputs: bool):
         keys = inputs.pop("pair_keys", None)
         if self.ref_cache is None or keys is None:
-            return super()._compute_loss(model, inputs, return_outputs)
+            return super()._compute_loss(self._packed(model), inputs, return_outputs)
         cached = self.ref_cache.lookup(keys)
         if cached is None:
-            chosen, rejected = self.compute_ref_log_probs(self._reference(model), inputs)
+            chosen, rejected = self.compute_ref_log_probs(self._packed(self._reference(model)), inputs)
             self.reference_forwards += 1
             self.ref_cache.add(keys, chosen.float().tolist(), rejected.float().tolist())
         else:
@@ -170,6 +181,6 @@ class SilkieDPOTrainer(DPOTrainer):
         inputs["ref_chosen_logps"], inputs["ref_rejected_logps"] = chosen, rejected
         self.precompute_ref_logps = True
         try:
-            return super()._compute_loss(model, inputs, return_outputs)
+            return super()._compute_loss(self._packed(model), inputs, return_outputs)
         finally:
             self.precompute_ref_logps = False
