@@ -8,7 +8,9 @@ changes what DPO compares. Rows without an image in an image dataset are reporte
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,21 +51,44 @@ def _stats(values: np.ndarray) -> dict[str, float]:
     }
 
 
-def _lengths(processor, example: dict) -> tuple[int, int]:
-    """Text tokens of the prompt (with one placeholder per image) and of the longer answer, exactly as TRL's vision
-    collator renders them."""
-    from trl.data_utils import apply_chat_template, prepare_multimodal_messages
+def _digest(value: object) -> bytes:
+    """A 16-byte key for memo tables (a few hundred thousand entries stay small)."""
+    return hashlib.blake2b(json.dumps(value, sort_keys=True).encode(), digest_size=16).digest()
 
-    example = {
-        "prompt": prepare_multimodal_messages(example["prompt"], images=example["images"]),
-        "chosen": prepare_multimodal_messages(example["chosen"]),
-        "rejected": prepare_multimodal_messages(example["rejected"]),
-    }
-    texts = apply_chat_template(example, processor)
-    tokenize = processor.tokenizer
-    prompt = len(tokenize(texts["prompt"], add_special_tokens=False)["input_ids"])
-    answer = max(len(tokenize(texts[side], add_special_tokens=False)["input_ids"]) for side in ("chosen", "rejected"))
-    return prompt, answer
+
+class _TokenCounter:
+    """Text-token counts exactly as TRL's vision collator renders them, memoised: the ~5 pairs of an instruction
+    share one prompt and each response appears in ~2 pairs, so most rows cost no template rendering at all."""
+
+    def __init__(self, processor) -> None:
+        self.processor = processor
+        self._prompts: dict[bytes, int] = {}
+        self._answers: dict[bytes, int] = {}
+
+    def _render(self, prompt: list, answer: list | None, images: int) -> dict[str, str]:
+        from trl.data_utils import apply_chat_template, prepare_multimodal_messages
+
+        example = {"prompt": prepare_multimodal_messages(prompt, images=[None] * images)}
+        if answer is not None:
+            example["completion"] = prepare_multimodal_messages(answer)
+        return apply_chat_template(example, self.processor)
+
+    def _count(self, text: str) -> int:
+        return len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def prompt(self, prompt: list, images: int) -> int:
+        """Tokens of the rendered prompt, with one placeholder token per image."""
+        key = _digest([prompt, images])
+        if key not in self._prompts:
+            self._prompts[key] = self._count(self._render(prompt, None, images)["prompt"])
+        return self._prompts[key]
+
+    def answer(self, prompt: list, answer: list, images: int) -> int:
+        """Tokens of one rendered answer after ``prompt``."""
+        key = _digest([prompt, images, answer])
+        if key not in self._answers:
+            self._answers[key] = self._count(self._render(prompt, answer, images)["completion"])
+        return self._answers[key]
 
 
 def audit_dataset(dataset, processor, max_length: int | None, batch_size: int = 256) -> AuditReport:
@@ -74,6 +99,8 @@ def audit_dataset(dataset, processor, max_length: int | None, batch_size: int = 
     image_column = "images" if "images" in dataset.column_names else "image"
     raw = dataset.cast_column(image_column, List(Image(decode=False)) if image_column == "images" else Image(False))
     columns = [c for c in ("id", image_column, "prompt", "chosen", "rejected") if c in raw.column_names]
+    counter = _TokenCounter(processor)
+    image_sizes: dict[object, tuple[int, int]] = {}
     image_tokens, totals, truncated, image_cut, without_image = [], [], [], [], 0
     for start in range(0, len(raw), batch_size):
         batch = raw.select_columns(columns)[start : start + batch_size]
@@ -83,13 +110,16 @@ def audit_dataset(dataset, processor, max_length: int | None, batch_size: int = 
             images = images if isinstance(images, list) else [images] if images else []
             sizes = []
             for image in images:
-                with PILImage.open(io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"]) as opened:
-                    sizes.append((opened.height, opened.width))
+                key = hash(image["bytes"]) if image.get("bytes") else image["path"]
+                if key not in image_sizes:  # the pairs of one instruction share its image
+                    with PILImage.open(io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"]) as opened:
+                        image_sizes[key] = (opened.height, opened.width)
+                sizes.append(image_sizes[key])
             n_image = sum(processor._get_num_multimodal_tokens(image_sizes=sizes).num_image_tokens) if sizes else 0
             without_image += not sizes
-            example = {key: batch[key][offset] for key in ("prompt", "chosen", "rejected")}
-            prompt_text, answer = _lengths(processor, example | {"images": [None] * len(sizes)})
-            prompt = prompt_text - len(sizes) + n_image
+            messages = batch["prompt"][offset]
+            answer = max(counter.answer(messages, batch[side][offset], len(sizes)) for side in ("chosen", "rejected"))
+            prompt = counter.prompt(messages, len(sizes)) - len(sizes) + n_image
             longest = prompt + answer
             image_tokens.append(n_image)
             totals.append(longest)
