@@ -1,5 +1,6 @@
 """Silkie training: `accelerate launch` of the tiny recipe on the sample, the kit's DPO step against TRL's, guards."""
 
+import io
 import json
 import math
 import os
@@ -329,3 +330,41 @@ def test_feature_memo_is_keyed_by_tensor_identity_not_address(workspace):
         assert same_address["pixel_values"].data_ptr() == kwargs["pixel_values"].data_ptr()
         sharing._hook(sharing.inner, (), same_address)
     assert (sharing.encoded_images, sharing.reused) == (2, 1)
+
+
+def test_fallback_pair_keys_tell_identical_texts_on_different_images_apart():
+    from datasets import Dataset, Image, List
+
+    from training.trainer import PAIR_KEY, add_pair_keys
+
+    def row(colour: str) -> dict:
+        from PIL import Image as PILImage
+
+        buffer = io.BytesIO()
+        PILImage.new("RGB", (8, 8), colour).save(buffer, "PNG")
+        turn = [{"role": "assistant", "content": [{"type": "text", "text": "Yes."}]}]
+        return {
+            "images": [{"bytes": buffer.getvalue(), "path": None}],
+            "prompt": turn,
+            "chosen": turn,
+            "rejected": turn,
+        }
+
+    dataset = Dataset.from_list([row("red"), row("blue"), row("red")]).cast_column("images", List(Image()))
+    keys = add_pair_keys(dataset)[PAIR_KEY]
+    assert keys[0] == keys[2] != keys[1]
+
+
+def test_prefix_sharing_refuses_what_it_cannot_pack(workspace):
+    from transformers import AutoModelForImageTextToText
+
+    from training.prefix_sharing import PrefixSharing
+
+    eager = AutoModelForImageTextToText.from_pretrained(workspace / "runs" / "tiny-llava", attn_implementation="eager")
+    wrapper = PrefixSharing(eager)
+    ids = torch.ones((4, 8), dtype=torch.long)
+    with pytest.raises(ValueError, match="exactly one image each"):
+        wrapper(ids, torch.ones_like(ids), ids, pixel_values=torch.zeros((3, 3, 64, 64)))
+    eager.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ValueError, match="attn_implementation"):
+        PrefixSharing(eager)

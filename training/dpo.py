@@ -42,16 +42,36 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
     return TrlParser(dataclass_types, prog=prog)
 
 
+def folder_fingerprint(folder: Path, suffixes: tuple[str, ...]) -> str:
+    """``local-<hash>`` of a folder's files (names, sizes, modification times) with the given suffixes."""
+    files = sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.suffix in suffixes and ".ref_logps" not in p.parts
+    )
+    listing = "\n".join(f"{p.relative_to(folder)}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+    return "local-" + hashlib.sha256(listing.encode()).hexdigest()[:12]
+
+
 def dataset_revision(name: str, revision: str | None) -> str:
-    """The exact revision trained on: a Hub commit sha, or a content hash of a local folder's records."""
+    """The exact revision trained on: a Hub commit sha, or a fingerprint of a local folder's data and records."""
     folder = Path(name)
     if folder.is_dir():
-        records = [folder / f for f in ("build_report.json", "pairing_policies.json") if (folder / f).is_file()]
-        digest = hashlib.sha256(b"".join(p.read_bytes() for p in records)).hexdigest()[:12]
-        return f"local-{digest}"
+        return folder_fingerprint(folder, (".parquet", ".json", ".jsonl", ".arrow"))
     from huggingface_hub import HfApi
 
     return HfApi().dataset_info(name, revision=revision).sha
+
+
+def model_revision(name: str, revision: str | None) -> str:
+    """The exact model the reference comes from: a Hub commit sha, or a fingerprint of a local model folder."""
+    if Path(name).is_dir():
+        return folder_fingerprint(Path(name), (".json", ".safetensors", ".bin", ".model"))
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    try:
+        return HfApi().model_info(name, revision=revision).sha
+    except (HfHubHTTPError, OfflineModeIsEnabled, OSError):
+        return revision or "main"  # offline: the requested revision is the best we know
 
 
 def reference_cache(script_args, training_args, model_args, processor, revision: str):
@@ -65,7 +85,11 @@ def reference_cache(script_args, training_args, model_args, processor, revision:
     processor_settings = hashlib.sha256(json.dumps(processor.to_dict(), sort_keys=True, default=str).encode())
     parts = {
         "dataset": [script_args.dataset_name, script_args.dataset_config, script_args.dataset_train_split, revision],
-        "model": [model_args.model_name_or_path, model_args.model_revision, str(model_args.dtype)],
+        "model": [
+            model_args.model_name_or_path,
+            model_revision(model_args.model_name_or_path, model_args.model_revision),
+            str(model_args.dtype),
+        ],
         "processor": processor_settings.hexdigest(),
         "max_length": training_args.max_length,
         "ld_alpha": training_args.ld_alpha,

@@ -41,10 +41,25 @@ class PrefixSharing:
 
         self.model = model
         self.inner = inner_vlm(model)
+        attention = getattr(self.inner.config, "_attn_implementation", None)
+        if attention not in ("sdpa", "eager"):
+            raise ValueError(
+                f"share_prompt_prefix needs a custom 4-D attention mask, which attn_implementation={attention!r} "
+                "ignores; use attn_implementation sdpa or eager, or set share_prompt_prefix false"
+            )
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, **kwargs: Any):
         rows, length = input_ids.shape
         pairs = rows // 2
+        grid, pixels = kwargs.get("image_grid_thw"), kwargs.get("pixel_values")
+        one_image_each = (
+            grid.shape[0] == rows if grid is not None else pixels is None or pixels.shape[0] in (pairs, rows)
+        )
+        if not one_image_each or kwargs.get("token_type_ids") is not None:
+            raise ValueError(
+                "share_prompt_prefix packs pairs with exactly one image each (no text-only or multi-image rows, no "
+                "token_type_ids models); set share_prompt_prefix false for this dataset or model"
+            )
         device = input_ids.device
         valid = attention_mask.bool()
         completion = labels != -100
@@ -89,12 +104,11 @@ class PrefixSharing:
         mask |= padding  # padded queries attend to themselves only (a fully masked row would be NaN)
 
         forward = {k: v for k, v in kwargs.items() if k not in ("mm_token_type_ids", "image_grid_thw")}
-        grid = kwargs.get("image_grid_thw")
         if grid is not None:
             forward["image_grid_thw"] = grid[:pairs]
-        if kwargs.get("pixel_values") is not None:  # keep the first half's images (TRL repeats them for rejected)
+        if pixels is not None:  # keep the first half's images (TRL repeats them for rejected)
             images = int(grid[:pairs].prod(-1).sum()) if grid is not None else pairs
-            forward["pixel_values"] = kwargs["pixel_values"][:images]
+            forward["pixel_values"] = pixels[:images]
         if packed_types is not None:
             forward["mm_token_type_ids"] = packed_types
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos if pos.shape[0] > 1 else pos[0],

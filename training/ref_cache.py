@@ -20,12 +20,22 @@ import pyarrow.parquet as pq
 CACHE_FOLDER = ".ref_logps"
 
 
+def image_digest(images: object) -> str:
+    """A digest of a row's undecoded images (``{"bytes", "path"}`` dicts, one or a list)."""
+    items = images if isinstance(images, list) else [images] if images else []
+    digest = hashlib.sha256()
+    for image in items:
+        digest.update(image.get("bytes") or str(image.get("path")).encode())
+    return digest.hexdigest()
+
+
 def pair_key(example: dict) -> str:
-    """A stable key of one preference pair: its id and models when present, else its texts (and image sizes)."""
+    """A stable key of one preference pair: its id and models when present, else its texts and image bytes."""
     if example.get("id") is not None and example.get("chosen_model") is not None:
         material = [example["id"], example["chosen_model"], example["rejected_model"]]
     else:
-        material = [example["prompt"], example["chosen"], example["rejected"]]
+        images = example.get("images", example.get("image"))
+        material = [example["prompt"], example["chosen"], example["rejected"], image_digest(images)]
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 

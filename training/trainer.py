@@ -14,6 +14,7 @@ import logging
 from typing import Any
 
 import torch
+from transformers import TrainerCallback
 from trl import DPOTrainer
 
 from training.prefix_sharing import PrefixSharing
@@ -25,16 +26,26 @@ PAIR_KEY = "pair_key"
 
 
 def add_pair_keys(dataset):
-    """The dataset with a ``pair_key`` column, computed from light columns only (images are not decoded)."""
+    """The dataset with a ``pair_key`` column: from id and models when present, else from the texts and the image
+    bytes (read undecoded), so two pairs with the same texts on different images never share a cached value."""
     if dataset is None or PAIR_KEY in dataset.column_names:
         return dataset
     light = [c for c in ("id", "chosen_model", "rejected_model") if c in dataset.column_names]
-    columns = light if len(light) == 3 else ["prompt", "chosen", "rejected"]
+    if len(light) == 3:
+        source, columns = dataset, light
+    else:
+        from datasets import Image, List
+
+        image_column = "images" if "images" in dataset.column_names else "image"
+        undecoded = List(Image(decode=False)) if image_column == "images" else Image(decode=False)
+        source = dataset.cast_column(image_column, undecoded) if image_column in dataset.column_names else dataset
+        columns = ["prompt", "chosen", "rejected"] + ([image_column] if image_column in dataset.column_names else [])
 
     def keys(*values):
         return {PAIR_KEY: [pair_key(dict(zip(columns, row))) for row in zip(*values)]}
 
-    return dataset.map(keys, input_columns=columns, batched=True, desc="pair keys")
+    computed = source.map(keys, input_columns=columns, batched=True, desc="pair keys", remove_columns=[])
+    return dataset.add_column(PAIR_KEY, computed[PAIR_KEY]) if source is not dataset else computed
 
 
 class PairKeyCollator:
@@ -48,6 +59,16 @@ class PairKeyCollator:
         batch = self.collator(examples)
         batch["pair_keys"] = keys
         return batch
+
+
+class _ShareCacheEachEpoch(TrainerCallback):
+    """Merge the ranks' cache entries at each epoch end, so a pair cached on one rank is a hit on all of them."""
+
+    def __init__(self, trainer: SilkieDPOTrainer) -> None:
+        self.trainer = trainer
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.trainer._gather_cache()
 
 
 class SilkieDPOTrainer(DPOTrainer):
@@ -66,6 +87,7 @@ class SilkieDPOTrainer(DPOTrainer):
             self.image_sharing = [ImageFeatureSharing(m) for m in (self.model, self.ref_model) if m is not None]
         if ref_cache is not None:
             self.data_collator = PairKeyCollator(self.data_collator)
+            self.add_callback(_ShareCacheEachEpoch(self))
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
@@ -171,6 +193,11 @@ class SilkieDPOTrainer(DPOTrainer):
         if self.ref_cache is None or keys is None:
             return super()._compute_loss(self._packed(model), inputs, return_outputs)
         cached = self.ref_cache.lookup(keys)
+        if self.accelerator.num_processes > 1:
+            # decide together: a sharded model (ZeRO-3, FSDP) needs every rank in each reference forward
+            missed = torch.tensor([float(cached is None)], device=inputs["input_ids"].device)
+            if self.accelerator.reduce(missed, reduction="sum").item() > 0:
+                cached = None
         if cached is None:
             chosen, rejected = self.compute_ref_log_probs(self._packed(self._reference(model)), inputs)
             self.reference_forwards += 1
