@@ -158,10 +158,12 @@ class Budget:
         self.reserved[planned.key] = estimate
         return True
 
-    def settle(self, planned: Planned, cost: float | None) -> None:
-        """Replace an item's reservation by what a call actually cost."""
+    def settle(self, planned: Planned, cost: float | None, again: bool = False) -> None:
+        """Replace an item's reservation by what a call actually cost; ``again`` reserves the next re-ask."""
         self.spent += cost or 0.0
         self.reserved.pop(planned.key, None)
+        if again and self.limit is not None:
+            self.reserved[planned.key] = self.estimate(planned)
 
 
 @dataclass(frozen=True)
@@ -228,7 +230,7 @@ class Judging(JudgeLoop):
                 self.store.record(planned.key, attempt, "sync", completion, cost, outcome)
                 attempt += 1
                 self.stats.add_call(completion.prompt_tokens, completion.completion_tokens, cost)
-                self.budget.settle(planned, cost)
+                self.budget.settle(planned, cost, again=not finish)
                 if finish:
                     self.stats.finished[finish[0]] += 1
                     break
