@@ -232,6 +232,35 @@ def test_recipes_state_hardware_and_global_batch():
     assert {p.stem for p in ACCELERATE.glob("*.yaml")} >= {"single_gpu", "multi_gpu", "zero2", "zero3", "fsdp2", "cpu"}
 
 
+def test_recipe_lora_dropout_reaches_the_adapter(workspace, tmp_path):
+    """TRL's disable_dropout (default true) zeroes every dropout, LoRA's included; the paper recipes keep theirs."""
+    from datasets import load_dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from training.dpo import make_parser
+    from training.freeze import language_lora_targets
+    from training.trainer import SilkieDPOTrainer
+
+    recipe = RECIPES / "silkie-qwen2.5-vl-7b-lora.yaml"
+    _, args, model_args = make_parser().parse_args_and_config(
+        ["--config", str(recipe), "--output_dir", "x", "--bf16", "false", "--use_cpu", "true"]
+    )
+    model_dir = workspace / "runs" / "tiny-qwen2-vl"
+    dataset = load_dataset(str(workspace / "vlfeedback"), "pairs", split="train").select(range(2))
+    for disable, expected in ((args.disable_dropout, model_args.lora_dropout), (True, 0.0)):
+        trainer = SilkieDPOTrainer(
+            model=AutoModelForImageTextToText.from_pretrained(model_dir),
+            args=cpu_dpo_config(tmp_path, disable_dropout=disable),
+            train_dataset=dataset,
+            processing_class=AutoProcessor.from_pretrained(model_dir),
+            peft_config=LoraConfig(r=4, lora_dropout=model_args.lora_dropout, target_modules=language_lora_targets()),
+        )
+        rates = {m.p for name, m in trainer.model.named_modules() if "lora_dropout" in name and hasattr(m, "p")}
+        assert rates == {expected}
+    assert model_args.lora_dropout == 0.05
+
+
 def test_every_recipe_key_is_a_script_field():
     import dataclasses
 

@@ -44,6 +44,9 @@ QWEN2_VL_SHAPES = {
 }  # fmt: skip
 """The public Qwen2-VL-2B/7B-Instruct dimensions; both share the 32-layer, 1280-wide ViT."""
 CONFIGS = {
+    "trl-b1": {"trainer": "trl", "batch": 1, "checkpointing": False},
+    "kit-b1": {"trainer": "kit", "batch": 1, "checkpointing": False},
+    "kit-b1-prefix": {"trainer": "kit", "batch": 1, "checkpointing": False, "prefix": True},
     "trl-default": {"trainer": "trl", "batch": 2, "checkpointing": True},
     "trl-b2": {"trainer": "trl", "batch": 2, "checkpointing": False},
     "trl-b8": {"trainer": "trl", "batch": 8, "checkpointing": False},
@@ -56,8 +59,20 @@ CONFIGS = {
     "kit-b4-prefix": {"trainer": "kit", "batch": 4, "checkpointing": False, "prefix": True},
     "kit-b8-prefix": {"trainer": "kit", "batch": 8, "checkpointing": False, "prefix": True},
     "kit-b16-ckpt-prefix": {"trainer": "kit", "batch": 16, "checkpointing": True, "prefix": True},
-}
+    "kit-b1-ckpt": {"trainer": "kit", "batch": 1, "checkpointing": True},
+    # selective checkpointing: keep matrix-product and attention outputs, recompute element-wise work
+    **{
+        f"kit-b{batch}{'-prefix' if prefix else ''}-sac": {
+            "trainer": "kit", "batch": batch, "checkpointing": True, "policy": "save_matmuls", "prefix": prefix
+        }
+        for batch in (1, 8, 12, 16)
+        for prefix in (False, True)
+    },
+}  # fmt: skip
 DEFAULT_CONFIGS = {
+    "trl-b1": {"trainer": "trl", "batch": 1, "checkpointing": False},
+    "kit-b1": {"trainer": "kit", "batch": 1, "checkpointing": False},
+    "kit-b1-prefix": {"trainer": "kit", "batch": 1, "checkpointing": False, "prefix": True},
     "cpu": ["trl-default", "trl-b2", "kit-b2"],
     "cuda": ["trl-default", "trl-b8", "kit-b2", "kit-b8", "kit-b8-ckpt"],
 }
@@ -98,8 +113,9 @@ def synthetic_pairs(n: int, seed: int = 0):
     return Dataset.from_list(rows, features=PAIR_FEATURES)
 
 
-def build_model(shape: str, folder: Path, device: str):
-    """The model and processor of a shape: the tiny Qwen2-VL, or a random-init public Qwen2-VL shape."""
+def build_model(shape: str, folder: Path, device: str, layers: int | None = None, vision_depth: int = 32):
+    """The model and processor of a shape: the tiny Qwen2-VL, or a random-init public Qwen2-VL shape (optionally
+    with fewer language-model ``layers`` or ViT blocks, as ``training.memory`` uses to account per layer)."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor, Qwen2VLForConditionalGeneration
 
@@ -114,9 +130,11 @@ def build_model(shape: str, folder: Path, device: str):
     config = AutoModelForImageTextToText.from_pretrained(tiny).config
     text = {k: v for k, v in config.text_config.to_dict().items() if k not in ("layer_types", "max_window_layers")}
     text |= dims
+    if layers is not None:
+        text["num_hidden_layers"] = layers
     text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [16, 24, 24]}
     vision = config.vision_config.to_dict() | {
-        "depth": 32,
+        "depth": vision_depth,
         "embed_dim": 1280,
         "hidden_size": vision_hidden,
         "num_heads": 16,
@@ -147,13 +165,13 @@ def parameter_counts(model) -> tuple[int, int]:
     return sum(p.numel() for p in model.parameters()) - vision, vision
 
 
-def run_config(
-    shape: str, name: str, device: str, steps: int, warmup: int, ref_factor: int = 2, workers: int = 2
-) -> dict:
-    """Train one configuration for warmup + steps steps and measure the timed ones."""
+def make_trainer(
+    shape: str, name: str, device: str, work: Path, rows: int, max_steps: int, ref_factor: int = 2, workers: int = 2,
+    **model_kwargs,
+):  # fmt: skip
+    """The trainer of one configuration on ``rows`` synthetic pairs, with (language, vision) parameter counts."""
     import torch
     from peft import LoraConfig
-    from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
     from training.config import SilkieDPOConfig
@@ -162,20 +180,19 @@ def run_config(
     from training.trainer import SilkieDPOTrainer
 
     spec = CONFIGS[name]
-    work = Path(tempfile.mkdtemp(prefix="vlf-bench-"))
-    model, processor = build_model(shape, work, device)
+    model, processor = build_model(shape, work, device, **model_kwargs)
     freeze_vision(model)
-    n_lm, n_vit = parameter_counts(model)
-    dataset = synthetic_pairs((warmup + steps) * spec["batch"])
+    counts = parameter_counts(model)
+    dataset = synthetic_pairs(rows)
     cuda = device == "cuda"
     common = dict(
         output_dir=str(work / "run"),
         per_device_train_batch_size=spec["batch"],
-        max_steps=warmup + steps,
+        max_steps=max_steps,
         learning_rate=1e-5,
         beta=0.1,
         max_length=None,
-        bf16=cuda,
+        bf16=cuda or model.dtype == torch.bfloat16,
         use_cpu=not cuda,
         report_to="none",
         save_strategy="no",
@@ -185,6 +202,8 @@ def run_config(
         activation_checkpointing=spec["checkpointing"],
         dataloader_num_workers=workers if cuda else 0,
     )
+    if spec.get("every_n_layers"):
+        common["activation_checkpointing_kwargs"] = {"use_reentrant": False, "every_n_layers": spec["every_n_layers"]}
     lora = LoraConfig(r=64, lora_alpha=16, lora_dropout=0.05, target_modules=language_lora_targets())
     if spec["trainer"] == "trl":
         trainer = DPOTrainer(
@@ -194,13 +213,33 @@ def run_config(
         trainer = SilkieDPOTrainer(
             model=model,
             args=SilkieDPOConfig(
-                **common, ref_batch_size=ref_factor * spec["batch"], share_prompt_prefix=spec.get("prefix", False)
+                **common,
+                ref_batch_size=ref_factor * spec["batch"],
+                share_prompt_prefix=spec.get("prefix", False),
+                checkpoint_policy=spec.get("policy", "full"),
             ),
             train_dataset=dataset,
             processing_class=processor,
             peft_config=lora,
             ref_cache=RefLogpCache(work / "ref.parquet", {}),
         )
+    return trainer, counts
+
+
+def run_config(
+    shape: str, name: str, device: str, steps: int, warmup: int, ref_factor: int = 2, workers: int = 2
+) -> dict:
+    """Train one configuration for warmup + steps steps and measure the timed ones."""
+    import torch
+    from transformers import TrainerCallback
+
+    spec = CONFIGS[name]
+    work = Path(tempfile.mkdtemp(prefix="vlf-bench-"))
+    trainer, (n_lm, n_vit) = make_trainer(
+        shape, name, device, work, (warmup + steps) * spec["batch"], warmup + steps, ref_factor, workers
+    )
+    dataset = trainer.train_dataset
+    cuda = device == "cuda"
 
     def sync() -> None:
         if cuda:

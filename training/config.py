@@ -37,6 +37,9 @@ class SilkieDPOConfig(DPOConfig):
     Image sharing: ``share_image_features`` encodes each image once per step for chosen, rejected and reference;
     ``share_prompt_prefix`` packs chosen and rejected behind one copy of the prompt (``training.prefix_sharing``).
 
+    Activation memory (``training.activations``): ``share_lora_inputs`` drops PEFT's redundant per-layer input
+    copies under autocast; ``checkpoint_policy`` chooses what activation checkpointing keeps.
+
     Guards: ``freeze_vision`` freezes the vision tower and projector (LoRA never targets them); ``audit`` checks every
     row against ``max_length`` with the real processor before training.
 
@@ -61,6 +64,23 @@ class SilkieDPOConfig(DPOConfig):
             "(experimental: exact on CPU, not yet measured on GPU)."
         },
     )
+    share_lora_inputs: bool = field(
+        default=True,
+        metadata={
+            "help": "Under bf16/fp16 autocast, let LoRA layers use their input as is instead of an fp32 copy that "
+            "autocast casts back (same numbers; one saved activation per input instead of one per LoRA layer)."
+        },
+    )
+    checkpoint_policy: str = field(
+        default="full",
+        metadata={
+            "help": "What activation checkpointing keeps: full (each layer's input, recompute everything), "
+            "save_attention (TRL's selective policy), save_matmuls (keep matrix-product and attention outputs, "
+            "recompute element-wise ops and LoRA up-projections). Combine with "
+            "activation_checkpointing_kwargs={'every_n_layers': n}.",
+            "choices": ["full", "save_attention", "save_matmuls"],
+        },
+    )
     freeze_vision: bool = field(default=True, metadata={"help": "Freeze the vision tower and the projector."})
     audit: bool = field(default=True, metadata={"help": "Refuse rows that max_length would truncate."})
     audit_allow_response_truncation: bool = field(
@@ -75,6 +95,12 @@ class SilkieDPOConfig(DPOConfig):
             raise ValueError(
                 "`precompute_ref_log_probs` is TRL's text-only cache; for VLMs use the kit's `ref_cache` (on by "
                 "default) and leave `precompute_ref_log_probs` false"
+            )
+        from training.activations import CHECKPOINT_POLICIES
+
+        if self.checkpoint_policy not in CHECKPOINT_POLICIES:
+            raise ValueError(
+                f"checkpoint_policy must be one of {', '.join(CHECKPOINT_POLICIES)}, not {self.checkpoint_policy!r}"
             )
         if self.ref_precompute and not self.ref_cache:
             self.ref_precompute = False

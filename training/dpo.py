@@ -25,9 +25,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 RUN_INFO = "run_info.json"
+
+logger = logging.getLogger(__name__)
 
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
@@ -151,6 +154,12 @@ def main(script_args, training_args, model_args) -> Path:
     )
     if training_args.freeze_vision:
         assert_no_vision_lora(trainer.model)
+    if model_args.use_peft and model_args.lora_dropout and training_args.disable_dropout:
+        logger.warning(
+            "lora_dropout=%s has no effect: TRL's disable_dropout (default true) sets every dropout to 0, LoRA's "
+            "included; set disable_dropout: false to train with it",
+            model_args.lora_dropout,
+        )
     resume = training_args.resume_from_checkpoint
     resume = True if str(resume).lower() in ("true", "last") else resume
     result = trainer.train(resume_from_checkpoint=resume)

@@ -4,6 +4,8 @@
   training (``ref_precompute``), or filled the first time a pair is seen; reused across epochs and runs.
 - Each image is processed and encoded once per step, for chosen and rejected and for the reference pass
   (:mod:`training.shared_images`).
+- Less activation memory, exactly the same numbers (:mod:`training.activations`): no per-LoRA-layer input copies
+  under autocast, and an optional selective checkpointing policy that keeps matrix-product outputs.
 - Everything else — the loss types, metrics, PEFT reference via disabled adapters, logging — is TRL's own code path:
   the cached values enter through TRL's ``ref_chosen_logps`` / ``ref_rejected_logps`` inputs.
 """
@@ -17,6 +19,7 @@ import torch
 from transformers import TrainerCallback
 from trl import DPOTrainer
 
+from training.activations import enable_checkpoint_policy, share_lora_inputs
 from training.prefix_sharing import PrefixSharing
 from training.ref_cache import RefLogpCache, pair_key
 from training.shared_images import ImageFeatureSharing, ImageOnceProcessor
@@ -85,9 +88,17 @@ class SilkieDPOTrainer(DPOTrainer):
         if getattr(self.args, "share_image_features", True) and self._is_vision_dataset:
             self.data_collator.processor = ImageOnceProcessor(self.data_collator.processor)
             self.image_sharing = [ImageFeatureSharing(m) for m in (self.model, self.ref_model) if m is not None]
+        self._reduce_activation_memory()
         if ref_cache is not None:
             self.data_collator = PairKeyCollator(self.data_collator)
             self.add_callback(_ShareCacheEachEpoch(self))
+
+    def _reduce_activation_memory(self) -> None:
+        """Apply ``share_lora_inputs`` (under autocast only) and the ``checkpoint_policy`` (training.activations)."""
+        autocast = (self.args.bf16 or self.args.fp16) and not self.is_deepspeed_enabled
+        if getattr(self.args, "share_lora_inputs", True) and autocast:
+            share_lora_inputs(self.model)
+        enable_checkpoint_policy(self.model, getattr(self.args, "checkpoint_policy", "full"))
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()

@@ -1,0 +1,127 @@
+"""Activation memory (training/activations.py): fewer saved tensors, exactly the same loss and gradients."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from support.dpo import cpu_dpo_config
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from training.activations import lora_rank
+from training.memory import saved_activations
+
+MATMULS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from transformers import AutoProcessor
+
+    from training.bench import synthetic_pairs
+    from training.tiny_model import build_tiny_model
+
+    root = tmp_path_factory.mktemp("activations")
+    model_dir = build_tiny_model("qwen2_vl", root / "model")
+    return model_dir, AutoProcessor.from_pretrained(model_dir), synthetic_pairs(4)
+
+
+def trainer(tiny, tmp_path: Path, **overrides):
+    """A kit trainer on the tiny Qwen2-VL with a non-zero LoRA (so the adapter takes part in every product)."""
+    from peft import LoraConfig
+    from transformers import AutoModelForImageTextToText
+
+    from training.freeze import language_lora_targets
+    from training.ref_cache import RefLogpCache
+    from training.trainer import SilkieDPOTrainer
+
+    model_dir, processor, dataset = tiny
+    torch.manual_seed(0)
+    lora = LoraConfig(r=8, lora_alpha=16, target_modules=language_lora_targets(), init_lora_weights=False)
+    run = tmp_path / f"run-{len(list(tmp_path.iterdir()))}"
+    return SilkieDPOTrainer(
+        model=AutoModelForImageTextToText.from_pretrained(model_dir),
+        args=cpu_dpo_config(run, seed=0, **overrides),
+        train_dataset=dataset,
+        processing_class=processor,
+        peft_config=lora,
+        ref_cache=RefLogpCache(run / "ref.parquet", {}),
+    )
+
+
+class CountLargeMatmuls(TorchDispatchMode):
+    """Counts matrix products whose smaller inner dimension exceeds ``rank`` (the base projections, not LoRA's)."""
+
+    def __init__(self, rank: int) -> None:
+        super().__init__()
+        self.rank, self.count = rank, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in MATMULS:
+            left = args[1] if func is torch.ops.aten.addmm.default else args[0]
+            self.count += int(min(left.shape[-2:]) > self.rank)
+        return func(*args, **(kwargs or {}))
+
+
+def one_step(kit) -> tuple[float, dict[str, torch.Tensor], int, int]:
+    """Loss, LoRA gradients, bytes saved through autograd hooks, and large matrix products run in the backward."""
+    inputs = kit._prepare_inputs(next(iter(kit.get_train_dataloader())))
+    kit.model.train()
+    kit.model.zero_grad(set_to_none=True)
+
+    def step():
+        with kit.compute_loss_context_manager(), kit.accelerator.autocast():
+            return kit.compute_loss(kit.model, dict(inputs))
+
+    by_kind, _, _, loss = saved_activations(kit.model, step)
+    with CountLargeMatmuls(lora_rank(kit.model)) as counter:
+        loss.backward()
+    grads = {n: p.grad.clone() for n, p in kit.model.named_parameters() if p.grad is not None}
+    return loss.item(), grads, sum(by_kind.values()), counter.count
+
+
+def test_share_lora_inputs_is_exact_under_autocast_and_saves_less(tiny, tmp_path):
+    stock_loss, stock_grads, stock_saved, _ = one_step(trainer(tiny, tmp_path, bf16=True, share_lora_inputs=False))
+    kit = trainer(tiny, tmp_path, bf16=True)
+    loss, grads, saved, _ = one_step(kit)
+    assert not any(getattr(m, "cast_input_dtype_enabled", True) for m in kit.model.modules() if hasattr(m, "lora_A"))
+    assert loss == stock_loss
+    assert grads.keys() == stock_grads.keys() and len(grads) == 28  # 7 projections x A/B x 2 layers
+    assert all(torch.equal(grads[name], stock_grads[name]) for name in grads)
+    assert saved < stock_saved
+
+
+def test_share_lora_inputs_stays_off_without_autocast(tiny, tmp_path):
+    kit = trainer(tiny, tmp_path)  # fp32: PEFT's cast is what makes mixed dtypes work, so it stays
+    assert all(getattr(m, "cast_input_dtype_enabled", True) for m in kit.model.modules() if hasattr(m, "lora_A"))
+
+
+def test_save_matmuls_recomputes_no_large_product_and_keeps_the_gradients(tiny, tmp_path):
+    reference = trainer(tiny, tmp_path)
+    reference.model.enable_input_require_grads()  # as checkpointing does: the first layer's input grads are computed
+    plain = one_step(reference)
+    results = {}
+    for policy in ("full", "save_matmuls"):
+        kit = trainer(tiny, tmp_path, activation_checkpointing=True, checkpoint_policy=policy, max_steps=1)
+        kit.train()  # the Trainer enables checkpointing itself; the policy must reach every decoder layer
+        layers = [m for m in kit.model.modules() if type(m).__name__ == "Qwen2VLDecoderLayer"]
+        assert layers and all(m.gradient_checkpointing for m in layers)
+        has_policy = [
+            "context_fn" in getattr(m._gradient_checkpointing_func, "keywords", {}) for m in layers
+        ]  # fmt: skip
+        assert all(has_policy) == (policy == "save_matmuls")
+        with torch.no_grad():  # the same weights as the un-checkpointed run: undo the training step
+            fresh = trainer(tiny, tmp_path)
+            for p, q in zip(kit.model.parameters(), fresh.model.parameters()):
+                p.copy_(q)
+        results[policy] = one_step(kit)
+    loss, grads, _, large_backward = plain
+    for policy, (policy_loss, policy_grads, _, _) in results.items():
+        assert policy_loss == pytest.approx(loss, abs=1e-6), policy
+        assert all(torch.allclose(policy_grads[n], grads[n], atol=1e-6) for n in grads), policy
+    assert results["save_matmuls"][3] == large_backward  # no base projection is recomputed
+    assert results["full"][3] > large_backward  # full checkpointing recomputes the forward's products
+
+
+def test_unknown_checkpoint_policy_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="save_matmuls"):
+        cpu_dpo_config(tmp_path, checkpoint_policy="everything")

@@ -1,0 +1,214 @@
+"""Activation-memory accounting of one DPO training step, on the CPU, for GPU shapes.
+
+    python -m training.memory --shape qwen2-vl-7b --layers 2 --configs kit-b1,kit-b1-prefix,trl-b1
+
+A GPU step's peak memory is the weights and optimizer state plus the activations autograd saves for the backward
+pass. The saved activations do not depend on the device, so they can be counted on the CPU for the real widths
+with a few language-model layers: this script builds the ``training.bench`` model and trainer of each
+configuration (bf16 autocast, the Silkie LoRA, the same synthetic rows), runs one training forward under
+``torch.autograd.graph.saved_tensors_hooks``, and counts every distinct storage saved for backward that is not a
+parameter, by the module that saved it. Per-layer bytes are then scaled to the full depth::
+
+    activations(B) = B x (layers x per_layer + rest)  (per pair; ``rest`` = embeddings, fused head, loss)
+    peak(B) ~ fixed + activations(B)                   (``fixed``: weights, LoRA weights, gradients, Adam state)
+
+It prints one JSON line per configuration and a table of predicted peaks for the batch sizes asked. This is the
+planning half of the GPU benchmark (``training.bench``), which measures the real peak; BENCHMARKS.md compares the
+two. Transient buffers of the backward pass (one layer's gradients at a time) are not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+LAYER = re.compile(r"\.layers\.(\d+)\.")
+WRAPPERS = re.compile(r"^(base_model\.model\.)?(model\.)?(language_model\.)?")
+
+
+def module_kind(name: str) -> str:
+    """``model.language_model.layers.3.mlp.up_proj.lora_A.default`` -> ``layers.N.mlp.up_proj.lora_A``."""
+    name = WRAPPERS.sub("", name)
+    name = LAYER.sub(".layers.N.", "." + name).lstrip(".")
+    return re.sub(r"\.default$", "", name) or "(top level)"
+
+
+def resident_bytes() -> int:
+    """The process's resident set size (Linux ``/proc/self/statm``)."""
+    import os
+
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def saved_activations(model, step) -> tuple[dict[str, int], list[int], int, Any]:
+    """What ``step()``'s forward keeps alive for the backward pass, measured two ways.
+
+    - by module kind: bytes of the distinct non-parameter storages saved through autograd's saved-tensor hooks,
+      each counted once, for the first module that saved it (checkpointed regions keep their tensors outside these
+      hooks, so they are not seen here);
+    - by decoder layer: growth of the resident set across each ``*DecoderLayer`` forward, and across the whole
+      forward. Exact for any checkpointing policy when large allocations are returned to the system at once
+      (``MALLOC_MMAP_THRESHOLD_``, which ``main`` sets for its child processes).
+
+    Returns ``({kind: bytes}, [bytes per decoder layer], forward bytes, the loss)``; the caller runs the backward."""
+    import torch
+
+    parameters = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    stack: list[str] = ["(top level)"]
+    seen: dict[int, tuple[int, str]] = {}
+    layer_growth: list[int] = []
+    handles = []
+
+    def leave(module, args, output) -> None:
+        stack.pop()
+
+    def layer_enter(module, args) -> None:
+        layer_growth.append(-resident_bytes())
+
+    def layer_leave(module, args, output) -> None:
+        layer_growth[-1] += resident_bytes()
+
+    for name, module in model.named_modules():
+        handles.append(module.register_forward_pre_hook(lambda m, a, name=name: stack.append(name)))
+        handles.append(module.register_forward_hook(leave))
+        if type(module).__name__.endswith("DecoderLayer"):
+            handles.append(module.register_forward_pre_hook(layer_enter))
+            handles.append(module.register_forward_hook(layer_leave))
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        pointer = storage.data_ptr()
+        if pointer and pointer not in parameters and pointer not in seen:
+            dtype = str(tensor.dtype).removeprefix("torch.")
+            seen[pointer] = (storage.nbytes(), f"{module_kind(stack[-1])} [{dtype}]")
+        return tensor
+
+    before = resident_bytes()
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            loss = step()
+    finally:
+        for handle in handles:
+            handle.remove()
+    forward = resident_bytes() - before
+    by_kind: dict[str, int] = defaultdict(int)
+    for size, kind in seen.values():
+        by_kind[kind] += size
+    return dict(by_kind), layer_growth, forward, loss
+
+
+def fixed_bytes(shape: str, trainable: float) -> float:
+    """Fixed bytes of the full-depth shape: bf16 weights of the public model plus fp32 LoRA weights, gradients and
+    Adam's two moments."""
+    from training.bench import QWEN2_VL_SHAPES
+
+    dims = QWEN2_VL_SHAPES[shape]
+    h, i, n, v = dims["hidden_size"], dims["intermediate_size"], dims["num_hidden_layers"], dims["vocab_size"]
+    kv = h // dims["num_attention_heads"] * dims["num_key_value_heads"]
+    layer = h * h * 2 + 2 * h * kv + 3 * h * i + 2 * h + (h + 2 * kv)  # q, o, k, v, mlp, norms, qkv biases
+    lm = n * layer + v * h * (1 if dims["tie_word_embeddings"] else 2) + h
+    vit = 32 * (4 * 1280 * 1280 + 2 * 1280 * 5120) + 1280 * 4 * dims["vision_hidden_size"] * 2  # blocks, merger
+    return (lm + vit) * 2 + trainable * 4 * 4
+
+
+def account(shape: str, name: str, layers: int, vision_depth: int) -> dict:
+    """One configuration on ``layers`` language-model layers: what a pair keeps per layer and in the rest."""
+    from training.bench import CONFIGS, QWEN2_VL_SHAPES, make_trainer
+
+    if shape not in QWEN2_VL_SHAPES:
+        raise SystemExit(f"--shape must be one of {', '.join(QWEN2_VL_SHAPES)}")
+    batch = CONFIGS[name]["batch"]
+    work = Path(tempfile.mkdtemp(prefix="vlf-memory-"))
+    trainer, (n_lm, n_vit) = make_trainer(
+        shape, name, "cpu", work, batch, 1, ref_factor=1, layers=layers, vision_depth=vision_depth
+    )
+    if getattr(trainer, "ref_cache", None) is not None:
+        trainer.precompute_reference()
+    if trainer.args.activation_checkpointing:  # what Trainer.train does first
+        kwargs = dict(trainer.args.activation_checkpointing_kwargs or {"use_reentrant": False})
+        every = kwargs.pop("every_n_layers", 1)
+        trainer.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, every_n_layers=every)
+    inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    tokens = int(inputs["attention_mask"].sum())
+    model = trainer.model
+    model.train()
+
+    def step():
+        with trainer.compute_loss_context_manager(), trainer.accelerator.autocast():
+            return trainer.compute_loss(model, dict(inputs))
+
+    step().backward()  # warm-up: first-call allocations (caches, workspaces) are not activations
+    model.zero_grad(set_to_none=False)
+    by_kind, layer_growth, forward, loss = saved_activations(model, step)
+    loss.backward()
+    per_layer = sorted(layer_growth)[len(layer_growth) // 2]  # median layer
+    rest = forward - sum(layer_growth)
+    full_layers = QWEN2_VL_SHAPES[shape]["num_hidden_layers"]
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad) * full_layers / layers
+    hooked_layer = sum(v for k, v in by_kind.items() if k.startswith("layers.N.")) / layers
+    top = sorted(((k, v) for k, v in by_kind.items() if v >= 2**20 * batch / 10), key=lambda kv: -kv[1])
+    return {
+        "config": name, "shape": shape, "layers_run": layers, "layers_full": full_layers, "batch": batch,
+        "lm_tokens": tokens, "tokens_per_pair": tokens / batch,
+        "per_pair_per_layer_MiB": round(per_layer / batch / 2**20, 2),
+        "per_pair_per_layer_saved_by_hooks_MiB": round(hooked_layer / batch / 2**20, 2),
+        "per_pair_rest_MiB": round(rest / batch / 2**20, 2),
+        "per_pair_full_GiB": round((per_layer * full_layers + rest) / batch / 2**30, 3),
+        "fixed_full_GiB": round(fixed_bytes(shape, trainable) / 2**30, 2),
+        "saved_by_hooks_per_pair_MiB": {k: round(v / batch / 2**20, 2) for k, v in top},
+        "layer_growth_MiB": [round(g / 2**20, 1) for g in layer_growth],
+    }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Account each configuration in its own process; print JSON lines and predicted peaks."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", default="qwen2-vl-7b")
+    parser.add_argument("--configs", default="kit-b1,kit-b1-prefix")
+    parser.add_argument("--layers", type=int, default=2, help="language-model layers to run (scaled to full depth)")
+    parser.add_argument("--vision-depth", type=int, default=1, help="ViT blocks (frozen: they keep nothing)")
+    parser.add_argument("--batches", default="2,4,8,16", help="batch sizes to predict peaks for")
+    parser.add_argument("--out", type=Path, help="append the JSON lines to this file")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print("RESULT " + json.dumps(account(args.shape, args.child, args.layers, args.vision_depth)))
+        return
+    env = {**os.environ, "TQDM_DISABLE": "1", "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+    results = []
+    for name in args.configs.split(","):
+        command = [sys.executable, "-m", "training.memory", "--shape", args.shape, "--layers", str(args.layers),
+                   "--vision-depth", str(args.vision_depth), "--child", name]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+        if done.returncode or not lines:
+            raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
+        result = json.loads(lines[-1][len("RESULT ") :])
+        results.append(result)
+        print(json.dumps(result), flush=True)
+        if args.out:
+            with args.out.open("a") as out:
+                out.write(json.dumps(result) + "\n")
+    batches = [int(b) for b in args.batches.split(",")]
+    head = " | ".join(f"peak B={b}" for b in batches)
+    print(f"\n| config | tokens/pair | MiB/pair/layer | GiB/pair | fixed GiB | {head} |")
+    print("|---" * (5 + len(batches)) + "|")
+    for r in results:
+        peaks = " | ".join(f"{r['fixed_full_GiB'] + b * r['per_pair_full_GiB']:.1f}" for b in batches)
+        print(
+            f"| {r['config']} | {r['tokens_per_pair']:.0f} | {r['per_pair_per_layer_MiB']} | "
+            f"{r['per_pair_full_GiB']} | {r['fixed_full_GiB']} | {peaks} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
