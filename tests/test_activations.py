@@ -98,28 +98,34 @@ def test_share_lora_inputs_stays_off_without_autocast(tiny, tmp_path):
 def test_save_matmuls_recomputes_no_large_product_and_keeps_the_gradients(tiny, tmp_path):
     reference = trainer(tiny, tmp_path)
     reference.model.enable_input_require_grads()  # as checkpointing does: the first layer's input grads are computed
-    plain = one_step(reference)
+    loss, grads, _, large_backward = one_step(reference)
     results = {}
-    for policy in ("full", "save_matmuls"):
-        kit = trainer(tiny, tmp_path, activation_checkpointing=True, checkpoint_policy=policy, max_steps=1)
+    for policy, full_layers in (("full", 0), ("save_matmuls", 0), ("save_matmuls", 1)):
+        kit = trainer(
+            tiny,
+            tmp_path,
+            activation_checkpointing=True,
+            checkpoint_policy=policy,
+            full_checkpoint_layers=full_layers,
+            max_steps=1,
+        )
         kit.train()  # the Trainer enables checkpointing itself; the policy must reach every decoder layer
         layers = [m for m in kit.model.modules() if type(m).__name__ == "Qwen2VLDecoderLayer"]
-        assert layers and all(m.gradient_checkpointing for m in layers)
-        has_policy = [
-            "context_fn" in getattr(m._gradient_checkpointing_func, "keywords", {}) for m in layers
-        ]  # fmt: skip
-        assert all(has_policy) == (policy == "save_matmuls")
+        assert len(layers) == 2 and all(m.gradient_checkpointing for m in layers)
+        selective = ["context_fn" in getattr(m._gradient_checkpointing_func, "keywords", {}) for m in layers]
+        assert sum(selective) == (2 - full_layers if policy == "save_matmuls" else 0)
         with torch.no_grad():  # the same weights as the un-checkpointed run: undo the training step
             fresh = trainer(tiny, tmp_path)
             for p, q in zip(kit.model.parameters(), fresh.model.parameters()):
                 p.copy_(q)
-        results[policy] = one_step(kit)
-    loss, grads, _, large_backward = plain
-    for policy, (policy_loss, policy_grads, _, _) in results.items():
-        assert policy_loss == pytest.approx(loss, abs=1e-6), policy
-        assert all(torch.allclose(policy_grads[n], grads[n], atol=1e-6) for n in grads), policy
-    assert results["save_matmuls"][3] == large_backward  # no base projection is recomputed
-    assert results["full"][3] > large_backward  # full checkpointing recomputes the forward's products
+        results[policy, full_layers] = one_step(kit)
+    for key, (policy_loss, policy_grads, _, _) in results.items():
+        assert policy_loss == pytest.approx(loss, abs=1e-6), key
+        assert all(torch.allclose(policy_grads[n], grads[n], atol=1e-6) for n in grads), key
+    recomputed = {key: result[3] - large_backward for key, result in results.items()}
+    assert recomputed["save_matmuls", 0] == 0  # no base projection is recomputed
+    assert recomputed["full", 0] > 0  # full checkpointing recomputes the forward's products...
+    assert recomputed["save_matmuls", 1] * 2 == recomputed["full", 0]  # ...and so does the one full layer
 
 
 def test_unknown_checkpoint_policy_is_refused(tmp_path):

@@ -22,6 +22,7 @@ from __future__ import annotations
 from functools import partial
 
 import torch
+import torch.utils.checkpoint
 
 CHECKPOINT_POLICIES = ("full", "save_attention", "save_matmuls")
 _MATMULS = ("mm", "addmm", "bmm", "baddbmm")
@@ -78,13 +79,17 @@ _BIASED = _packets(("addmm", "baddbmm"))
 _ATTENTION_OPS = _packets(_ATTENTION)
 
 
-def enable_checkpoint_policy(model: torch.nn.Module, policy: str) -> None:
+def enable_checkpoint_policy(model: torch.nn.Module, policy: str, full_layers: int = 0) -> None:
     """Make every later ``activation_checkpointing_enable`` on ``model`` use ``policy`` (see the module docstring).
 
     Like TRL's SFT selective checkpointing, the policy is injected by wrapping the model's enable method, so the
-    non-serializable context function stays out of the training arguments; ``every_n_layers`` still applies."""
+    non-serializable context function stays out of the training arguments; ``every_n_layers`` still applies. With
+    ``save_matmuls``, ``full_layers`` language-model layers (spread evenly) use full checkpointing instead: a memory
+    budget between the two policies, one layer at a time."""
     if policy not in CHECKPOINT_POLICIES:
         raise ValueError(f"checkpoint_policy must be one of {', '.join(CHECKPOINT_POLICIES)}, not {policy!r}")
+    if full_layers and policy != "save_matmuls":
+        raise ValueError("full_checkpoint_layers only applies to checkpoint_policy save_matmuls")
     if policy == "full":
         return
     if policy == "save_attention":
@@ -104,11 +109,40 @@ def enable_checkpoint_policy(model: torch.nn.Module, policy: str) -> None:
     def activation_checkpointing_enable(activation_checkpointing_kwargs=None, **kwargs):
         checkpoint_kwargs = dict(activation_checkpointing_kwargs or {})
         checkpoint_kwargs["use_reentrant"] = False  # selective checkpointing works on saved-tensor hooks only
+        plain = partial(torch.utils.checkpoint.checkpoint, **checkpoint_kwargs)
         checkpoint_kwargs["context_fn"] = context_fn
-        return original(activation_checkpointing_kwargs=checkpoint_kwargs, **kwargs)
+        result = original(activation_checkpointing_kwargs=checkpoint_kwargs, **kwargs)
+        for layer in _spread(checkpointed_language_layers(target), full_layers):
+            layer._gradient_checkpointing_func = plain
+        return result
 
     activation_checkpointing_enable._kit_policy = policy
     target.activation_checkpointing_enable = activation_checkpointing_enable
+
+
+def checkpointed_language_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The language model's decoder layers that activation checkpointing is on for, in order."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    from training.freeze import is_vision_parameter
+
+    return [
+        module
+        for name, module in model.named_modules()
+        if isinstance(module, GradientCheckpointingLayer)
+        and getattr(module, "gradient_checkpointing", False)
+        and not is_vision_parameter(name)
+    ]
+
+
+def _spread(layers: list, count: int) -> list:
+    """``count`` of ``layers``, evenly spaced (first and last included when count > 1)."""
+    if count <= 0 or not layers:
+        return []
+    count = min(count, len(layers))
+    if count == 1:
+        return [layers[len(layers) // 2]]
+    return [layers[round(i * (len(layers) - 1) / (count - 1))] for i in range(count)]
 
 
 def _pretrained(model: torch.nn.Module) -> torch.nn.Module:

@@ -68,6 +68,15 @@ CONFIGS = {
         for batch in (1, 8, 12, 16)
         for prefix in (False, True)
     },
+    # ... with a few layers fully checkpointed, to fit a memory budget
+    **{
+        f"kit-b{batch}-prefix-sac-full{full}": {
+            "trainer": "kit", "batch": batch, "checkpointing": True, "policy": "save_matmuls", "prefix": True,
+            "full_layers": full,
+        }
+        for batch in (1, 8, 12)
+        for full in (4, 8)
+    },
 }  # fmt: skip
 DEFAULT_CONFIGS = {
     "trl-b1": {"trainer": "trl", "batch": 1, "checkpointing": False},
@@ -217,6 +226,7 @@ def make_trainer(
                 ref_batch_size=ref_factor * spec["batch"],
                 share_prompt_prefix=spec.get("prefix", False),
                 checkpoint_policy=spec.get("policy", "full"),
+                full_checkpoint_layers=spec.get("full_layers", 0),
             ),
             train_dataset=dataset,
             processing_class=processor,

@@ -81,6 +81,13 @@ class SilkieDPOConfig(DPOConfig):
             "choices": ["full", "save_attention", "save_matmuls"],
         },
     )
+    full_checkpoint_layers: int = field(
+        default=0,
+        metadata={
+            "help": "With checkpoint_policy save_matmuls: this many language-model layers (spread evenly) use full "
+            "checkpointing instead, for a memory budget between the two policies."
+        },
+    )
     freeze_vision: bool = field(default=True, metadata={"help": "Freeze the vision tower and the projector."})
     audit: bool = field(default=True, metadata={"help": "Refuse rows that max_length would truncate."})
     audit_allow_response_truncation: bool = field(

@@ -98,7 +98,11 @@ class SilkieDPOTrainer(DPOTrainer):
         autocast = (self.args.bf16 or self.args.fp16) and not self.is_deepspeed_enabled
         if getattr(self.args, "share_lora_inputs", True) and autocast:
             share_lora_inputs(self.model)
-        enable_checkpoint_policy(self.model, getattr(self.args, "checkpoint_policy", "full"))
+        enable_checkpoint_policy(
+            self.model,
+            getattr(self.args, "checkpoint_policy", "full"),
+            getattr(self.args, "full_checkpoint_layers", 0),
+        )
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
