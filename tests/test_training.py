@@ -196,6 +196,56 @@ def test_audit_matches_what_trl_really_builds(workspace):
     assert audit_dataset(dataset, processor, max_length=None).total_tokens["max"] == real
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["two-rows", "prefix-shared"])
+def test_group_by_length_uses_the_audit_lengths_and_pads_less(workspace, tmp_path, packed):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from training.audit import audit_dataset
+    from training.bench import synthetic_pairs
+    from training.ref_cache import RefLogpCache
+    from training.trainer import SilkieDPOTrainer
+
+    model_dir = workspace / "runs" / "tiny-qwen2-vl"
+    processor = AutoProcessor.from_pretrained(model_dir)
+    dataset = synthetic_pairs(48)  # transformers groups within megabatches of min(rows // (4 x batch), 50) batches
+    lengths = audit_dataset(dataset, processor, None).lengths(packed)
+
+    def padding(strategy: str, **kwargs) -> tuple[int, list[str]]:
+        """Padded minus real tokens over an epoch of batches of 2, and the pair ids in the order trained."""
+        trainer = SilkieDPOTrainer(
+            model=AutoModelForImageTextToText.from_pretrained(model_dir),
+            args=cpu_dpo_config(
+                tmp_path / strategy,
+                per_device_train_batch_size=2,
+                seed=0,
+                train_sampling_strategy=strategy,
+                share_prompt_prefix=packed,
+            ),
+            train_dataset=dataset,
+            processing_class=processor,
+            ref_cache=RefLogpCache(tmp_path / strategy / "ref.parquet", {}),
+            **kwargs,
+        )
+        wasted, keys = 0, []
+        for batch in trainer.get_train_dataloader():
+            real = batch["attention_mask"].sum(-1)
+            pairs = len(real) // 2
+            rows = real[:pairs] + real[pairs:] - (real[:pairs] - batch["completion_mask"][:pairs].sum(-1)) + 1
+            rows = rows if packed else torch.maximum(real[:pairs], real[pairs:])
+            if strategy == "group_by_length":  # the audit's lengths are what the collator really builds
+                by_key = dict(zip(trainer.train_dataset["pair_key"], trainer.train_dataset["length"]))
+                assert [by_key[k] for k in batch["pair_keys"]] == rows.tolist()
+            wasted += int(rows.max() * pairs - rows.sum())
+            keys += batch["pair_keys"]
+        return wasted, keys
+
+    grouped, grouped_keys = padding("group_by_length", lengths=lengths)
+    counted, _ = padding("group_by_length")  # no lengths given: the trainer counts them itself
+    shuffled, shuffled_keys = padding("random")
+    assert sorted(grouped_keys) == sorted(shuffled_keys) and len(set(grouped_keys)) == 48  # each pair once
+    assert grouped == counted < shuffled / 2
+
+
 def test_lora_targets_never_hit_the_vision_side(workspace):
     import re
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+SIDES = ("chosen", "rejected")
+
 
 @dataclass
 class AuditReport:
@@ -27,6 +29,19 @@ class AuditReport:
     truncated_rows: list[tuple[int, str, int]] = field(default_factory=list)  # (row, id, tokens)
     image_cut_rows: list[tuple[int, str, int]] = field(default_factory=list)
     rows_without_image: int = 0
+    row_tokens: np.ndarray | None = field(default=None, repr=False)  # (rows, 3): prompt, chosen, rejected tokens
+
+    def lengths(self, packed: bool = False) -> list[int]:
+        """Per-row sequence length as the trainer pads it: the longer of prompt + chosen and prompt + rejected, or,
+        ``packed`` (prompt-prefix sharing), prompt + chosen + 1 + rejected."""
+        prompt, chosen, rejected = self.row_tokens.T
+        return (prompt + chosen + 1 + rejected if packed else prompt + np.maximum(chosen, rejected)).tolist()
+
+    def to_json(self) -> dict:
+        """The report for ``audit.json`` (statistics and offending rows; per-row token counts stay out)."""
+        from dataclasses import asdict
+
+        return {k: v for k, v in asdict(self).items() if k != "row_tokens"}
 
     def summary(self) -> str:
         """A few lines for the training log."""
@@ -101,7 +116,7 @@ def audit_dataset(dataset, processor, max_length: int | None, batch_size: int = 
     columns = [c for c in ("id", image_column, "prompt", "chosen", "rejected") if c in raw.column_names]
     counter = _TokenCounter(processor)
     image_sizes: dict[object, tuple[int, int]] = {}
-    image_tokens, totals, truncated, image_cut, without_image = [], [], [], [], 0
+    image_tokens, totals, truncated, image_cut, without_image, row_tokens = [], [], [], [], 0, []
     for start in range(0, len(raw), batch_size):
         batch = raw.select_columns(columns)[start : start + batch_size]
         for offset in range(len(batch["prompt"])):
@@ -118,9 +133,10 @@ def audit_dataset(dataset, processor, max_length: int | None, batch_size: int = 
             n_image = sum(processor._get_num_multimodal_tokens(image_sizes=sizes).num_image_tokens) if sizes else 0
             without_image += not sizes
             messages = batch["prompt"][offset]
-            answer = max(counter.answer(messages, batch[side][offset], len(sizes)) for side in ("chosen", "rejected"))
+            chosen, rejected = (counter.answer(messages, batch[side][offset], len(sizes)) for side in SIDES)
             prompt = counter.prompt(messages, len(sizes)) - len(sizes) + n_image
-            longest = prompt + answer
+            longest = prompt + max(chosen, rejected)
+            row_tokens.append((prompt, chosen, rejected))
             image_tokens.append(n_image)
             totals.append(longest)
             if max_length is not None and longest > max_length:
@@ -136,6 +152,7 @@ def audit_dataset(dataset, processor, max_length: int | None, batch_size: int = 
         truncated_rows=truncated,
         image_cut_rows=image_cut,
         rows_without_image=without_image if without_image < len(raw) else 0,
+        row_tokens=np.array(row_tokens, dtype=np.int64).reshape(-1, 3),
     )
 
 

@@ -151,6 +151,7 @@ def main(script_args, training_args, model_args) -> Path:
         processing_class=processor,
         peft_config=get_peft_config(model_args),
         ref_cache=reference_cache(script_args, training_args, model_args, processor, revision),
+        lengths=audit.lengths(training_args.share_prompt_prefix) if audit is not None else None,
     )
     if training_args.freeze_vision:
         assert_no_vision_lora(trainer.model)

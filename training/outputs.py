@@ -127,7 +127,7 @@ def write_outputs(trainer, processor, result, script_args, training_args, model_
         yaml.safe_dump(resolved_config(script_args, training_args, model_args), sort_keys=False)
     )
     if audit is not None:
-        (out / "audit.json").write_text(json.dumps(dataclasses.asdict(audit), indent=2) + "\n")
+        (out / "audit.json").write_text(json.dumps(audit.to_json(), indent=2) + "\n")
     from cards.model import write_model_card
 
     write_model_card(out)

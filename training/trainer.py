@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any
 
@@ -51,17 +52,39 @@ def add_pair_keys(dataset):
     return dataset.add_column(PAIR_KEY, computed[PAIR_KEY]) if source is not dataset else computed
 
 
-class PairKeyCollator:
-    """Wraps TRL's collator: pops each example's ``pair_key`` and hands the keys to the trainer with the batch."""
+class KitCollator:
+    """Wraps TRL's collator: hands each example's ``pair_key`` to the trainer with the batch, and drops the
+    ``length`` column that only the length-grouped sampler reads."""
 
-    def __init__(self, collator: Any) -> None:
+    def __init__(self, collator: Any, length_column: str | None = None) -> None:
         self.collator = collator
+        self.length_column = length_column
 
     def __call__(self, examples: list[dict]) -> dict:
-        keys = [example.pop(PAIR_KEY) for example in examples]
+        keys = [example.pop(PAIR_KEY) for example in examples if PAIR_KEY in example]
+        for example in examples:
+            example.pop(self.length_column, None)
         batch = self.collator(examples)
-        batch["pair_keys"] = keys
+        if keys:
+            batch["pair_keys"] = keys
         return batch
+
+
+def add_lengths(dataset, processor, column: str, packed: bool, lengths: list[int] | None = None):
+    """The dataset with a ``column`` of per-row token lengths for ``train_sampling_strategy: group_by_length``:
+    given (from the pre-flight audit), or counted with the real processor (``training.audit``)."""
+    if dataset is None or column in dataset.column_names:
+        return dataset
+    if lengths is None:
+        if processor is None:
+            raise ValueError(
+                "train_sampling_strategy group_by_length needs per-row lengths: pass processing_class or add a "
+                f"{column!r} column to the dataset"
+            )
+        from training.audit import audit_dataset
+
+        lengths = audit_dataset(dataset, processor, None).lengths(packed)
+    return dataset.add_column(column, lengths)
 
 
 class _ShareCacheEachEpoch(TrainerCallback):
@@ -77,11 +100,27 @@ class _ShareCacheEachEpoch(TrainerCallback):
 class SilkieDPOTrainer(DPOTrainer):
     """DPO for VLMs with a persistent reference log-prob cache and one vision encode per image per step."""
 
-    def __init__(self, *args: Any, ref_cache: RefLogpCache | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, ref_cache: RefLogpCache | None = None, lengths: list[int] | None = None, **kwargs: Any
+    ) -> None:
+        """``ref_cache``: where reference log-probs live (None: TRL's live reference forward). ``lengths``: per-row
+        token lengths of the training set for ``group_by_length`` (e.g. from the pre-flight audit)."""
+        kwargs = inspect.signature(DPOTrainer.__init__).bind(self, *args, **kwargs).arguments
+        kwargs.pop("self")
         for name in ("train_dataset", "eval_dataset"):
             if kwargs.get(name) is not None and ref_cache is not None:
                 kwargs[name] = add_pair_keys(kwargs[name])
-        super().__init__(*args, **kwargs)
+        config = kwargs.get("args")
+        self._grouped = getattr(config, "train_sampling_strategy", None) == "group_by_length"
+        if self._grouped:
+            kwargs["train_dataset"] = add_lengths(
+                kwargs.get("train_dataset"),
+                kwargs.get("processing_class"),
+                config.length_column_name,
+                getattr(config, "share_prompt_prefix", False),
+                lengths,
+            )
+        super().__init__(**kwargs)
         self.ref_cache = ref_cache
         self.reference_forwards = 0
         self.image_sharing: list[ImageFeatureSharing] = []
@@ -89,8 +128,10 @@ class SilkieDPOTrainer(DPOTrainer):
             self.data_collator.processor = ImageOnceProcessor(self.data_collator.processor)
             self.image_sharing = [ImageFeatureSharing(m) for m in (self.model, self.ref_model) if m is not None]
         self._reduce_activation_memory()
+        if ref_cache is not None or self._grouped:
+            length_column = self.args.length_column_name if self._grouped else None
+            self.data_collator = KitCollator(self.data_collator, length_column)
         if ref_cache is not None:
-            self.data_collator = PairKeyCollator(self.data_collator)
             self.add_callback(_ShareCacheEachEpoch(self))
 
     def _reduce_activation_memory(self) -> None:
@@ -108,6 +149,8 @@ class SilkieDPOTrainer(DPOTrainer):
         super()._set_signature_columns_if_needed()
         if self.ref_cache is not None and PAIR_KEY not in self._signature_columns:
             self._signature_columns.append(PAIR_KEY)
+        if self._grouped and self.args.length_column_name not in self._signature_columns:
+            self._signature_columns.append(self.args.length_column_name)
 
     def train(self, *args: Any, **kwargs: Any):
         """Fill the reference cache in one batched pass (when enabled), then train as TRL does."""
@@ -146,6 +189,10 @@ class SilkieDPOTrainer(DPOTrainer):
         missing = [i for i, key in enumerate(keys) if key not in self.ref_cache.values]
         if not missing:
             return 0
+        column = self.args.length_column_name
+        if column in self.train_dataset.column_names:  # longest first: little padding, and any OOM comes at once
+            lengths = self.train_dataset[column]
+            missing.sort(key=lambda i: -lengths[i])
         subset = self.train_dataset.select(missing)
         if self.accelerator.num_processes > 1:
             subset = subset.shard(self.accelerator.num_processes, self.accelerator.process_index, contiguous=True)
