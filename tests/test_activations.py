@@ -131,3 +131,12 @@ def test_save_matmuls_recomputes_no_large_product_and_keeps_the_gradients(tiny, 
 def test_unknown_checkpoint_policy_is_refused(tmp_path):
     with pytest.raises(ValueError, match="save_matmuls"):
         cpu_dpo_config(tmp_path, checkpoint_policy="everything")
+
+
+def test_selective_checkpointing_is_refused_under_zero3(tiny, tmp_path):
+    from types import SimpleNamespace
+
+    kit = trainer(tiny, tmp_path, activation_checkpointing=True, checkpoint_policy="save_matmuls")
+    kit.args.deepspeed_plugin = SimpleNamespace(zero_stage=3)  # what accelerate's zero3 config sets
+    with pytest.raises(ValueError, match="checkpoint_policy full with zero3"):
+        kit._reduce_activation_memory()

@@ -9,8 +9,15 @@ Both trainers get the same random-init model (a tiny model, or the public Qwen2-
 timed optimizer steps (per-device batch B, no accumulation); the step time is the median wall time between
 optimizer-step ends (data loading included). GPU numbers in BENCHMARKS.md before 2026-11-27 used the mean.
 
+Configurations (``CONFIGS``): ``trl-*`` is TRL's stock trainer; ``kit-b<B>`` the kit; ``-prefix`` adds prompt-prefix
+sharing, ``-ckpt`` full activation checkpointing, ``-sac`` the ``save_matmuls`` checkpointing policy (``-full<N>``:
+N layers fully checkpointed), ``-grouped`` ``train_sampling_strategy: group_by_length`` over 4x the rows, so the
+trained batches are exactly one sorted megabatch.
+
 Printed per configuration: pairs/s, LM tokens/s (non-padding tokens of chosen + rejected sequences), peak memory
-(GPU: ``max_memory_allocated``; CPU: the process's max RSS), MFU, and the losses of the timed steps. The kit's
+(GPU: ``max_memory_allocated`` over the timed steps — over all steps for ``-grouped``, whose warm-up steps get the
+longest batches; CPU: the process's max RSS), MFU, and the losses of the timed steps. A peak over ten steps is not
+an epoch's peak: the longest batch of an epoch decides that (``python -m training.memory`` predicts it). The kit's
 reference pass (one batched gradient-free pass over the pairs, cached for later epochs and runs) is timed apart and
 folded into ``pairs/s 3 ep``: the throughput of a 3-epoch run that pays the pass once.
 
@@ -92,7 +99,15 @@ DEFAULT_CONFIGS = {
     "kit-b1": {"trainer": "kit", "batch": 1, "checkpointing": False},
     "kit-b1-prefix": {"trainer": "kit", "batch": 1, "checkpointing": False, "prefix": True},
     "cpu": ["trl-default", "trl-b2", "kit-b2"],
-    "cuda": ["trl-default", "trl-b8", "kit-b2", "kit-b8", "kit-b8-ckpt"],
+    # the next GPU run (BENCHMARKS.md 2026-11-27): the baseline, then the candidates for >= 8 pairs/s under 40 GiB
+    "cuda": [
+        "trl-default",
+        "kit-b8",
+        "kit-b8-prefix-sac-grouped",
+        "kit-b8-prefix-sac-full4-grouped",
+        "kit-b12-prefix-sac-full4-grouped",
+        "kit-b16-ckpt-prefix",
+    ],
 }
 
 
@@ -278,7 +293,7 @@ def run_config(
             sync()
             self.ends.append(time.perf_counter())
             self.tokens.append(trainer._total_train_tokens)
-            if state.global_step == warmup and cuda:
+            if state.global_step == warmup and cuda and not spec.get("grouped"):  # grouped: warm-up = longest
                 torch.cuda.reset_peak_memory_stats()
 
     timer = Timer()

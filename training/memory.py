@@ -1,20 +1,26 @@
 """Activation-memory accounting of one DPO training step, on the CPU, for GPU shapes.
 
-    python -m training.memory --shape qwen2-vl-7b --layers 2 --configs kit-b1,kit-b1-prefix,trl-b1
+    python -m training.memory --shape qwen2-vl-7b --layers 2 --configs trl-b1,kit-b1,kit-b1-sac,kit-b1-prefix-sac
 
-A GPU step's peak memory is the weights and optimizer state plus the activations autograd saves for the backward
-pass. The saved activations do not depend on the device, so they can be counted on the CPU for the real widths
-with a few language-model layers: this script builds the ``training.bench`` model and trainer of each
-configuration (bf16 autocast, the Silkie LoRA, the same synthetic rows), runs one training forward under
-``torch.autograd.graph.saved_tensors_hooks``, and counts every distinct storage saved for backward that is not a
-parameter, by the module that saved it. Per-layer bytes are then scaled to the full depth::
+A GPU step's peak memory is the weights and optimizer state plus the activations kept for the backward pass. What
+is kept does not depend on the device, so it can be measured on the CPU at the real widths with a few language-
+model layers: this script builds the ``training.bench`` model and trainer of each configuration (bf16 autocast, the
+Silkie LoRA, the same synthetic rows) and runs one training forward, measuring
 
-    activations(B) = B x (layers x per_layer + rest)  (per pair; ``rest`` = embeddings, fused head, loss)
-    peak(B) ~ fixed + activations(B)                   (``fixed``: weights, LoRA weights, gradients, Adam state)
+- the growth of the resident set across each decoder layer (``MALLOC_MMAP_THRESHOLD_`` makes large tensors map and
+  unmap memory at once, so RSS follows live tensors) — valid for every checkpointing policy;
+- every distinct storage saved through autograd's saved-tensor hooks, by the module that saved it (a breakdown of
+  what a layer keeps; checkpointed regions keep theirs outside these hooks).
 
-It prints one JSON line per configuration and a table of predicted peaks for the batch sizes asked. This is the
-planning half of the GPU benchmark (``training.bench``), which measures the real peak; BENCHMARKS.md compares the
-two. Transient buffers of the backward pass (one layer's gradients at a time) are not counted.
+Per-layer bytes are scaled to the full depth and to the batch::
+
+    peak(B) ~ fixed + B x (layers x per_layer + rest)      per pair of the accounted pair's padded length
+            = fixed + B x layout_tokens_per_pair x per_token
+
+``fixed`` is the bf16 weights plus fp32 LoRA weights, gradients and Adam moments; ``layout_tokens`` are the tokens the
+language model really runs, padding included (2 padded rows per pair, or one packed row with prompt-prefix
+sharing). Against the GPU runs of 2026-11-26 this predicts the measured slope within 2% (BENCHMARKS.md). Transient
+buffers of the backward pass (one layer at a time) are not counted.
 """
 
 from __future__ import annotations
@@ -106,6 +112,18 @@ def saved_activations(model, step) -> tuple[dict[str, int], list[int], int, Any]
     return dict(by_kind), layer_growth, forward, loss
 
 
+def layout_length(inputs: dict, packed: bool) -> int:
+    """Tokens the language model really runs for a batch, padding included: 2B padded rows, or with prompt-prefix
+    sharing B packed rows of the longest prompt + chosen + 1 + rejected. Activation memory is proportional to it."""
+    mask = inputs["attention_mask"]
+    if not packed:
+        return mask.numel()
+    lengths, completion = mask.sum(-1), inputs["completion_mask"].sum(-1)
+    pairs = len(lengths) // 2
+    packed_lengths = lengths[:pairs] + completion[pairs:] + 1
+    return int(packed_lengths.max()) * pairs
+
+
 def fixed_bytes(shape: str, trainable: float) -> float:
     """Fixed bytes of the full-depth shape: bf16 weights of the public model plus fp32 LoRA weights, gradients and
     Adam's two moments."""
@@ -139,6 +157,7 @@ def account(shape: str, name: str, layers: int, vision_depth: int) -> dict:
         trainer.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, every_n_layers=every)
     inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     tokens = int(inputs["attention_mask"].sum())
+    layout_tokens = layout_length(inputs, getattr(trainer.args, "share_prompt_prefix", False))
     model = trainer.model
     model.train()
 
@@ -158,7 +177,8 @@ def account(shape: str, name: str, layers: int, vision_depth: int) -> dict:
     top = sorted(((k, v) for k, v in by_kind.items() if v >= 2**20 * batch / 10), key=lambda kv: -kv[1])
     return {
         "config": name, "shape": shape, "layers_run": layers, "layers_full": full_layers, "batch": batch,
-        "lm_tokens": tokens, "tokens_per_pair": tokens / batch,
+        "lm_tokens": tokens, "tokens_per_pair": tokens / batch, "layout_tokens_per_pair": layout_tokens / batch,
+        "per_layout_token_KiB": round((per_layer * full_layers + rest) / layout_tokens / 2**10, 1),
         "per_pair_per_layer_MiB": round(per_layer / batch / 2**20, 2),
         "per_pair_per_layer_saved_by_hooks_MiB": round(hooked_layer / batch / 2**20, 2),
         "per_pair_rest_MiB": round(rest / batch / 2**20, 2),
@@ -200,14 +220,18 @@ def main(argv: list[str] | None = None) -> None:
                 out.write(json.dumps(result) + "\n")
     batches = [int(b) for b in args.batches.split(",")]
     head = " | ".join(f"peak B={b}" for b in batches)
-    print(f"\n| config | tokens/pair | MiB/pair/layer | GiB/pair | fixed GiB | {head} |")
-    print("|---" * (5 + len(batches)) + "|")
+    print(f"\n| config | layout tokens/pair | KiB/token | MiB/pair/layer | GiB/pair | fixed GiB | {head} |")
+    print("|---" * (6 + len(batches)) + "|")
     for r in results:
         peaks = " | ".join(f"{r['fixed_full_GiB'] + b * r['per_pair_full_GiB']:.1f}" for b in batches)
         print(
-            f"| {r['config']} | {r['tokens_per_pair']:.0f} | {r['per_pair_per_layer_MiB']} | "
-            f"{r['per_pair_full_GiB']} | {r['fixed_full_GiB']} | {peaks} |"
+            f"| {r['config']} | {r['layout_tokens_per_pair']:.0f} | {r['per_layout_token_KiB']} | "
+            f"{r['per_pair_per_layer_MiB']} | {r['per_pair_full_GiB']} | {r['fixed_full_GiB']} | {peaks} |"
         )
+    print(
+        "\nPeaks are for pairs of the accounted pair's length; for other lengths: fixed GiB + B x (layout tokens "
+        "per pair) x KiB/token, with the layout tokens of the batch as padded (see BENCHMARKS.md)."
+    )
 
 
 if __name__ == "__main__":

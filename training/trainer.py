@@ -139,9 +139,17 @@ class SilkieDPOTrainer(DPOTrainer):
         autocast = (self.args.bf16 or self.args.fp16) and not self.is_deepspeed_enabled
         if getattr(self.args, "share_lora_inputs", True) and autocast:
             share_lora_inputs(self.model)
+        policy = getattr(self.args, "checkpoint_policy", "full")
+        plugin = self.args.deepspeed_plugin
+        if policy != "full" and plugin is not None and plugin.zero_stage == 3 and self.args.activation_checkpointing:
+            raise ValueError(
+                f"checkpoint_policy {policy} needs non-reentrant checkpointing, which TRL replaces with reentrant "
+                "checkpointing for LoRA under ZeRO-3 (and the kit has not run it there); use checkpoint_policy full "
+                "with zero3, or the zero2 / multi_gpu accelerate configs"
+            )
         enable_checkpoint_policy(
             self.model,
-            getattr(self.args, "checkpoint_policy", "full"),
+            policy,
             getattr(self.args, "full_checkpoint_layers", 0),
         )
 
