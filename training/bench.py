@@ -81,8 +81,8 @@ CONFIGS = {
             "trainer": "kit", "batch": batch, "checkpointing": True, "policy": "save_matmuls", "prefix": True,
             "full_layers": int(full.removeprefix("-full") or 0), "grouped": True,
         }
-        for batch in (2, 8, 12)
-        for full in ("", "-full4")
+        for batch in (2, 6, 8, 12)
+        for full in ("", "-full4", "-full8")
     },
     # ... with a few layers fully checkpointed, to fit a memory budget
     **{
@@ -103,9 +103,9 @@ DEFAULT_CONFIGS = {
     "cuda": [
         "trl-default",
         "kit-b8",
-        "kit-b8-prefix-sac-grouped",
+        "kit-b6-prefix-sac-grouped",
         "kit-b8-prefix-sac-full4-grouped",
-        "kit-b12-prefix-sac-full4-grouped",
+        "kit-b8-prefix-sac-full8-grouped",
         "kit-b16-ckpt-prefix",
     ],
 }

@@ -19,7 +19,7 @@ Per-layer bytes are scaled to the full depth and to the batch::
 
 ``fixed`` is the bf16 weights plus fp32 LoRA weights, gradients and Adam moments; ``layout_tokens`` are the tokens the
 language model really runs, padding included (2 padded rows per pair, or one packed row with prompt-prefix
-sharing). Against the GPU runs of 2026-11-26 this predicts the measured slope within 2% (BENCHMARKS.md). Transient
+sharing). It predicts the peaks measured on a GPU on 2026-11-26 within 1-4% (BENCHMARKS.md). Transient
 buffers of the backward pass (one layer at a time) are not counted.
 """
 
