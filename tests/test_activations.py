@@ -36,7 +36,9 @@ def trainer(tiny, tmp_path: Path, **overrides):
 
     model_dir, processor, dataset = tiny
     torch.manual_seed(0)
-    lora = LoraConfig(r=8, lora_alpha=16, target_modules=language_lora_targets(), init_lora_weights=False)
+    lora = LoraConfig(
+        r=8, lora_alpha=16, lora_dropout=0.05, target_modules=language_lora_targets(), init_lora_weights=False
+    )  # TRL's disable_dropout (default) sets the dropout to 0 unless a test turns it off
     run = tmp_path / f"run-{len(list(tmp_path.iterdir()))}"
     return SilkieDPOTrainer(
         model=AutoModelForImageTextToText.from_pretrained(model_dir),
@@ -140,3 +142,38 @@ def test_selective_checkpointing_is_refused_under_zero3(tiny, tmp_path):
     kit.args.deepspeed_plugin = SimpleNamespace(zero_stage=3)  # what accelerate's zero3 config sets
     with pytest.raises(ValueError, match="checkpoint_policy full with zero3"):
         kit._reduce_activation_memory()
+
+
+def test_every_n_layers_survives_trls_reference_forward(tiny, tmp_path):
+    """TRL re-enables checkpointing after a reference forward with the kwargs dict, every_n_layers inside it."""
+    from trl.models.utils import disable_gradient_checkpointing
+
+    for policy in ("full", "save_matmuls"):
+        kit = trainer(
+            tiny,
+            tmp_path,
+            activation_checkpointing=True,
+            activation_checkpointing_kwargs={"every_n_layers": 2, "use_reentrant": False},
+            checkpoint_policy=policy,
+        )
+        kit.model.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False}, every_n_layers=2
+        )  # as Trainer.train does
+        layers = [m for m in kit.model.modules() if type(m).__name__ == "Qwen2VLDecoderLayer"]
+        before = [m.gradient_checkpointing for m in layers]
+        assert not all(before)
+        with disable_gradient_checkpointing(kit.model, kit.args.gradient_checkpointing_kwargs):
+            pass
+        assert [m.gradient_checkpointing for m in layers] == before, policy
+
+
+def test_save_matmuls_refuses_offload_and_sharing_waits_for_dropout_free_training(tiny, tmp_path):
+    kit = trainer(tiny, tmp_path, activation_checkpointing=True, checkpoint_policy="save_matmuls")
+    with pytest.raises(ValueError, match="offload"):
+        kit.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"offload": True})
+    dropout = trainer(tiny, tmp_path, bf16=True, disable_dropout=False, max_steps=1)
+    assert all(getattr(m, "cast_input_dtype_enabled", True) for m in dropout.model.modules() if hasattr(m, "lora_A"))
+    plain = trainer(tiny, tmp_path, bf16=True, max_steps=1)
+    assert not any(getattr(m, "cast_input_dtype_enabled", True) for m in plain.model.modules() if hasattr(m, "lora_A"))
+    plain.train()  # shares while it trains, then gives PEFT its cast back for forwards outside autocast
+    assert all(getattr(m, "cast_input_dtype_enabled", True) for m in plain.model.modules() if hasattr(m, "lora_A"))

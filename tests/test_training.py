@@ -237,6 +237,9 @@ def test_group_by_length_uses_the_audit_lengths_and_pads_less(workspace, tmp_pat
                 assert [by_key[k] for k in batch["pair_keys"]] == rows.tolist()
             wasted += int(rows.max() * pairs - rows.sum())
             keys += batch["pair_keys"]
+        # evaluation stays in order (transformers would group it by a length column only the train set has)
+        evaluated = trainer.get_eval_dataloader(dataset.select(range(4)))
+        assert sum(len(batch["input_ids"]) // 2 for batch in evaluated) == 4
         return wasted, keys
 
     grouped, grouped_keys = padding("group_by_length", lengths=lengths)

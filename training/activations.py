@@ -2,19 +2,20 @@
 
 Measured with ``python -m training.memory`` on the 7B shape (see BENCHMARKS.md), a decoder layer without
 checkpointing keeps ~250 KiB per token, most of it the MLP's 18,944-wide intermediates (gate, up, SiLU and their
-product: four tensors), and one bf16 copy of each LoRA layer's input. Two levers, both exact:
+product: four tensors), and one bf16 copy of each LoRA layer's input. Two levers that leave the numbers unchanged:
 
 - :func:`share_lora_inputs` — under bf16/fp16 autocast, PEFT casts each LoRA layer's input to the adapter's fp32
   dtype and autocast casts it straight back, so every LoRA layer saves its own bf16 copy of an input that q/k/v (and
   gate/up) share. Turning PEFT's cast off gives the same numbers (bf16 -> fp32 -> bf16 is the identity) and lets
-  autograd keep one tensor.
+  autograd keep one tensor. Applied only without LoRA dropout (TRL's default), and only while training.
 - :func:`enable_checkpoint_policy` — selective activation checkpointing. ``save_matmuls`` keeps the outputs of the
   expensive matrix products (the base projections and attention) and recomputes everything else in the backward
   pass: norms, RoPE, SiLU, products, residual adds, and the rank-r LoRA up-projections, whose full-width outputs
   would cost as much memory as the base outputs for ~1/50 of their FLOPs. A layer then keeps about half of what it
   keeps without checkpointing, for a recompute that is mostly memory-bound element-wise work, against full
   checkpointing's second forward pass. ``save_attention`` is TRL's SFT policy (keep attention, recompute the rest);
-  ``full`` is torch's default (keep only each layer's input).
+  ``full`` is torch's default (keep only each layer's input). Random ops (LoRA dropout) replay the same random
+  state when recomputed, so the gradients are those of the un-checkpointed step.
 """
 
 from __future__ import annotations
@@ -34,15 +35,27 @@ _ATTENTION = (
 )
 
 
-def share_lora_inputs(model: torch.nn.Module) -> int:
-    """Turn off PEFT's per-layer input cast to the adapter dtype; returns how many LoRA layers changed.
+def lora_dropout_active(model: torch.nn.Module) -> bool:
+    """Whether any LoRA layer applies dropout (TRL's ``disable_dropout`` sets them all to 0)."""
+    return any(
+        getattr(dropout, "p", 0) > 0
+        for module in model.modules()
+        if isinstance(getattr(module, "lora_dropout", None), torch.nn.ModuleDict)
+        for dropout in module.lora_dropout.values()
+    )
 
-    Only valid under autocast (bf16/fp16 mixed precision), where autocast casts inputs and weights itself; the
-    trainer calls it only then."""
+
+def share_lora_inputs(model: torch.nn.Module, enabled: bool = True) -> int:
+    """Turn PEFT's per-layer input cast to the adapter dtype off (``enabled``) or back on; returns how many LoRA
+    layers changed.
+
+    Only valid under autocast (bf16/fp16 mixed precision), where autocast casts inputs and weights itself, and exact
+    only without LoRA dropout (with dropout each layer keeps its own dropped-out input anyway, and the dropout's
+    scaling would round in bf16 instead of fp32); the trainer applies it only then, and only while it trains."""
     changed = 0
     for module in model.modules():
         if hasattr(module, "lora_A") and hasattr(module, "_cast_input_dtype"):
-            module.cast_input_dtype_enabled = False
+            module.cast_input_dtype_enabled = not enabled
             changed += 1
     return changed
 
@@ -91,6 +104,7 @@ def enable_checkpoint_policy(model: torch.nn.Module, policy: str, full_layers: i
     if full_layers and policy != "save_matmuls":
         raise ValueError("full_checkpoint_layers only applies to checkpoint_policy save_matmuls")
     if policy == "full":
+        _wrap_enable(_pretrained(model))  # only reads every_n_layers / offload back out of the kwargs
         return
     if policy == "save_attention":
         from trl.models import enable_selective_activation_checkpointing
@@ -101,22 +115,39 @@ def enable_checkpoint_policy(model: torch.nn.Module, policy: str, full_layers: i
     from torch.utils.checkpoint import create_selective_checkpoint_contexts
 
     target = _pretrained(model)
-    if getattr(target.activation_checkpointing_enable, "_kit_policy", None) == policy:
-        return
-    original = target.activation_checkpointing_enable
     context_fn = partial(create_selective_checkpoint_contexts, save_matmuls_policy(lora_rank(model)))
+    _wrap_enable(target, context_fn, full_layers)
+
+
+def _wrap_enable(target: torch.nn.Module, context_fn=None, full_layers: int = 0) -> None:
+    """Wrap ``target.activation_checkpointing_enable`` (once; re-wrapping replaces the settings): inject
+    ``context_fn``, move ``full_layers`` layers to plain checkpointing, and read ``every_n_layers`` / ``offload`` out
+    of the kwargs dict, where TRL's ``disable_gradient_checkpointing`` passes them back when it re-enables
+    checkpointing after a reference forward (``torch.utils.checkpoint`` would otherwise swallow them)."""
+    enable = target.activation_checkpointing_enable
+    original = getattr(enable, "_kit_original", enable)
 
     def activation_checkpointing_enable(activation_checkpointing_kwargs=None, **kwargs):
         checkpoint_kwargs = dict(activation_checkpointing_kwargs or {})
-        checkpoint_kwargs["use_reentrant"] = False  # selective checkpointing works on saved-tensor hooks only
-        plain = partial(torch.utils.checkpoint.checkpoint, **checkpoint_kwargs)
-        checkpoint_kwargs["context_fn"] = context_fn
-        result = original(activation_checkpointing_kwargs=checkpoint_kwargs, **kwargs)
-        for layer in _spread(checkpointed_language_layers(target), full_layers):
-            layer._gradient_checkpointing_func = plain
+        for key in ("every_n_layers", "offload"):
+            if key in checkpoint_kwargs:
+                kwargs.setdefault(key, checkpoint_kwargs.pop(key))
+        if context_fn is not None:
+            if kwargs.get("offload"):
+                raise ValueError(
+                    "checkpoint_policy save_matmuls keeps its tensors outside save_on_cpu: drop "
+                    "activation_checkpointing_kwargs offload, or use checkpoint_policy full with offload"
+                )
+            checkpoint_kwargs["use_reentrant"] = False  # selective checkpointing works on saved-tensor hooks only
+            plain = partial(torch.utils.checkpoint.checkpoint, **checkpoint_kwargs)
+            checkpoint_kwargs["context_fn"] = context_fn
+        result = original(activation_checkpointing_kwargs=checkpoint_kwargs or None, **kwargs)
+        if context_fn is not None:
+            for layer in _spread(checkpointed_language_layers(target), full_layers):
+                layer._gradient_checkpointing_func = plain
         return result
 
-    activation_checkpointing_enable._kit_policy = policy
+    activation_checkpointing_enable._kit_original = original
     target.activation_checkpointing_enable = activation_checkpointing_enable
 
 

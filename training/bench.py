@@ -4,10 +4,12 @@
     python -m training.bench --shape qwen2-vl-7b --device cuda    # one H100/H200, bf16, random init
 
 Both trainers get the same random-init model (a tiny model, or the public Qwen2-VL 2B/7B shapes), the Silkie LoRA
-(r 64, alpha 16, language model only, vision frozen), beta 0.1, sdpa, and the same synthetic VLFeedback-like rows
-(one 448x448 image, a ~40-word prompt, 100-300-word answers). Each configuration runs ``--warmup`` then ``--steps``
-timed optimizer steps (per-device batch B, no accumulation); the step time is the median wall time between
-optimizer-step ends (data loading included). GPU numbers in BENCHMARKS.md before 2026-11-27 used the mean.
+(r 64, alpha 16, language model only, vision frozen; its dropout .05 is zeroed by TRL's default ``disable_dropout``
+as in the measured anchor, except in ``-dropout`` configurations), beta 0.1, sdpa, and the same synthetic rows
+(VLFeedback-like: one 448x448 image, a ~40-word prompt, 100-300-word answers). Each configuration runs
+``--warmup`` then ``--steps`` timed optimizer steps (per-device batch B, no accumulation); the step time is the
+median wall time between optimizer-step ends (data loading included). GPU numbers in BENCHMARKS.md before
+2026-11-27 used the mean.
 
 Configurations (``CONFIGS``): ``trl-*`` is TRL's stock trainer; ``kit-b<B>`` the kit; ``-prefix`` adds prompt-prefix
 sharing, ``-ckpt`` full activation checkpointing, ``-sac`` the ``save_matmuls`` checkpointing policy (``-full<N>``:
@@ -67,6 +69,13 @@ CONFIGS = {
     "kit-b8-prefix": {"trainer": "kit", "batch": 8, "checkpointing": False, "prefix": True},
     "kit-b16-ckpt-prefix": {"trainer": "kit", "batch": 16, "checkpointing": True, "prefix": True},
     "kit-b1-ckpt": {"trainer": "kit", "batch": 1, "checkpointing": True},
+    "kit-b1-dropout": {"trainer": "kit", "batch": 1, "checkpointing": False, "dropout": True},
+    "kit-b1-sac-dropout": {
+        "trainer": "kit", "batch": 1, "checkpointing": True, "policy": "save_matmuls", "dropout": True
+    },
+    "kit-b1-prefix-sac-dropout": {
+        "trainer": "kit", "batch": 1, "checkpointing": True, "policy": "save_matmuls", "prefix": True, "dropout": True
+    },
     # selective checkpointing: keep matrix-product and attention outputs, recompute element-wise work
     **{
         f"kit-b{batch}{'-prefix' if prefix else ''}-sac": {
@@ -237,6 +246,8 @@ def make_trainer(
     )
     if spec.get("grouped"):
         common["train_sampling_strategy"] = "group_by_length"
+    if spec.get("dropout"):  # the paper recipes' LoRA dropout; TRL's default disable_dropout sets it to 0
+        common["disable_dropout"] = False
     if spec.get("every_n_layers"):
         common["activation_checkpointing_kwargs"] = {"use_reentrant": False, "every_n_layers": spec["every_n_layers"]}
     lora = LoraConfig(r=64, lora_alpha=16, lora_dropout=0.05, target_modules=language_lora_targets())

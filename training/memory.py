@@ -203,6 +203,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         print("RESULT " + json.dumps(account(args.shape, args.child, args.layers, args.vision_depth)))
         return
+    from training.bench import CONFIGS
+
+    for name in args.configs.split(","):
+        if name not in CONFIGS:
+            raise SystemExit(f"unknown configuration {name!r}; see training.bench.CONFIGS")
+        if CONFIGS[name].get("full_layers"):
+            raise SystemExit(
+                f"{name}: a mix of fully and selectively checkpointed layers cannot be measured on {args.layers} "
+                "layers; account the -sac and -ckpt configurations and combine them per layer (BENCHMARKS.md)"
+            )
     env = {**os.environ, "TQDM_DISABLE": "1", "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
     results = []
     for name in args.configs.split(","):

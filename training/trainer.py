@@ -20,7 +20,7 @@ import torch
 from transformers import TrainerCallback
 from trl import DPOTrainer
 
-from training.activations import enable_checkpoint_policy, share_lora_inputs
+from training.activations import enable_checkpoint_policy, lora_dropout_active, share_lora_inputs
 from training.prefix_sharing import PrefixSharing
 from training.ref_cache import RefLogpCache, pair_key
 from training.shared_images import ImageFeatureSharing, ImageOnceProcessor
@@ -135,9 +135,15 @@ class SilkieDPOTrainer(DPOTrainer):
             self.add_callback(_ShareCacheEachEpoch(self))
 
     def _reduce_activation_memory(self) -> None:
-        """Apply ``share_lora_inputs`` (under autocast only) and the ``checkpoint_policy`` (training.activations)."""
-        autocast = (self.args.bf16 or self.args.fp16) and not self.is_deepspeed_enabled
-        if getattr(self.args, "share_lora_inputs", True) and autocast:
+        """Apply ``share_lora_inputs`` (under autocast, without LoRA dropout) and the ``checkpoint_policy``
+        (training.activations)."""
+        self._share_inputs = (
+            getattr(self.args, "share_lora_inputs", True)
+            and getattr(self.accelerator, "native_amp", False)  # the forward runs under torch autocast
+            and not self.is_deepspeed_enabled
+            and not lora_dropout_active(self.model)
+        )
+        if self._share_inputs:
             share_lora_inputs(self.model)
         policy = getattr(self.args, "checkpoint_policy", "full")
         plugin = self.args.deepspeed_plugin
@@ -153,6 +159,12 @@ class SilkieDPOTrainer(DPOTrainer):
             getattr(self.args, "full_checkpoint_layers", 0),
         )
 
+    def _get_eval_sampler(self, eval_dataset):
+        """Evaluation in order: transformers would length-group it too, from a column only the train set has."""
+        if self._grouped and eval_dataset is not None:
+            return torch.utils.data.SequentialSampler(eval_dataset)
+        return super()._get_eval_sampler(eval_dataset)
+
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
         if self.ref_cache is not None and PAIR_KEY not in self._signature_columns:
@@ -164,12 +176,17 @@ class SilkieDPOTrainer(DPOTrainer):
         """Fill the reference cache in one batched pass (when enabled), then train as TRL does."""
         if self.ref_cache is not None and getattr(self.args, "ref_precompute", True) and self._covers_dataset():
             self.precompute_reference()
+        if self._share_inputs:
+            share_lora_inputs(self.model)
         try:
             result = super().train(*args, **kwargs)
         except BaseException:
             if self.ref_cache is not None and self.accelerator.is_main_process:
                 self.ref_cache.save()  # keep what this process computed for the next run
             raise
+        finally:
+            if self._share_inputs:  # forwards outside the trainer's autocast need PEFT's cast back
+                share_lora_inputs(self.model, enabled=False)
         if self.ref_cache is not None:
             self._gather_cache()  # entries filled lazily by other ranks
             if self.accelerator.is_main_process:
@@ -203,7 +220,8 @@ class SilkieDPOTrainer(DPOTrainer):
             missing.sort(key=lambda i: -lengths[i])
         subset = self.train_dataset.select(missing)
         if self.accelerator.num_processes > 1:
-            subset = subset.shard(self.accelerator.num_processes, self.accelerator.process_index, contiguous=True)
+            # strided after the longest-first sort, so every rank gets an even share of long rows
+            subset = subset.shard(self.accelerator.num_processes, self.accelerator.process_index, contiguous=False)
         subset = self._remove_unused_columns(subset, description="reference pass")
         batch_size = getattr(self.args, "ref_batch_size", None) or 2 * self.args.per_device_train_batch_size
         loader = DataLoader(
