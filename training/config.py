@@ -67,8 +67,9 @@ class SilkieDPOConfig(DPOConfig):
     share_lora_inputs: bool = field(
         default=True,
         metadata={
-            "help": "Under bf16/fp16 autocast, let LoRA layers use their input as is instead of an fp32 copy that "
-            "autocast casts back (same numbers; one saved activation per input instead of one per LoRA layer)."
+            "help": "Under bf16/fp16 autocast and without LoRA dropout, let LoRA layers use their input as is "
+            "instead of an fp32 copy that autocast casts back (same numbers; one saved activation per input instead "
+            "of one per LoRA layer)."
         },
     )
     checkpoint_policy: str = field(
