@@ -69,14 +69,17 @@ def save_matmuls_policy(recompute_reduction: int = 0):
     ``recompute_reduction`` (the largest LoRA rank: LoRA's up-projections are recomputed); recompute the rest."""
     from torch.utils.checkpoint import CheckpointPolicy
 
+    save, recompute = CheckpointPolicy.MUST_SAVE, CheckpointPolicy.PREFER_RECOMPUTE
+    by_op: dict = {}  # every other op's decision depends on the op alone: decide it once (this runs for every op)
+
     def policy(ctx, op, *args, **kwargs):
-        if op in _ATTENTION_OPS or "flash_attn" in str(op):
-            return CheckpointPolicy.MUST_SAVE
         if op in _MATMUL_OPS:
             left = args[1] if op in _BIASED else args[0]
-            if left.shape[-1] > recompute_reduction:
-                return CheckpointPolicy.MUST_SAVE
-        return CheckpointPolicy.PREFER_RECOMPUTE
+            return save if left.shape[-1] > recompute_reduction else recompute
+        decision = by_op.get(op)
+        if decision is None:
+            decision = by_op[op] = save if op in _ATTENTION_OPS or "flash_attn" in str(op) else recompute
+        return decision
 
     return policy
 
