@@ -179,3 +179,15 @@ def test_save_matmuls_refuses_offload_and_sharing_waits_for_dropout_free_trainin
     assert not any(getattr(m, "cast_input_dtype_enabled", True) for m in plain.model.modules() if hasattr(m, "lora_A"))
     plain.train()  # shares while it trains, then gives PEFT its cast back for forwards outside autocast
     assert all(getattr(m, "cast_input_dtype_enabled", True) for m in plain.model.modules() if hasattr(m, "lora_A"))
+
+
+def test_layout_length_counts_padding_as_the_model_runs_it():
+    from training.memory import layout_length
+
+    # two pairs: rows are [chosen 1, chosen 2, rejected 1, rejected 2], padded to 6; prompts of 3 and 2 tokens
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
+    completion = torch.tensor([[0, 0, 0, 1, 1, 0], [0, 0, 1, 0, 0, 0], [0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 0, 0]])
+    inputs = {"attention_mask": mask, "completion_mask": completion}
+    assert layout_length(inputs, packed=False) == 4 * 6
+    # packed rows: prompt + chosen + 1 + rejected = 3 + 2 + 1 + 3 = 9 and 2 + 1 + 1 + 2 = 6, padded to 9
+    assert layout_length(inputs, packed=True) == 2 * 9
