@@ -340,6 +340,24 @@ def run_config(
     }  # fmt: skip
 
 
+def child_result(command: list[str], env: dict[str, str]) -> tuple[dict | None, str]:
+    """Run one configuration in a child process: its ``RESULT {json}`` line parsed (None if it failed), and its
+    stderr."""
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode or not lines:
+        return None, done.stderr
+    return json.loads(lines[-1][len("RESULT ") :]), done.stderr
+
+
+def emit(result: dict, out: Path | None) -> None:
+    """Print one result as a JSON line, and append it to ``out`` when given."""
+    print(json.dumps(result), flush=True)
+    if out:
+        with out.open("a") as file:
+            file.write(json.dumps(result) + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run each configuration in its own process and print one JSON line each, then a Markdown table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -380,17 +398,11 @@ def main(argv: list[str] | None = None) -> None:
             "--child",
             name,
         ]
-        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
-        lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-        if done.returncode or not lines:
-            result = {"config": name, "shape": args.shape, "error": done.stderr.strip().splitlines()[-1:]}
-        else:
-            result = json.loads(lines[-1][len("RESULT ") :])
+        result, stderr = child_result(command, {**os.environ, "TQDM_DISABLE": "1"})
+        if result is None:
+            result = {"config": name, "shape": args.shape, "error": stderr.strip().splitlines()[-1:]}
         results.append(result)
-        print(json.dumps(result), flush=True)
-        if args.out:
-            with args.out.open("a") as out:
-                out.write(json.dumps(result) + "\n")
+        emit(result, args.out)
     print("\n| config | batch | ckpt | step s | pairs/s | pairs/s 3 ep | LM tokens/s | peak GiB | MFU |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:

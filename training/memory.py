@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 from collections import defaultdict
@@ -203,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         print("RESULT " + json.dumps(account(args.shape, args.child, args.layers, args.vision_depth)))
         return
-    from training.bench import CONFIGS
+    from training.bench import CONFIGS, child_result, emit
 
     for name in args.configs.split(","):
         if name not in CONFIGS:
@@ -218,16 +217,11 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.configs.split(","):
         command = [sys.executable, "-m", "training.memory", "--shape", args.shape, "--layers", str(args.layers),
                    "--vision-depth", str(args.vision_depth), "--child", name]  # fmt: skip
-        done = subprocess.run(command, capture_output=True, text=True, env=env)
-        lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-        if done.returncode or not lines:
-            raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
-        result = json.loads(lines[-1][len("RESULT ") :])
+        result, stderr = child_result(command, env)
+        if result is None:
+            raise SystemExit(f"{name} failed:\n{stderr[-3000:]}")
         results.append(result)
-        print(json.dumps(result), flush=True)
-        if args.out:
-            with args.out.open("a") as out:
-                out.write(json.dumps(result) + "\n")
+        emit(result, args.out)
     batches = [int(b) for b in args.batches.split(",")]
     head = " | ".join(f"peak B={b}" for b in batches)
     print(f"\n| config | layout tokens/pair | KiB/token | MiB/pair/layer | GiB/pair | fixed GiB | {head} |")
