@@ -26,8 +26,16 @@ import torch
 import torch.utils.checkpoint
 
 CHECKPOINT_POLICIES = ("full", "save_attention", "save_matmuls")
-_MATMULS = ("mm", "addmm", "bmm", "baddbmm")
-_ATTENTION = (
+
+
+def _packets(*names: str) -> set:
+    """The default overloads of the aten ops named (those this torch build has)."""
+    return {packet.default for name in names if (packet := getattr(torch.ops.aten, name, None)) is not None}
+
+
+_MATMUL_OPS = _packets("mm", "addmm", "bmm", "baddbmm")
+_BIASED = _packets("addmm", "baddbmm")  # (bias, left, right): the left operand is the second argument
+_ATTENTION_OPS = _packets(
     "_scaled_dot_product_flash_attention",
     "_scaled_dot_product_efficient_attention",
     "_scaled_dot_product_cudnn_attention",
@@ -60,10 +68,6 @@ def share_lora_inputs(model: torch.nn.Module, enabled: bool = True) -> int:
     return changed
 
 
-def _packets(names: tuple[str, ...]) -> set:
-    return {packet.default for name in names if (packet := getattr(torch.ops.aten, name, None)) is not None}
-
-
 def save_matmuls_policy(recompute_reduction: int = 0):
     """SAC policy: keep attention outputs and the outputs of matrix products whose reduction dimension exceeds
     ``recompute_reduction`` (the largest LoRA rank: LoRA's up-projections are recomputed); recompute the rest."""
@@ -88,11 +92,6 @@ def lora_rank(model: torch.nn.Module) -> int:
     """The largest LoRA rank in ``model`` (0 without LoRA)."""
     layers = [module.r for module in model.modules() if isinstance(getattr(module, "r", None), dict)]
     return max((rank for ranks in layers for rank in ranks.values()), default=0)
-
-
-_MATMUL_OPS = _packets(_MATMULS)
-_BIASED = _packets(("addmm", "baddbmm"))
-_ATTENTION_OPS = _packets(_ATTENTION)
 
 
 def enable_checkpoint_policy(model: torch.nn.Module, policy: str, full_layers: int = 0) -> None:
