@@ -145,7 +145,7 @@ def account(shape: str, name: str, layers: int, vision_depth: int) -> dict:
         raise SystemExit(f"--shape must be one of {', '.join(QWEN2_VL_SHAPES)}")
     batch = CONFIGS[name]["batch"]
     work = Path(tempfile.mkdtemp(prefix="vlf-memory-"))
-    trainer, (n_lm, n_vit) = make_trainer(
+    trainer, _ = make_trainer(
         shape, name, "cpu", work, batch, 1, ref_factor=1, layers=layers, vision_depth=vision_depth
     )
     if getattr(trainer, "ref_cache", None) is not None:
@@ -171,17 +171,18 @@ def account(shape: str, name: str, layers: int, vision_depth: int) -> dict:
     per_layer = sorted(layer_growth)[len(layer_growth) // 2]  # median layer
     rest = forward - sum(layer_growth)
     full_layers = QWEN2_VL_SHAPES[shape]["num_hidden_layers"]
+    full_depth = per_layer * full_layers + rest  # bytes kept by the whole batch at the model's real depth
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad) * full_layers / layers
     hooked_layer = sum(v for k, v in by_kind.items() if k.startswith("layers.N.")) / layers
     top = sorted(((k, v) for k, v in by_kind.items() if v >= 2**20 * batch / 10), key=lambda kv: -kv[1])
     return {
         "config": name, "shape": shape, "layers_run": layers, "layers_full": full_layers, "batch": batch,
         "lm_tokens": tokens, "tokens_per_pair": tokens / batch, "layout_tokens_per_pair": layout_tokens / batch,
-        "per_layout_token_KiB": round((per_layer * full_layers + rest) / layout_tokens / 2**10, 1),
+        "per_layout_token_KiB": round(full_depth / layout_tokens / 2**10, 1),
         "per_pair_per_layer_MiB": round(per_layer / batch / 2**20, 2),
         "per_pair_per_layer_saved_by_hooks_MiB": round(hooked_layer / batch / 2**20, 2),
         "per_pair_rest_MiB": round(rest / batch / 2**20, 2),
-        "per_pair_full_GiB": round((per_layer * full_layers + rest) / batch / 2**30, 3),
+        "per_pair_full_GiB": round(full_depth / batch / 2**30, 3),
         "fixed_full_GiB": round(fixed_bytes(shape, trainable) / 2**30, 2),
         "saved_by_hooks_per_pair_MiB": {k: round(v / batch / 2**20, 2) for k, v in top},
         "layer_growth_MiB": [round(g / 2**20, 1) for g in layer_growth],
