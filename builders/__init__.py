@@ -1,1 +1,2 @@
-"""builders: the VLFeedback dataset — schema, ingest, sample, pairing, feedback pipeline, Hub-ready writer."""
+"""vlfeedback_kit.builders: the VLFeedback dataset — schema, ingest, sample, pairing, feedback
+pipeline, Hub-ready writer."""

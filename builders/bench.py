@@ -1,6 +1,6 @@
 """Dataset-building benchmark: ``build`` throughput and memory on a scaled synthetic release, and 80K pair selection.
 
-    python -m builders.bench --rows 20000 --rows 5000 --pair-instructions 80000
+    python -m vlfeedback_kit.builders.bench --rows 20000 --rows 5000 --pair-instructions 80000
 
 For each ``--rows`` value it writes a release in the original layout (realistic rows: 4 responses of 100–300 words
 and 12 rationales; JPEGs of ~40 KB), runs ``vlfeedback build`` in a child process and reports rows/s, input MB/s
@@ -104,7 +104,7 @@ def write_synthetic_release(folder: Path, rows: int, images: list[bytes], seed: 
 
 
 _CHILD = (
-    "import resource, sys; from builders.cli import main; rc = main(sys.argv[1:]); "
+    "import resource, sys; from vlfeedback_kit.cli import main; rc = main(sys.argv[1:]); "
     "print('MAXRSS_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(rc)"
 )
 
@@ -147,8 +147,8 @@ def bench_pairs(instructions: int, seed: int = 0) -> dict:
     """Time ``all-pairs`` selection and TRL-row materialisation for ``instructions`` × 4 responses."""
     import pyarrow as pa
 
-    from builders.features import ASPECTS, RAW_FEATURES
-    from builders.pairing import PairingPolicy, materialize_pairs, response_table, select_pairs
+    from vlfeedback_kit.builders.features import ASPECTS, RAW_FEATURES
+    from vlfeedback_kit.builders.pairing import PairingPolicy, materialize_pairs, response_table, select_pairs
 
     rng = np.random.default_rng(seed)
     n = instructions * 4

@@ -26,9 +26,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from builders.errors import UserError
-from builders.features import ASPECTS, PAIR_FEATURES, RAW_FEATURES
-from builders.pairing import (
+from vlfeedback_kit.builders.features import ASPECTS, PAIR_FEATURES, RAW_FEATURES
+from vlfeedback_kit.builders.pairing import (
     PAIR_ARROW_SCHEMA,
     PRESETS,
     PairingPolicy,
@@ -37,9 +36,15 @@ from builders.pairing import (
     response_table,
     select_pairs,
 )
-from builders.sources import Record, open_source
-from builders.validate import REJECT_REASONS, Reject, RowStats, canonical_row, check_image
-from builders.writer import DEFAULT_MAX_SHARD_BYTES, PAIR_ROW_GROUP_ROWS, RAW_ROW_GROUP_ROWS, ShardWriter
+from vlfeedback_kit.builders.sources import Record, open_source
+from vlfeedback_kit.builders.validate import REJECT_REASONS, Reject, RowStats, canonical_row, check_image
+from vlfeedback_kit.builders.writer import (
+    DEFAULT_MAX_SHARD_BYTES,
+    PAIR_ROW_GROUP_ROWS,
+    RAW_ROW_GROUP_ROWS,
+    ShardWriter,
+)
+from vlfeedback_kit.errors import UserError
 
 REPORT_FILE = "build_report.json"
 REJECTS_FILE = "rejects.jsonl"
@@ -307,6 +312,6 @@ def write_json(path: Path, data: dict) -> None:
 
 def write_card(folder: Path) -> None:
     """Render the dataset card (README.md with the ``configs`` YAML) from the folder's own records."""
-    from cards.dataset import render_dataset_card
+    from vlfeedback_kit.cards.dataset import render_dataset_card
 
     render_dataset_card(folder).save(folder / "README.md")

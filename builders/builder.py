@@ -4,13 +4,14 @@ The published form of the dataset is Parquet with ``configs`` declared in the RE
 loading scripts, and the Hub's viewer reads Parquet). This class is the same pipeline behind ``datasets``' builder
 API — instantiate it with a source, ``download_and_prepare()``, ``as_dataset()``::
 
-    from builders.builder import VLFeedback
+    from vlfeedback_kit.builders.builder import VLFeedback
 
     builder = VLFeedback(config_name="best-vs-worst", source="sample_release", min_margin=1.0)
     builder.download_and_prepare()
     pairs = builder.as_dataset(split="train")
 
-Every :class:`~builders.pairing.PairingPolicy` option is a config field, so any policy is one keyword away.
+Every :class:`~vlfeedback_kit.builders.pairing.PairingPolicy` option is a config field, so any policy is one keyword
+away.
 """
 
 from __future__ import annotations
@@ -25,11 +26,11 @@ import datasets
 import pyarrow as pa
 from datasets.builder import Key
 
-from builders.build import RejectLog, batched, canonical_rows, split_of
-from builders.errors import UserError
-from builders.features import PAIR_FEATURES, RAW_FEATURES
-from builders.pairing import PRESETS, PairingPolicy, materialize_pairs, response_table, select_pairs
-from builders.sources import open_source
+from vlfeedback_kit.builders.build import RejectLog, batched, canonical_rows, split_of
+from vlfeedback_kit.builders.features import PAIR_FEATURES, RAW_FEATURES
+from vlfeedback_kit.builders.pairing import PRESETS, PairingPolicy, materialize_pairs, response_table, select_pairs
+from vlfeedback_kit.builders.sources import open_source
+from vlfeedback_kit.errors import UserError
 
 logger = logging.getLogger(__name__)
 _POLICY_FIELDS = tuple(f.name for f in dataclasses.fields(PairingPolicy))

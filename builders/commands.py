@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from builders.errors import UserError
+from vlfeedback_kit.errors import UserError
 
 PAIRS_HELP = (
     "extra pairing config: a preset (best-vs-worst, best-vs-random, best-vs-all, margin-1, length-balanced) or "
@@ -64,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _parse_policies(specs: list[str]) -> dict:
-    from builders.pairing import parse_policy_spec
+    from vlfeedback_kit.builders.pairing import parse_policy_spec
 
     policies = {}
     for spec in specs:
@@ -79,7 +79,7 @@ def _parse_policies(specs: list[str]) -> dict:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from builders.sample import write_sample
+    from vlfeedback_kit.builders.sample import write_sample
 
     summary = write_sample(args.out, num_instructions=args.num_instructions, seed=args.seed, overwrite=args.overwrite)
     print(f"wrote {summary['instructions']} instructions in the original release layout to {args.out}")
@@ -88,7 +88,7 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from builders.build import BuildOptions, build
+    from vlfeedback_kit.builders.build import BuildOptions, build
 
     options = BuildOptions(
         source=args.source,
@@ -120,7 +120,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _pairs(args: argparse.Namespace) -> int:
-    from builders.hub_folder import add_pairing_config
+    from vlfeedback_kit.builders.hub_folder import add_pairing_config
 
     ((name, policy),) = _parse_policies([args.spec]).items()
     record = add_pairing_config(args.folder, name, policy, dry_run=args.dry_run, overwrite=args.overwrite)
@@ -130,7 +130,7 @@ def _pairs(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from builders.inspect import format_summary, summarize
+    from vlfeedback_kit.builders.inspect import format_summary, summarize
 
     summary = summarize(args.target, revision=args.revision)
     print(json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary))

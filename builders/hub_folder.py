@@ -10,10 +10,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from builders.build import POLICIES_FILE, RAW_CONFIG, REPORT_FILE, write_card, write_json
-from builders.errors import UserError
-from builders.features import PAIR_FEATURES
-from builders.pairing import (
+from vlfeedback_kit.builders.build import POLICIES_FILE, RAW_CONFIG, REPORT_FILE, write_card, write_json
+from vlfeedback_kit.builders.features import PAIR_FEATURES
+from vlfeedback_kit.builders.pairing import (
     PAIR_ARROW_SCHEMA,
     PairingPolicy,
     materialize_pairs,
@@ -21,7 +20,8 @@ from builders.pairing import (
     response_table,
     select_pairs,
 )
-from builders.writer import PAIR_ROW_GROUP_ROWS, ShardWriter
+from vlfeedback_kit.builders.writer import PAIR_ROW_GROUP_ROWS, ShardWriter
+from vlfeedback_kit.errors import UserError
 
 
 def read_records(folder: Path) -> tuple[dict, dict]:

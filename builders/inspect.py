@@ -14,8 +14,8 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from builders.errors import UserError
-from builders.features import ASPECTS
+from vlfeedback_kit.builders.features import ASPECTS
+from vlfeedback_kit.errors import UserError
 
 MARGIN_BINS = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.01)
 

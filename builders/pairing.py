@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from builders.features import ASPECTS, PAIR_FEATURES
+from vlfeedback_kit.builders.features import ASPECTS, PAIR_FEATURES
 
 STRATEGIES: tuple[str, ...] = ("all-pairs", "best-vs-worst", "best-vs-random", "best-vs-all")
 AGGREGATIONS: tuple[str, ...] = ("mean", "min", "weighted", *ASPECTS)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from builders.features import RATING_RANGE
+from vlfeedback_kit.builders.features import RATING_RANGE
 
 _INTEGRAL = re.compile(r"^\s*([+-]?\d+)(?:\.0*)?\s*$")
 

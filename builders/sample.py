@@ -1,6 +1,6 @@
 """The kit's embedded sample: a small, deterministic VLFeedback in the original release layout, drawn procedurally.
 
-    python -c "from builders.sample import write_sample; print(write_sample('data/sample'))"
+    python -c "from vlfeedback_kit.builders.sample import write_sample; print(write_sample('data/sample'))"
 
 writes ``vlfeedback_sample.jsonl`` and ``merged_images/<id>.jpg`` exactly as the Dec 2023 Hub release lays them out.
 Each image shows coloured shapes and one printed word, so the answer to every question about it is known. The
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from builders.errors import UserError
+from vlfeedback_kit.errors import UserError
 
 JSONL_NAME = "vlfeedback_sample.jsonl"
 IMAGES_DIR = "merged_images"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from builders.errors import UserError
+from vlfeedback_kit.errors import UserError
 
 RELEASE_JSONL = "vlfeedback_80k.jsonl"
 IMAGE_DIR = "merged_images"
@@ -90,7 +90,7 @@ class ReleaseFolder:
 
     def records(self) -> Iterator[Record]:
         """Every line of the jsonl as a Record (blank lines are skipped and not rows)."""
-        from builders.validate import Reject, check_id
+        from vlfeedback_kit.builders.validate import Reject, check_id
 
         where = self.jsonl.name
         with self.jsonl.open("rb") as lines:

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 from PIL import Image, UnidentifiedImageError
 
-from builders.features import ASPECTS, source_of
-from builders.ratings import parse_rating
+from vlfeedback_kit.builders.features import ASPECTS, source_of
+from vlfeedback_kit.builders.ratings import parse_rating
 
 REJECT_REASONS: dict[str, str] = {
     "invalid_utf8": "the line is not valid UTF-8; re-export the file as UTF-8",

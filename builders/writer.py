@@ -73,7 +73,7 @@ class ShardWriter:
 
     Rows arrive in batches and leave in row groups of at most ``row_group_rows``; a new shard starts past
     ``max_shard_bytes``. With ``shared_images`` the ``images`` column arrives dictionary-encoded (the pairs of one
-    instruction index one image, see ``builders.pairing.materialize_pairs``) and each row group keeps exactly the
+    instruction index one image, see ``pairing.materialize_pairs``) and each row group keeps exactly the
     images its rows use: Parquet stores every image once per row group, and nothing is copied or hashed.
     """
 

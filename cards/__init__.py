@@ -1,1 +1,1 @@
-"""cards: dataset and model cards rendered from data, and publishing versions to the Hub."""
+"""vlfeedback_kit.cards: dataset and model cards rendered from data, and publishing versions to the Hub."""

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow.parquet as pq
 
-from cards.dataset import JUDGE_FILE, PAPER_JUDGE
+from vlfeedback_kit.cards.dataset import JUDGE_FILE, PAPER_JUDGE
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem

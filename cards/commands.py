@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from cards.publish import Outcome, Release
+    from vlfeedback_kit.cards.publish import Outcome, Release
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -66,7 +66,7 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _card_dataset(args: argparse.Namespace) -> int:
-    from cards.dataset import render_dataset_card
+    from vlfeedback_kit.cards.dataset import render_dataset_card
 
     render_dataset_card(args.folder, repo_id=args.repo).save(args.folder / "README.md")
     print(f"wrote {args.folder / 'README.md'} and its figures in {args.folder / 'assets'}")
@@ -74,7 +74,7 @@ def _card_dataset(args: argparse.Namespace) -> int:
 
 
 def _card_model(args: argparse.Namespace) -> int:
-    from cards.model import LICENSE, render_model_card
+    from vlfeedback_kit.cards.model import LICENSE, render_model_card
 
     card = render_model_card(
         args.run_dir, repo_id=args.repo, eval_results=args.eval_results, license=args.license or LICENSE
@@ -85,13 +85,13 @@ def _card_model(args: argparse.Namespace) -> int:
 
 
 def _release(args: argparse.Namespace, repo_type: str) -> Release:
-    from cards.publish import Release
+    from vlfeedback_kit.cards.publish import Release
 
     return Release(args.repo, args.version, repo_type=repo_type, branch=args.revision, private=args.private)
 
 
 def _publish_dataset(args: argparse.Namespace) -> int:
-    from cards.publish import publish_dataset
+    from vlfeedback_kit.cards.publish import publish_dataset
 
     outcome = publish_dataset(
         args.folder, _release(args, "dataset"), dry_run=args.dry_run, include_rejects=args.include_rejects
@@ -100,7 +100,7 @@ def _publish_dataset(args: argparse.Namespace) -> int:
 
 
 def _publish_model(args: argparse.Namespace) -> int:
-    from cards.publish import publish_model
+    from vlfeedback_kit.cards.publish import publish_model
 
     outcome = publish_model(
         args.run_dir,

@@ -20,8 +20,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from builders.features import ASPECTS, PAIR_FEATURES
-from cards.plots import RATING_LABELS, rating_distribution_plot, slug
+from vlfeedback_kit.builders.features import ASPECTS, PAIR_FEATURES
+from vlfeedback_kit.cards.plots import RATING_LABELS, rating_distribution_plot, slug
 
 TEMPLATES = Path(__file__).parent / "templates"
 TEMPLATE = TEMPLATES / "dataset_card.md"

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from builders.errors import UserError
-from cards.dataset import CITATION, TEMPLATES
+from vlfeedback_kit.cards.dataset import CITATION, TEMPLATES
+from vlfeedback_kit.errors import UserError
 
 TEMPLATE = TEMPLATES / "model_card.md"
 RUN_INFO = "run_info.json"

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from builders.errors import UserError
+from vlfeedback_kit.errors import UserError
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
@@ -290,8 +290,14 @@ def publish_dataset(
     from fsspec.implementations.local import LocalFileSystem
     from huggingface_hub import HfFileSystem
 
-    from cards.changelog import changelog_section, compare, first_release_entry, format_entry, read_snapshot
-    from cards.dataset import render_dataset_card
+    from vlfeedback_kit.cards.changelog import (
+        changelog_section,
+        compare,
+        first_release_entry,
+        format_entry,
+        read_snapshot,
+    )
+    from vlfeedback_kit.cards.dataset import render_dataset_card
 
     folder = Path(folder)
     missing = [
@@ -324,7 +330,7 @@ def publish_model(
     license: str | None = None,
 ) -> Outcome:
     """Publish a run dir as ``release``: card pointing at the repo and tag, one commit, tag."""
-    from cards.model import LICENSE, read_run, render_model_card
+    from vlfeedback_kit.cards.model import LICENSE, read_run, render_model_card
 
     read_run(Path(run_dir))
     api, state, previous = prepare(release, dry_run)

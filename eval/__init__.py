@@ -1,1 +1,1 @@
-"""eval: benchmark scoring and base-vs-Silkie comparisons."""
+"""vlfeedback_kit.eval: benchmark scoring and base-vs-Silkie comparisons."""

@@ -7,8 +7,8 @@ import torch
 from support.dpo import cpu_dpo_config
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from training.activations import lora_rank
-from training.memory import saved_activations
+from vlfeedback_kit.training.activations import lora_rank
+from vlfeedback_kit.training.memory import saved_activations
 
 MATMULS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default}
 
@@ -17,8 +17,8 @@ MATMULS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.at
 def tiny(tmp_path_factory):
     from transformers import AutoProcessor
 
-    from training.bench import synthetic_pairs
-    from training.tiny_model import build_tiny_model
+    from vlfeedback_kit.training.bench import synthetic_pairs
+    from vlfeedback_kit.training.tiny_model import build_tiny_model
 
     root = tmp_path_factory.mktemp("activations")
     model_dir = build_tiny_model("qwen2_vl", root / "model")
@@ -30,9 +30,9 @@ def trainer(tiny, tmp_path: Path, **overrides):
     from peft import LoraConfig
     from transformers import AutoModelForImageTextToText
 
-    from training.freeze import language_lora_targets
-    from training.ref_cache import RefLogpCache
-    from training.trainer import SilkieDPOTrainer
+    from vlfeedback_kit.training.freeze import language_lora_targets
+    from vlfeedback_kit.training.ref_cache import RefLogpCache
+    from vlfeedback_kit.training.trainer import SilkieDPOTrainer
 
     model_dir, processor, dataset = tiny
     torch.manual_seed(0)
@@ -85,7 +85,7 @@ def test_share_lora_inputs_is_exact_under_autocast_and_saves_less(tiny, tmp_path
     stock_loss, stock_grads, stock_saved, _ = one_step(trainer(tiny, tmp_path, bf16=True, share_lora_inputs=False))
     kit = trainer(tiny, tmp_path, bf16=True)
     loss, grads, saved, _ = one_step(kit)
-    assert not any(getattr(m, "cast_input_dtype_enabled", True) for m in kit.model.modules() if hasattr(m, "lora_A"))
+    assert not any(m.cast_input_dtype_enabled for m in kit.model.modules() if hasattr(m, "lora_A"))
     assert loss == stock_loss
     assert grads.keys() == stock_grads.keys() and len(grads) == 28  # 7 projections x A/B x 2 layers
     assert all(torch.equal(grads[name], stock_grads[name]) for name in grads)
@@ -94,7 +94,7 @@ def test_share_lora_inputs_is_exact_under_autocast_and_saves_less(tiny, tmp_path
 
 def test_share_lora_inputs_stays_off_without_autocast(tiny, tmp_path):
     kit = trainer(tiny, tmp_path)  # fp32: PEFT's cast is what makes mixed dtypes work, so it stays
-    assert all(getattr(m, "cast_input_dtype_enabled", True) for m in kit.model.modules() if hasattr(m, "lora_A"))
+    assert all(m.cast_input_dtype_enabled for m in kit.model.modules() if hasattr(m, "lora_A"))
 
 
 @pytest.mark.parametrize("prefix", [False, True], ids=["two-rows", "prefix-shared"])
@@ -174,15 +174,15 @@ def test_save_matmuls_refuses_offload_and_sharing_waits_for_dropout_free_trainin
     with pytest.raises(ValueError, match="offload"):
         kit.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"offload": True})
     dropout = trainer(tiny, tmp_path, bf16=True, disable_dropout=False, max_steps=1)
-    assert all(getattr(m, "cast_input_dtype_enabled", True) for m in dropout.model.modules() if hasattr(m, "lora_A"))
+    assert all(m.cast_input_dtype_enabled for m in dropout.model.modules() if hasattr(m, "lora_A"))
     plain = trainer(tiny, tmp_path, bf16=True, max_steps=1)
-    assert not any(getattr(m, "cast_input_dtype_enabled", True) for m in plain.model.modules() if hasattr(m, "lora_A"))
+    assert not any(m.cast_input_dtype_enabled for m in plain.model.modules() if hasattr(m, "lora_A"))
     plain.train()  # shares while it trains, then gives PEFT its cast back for forwards outside autocast
-    assert all(getattr(m, "cast_input_dtype_enabled", True) for m in plain.model.modules() if hasattr(m, "lora_A"))
+    assert all(m.cast_input_dtype_enabled for m in plain.model.modules() if hasattr(m, "lora_A"))
 
 
 def test_layout_length_counts_padding_as_the_model_runs_it():
-    from training.memory import layout_length
+    from vlfeedback_kit.training.memory import layout_length
 
     # two pairs: rows are [chosen 1, chosen 2, rejected 1, rejected 2], padded to 6; prompts of 3 and 2 tokens
     mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])

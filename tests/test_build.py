@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from release_factory import completion, jpeg, row, write_release
 
-from builders.build import BuildOptions, build
-from builders.errors import UserError
+from vlfeedback_kit.builders.build import BuildOptions, build
+from vlfeedback_kit.errors import UserError
 
 GOOD = [(5, 5, 5), (3, 3, 4), (1, 2, 5), (2, 2, 2)]
 
@@ -194,7 +194,7 @@ def test_extra_pairing_configs_and_pairs_verb(tmp_path):
     rows = [row(f"svit-{i}", GOOD) for i in range(10)]
     rel = write_release(tmp_path / "rel", rows)
     out = tmp_path / "ds"
-    cli = [sys.executable, "-m", "builders.cli"]
+    cli = [sys.executable, "-m", "vlfeedback_kit.cli"]
     done = subprocess.run(
         [
             *cli,

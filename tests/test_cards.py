@@ -21,13 +21,19 @@ from PIL import Image
 from release_factory import jpeg, row, write_release
 from support.run_dirs import BASE_MODEL_ID, EVAL_RESULTS, write_run_dir
 
-from builders.build import BuildOptions, build
-from builders.cli import main
-from builders.features import ASPECTS
-from cards.changelog import previous_entries
-from cards.dataset import PAPER_JUDGE, model_scores, rating_distributions, render_dataset_card, response_table
-from cards.model import EXAMPLE_IMAGE_URL, render_model_card
-from training.tiny_model import build_tiny_model
+from vlfeedback_kit.builders.build import BuildOptions, build
+from vlfeedback_kit.builders.features import ASPECTS
+from vlfeedback_kit.cards.changelog import previous_entries
+from vlfeedback_kit.cards.dataset import (
+    PAPER_JUDGE,
+    model_scores,
+    rating_distributions,
+    render_dataset_card,
+    response_table,
+)
+from vlfeedback_kit.cards.model import EXAMPLE_IMAGE_URL, render_model_card
+from vlfeedback_kit.cli import main
+from vlfeedback_kit.training.tiny_model import build_tiny_model
 
 IMAGE = jpeg((20, 120, 220), size=40)
 ROWS = [
@@ -49,7 +55,7 @@ def front_matter(text: str) -> dict:
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder built from three hand-made rows (with one unparseable rating), with an extra pairing config."""
-    from builders.pairing import PRESETS
+    from vlfeedback_kit.builders.pairing import PRESETS
 
     root = tmp_path_factory.mktemp("cards")
     release = write_release(root / "release", ROWS, images={r["id"]: IMAGE for r in ROWS})

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from support.dpo import cpu_dpo_config
 
-CLI = [sys.executable, "-m", "builders.cli"]
+CLI = [sys.executable, "-m", "vlfeedback_kit.cli"]
 LOAD_SCRIPT = textwrap.dedent(
     """\
     import json, sys
@@ -121,7 +121,7 @@ def test_pairs_do_not_multiply_image_bytes(built):
 def test_builder_class_gives_the_same_pairs_as_the_published_config(built, tmp_path):
     from datasets import load_dataset
 
-    from builders.builder import VLFeedback
+    from vlfeedback_kit.builders.builder import VLFeedback
 
     builder = VLFeedback(
         config_name="best-vs-worst", source=str(built / "sample_release"), eval_fraction=0.05, cache_dir=str(tmp_path)
@@ -157,7 +157,7 @@ def test_trl_dpo_trainer_takes_a_real_step_on_the_pairs_config(built, family, tm
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from trl import DPOTrainer
 
-    from training.tiny_model import build_tiny_model
+    from vlfeedback_kit.training.tiny_model import build_tiny_model
 
     model_dir = build_tiny_model(family, tmp_path / family)
     dataset = load_dataset(str(built / "vlfeedback"), "pairs", split="train").select(range(4))
@@ -170,3 +170,20 @@ def test_trl_dpo_trainer_takes_a_real_step_on_the_pairs_config(built, family, tm
     trainer.train()
     assert math.isfinite(trainer.state.log_history[0]["loss"])
     assert any(not torch.equal(before[n], p.detach()) for n, p in model.named_parameters() if n in before)
+
+
+def test_a_dataset_folder_named_vlfeedback_does_not_shadow_the_kit(built):
+    """The README builds into ./vlfeedback: the kit's import name must not collide with that folder."""
+    code = textwrap.dedent(
+        """\
+        import vlfeedback_kit.training.dpo
+        from datasets import load_dataset
+        print(load_dataset("vlfeedback", "pairs")["train"].num_rows)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=built, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((built / "vlfeedback" / "build_report.json").read_text())
+    assert int(done.stdout.split()[-1]) == report["splits"]["pairs"]["train"]
+    helped = subprocess.run([*CLI, "--help"], cwd=built, capture_output=True, text=True)
+    assert helped.returncode == 0 and "build" in helped.stdout

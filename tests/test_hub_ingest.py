@@ -19,7 +19,8 @@ def build_from_hub(hub, tmp_path, repo_id, *extra):
     out = tmp_path / "built"
     env = {**os.environ, **hub.client_env(), "HF_HOME": str(tmp_path / "hf_home")}
     done = subprocess.run(
-        [sys.executable, "-m", "builders.cli", "build", "--source", repo_id, "--out", str(out), "--quiet", *extra],
+        [sys.executable, "-m", "vlfeedback_kit.cli", "build", "--source", repo_id, "--out", str(out), "--quiet",
+         *extra],
         env=env,
         capture_output=True,
         text=True,
@@ -82,8 +83,8 @@ def test_unknown_hub_repo_is_a_clear_error(hub, tmp_path):
 
 
 def test_inspect_a_hub_repo_at_a_revision(hub, tmp_path):
-    from builders.build import BuildOptions, build
-    from builders.inspect import summarize
+    from vlfeedback_kit.builders.build import BuildOptions, build
+    from vlfeedback_kit.builders.inspect import summarize
 
     release = write_release(tmp_path / "release", [row(f"m3it-{i}", GOOD) for i in range(6)])
     build(BuildOptions(source=str(release), out_dir=tmp_path / "vlfeedback", progress=False))

@@ -4,8 +4,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from builders.features import ASPECTS, RAW_FEATURES
-from builders.pairing import (
+from vlfeedback_kit.builders.features import ASPECTS, RAW_FEATURES
+from vlfeedback_kit.builders.pairing import (
     PAIR_ARROW_SCHEMA,
     PairingPolicy,
     materialize_pairs,

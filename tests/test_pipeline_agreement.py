@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from release_factory import row, write_release
 
-from builders.cli import main as cli_main
-from builders.errors import UserError
-from builders.pipeline.agreement import bootstrap_ci
+from vlfeedback_kit.builders.pipeline.agreement import bootstrap_ci
+from vlfeedback_kit.cli import main as cli_main
+from vlfeedback_kit.errors import UserError
 
 JUDGED = [
     row("i1", [(5, 5, 5), (3, 4, 5), (1, 1, 5)]),  # means 5, 4, 2.33
@@ -79,7 +79,7 @@ def test_the_bootstrap_interval_is_right_and_seeded() -> None:
 
 
 def test_bad_labels_are_named(judged: Path, tmp_path: Path) -> None:
-    from builders.pipeline.agreement import read_labels
+    from vlfeedback_kit.builders.pipeline.agreement import read_labels
 
     labels = tmp_path / "labels.csv"
     labels.write_text("id,model_a,model_b,preferred\ni1,model-0,model-1,maybe\n")

@@ -14,9 +14,9 @@ from support.openai_server import TEXT_BLOCK, OpenAIServer
 from support.pipeline import JUDGE_KEY_ENV as KEY_ENV
 from support.pipeline import annotate_args
 
-from builders.cli import main as cli_main
-from builders.features import ASPECTS
-from builders.pipeline.judge import load_template
+from vlfeedback_kit.builders.features import ASPECTS
+from vlfeedback_kit.builders.pipeline.judge import load_template
+from vlfeedback_kit.cli import main as cli_main
 
 SECRET = "sk-test-DO-NOT-LEAK-7f3a9c"
 GPT_4O = (2.50, 10.00)

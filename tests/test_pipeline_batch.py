@@ -15,8 +15,8 @@ from support.openai_server import OpenAIServer
 from support.pipeline import JUDGE_KEY_ENV as KEY_ENV
 from support.pipeline import annotate_args
 
-from builders.cli import main as cli_main
-from builders.features import ASPECTS
+from vlfeedback_kit.builders.features import ASPECTS
+from vlfeedback_kit.cli import main as cli_main
 
 RATINGS = {f"svit-{i}": [(i % 5 + 1, 4, 5), (2, (i + 1) % 5 + 1, 3)] for i in range(6)}
 
@@ -94,7 +94,7 @@ def test_a_fresh_store_adopts_a_batch_by_id(server: OpenAIServer, source: Path, 
 
 
 def test_batch_files_are_split_by_request_count_and_bytes() -> None:
-    from builders.pipeline.batch import chunks, custom_id, parse_custom_id
+    from vlfeedback_kit.builders.pipeline.batch import chunks, custom_id, parse_custom_id
 
     lines = [(custom_id(f"k{i}", 1), b"x" * size) for i, size in enumerate([40, 40, 40, 10, 90, 5])]
     assert [len(group) for group in chunks(lines, max_requests=10, max_bytes=100)] == [2, 2, 2]

@@ -9,8 +9,7 @@ import email.utils
 
 import pytest
 
-from builders.errors import UserError
-from builders.pipeline.cost import (
+from vlfeedback_kit.builders.pipeline.cost import (
     Price,
     call_cost,
     estimate_tokens,
@@ -19,7 +18,8 @@ from builders.pipeline.cost import (
     price_for,
     require_price,
 )
-from builders.pipeline.endpoint import RetryPolicy, backoff_delay, retry_after_seconds
+from vlfeedback_kit.builders.pipeline.endpoint import RetryPolicy, backoff_delay, retry_after_seconds
+from vlfeedback_kit.errors import UserError
 
 
 def test_prices_match_exactly_or_by_longest_prefix() -> None:

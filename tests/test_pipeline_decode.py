@@ -15,10 +15,10 @@ from release_factory import jpeg, write_release
 from support.openai_server import OpenAIServer
 from support.pipeline import JUDGE_KEY_ENV, annotate_args
 
-from builders.cli import main as cli_main
-from builders.errors import UserError
-from builders.pipeline.pool import assign, load_pool
-from training.tiny_model import build_tiny_model
+from vlfeedback_kit.builders.pipeline.pool import assign, load_pool
+from vlfeedback_kit.cli import main as cli_main
+from vlfeedback_kit.errors import UserError
+from vlfeedback_kit.training.tiny_model import build_tiny_model
 
 KEY_ENV = "VLF_TEST_POOL_KEY"
 
@@ -123,7 +123,7 @@ def test_pool_files_are_checked(tmp_path: Path, change: dict, message: str) -> N
 
 
 def test_the_example_pool_file_loads() -> None:
-    from builders.pipeline.pool import EXAMPLE_FILE
+    from vlfeedback_kit.builders.pipeline.pool import EXAMPLE_FILE
 
     pool = load_pool(EXAMPLE_FILE)
     assert pool.k == 4 and len(pool.members) == 5
@@ -135,7 +135,7 @@ def test_a_local_member_with_a_peft_adapter_answers_a_batch(tmp_path: Path) -> N
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText
 
-    from builders.pipeline.pool import LocalModel, Member
+    from vlfeedback_kit.builders.pipeline.pool import LocalModel, Member
 
     tiny = build_tiny_model("llava", tmp_path / "tiny")
     lora = get_peft_model(

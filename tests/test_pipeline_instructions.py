@@ -16,9 +16,9 @@ import pytest
 from release_factory import jpeg
 from support.hub_server import dataset_repo
 
-from builders.cli import main as cli_main
-from builders.errors import UserError
-from builders.pipeline.instructions import collect, load_adapters
+from vlfeedback_kit.builders.pipeline.instructions import collect, load_adapters
+from vlfeedback_kit.cli import main as cli_main
+from vlfeedback_kit.errors import UserError
 
 
 def image(n: int) -> bytes:
@@ -203,7 +203,7 @@ def test_the_kit_adapters_cover_the_paper_table_and_bad_input_is_named(tmp_path:
 
 
 def test_a_short_candidate_pool_is_widened_until_the_quota_is_met(tmp_path: Path) -> None:
-    from builders.pipeline.instructions import draw, priority
+    from vlfeedback_kit.builders.pipeline.instructions import draw, priority
 
     adapter = load_adapters()["lrv"]
     last = max(range(200), key=lambda i: priority(0, "lrv", i))  # drawn last in the seeded order

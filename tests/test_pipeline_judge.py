@@ -11,9 +11,8 @@ from dataclasses import replace
 
 import pytest
 
-from builders.errors import UserError
-from builders.features import ASPECTS
-from builders.pipeline.judge import (
+from vlfeedback_kit.builders.features import ASPECTS
+from vlfeedback_kit.builders.pipeline.judge import (
     JudgeSettings,
     Reply,
     item_key,
@@ -27,6 +26,7 @@ from builders.pipeline.judge import (
     unshuffle,
     validate,
 )
+from vlfeedback_kit.errors import UserError
 
 SETTINGS = JudgeSettings(model="gpt-4o", template_sha256="t" * 64)
 

@@ -49,7 +49,8 @@ def test_kill_9_mid_run_then_rerun_repeats_no_finished_item(tmp_path: Path) -> N
     store = out / "annotate" / "state.sqlite"
     env = {**os.environ, KEY_ENV: SECRET}
     with OpenAIServer(latency=0.1) as server:
-        command = [sys.executable, "-m", "builders.cli", *annotate_args(server.url, source, out, "--concurrency", "4")]
+        args = annotate_args(server.url, source, out, "--concurrency", "4")
+        command = [sys.executable, "-m", "vlfeedback_kit.cli", *args]
         first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120
         while len(finished_items(store)) < 12:

@@ -22,11 +22,18 @@ from huggingface_hub import DatasetCard, HfApi, ModelCard
 from support.hub_server import HubServer
 from support.run_dirs import EVAL_RESULTS, run_info
 
-from builders.cli import main
-from cards.changelog import Snapshot, changelog_section, compare, format_entry, previous_entries, row_digests
-from cards.publish import DATASET_EXCLUDE, Release, previous_version, upload_plan
+from vlfeedback_kit.cards.changelog import (
+    Snapshot,
+    changelog_section,
+    compare,
+    format_entry,
+    previous_entries,
+    row_digests,
+)
+from vlfeedback_kit.cards.publish import DATASET_EXCLUDE, Release, previous_version, upload_plan
+from vlfeedback_kit.cli import main
 
-CLI = [sys.executable, "-m", "builders.cli"]
+CLI = [sys.executable, "-m", "vlfeedback_kit.cli"]
 REPO = "vlf-org/vlfeedback"
 TOKEN = "hf_publishSECRETtoken0123456789abcdef"
 LOAD_SCRIPT = textwrap.dedent(
@@ -348,7 +355,7 @@ def test_publish_model_run_dir(hub, token, tmp_path, capsys) -> None:
 def test_snapshot_reads_a_release_made_elsewhere(releases, tmp_path) -> None:
     from fsspec.implementations.local import LocalFileSystem
 
-    from cards.changelog import read_snapshot
+    from vlfeedback_kit.cards.changelog import read_snapshot
 
     (tmp_path / "data" / "raw").mkdir(parents=True)
     for path in (releases["v1"] / "data" / "raw").glob("*.parquet"):

@@ -2,8 +2,8 @@
 
 import pytest
 
-from builders.features import source_of
-from builders.ratings import parse_rating
+from vlfeedback_kit.builders.features import source_of
+from vlfeedback_kit.builders.ratings import parse_rating
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_cli_lists_every_verb():
-    done = subprocess.run([sys.executable, "-m", "builders.cli", "--help"], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "vlfeedback_kit.cli", "--help"], capture_output=True, text=True)
     assert done.returncode == 0
     for verb in ("sample", "build", "pairs", "inspect", "tiny-model", "train", "card", "publish"):
         assert verb in done.stdout

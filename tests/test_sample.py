@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from builders.errors import UserError
-from builders.features import source_of
-from builders.sample import (
+from vlfeedback_kit.builders.features import source_of
+from vlfeedback_kit.builders.sample import (
     COLOURS,
     IMAGES_DIR,
     JSONL_NAME,
@@ -23,6 +22,7 @@ from builders.sample import (
     render_scene,
     write_sample,
 )
+from vlfeedback_kit.errors import UserError
 
 NUM = 300
 ASPECTS = {"Helpfulness", "Ethical Considerations", "Visual Faithfulness"}

@@ -18,9 +18,9 @@ import pytest
 from PIL import Image, ImageDraw
 from support.dpo import cpu_dpo_config
 
-from builders.cli import main as cli_main
-from builders.features import ASPECTS, PAIR_FEATURES
-from training.tiny_model import FAMILIES, build_tiny_model
+from vlfeedback_kit.builders.features import ASPECTS, PAIR_FEATURES
+from vlfeedback_kit.cli import main as cli_main
+from vlfeedback_kit.training.tiny_model import FAMILIES, build_tiny_model
 
 RELOAD_SCRIPT = textwrap.dedent(
     """\

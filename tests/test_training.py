@@ -13,10 +13,10 @@ import torch
 import yaml
 from support.dpo import cpu_dpo_config
 
-from training.commands import ACCELERATE, RECIPES, launch_command
-from training.freeze import is_vision_parameter
+from vlfeedback_kit.training.commands import ACCELERATE, RECIPES, launch_command
+from vlfeedback_kit.training.freeze import is_vision_parameter
 
-CLI = [sys.executable, "-m", "builders.cli"]
+CLI = [sys.executable, "-m", "vlfeedback_kit.cli"]
 
 
 def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -124,9 +124,9 @@ def test_kit_loss_equals_trl_sigmoid_loss_on_the_same_batch(workspace, family, p
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from trl import DPOTrainer
 
-    from training.ref_cache import RefLogpCache
-    from training.tiny_model import build_tiny_model
-    from training.trainer import SilkieDPOTrainer
+    from vlfeedback_kit.training.ref_cache import RefLogpCache
+    from vlfeedback_kit.training.tiny_model import build_tiny_model
+    from vlfeedback_kit.training.trainer import SilkieDPOTrainer
 
     model_dir = workspace / "runs" / f"tiny-{family.replace('_', '-')}"
     dataset = load_dataset(str(workspace / "vlfeedback"), "pairs", split="train").select(range(8))
@@ -164,7 +164,7 @@ def test_audit_refuses_truncation_and_names_rows(workspace):
     from datasets import load_dataset
     from transformers import AutoProcessor
 
-    from training.audit import audit_dataset, check_audit
+    from vlfeedback_kit.training.audit import audit_dataset, check_audit
 
     dataset = load_dataset(str(workspace / "vlfeedback"), "pairs", split="train").select(range(6))
     processor = AutoProcessor.from_pretrained(workspace / "runs" / "tiny-qwen2-vl")
@@ -187,7 +187,7 @@ def test_audit_matches_what_trl_really_builds(workspace):
     from transformers import AutoProcessor
     from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
 
-    from training.audit import audit_dataset
+    from vlfeedback_kit.training.audit import audit_dataset
 
     dataset = load_dataset(str(workspace / "vlfeedback"), "pairs", split="train").select(range(1))
     processor = AutoProcessor.from_pretrained(workspace / "runs" / "tiny-qwen2-vl")
@@ -200,10 +200,10 @@ def test_audit_matches_what_trl_really_builds(workspace):
 def test_group_by_length_uses_the_audit_lengths_and_pads_less(workspace, tmp_path, packed):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from training.audit import audit_dataset
-    from training.bench import synthetic_pairs
-    from training.ref_cache import RefLogpCache
-    from training.trainer import SilkieDPOTrainer
+    from vlfeedback_kit.training.audit import audit_dataset
+    from vlfeedback_kit.training.bench import synthetic_pairs
+    from vlfeedback_kit.training.ref_cache import RefLogpCache
+    from vlfeedback_kit.training.trainer import SilkieDPOTrainer
 
     model_dir = workspace / "runs" / "tiny-qwen2-vl"
     processor = AutoProcessor.from_pretrained(model_dir)
@@ -254,7 +254,7 @@ def test_lora_targets_never_hit_the_vision_side(workspace):
 
     from transformers import AutoModelForImageTextToText
 
-    from training.freeze import is_vision_parameter, language_lora_targets
+    from vlfeedback_kit.training.freeze import is_vision_parameter, language_lora_targets
 
     pattern = re.compile(language_lora_targets())
     for family in ("tiny-qwen2-vl", "tiny-llava"):
@@ -291,9 +291,9 @@ def test_recipe_lora_dropout_reaches_the_adapter(workspace, tmp_path):
     from peft import LoraConfig
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from training.dpo import make_parser
-    from training.freeze import language_lora_targets
-    from training.trainer import SilkieDPOTrainer
+    from vlfeedback_kit.training.dpo import make_parser
+    from vlfeedback_kit.training.freeze import language_lora_targets
+    from vlfeedback_kit.training.trainer import SilkieDPOTrainer
 
     recipe = RECIPES / "silkie-qwen2.5-vl-7b-lora.yaml"
     _, args, model_args = make_parser().parse_args_and_config(
@@ -319,7 +319,7 @@ def test_every_recipe_key_is_a_script_field():
 
     from trl import ModelConfig
 
-    from training.config import SilkieDPOConfig, SilkieScriptArguments
+    from vlfeedback_kit.training.config import SilkieDPOConfig, SilkieScriptArguments
 
     fields = {f.name for cls in (SilkieScriptArguments, SilkieDPOConfig, ModelConfig) for f in dataclasses.fields(cls)}
     for path in RECIPES.glob("*.yaml"):
@@ -330,7 +330,7 @@ def test_launch_command_and_unknown_recipe():
     command = launch_command("tiny", "cpu", ["--max_steps", "1"])
     assert command[-4:] == ["--config", str(RECIPES / "tiny.yaml"), "--max_steps", "1"]
     assert str(ACCELERATE / "cpu.yaml") in command
-    from builders.errors import UserError
+    from vlfeedback_kit.errors import UserError
 
     with pytest.raises(UserError, match="choose one of"):
         launch_command("nope", "cpu", [])
@@ -358,8 +358,8 @@ def test_reference_pass_encodes_every_batch_and_matches_live_log_probs(workspace
     from torch.utils.data import DataLoader
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from training.ref_cache import RefLogpCache
-    from training.trainer import SilkieDPOTrainer
+    from vlfeedback_kit.training.ref_cache import RefLogpCache
+    from vlfeedback_kit.training.trainer import SilkieDPOTrainer
 
     model_dir = workspace / "runs" / "tiny-qwen2-vl"
     dataset = load_dataset(str(workspace / "vlfeedback"), "pairs", split="train").select(range(8))
@@ -387,8 +387,8 @@ def test_feature_memo_is_keyed_by_tensor_identity_not_address(workspace):
     from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from training.freeze import freeze_vision
-    from training.shared_images import ImageFeatureSharing
+    from vlfeedback_kit.training.freeze import freeze_vision
+    from vlfeedback_kit.training.shared_images import ImageFeatureSharing
 
     model_dir = workspace / "runs" / "tiny-qwen2-vl"
     model = AutoModelForImageTextToText.from_pretrained(model_dir)
@@ -417,7 +417,7 @@ def test_feature_memo_is_keyed_by_tensor_identity_not_address(workspace):
 def test_fallback_pair_keys_tell_identical_texts_on_different_images_apart():
     from datasets import Dataset, Image, List
 
-    from training.trainer import PAIR_KEY, add_pair_keys
+    from vlfeedback_kit.training.trainer import PAIR_KEY, add_pair_keys
 
     def row(colour: str) -> dict:
         from PIL import Image as PILImage
@@ -440,7 +440,7 @@ def test_fallback_pair_keys_tell_identical_texts_on_different_images_apart():
 def test_prefix_sharing_refuses_what_it_cannot_pack(workspace):
     from transformers import AutoModelForImageTextToText
 
-    from training.prefix_sharing import PrefixSharing
+    from vlfeedback_kit.training.prefix_sharing import PrefixSharing
 
     eager = AutoModelForImageTextToText.from_pretrained(workspace / "runs" / "tiny-llava", attn_implementation="eager")
     wrapper = PrefixSharing(eager)

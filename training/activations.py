@@ -1,6 +1,6 @@
 """Activation memory of a LoRA DPO step: what the kit keeps for the backward pass, and what it recomputes.
 
-Measured with ``python -m training.memory`` on the 7B shape (see BENCHMARKS.md), a decoder layer without
+Measured with ``python -m vlfeedback_kit.training.memory`` on the 7B shape (see BENCHMARKS.md), a decoder layer without
 checkpointing keeps ~250 KiB per token, most of it the MLP's 18,944-wide intermediates (gate, up, SiLU and their
 product: four tensors), and one bf16 copy of each LoRA layer's input. Two levers that leave the numbers unchanged:
 
@@ -20,6 +20,7 @@ product: four tensors), and one bf16 copy of each LoRA layer's input. Two levers
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from functools import partial
 
 import torch
@@ -53,19 +54,30 @@ def lora_dropout_active(model: torch.nn.Module) -> bool:
     )
 
 
-def share_lora_inputs(model: torch.nn.Module, enabled: bool = True) -> int:
-    """Turn PEFT's per-layer input cast to the adapter dtype off (``enabled``) or back on; returns how many LoRA
-    layers changed.
+class LoraInputSharing:
+    """Switches PEFT's per-layer cast of each LoRA layer's input to the adapter dtype off (``on()``) and back
+    (``off()``), through PEFT's public ``peft.helpers.disable_input_dtype_casting``.
 
     Only valid under autocast (bf16/fp16 mixed precision), where autocast casts inputs and weights itself, and exact
     only without LoRA dropout (with dropout each layer keeps its own dropped-out input anyway, and the dropout's
     scaling would round in bf16 instead of fp32); the trainer applies it only then, and only while it trains."""
-    changed = 0
-    for module in model.modules():
-        if hasattr(module, "lora_A") and hasattr(module, "_cast_input_dtype"):
-            module.cast_input_dtype_enabled = not enabled
-            changed += 1
-    return changed
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self._context: ExitStack | None = None
+
+    def on(self) -> None:
+        if self._context is None:
+            from peft.helpers import disable_input_dtype_casting
+
+            context = ExitStack()
+            context.enter_context(disable_input_dtype_casting(self.model))
+            self._context = context
+
+    def off(self) -> None:
+        if self._context is not None:
+            self._context.close()
+            self._context = None
 
 
 def save_matmuls_policy(recompute_reduction: int = 0):
@@ -157,7 +169,7 @@ def checkpointed_language_layers(model: torch.nn.Module) -> list[torch.nn.Module
     """The language model's decoder layers that activation checkpointing is on for, in order."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
-    from training.freeze import is_vision_parameter
+    from vlfeedback_kit.training.freeze import is_vision_parameter
 
     return [
         module

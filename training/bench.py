@@ -1,7 +1,7 @@
 """DPO step benchmark: TRL's stock ``DPOTrainer`` against the kit's ``SilkieDPOTrainer``, same model and rows.
 
-    python -m training.bench --shape tiny                         # the CPU check (2 cores)
-    python -m training.bench --shape qwen2-vl-7b --device cuda    # one H100/H200, bf16, random init
+    python -m vlfeedback_kit.training.bench --shape tiny                         # the CPU check (2 cores)
+    python -m vlfeedback_kit.training.bench --shape qwen2-vl-7b --device cuda    # one H100/H200, bf16, random init
 
 Both trainers get the same random-init model (a tiny model, or the public Qwen2-VL 2B/7B shapes), the Silkie LoRA
 (r 64, alpha 16, language model only, vision frozen; its dropout .05 is zeroed by TRL's default ``disable_dropout``
@@ -19,7 +19,7 @@ trained batches are exactly one sorted megabatch.
 Printed per configuration: pairs/s, LM tokens/s (non-padding tokens of chosen + rejected sequences), peak memory
 (GPU: ``max_memory_allocated`` over the timed steps — over all steps for ``-grouped``, whose warm-up steps get the
 longest batches; CPU: the process's max RSS), MFU, and the losses of the timed steps. A peak over ten steps is not
-an epoch's peak: the longest batch of an epoch decides that (``python -m training.memory`` predicts it). The kit's
+an epoch's peak: the longest batch of an epoch decides that (``training.memory`` predicts it). The kit's
 reference pass (one batched gradient-free pass over the pairs, cached for later epochs and runs) is timed apart and
 folded into ``pairs/s 3 ep``: the throughput of a 3-epoch run that pays the pass once.
 
@@ -126,8 +126,8 @@ def synthetic_pairs(n: int, seed: int = 0):
     from datasets import Dataset
     from PIL import Image
 
-    from builders.features import PAIR_FEATURES
-    from training.tiny_model import corpus
+    from vlfeedback_kit.builders.features import PAIR_FEATURES
+    from vlfeedback_kit.training.tiny_model import corpus
 
     rng = np.random.default_rng(seed)
     words = sorted({w for line in corpus() for w in line.split() if w.isalpha()})
@@ -161,7 +161,7 @@ def build_model(shape: str, folder: Path, device: str, layers: int | None = None
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor, Qwen2VLForConditionalGeneration
 
-    from training.tiny_model import build_tiny_model
+    from vlfeedback_kit.training.tiny_model import build_tiny_model
 
     tiny = build_tiny_model("qwen2_vl", folder / "tiny")
     processor = AutoProcessor.from_pretrained(tiny)
@@ -201,7 +201,7 @@ def build_model(shape: str, folder: Path, device: str, layers: int | None = None
 
 def parameter_counts(model) -> tuple[int, int]:
     """(language-model parameters, vision parameters)."""
-    from training.freeze import is_vision_parameter
+    from vlfeedback_kit.training.freeze import is_vision_parameter
 
     vision = sum(p.numel() for n, p in model.named_parameters() if is_vision_parameter(n))
     return sum(p.numel() for p in model.parameters()) - vision, vision
@@ -216,10 +216,10 @@ def make_trainer(
     from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer
 
-    from training.config import SilkieDPOConfig
-    from training.freeze import freeze_vision, language_lora_targets
-    from training.ref_cache import RefLogpCache
-    from training.trainer import SilkieDPOTrainer
+    from vlfeedback_kit.training.config import SilkieDPOConfig
+    from vlfeedback_kit.training.freeze import freeze_vision, language_lora_targets
+    from vlfeedback_kit.training.ref_cache import RefLogpCache
+    from vlfeedback_kit.training.trainer import SilkieDPOTrainer
 
     spec = CONFIGS[name]
     model, processor = build_model(shape, work, device, **model_kwargs)
@@ -382,7 +382,7 @@ def main(argv: list[str] | None = None) -> None:
         command = [
             sys.executable,
             "-m",
-            "training.bench",
+            "vlfeedback_kit.training.bench",
             "--shape",
             args.shape,
             "--device",

@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from builders.errors import UserError
-from training.tiny_model import FAMILIES, build_tiny_model
+from vlfeedback_kit.errors import UserError
+from vlfeedback_kit.training.tiny_model import FAMILIES, build_tiny_model
 
 HERE = Path(__file__).parent
 RECIPES = HERE / "recipes"
@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "single_gpu when a GPU is visible, else cpu",
     )
     train.add_argument("--print-command", action="store_true", help="print the launch command and exit")
-    train.set_defaults(func=_train, accepts_extra=True)
+    train.set_defaults(func=_train, accepts_extra=True, extras=("train",))
     tiny = subparsers.add_parser(
         "tiny-model",
         help="build a tiny random vision-language model of a real family, offline, for tests and smoke runs",
@@ -58,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tiny.add_argument("--family", required=True, choices=FAMILIES, help="architecture to build")
     tiny.add_argument("--out", required=True, type=Path, help="folder to write (model, processor, tokenizer)")
     tiny.add_argument("--seed", type=int, default=0, help="weight initialisation seed (default 0)")
-    tiny.set_defaults(func=_tiny_model)
+    tiny.set_defaults(func=_tiny_model, extras=("train",))
 
 
 def _train(args: argparse.Namespace) -> int:

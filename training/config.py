@@ -35,9 +35,9 @@ class SilkieDPOConfig(DPOConfig):
     under ``$HF_HOME/vlfeedback``), keyed by dataset revision, model revision and processor settings.
 
     Image sharing: ``share_image_features`` encodes each image once per step for chosen, rejected and reference;
-    ``share_prompt_prefix`` packs chosen and rejected behind one copy of the prompt (``training.prefix_sharing``).
+    ``share_prompt_prefix`` packs chosen and rejected behind one copy of the prompt (``prefix_sharing``).
 
-    Activation memory (``training.activations``): ``share_lora_inputs`` drops PEFT's redundant per-layer input
+    Activation memory (``activations``): ``share_lora_inputs`` drops PEFT's redundant per-layer input
     copies under autocast; ``checkpoint_policy`` chooses what activation checkpointing keeps.
 
     Guards: ``freeze_vision`` freezes the vision tower and projector (LoRA never targets them); ``audit`` checks every
@@ -104,7 +104,7 @@ class SilkieDPOConfig(DPOConfig):
                 "`precompute_ref_log_probs` is TRL's text-only cache; for VLMs use the kit's `ref_cache` (on by "
                 "default) and leave `precompute_ref_log_probs` false"
             )
-        from training.activations import CHECKPOINT_POLICIES
+        from vlfeedback_kit.training.activations import CHECKPOINT_POLICIES
 
         if self.checkpoint_policy not in CHECKPOINT_POLICIES:
             raise ValueError(

@@ -37,7 +37,7 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
     """TRL's parser over the script's dataclasses (``--config recipe.yaml`` plus flag overrides)."""
     from trl import ModelConfig, TrlParser
 
-    from training.config import SilkieDPOConfig, SilkieScriptArguments
+    from vlfeedback_kit.training.config import SilkieDPOConfig, SilkieScriptArguments
 
     dataclass_types = (SilkieScriptArguments, SilkieDPOConfig, ModelConfig)
     if subparsers is not None:
@@ -81,7 +81,7 @@ def reference_cache(script_args, training_args, model_args, processor, revision:
     """The reference log-prob cache for this dataset revision, model revision and processor settings."""
     import trl
 
-    from training.ref_cache import RefLogpCache, default_cache_dir
+    from vlfeedback_kit.training.ref_cache import RefLogpCache, default_cache_dir
 
     if not training_args.ref_cache:
         return None
@@ -113,10 +113,10 @@ def main(script_args, training_args, model_args) -> Path:
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from trl import get_peft_config
 
-    from training.audit import audit_dataset, check_audit
-    from training.freeze import assert_no_vision_lora, freeze_vision, language_lora_targets
-    from training.outputs import write_outputs
-    from training.trainer import SilkieDPOTrainer
+    from vlfeedback_kit.training.audit import audit_dataset, check_audit
+    from vlfeedback_kit.training.freeze import assert_no_vision_lora, freeze_vision, language_lora_targets
+    from vlfeedback_kit.training.outputs import write_outputs
+    from vlfeedback_kit.training.trainer import SilkieDPOTrainer
 
     transformers.set_seed(training_args.seed)
     output_dir = Path(training_args.output_dir)

@@ -1,6 +1,7 @@
 """Activation-memory accounting of one DPO training step, on the CPU, for GPU shapes.
 
-    python -m training.memory --shape qwen2-vl-7b --layers 2 --configs trl-b1,kit-b1,kit-b1-sac,kit-b1-prefix-sac
+    python -m vlfeedback_kit.training.memory --shape qwen2-vl-7b --layers 2 \
+        --configs trl-b1,kit-b1,kit-b1-sac,kit-b1-prefix-sac
 
 A GPU step's peak memory is the weights and optimizer state plus the activations kept for the backward pass. What
 is kept does not depend on the device, so it can be measured on the CPU at the real widths with a few language-
@@ -126,7 +127,7 @@ def layout_length(inputs: dict, packed: bool) -> int:
 def fixed_bytes(shape: str, trainable: float) -> float:
     """Fixed bytes of the full-depth shape: bf16 weights of the public model plus fp32 LoRA weights, gradients and
     Adam's two moments."""
-    from training.bench import QWEN2_VL_SHAPES
+    from vlfeedback_kit.training.bench import QWEN2_VL_SHAPES
 
     dims = QWEN2_VL_SHAPES[shape]
     h, i, n, v = dims["hidden_size"], dims["intermediate_size"], dims["num_hidden_layers"], dims["vocab_size"]
@@ -139,7 +140,7 @@ def fixed_bytes(shape: str, trainable: float) -> float:
 
 def account(shape: str, name: str, layers: int, vision_depth: int) -> dict:
     """One configuration on ``layers`` language-model layers: what a pair keeps per layer and in the rest."""
-    from training.bench import CONFIGS, QWEN2_VL_SHAPES, make_trainer
+    from vlfeedback_kit.training.bench import CONFIGS, QWEN2_VL_SHAPES, make_trainer
 
     if shape not in QWEN2_VL_SHAPES:
         raise SystemExit(f"--shape must be one of {', '.join(QWEN2_VL_SHAPES)}")
@@ -203,11 +204,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         print("RESULT " + json.dumps(account(args.shape, args.child, args.layers, args.vision_depth)))
         return
-    from training.bench import CONFIGS, child_result, emit
+    from vlfeedback_kit.training.bench import CONFIGS, child_result, emit
 
     for name in args.configs.split(","):
         if name not in CONFIGS:
-            raise SystemExit(f"unknown configuration {name!r}; see training.bench.CONFIGS")
+            raise SystemExit(f"unknown configuration {name!r}; see vlfeedback_kit.training.bench.CONFIGS")
         if CONFIGS[name].get("full_layers"):
             raise SystemExit(
                 f"{name}: a mix of fully and selectively checkpointed layers cannot be measured on {args.layers} "
@@ -216,7 +217,8 @@ def main(argv: list[str] | None = None) -> None:
     env = {**os.environ, "TQDM_DISABLE": "1", "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
     results = []
     for name in args.configs.split(","):
-        command = [sys.executable, "-m", "training.memory", "--shape", args.shape, "--layers", str(args.layers),
+        command = [sys.executable, "-m", "vlfeedback_kit.training.memory", "--shape", args.shape,
+                   "--layers", str(args.layers),
                    "--vision-depth", str(args.vision_depth), "--child", name]  # fmt: skip
         result, stderr = child_result(command, env)
         if result is None:

@@ -128,6 +128,6 @@ def write_outputs(trainer, processor, result, script_args, training_args, model_
     )
     if audit is not None:
         (out / "audit.json").write_text(json.dumps(audit.to_json(), indent=2) + "\n")
-    from cards.model import write_model_card
+    from vlfeedback_kit.cards.model import write_model_card
 
     write_model_card(out)

@@ -37,7 +37,7 @@ class PrefixSharing:
     """Callable standing in for the model in TRL's DPO forward (see the module docstring)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
-        from training.shared_images import inner_vlm
+        from vlfeedback_kit.training.shared_images import inner_vlm
 
         self.model = model
         self.inner = inner_vlm(model)

@@ -50,8 +50,8 @@ class ImageOnceProcessor:
 
 
 def vision_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """Parameters of the vision tower and projector (see ``training.freeze.VISION_MODULES``)."""
-    from training.freeze import is_vision_parameter
+    """Parameters of the vision tower and projector (see ``vlfeedback_kit.training.freeze.VISION_MODULES``)."""
+    from vlfeedback_kit.training.freeze import is_vision_parameter
 
     return [p for name, p in model.named_parameters() if is_vision_parameter(name)]
 

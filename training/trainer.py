@@ -1,10 +1,10 @@
 """``SilkieDPOTrainer``: TRL's ``DPOTrainer`` with its loss untouched and the VLM-specific waste removed.
 
-- Reference log-probs come from a :class:`~training.ref_cache.RefLogpCache`: one batched, gradient-free pass before
+- Reference log-probs come from a :class:`~.ref_cache.RefLogpCache`: one batched, gradient-free pass before
   training (``ref_precompute``), or filled the first time a pair is seen; reused across epochs and runs.
 - Each image is processed and encoded once per step, for chosen and rejected and for the reference pass
-  (:mod:`training.shared_images`).
-- Less activation memory, exactly the same numbers (:mod:`training.activations`): no per-LoRA-layer input copies
+  (:mod:`vlfeedback_kit.training.shared_images`).
+- Less activation memory, exactly the same numbers (:mod:`.activations`): no per-LoRA-layer input copies
   under autocast, and an optional selective checkpointing policy that keeps matrix-product outputs.
 - Everything else — the loss types, metrics, PEFT reference via disabled adapters, logging — is TRL's own code path:
   the cached values enter through TRL's ``ref_chosen_logps`` / ``ref_rejected_logps`` inputs.
@@ -20,10 +20,10 @@ import torch
 from transformers import TrainerCallback
 from trl import DPOTrainer
 
-from training.activations import enable_checkpoint_policy, lora_dropout_active, share_lora_inputs
-from training.prefix_sharing import PrefixSharing
-from training.ref_cache import RefLogpCache, pair_key
-from training.shared_images import ImageFeatureSharing, ImageOnceProcessor
+from vlfeedback_kit.training.activations import LoraInputSharing, enable_checkpoint_policy, lora_dropout_active
+from vlfeedback_kit.training.prefix_sharing import PrefixSharing
+from vlfeedback_kit.training.ref_cache import RefLogpCache, pair_key
+from vlfeedback_kit.training.shared_images import ImageFeatureSharing, ImageOnceProcessor
 
 logger = logging.getLogger(__name__)
 PAIR_KEY = "pair_key"
@@ -72,7 +72,7 @@ class KitCollator:
 
 def add_lengths(dataset, processor, column: str, packed: bool, lengths: list[int] | None = None):
     """The dataset with a ``column`` of per-row token lengths for ``train_sampling_strategy: group_by_length``:
-    given (from the pre-flight audit), or counted with the real processor (``training.audit``)."""
+    given (from the pre-flight audit), or counted with the real processor (``vlfeedback_kit.training.audit``)."""
     if dataset is None or column in dataset.column_names:
         return dataset
     if lengths is None:
@@ -81,7 +81,7 @@ def add_lengths(dataset, processor, column: str, packed: bool, lengths: list[int
                 "train_sampling_strategy group_by_length needs per-row lengths: pass processing_class or add a "
                 f"{column!r} column to the dataset"
             )
-        from training.audit import audit_dataset
+        from vlfeedback_kit.training.audit import audit_dataset
 
         lengths = audit_dataset(dataset, processor, None).lengths(packed)
     return dataset.add_column(column, lengths)
@@ -136,15 +136,16 @@ class SilkieDPOTrainer(DPOTrainer):
 
     def _reduce_activation_memory(self) -> None:
         """Apply ``share_lora_inputs`` (under autocast, without LoRA dropout) and the ``checkpoint_policy``
-        (training.activations)."""
+        (vlfeedback_kit.training.activations)."""
         self._share_inputs = (
             getattr(self.args, "share_lora_inputs", True)
             and getattr(self.accelerator, "native_amp", False)  # the forward runs under torch autocast
             and not self.is_deepspeed_enabled
             and not lora_dropout_active(self.model)
         )
+        self._lora_inputs = LoraInputSharing(self.model)
         if self._share_inputs:
-            share_lora_inputs(self.model)
+            self._lora_inputs.on()
         policy = getattr(self.args, "checkpoint_policy", "full")
         plugin = self.args.deepspeed_plugin
         if policy != "full" and plugin is not None and plugin.zero_stage == 3 and self.args.activation_checkpointing:
@@ -177,7 +178,7 @@ class SilkieDPOTrainer(DPOTrainer):
         if self.ref_cache is not None and getattr(self.args, "ref_precompute", True) and self._covers_dataset():
             self.precompute_reference()
         if self._share_inputs:
-            share_lora_inputs(self.model)
+            self._lora_inputs.on()
         try:
             result = super().train(*args, **kwargs)
         except BaseException:
@@ -185,8 +186,7 @@ class SilkieDPOTrainer(DPOTrainer):
                 self.ref_cache.save()  # keep what this process computed for the next run
             raise
         finally:
-            if self._share_inputs:  # forwards outside the trainer's autocast need PEFT's cast back
-                share_lora_inputs(self.model, enabled=False)
+            self._lora_inputs.off()  # forwards outside the trainer's autocast need PEFT's cast back
         if self.ref_cache is not None:
             self._gather_cache()  # entries filled lazily by other ranks
             if self.accelerator.is_main_process:

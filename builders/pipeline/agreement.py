@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from builders.errors import UserError
-from builders.features import ASPECTS
-from builders.ratings import parse_rating
+from vlfeedback_kit.builders.features import ASPECTS
+from vlfeedback_kit.builders.ratings import parse_rating
+from vlfeedback_kit.errors import UserError
 
 OVERALL = "overall"
 GROUPS: tuple[str, ...] = (OVERALL, *ASPECTS)
@@ -127,7 +127,7 @@ def read_labels(path: Path) -> list[Label]:
 
 def read_judged(folder: Path) -> dict[str, dict[str, dict[str, int | None]]]:
     """id → model → aspect → rating, from an annotated release folder (or its jsonl)."""
-    from builders.pipeline.layout import open_input
+    from vlfeedback_kit.builders.pipeline.layout import open_input
 
     jsonl = folder if folder.is_file() else open_input(folder, "--judge").jsonl
     judged = {}

@@ -19,9 +19,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-from builders.errors import UserError
-from builders.pipeline.cost import Price, call_cost, estimate_tokens, load_prices, price_for, require_price
-from builders.pipeline.endpoint import (
+from vlfeedback_kit.builders.pipeline.cost import (
+    Price,
+    call_cost,
+    estimate_tokens,
+    load_prices,
+    price_for,
+    require_price,
+)
+from vlfeedback_kit.builders.pipeline.endpoint import (
     GaveUp,
     Rejected,
     RetryPolicy,
@@ -31,10 +37,11 @@ from builders.pipeline.endpoint import (
     for_each,
     make_client,
 )
-from builders.pipeline.items import Planned, build_request, load, plan, settle
-from builders.pipeline.judge import JudgeSettings, Template, load_template, read_reply
-from builders.pipeline.layout import StageInput, open_input, write_json
-from builders.pipeline.store import Store
+from vlfeedback_kit.builders.pipeline.items import Planned, build_request, load, plan, settle
+from vlfeedback_kit.builders.pipeline.judge import JudgeSettings, Template, load_template, read_reply
+from vlfeedback_kit.builders.pipeline.layout import StageInput, open_input, write_json
+from vlfeedback_kit.builders.pipeline.store import Store
+from vlfeedback_kit.errors import UserError
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -283,7 +290,7 @@ def annotate(options: AnnotateOptions) -> dict:
     """Judge the input into ``options.out_dir`` and assemble the release layout there; returns the report."""
     from tqdm.auto import tqdm
 
-    from builders.pipeline.assemble import REPORT_FILE, assemble
+    from vlfeedback_kit.builders.pipeline.assemble import REPORT_FILE, assemble
 
     template = load_template(options.template)
     settings = options.settings(template)
@@ -313,7 +320,7 @@ def annotate(options: AnnotateOptions) -> dict:
         job = JudgeJob(options, settings, template, store, price, folder, bar)
         try:
             if options.batch:
-                from builders.pipeline.batch import run_batches
+                from vlfeedback_kit.builders.pipeline.batch import run_batches
 
                 stats = run_batches(job, work, api_key)
             else:

@@ -18,12 +18,12 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from builders.errors import UserError
-from builders.pipeline.items import Plan, load, plan
-from builders.pipeline.judge import JudgeSettings
-from builders.pipeline.layout import JsonlWriter, LayoutWriter, open_input, write_json
-from builders.pipeline.store import Result, Store
-from builders.sources import ReleaseFolder
+from vlfeedback_kit.builders.pipeline.items import Plan, load, plan
+from vlfeedback_kit.builders.pipeline.judge import JudgeSettings
+from vlfeedback_kit.builders.pipeline.layout import JsonlWriter, LayoutWriter, open_input, write_json
+from vlfeedback_kit.builders.pipeline.store import Result, Store
+from vlfeedback_kit.builders.sources import ReleaseFolder
+from vlfeedback_kit.errors import UserError
 
 OUTPUT_JSONL = "vlfeedback.jsonl"
 JUDGE_FILE = "judge.json"

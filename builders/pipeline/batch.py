@@ -17,13 +17,13 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from builders.errors import UserError
-from builders.pipeline.annotate import STAGE_DIR, JudgeJob, JudgeLoop
-from builders.pipeline.cost import call_cost
-from builders.pipeline.endpoint import RunStats, completion_of
-from builders.pipeline.items import Plan, Planned, build_request, load, settle
-from builders.pipeline.judge import permutation, read_reply
-from builders.pipeline.store import Batch
+from vlfeedback_kit.builders.pipeline.annotate import STAGE_DIR, JudgeJob, JudgeLoop
+from vlfeedback_kit.builders.pipeline.cost import call_cost
+from vlfeedback_kit.builders.pipeline.endpoint import RunStats, completion_of
+from vlfeedback_kit.builders.pipeline.items import Plan, Planned, build_request, load, settle
+from vlfeedback_kit.builders.pipeline.judge import permutation, read_reply
+from vlfeedback_kit.builders.pipeline.store import Batch
+from vlfeedback_kit.errors import UserError
 
 if TYPE_CHECKING:
     from openai import OpenAI

@@ -1,6 +1,6 @@
 """Judge-pipeline benchmark: ``annotate`` throughput against a loopback OpenAI-compatible server with fixed latency.
 
-    python -m builders.pipeline.bench --items 2000 --latency 0.2 --concurrency 64
+    python -m vlfeedback_kit.builders.pipeline.bench --items 2000 --latency 0.2 --concurrency 64
 
 Writes the kit's sample (``--items`` instructions × 4 responses, JPEGs of 224–448 px) as the input, starts the
 test suite's loopback server (``tests/support/openai_server.py``) in its own process with ``--latency`` seconds
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency", type=float, default=0.2, help="server seconds per reply (default 0.2)")
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight (default 64)")
     args = parser.parse_args(argv)
-    from builders.sample import write_sample
+    from vlfeedback_kit.builders.sample import write_sample
 
     with tempfile.TemporaryDirectory(prefix="vlf-judge-bench-") as tmp:
         root = Path(tmp)
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             command = [
                 sys.executable,
                 "-m",
-                "builders.cli",
+                "vlfeedback_kit.cli",
                 "annotate",
                 "--input",
                 str(root / "input"),

@@ -90,7 +90,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--retry-failed", action="store_true", help="ask again about items recorded as failed or refused"
     )
     _endpoint_flags(annotate)
-    annotate.set_defaults(func=_annotate)
+    annotate.set_defaults(func=_annotate, extras=("pipeline",))
 
     assemble = subparsers.add_parser("assemble", help="write the annotated release layout from judge stores")
     assemble.add_argument("--input", type=Path, required=True, help="the folder that was annotated")
@@ -125,7 +125,7 @@ def _endpoint_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _instructions(args: argparse.Namespace) -> int:
-    from builders.pipeline.instructions import collect, parse_assignments
+    from vlfeedback_kit.builders.pipeline.instructions import collect, parse_assignments
 
     report = collect(
         parse_assignments(args.source, "--source"),
@@ -148,7 +148,7 @@ def _instructions(args: argparse.Namespace) -> int:
 
 
 def _decode(args: argparse.Namespace) -> int:
-    from builders.pipeline.decode import decode
+    from vlfeedback_kit.builders.pipeline.decode import decode
 
     report = decode(
         args.input,
@@ -173,7 +173,7 @@ def _decode(args: argparse.Namespace) -> int:
 
 
 def _annotate(args: argparse.Namespace) -> int:
-    from builders.pipeline.annotate import AnnotateOptions, annotate, parse_shard
+    from vlfeedback_kit.builders.pipeline.annotate import AnnotateOptions, annotate, parse_shard
 
     options = AnnotateOptions(
         input_dir=args.input,
@@ -225,8 +225,8 @@ def _annotate(args: argparse.Namespace) -> int:
 
 
 def _assemble(args: argparse.Namespace) -> int:
-    from builders.pipeline.annotate import state_path
-    from builders.pipeline.assemble import assemble_from
+    from vlfeedback_kit.builders.pipeline.annotate import state_path
+    from vlfeedback_kit.builders.pipeline.assemble import assemble_from
 
     report = assemble_from(args.input, args.out, args.store or [state_path(args.out)])
     print(
@@ -237,7 +237,7 @@ def _assemble(args: argparse.Namespace) -> int:
 
 
 def _agreement(args: argparse.Namespace) -> int:
-    from builders.pipeline.agreement import agreement, format_table, read_judged, read_labels
+    from vlfeedback_kit.builders.pipeline.agreement import agreement, format_table, read_judged, read_labels
 
     results = agreement(read_labels(args.human), read_judged(args.judge), args.bootstrap, args.seed)
     print(json.dumps(results, indent=2) if args.json else format_table(results))

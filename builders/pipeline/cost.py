@@ -13,8 +13,8 @@ from pathlib import Path
 
 import yaml
 
-from builders.errors import UserError
-from builders.features import ASPECTS
+from vlfeedback_kit.builders.features import ASPECTS
+from vlfeedback_kit.errors import UserError
 
 PRICES_FILE = Path(__file__).with_name("prices.yaml")
 CHARS_PER_TOKEN = 4

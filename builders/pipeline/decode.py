@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from builders.pipeline.cost import Price, call_cost, load_prices, price_for
-from builders.pipeline.endpoint import (
+from vlfeedback_kit.builders.pipeline.cost import Price, call_cost, load_prices, price_for
+from vlfeedback_kit.builders.pipeline.endpoint import (
     GaveUp,
     Rejected,
     RetryPolicy,
@@ -28,10 +28,10 @@ from builders.pipeline.endpoint import (
     for_each,
     make_client,
 )
-from builders.pipeline.judge import image_data_url
-from builders.pipeline.layout import JsonlWriter, LayoutWriter, StageInput, open_input, write_json
-from builders.pipeline.pool import LocalModel, Member, Pool, assign, chat_request, load_pool, unit_key
-from builders.pipeline.store import Store
+from vlfeedback_kit.builders.pipeline.judge import image_data_url
+from vlfeedback_kit.builders.pipeline.layout import JsonlWriter, LayoutWriter, StageInput, open_input, write_json
+from vlfeedback_kit.builders.pipeline.pool import LocalModel, Member, Pool, assign, chat_request, load_pool, unit_key
+from vlfeedback_kit.builders.pipeline.store import Store
 
 if TYPE_CHECKING:
     from tqdm import tqdm

@@ -18,8 +18,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from builders.errors import UserError
-from builders.pipeline.judge import Reply
+from vlfeedback_kit.builders.pipeline.judge import Reply
+from vlfeedback_kit.errors import UserError
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI

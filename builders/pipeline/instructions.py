@@ -28,8 +28,8 @@ from pathlib import Path
 import yaml
 from tqdm.auto import tqdm
 
-from builders.errors import UserError
-from builders.pipeline.layout import JsonlWriter, LayoutWriter, write_json
+from vlfeedback_kit.builders.pipeline.layout import JsonlWriter, LayoutWriter, write_json
+from vlfeedback_kit.errors import UserError
 
 ADAPTERS_FILE = Path(__file__).with_name("adapters.yaml")
 OUTPUT_JSONL = "instructions.jsonl"

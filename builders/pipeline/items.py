@@ -11,8 +11,8 @@ import hashlib
 import io
 from dataclasses import dataclass
 
-from builders.pipeline.endpoint import Completion
-from builders.pipeline.judge import (
+from vlfeedback_kit.builders.pipeline.endpoint import Completion
+from vlfeedback_kit.builders.pipeline.judge import (
     JudgeSettings,
     Template,
     Verdict,
@@ -27,7 +27,7 @@ from builders.pipeline.judge import (
     shard_of,
     unshuffle,
 )
-from builders.pipeline.layout import StageInput
+from vlfeedback_kit.builders.pipeline.layout import StageInput
 
 
 @dataclass(frozen=True, slots=True)

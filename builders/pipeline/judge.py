@@ -17,8 +17,8 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from builders.errors import UserError
-from builders.features import ASPECTS, RATING_RANGE
+from vlfeedback_kit.builders.features import ASPECTS, RATING_RANGE
+from vlfeedback_kit.errors import UserError
 
 TEMPLATE_FILE = Path(__file__).with_name("rubric.md")
 REQUIRED_PLACEHOLDERS: tuple[str, ...] = ("instruction", "texts")

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from builders.errors import UserError
-from builders.sources import IMAGE_DIR, ReleaseFolder
-from builders.validate import REJECT_REASONS, Reject, check_id
+from vlfeedback_kit.builders.sources import IMAGE_DIR, ReleaseFolder
+from vlfeedback_kit.builders.validate import REJECT_REASONS, Reject, check_id
+from vlfeedback_kit.errors import UserError
 
 
 @dataclass(frozen=True)

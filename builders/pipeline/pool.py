@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from builders.errors import UserError
+from vlfeedback_kit.errors import UserError
 
 EXAMPLE_FILE = Path(__file__).with_name("pool.example.yaml")
 KINDS = ("transformers", "openai")

@@ -24,9 +24,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from builders.errors import UserError
-from builders.pipeline.endpoint import Completion
-from builders.pipeline.judge import Reply
+from vlfeedback_kit.builders.pipeline.endpoint import Completion
+from vlfeedback_kit.builders.pipeline.judge import Reply
+from vlfeedback_kit.errors import UserError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);

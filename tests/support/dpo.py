@@ -7,7 +7,7 @@ from pathlib import Path
 
 def cpu_dpo_config(output_dir: Path, **overrides: object):
     """A ``SilkieDPOConfig`` (TRL's ``DPOConfig`` + the kit's fields) for a few CPU steps: fp32, no checkpointing."""
-    from training.config import SilkieDPOConfig
+    from vlfeedback_kit.training.config import SilkieDPOConfig
 
     settings = {
         "output_dir": str(output_dir),

@@ -1,7 +1,7 @@
 """The ``vlfeedback annotate`` command line the pipeline tests run against the loopback judge.
 
 cli_main(annotate_args(server.url, source, out, "--quiet"))                               # in this process
-subprocess.run([sys.executable, "-m", "builders.cli", *annotate_args(url, source, out)])  # in a child
+subprocess.run([sys.executable, "-m", "vlfeedback_kit.cli", *annotate_args(url, source, out)])  # in a child
 """
 
 from __future__ import annotations

@@ -1,1 +1,0 @@
-"""spaces: the Gradio Space comparing Silkie with its base."""
