@@ -1,0 +1,149 @@
+"""Answering image + question prompts with a base VLM and, optionally, its Silkie adapter — one model in memory.
+
+Silkie is the base with its LoRA adapter on; the base is the same model with it off. PEFT's ``adapter_names``
+(one name per row, ``"__base__"`` for no adapter) lets a single batched ``generate`` answer both, which is what
+``vlfeedback eval run --compare-base`` and the Silkie-vs-base Space do: one model load, one forward per step for
+both sides. Unlike ``disable_adapter()``, it changes no shared state, so concurrent requests are safe.
+
+    served = load("runs/tiny-qwen2-vl", adapter="runs/silkie-tiny")
+    base_answer, silkie_answer = generate(served, [(image, "What is shown?")] * 2, [BASE, SILKIE])
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+BASE = "__base__"
+"""PEFT's adapter name for "no adapter" in ``adapter_names``."""
+
+SILKIE = "default"
+"""The adapter name a loaded Silkie adapter gets."""
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Decoding settings, recorded with every response (greedy by default, as the benchmarks' official runs)."""
+
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        if self.temperature > 0:
+            return {"max_new_tokens": self.max_new_tokens, "do_sample": True, "temperature": self.temperature,
+                    "top_p": self.top_p}  # fmt: skip
+        return {"max_new_tokens": self.max_new_tokens, "do_sample": False, "temperature": None, "top_p": None,
+                "top_k": None}  # fmt: skip
+
+
+@dataclass
+class ServedModel:
+    """A loaded base model (and adapter), with what identifies them in every output file."""
+
+    model: Any
+    processor: Any
+    model_id: str
+    model_revision: str | None
+    adapter_id: str | None
+    adapter_revision: str | None
+
+    @property
+    def has_adapter(self) -> bool:
+        return self.adapter_id is not None
+
+    def provenance(self) -> dict:
+        return {"model": self.model_id, "model_revision": self.model_revision, "adapter": self.adapter_id,
+                "adapter_revision": self.adapter_revision}  # fmt: skip
+
+
+def base_of_run(adapter: str | Path) -> str | None:
+    """The base model a run dir's adapter was trained from (``run_info.json``, else ``adapter_config.json``)."""
+    folder = Path(adapter)
+    for name, key in (("run_info.json", "base_model"), ("adapter_config.json", "base_model_name_or_path")):
+        path = folder / name
+        if path.is_file():
+            value = json.loads(path.read_text()).get(key)
+            if isinstance(value, dict):
+                value = value.get("path") or value.get("id")
+            if value:
+                return str(value)
+    return None
+
+
+def load(model: str | None, adapter: str | None = None, model_revision: str | None = None,
+         adapter_revision: str | None = None, dtype: str = "auto", device: str | None = None) -> ServedModel:
+    """Load a base VLM (``AutoModelForImageTextToText``) and, when given, its PEFT adapter as ``"default"``.
+
+    ``model`` may be omitted when ``adapter`` is a run dir (its base is read from it). The processor comes from
+    the adapter's folder when the run saved one there (its chat template is the trained one), else the base's."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = model or (base_of_run(adapter) if adapter else None)
+    if not model:
+        raise ValueError("no base model: pass --model, or an --adapter run dir whose run_info.json names its base")
+    processor_source, processor_revision = model, model_revision
+    if adapter and Path(adapter, "preprocessor_config.json").is_file():
+        processor_source, processor_revision = adapter, None
+    processor = AutoProcessor.from_pretrained(processor_source, revision=processor_revision)
+    processor.tokenizer.padding_side = "left"  # generation appends on the right
+    network = AutoModelForImageTextToText.from_pretrained(model, revision=model_revision, dtype=dtype)
+    if adapter:
+        from peft import PeftModel
+
+        network = PeftModel.from_pretrained(network, adapter, revision=adapter_revision, adapter_name=SILKIE)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    network.to(device).eval()
+    return ServedModel(network, processor, model, model_revision, adapter, adapter_revision)
+
+
+def chat_inputs(processor: Any, prompts: Sequence[tuple[Any, str]]) -> Any:
+    """The processor's batch (left-padded) for ``(image, question)`` prompts in the model's own chat template."""
+    conversations = [
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        for _, question in prompts
+    ]
+    texts = processor.apply_chat_template(conversations, add_generation_prompt=True)
+    return processor(text=texts, images=[image for image, _ in prompts], padding=True, return_tensors="pt")
+
+
+def generate(served: ServedModel, prompts: Sequence[tuple[Any, str]], adapters: Sequence[str] | None = None,
+             settings: GenerationSettings = GenerationSettings(), streamer: Any = None) -> list[str]:
+    """Answer every prompt in one batched ``generate``; ``adapters`` names each row's adapter (:data:`SILKIE` or
+    :data:`BASE`; default: Silkie when an adapter is loaded)."""
+    import torch
+
+    if adapters is not None and len(adapters) != len(prompts):
+        raise ValueError(f"{len(adapters)} adapter names for {len(prompts)} prompts")
+    if adapters is not None and not served.has_adapter and any(name != BASE for name in adapters):
+        raise ValueError("adapter rows asked of a model loaded without an adapter")
+    inputs = chat_inputs(served.processor, prompts).to(served.model.device)
+    kwargs = settings.generate_kwargs()
+    if served.has_adapter:
+        kwargs["adapter_names"] = list(adapters) if adapters is not None else [SILKIE] * len(prompts)
+    if settings.temperature > 0:
+        torch.manual_seed(settings.seed)
+    with torch.inference_mode():
+        output = served.model.generate(**inputs, **kwargs, streamer=streamer,
+                                       pad_token_id=served.processor.tokenizer.pad_token_id)
+    new_tokens = output[:, inputs["input_ids"].shape[1]:]
+    return [text.strip() for text in served.processor.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+def generate_both(served: ServedModel, prompts: Sequence[tuple[Any, str]],
+                  settings: GenerationSettings = GenerationSettings()) -> tuple[list[str], list[str]]:
+    """Silkie's and the base's answers to every prompt from one batched pass (adapter on / off per row)."""
+    if not served.has_adapter:
+        raise ValueError("comparing with the base needs an adapter")
+    doubled = [prompt for prompt in prompts for _ in range(2)]
+    answers = generate(served, doubled, [SILKIE, BASE] * len(prompts), settings)
+    return answers[0::2], answers[1::2]

@@ -1,0 +1,58 @@
+"""One loaded base model answers as Silkie (adapter on) and as the base (adapter off) in one batched generate."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from vlfeedback_kit.eval.serving import BASE, SILKIE, GenerationSettings, base_of_run, generate, generate_both, load
+from vlfeedback_kit.training.tiny_model import build_tiny_model
+
+
+@pytest.fixture(scope="module")
+def silkie(tmp_path_factory):
+    """A tiny Qwen2-VL and a LoRA adapter whose up-projections are non-zero (so Silkie differs from its base)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    root = tmp_path_factory.mktemp("serving")
+    base = build_tiny_model("qwen2_vl", root / "base")
+    model = get_peft_model(AutoModelForImageTextToText.from_pretrained(base),
+                           LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj", "o_proj"]))
+    torch.manual_seed(0)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.5)
+    model.save_pretrained(root / "run")
+    AutoProcessor.from_pretrained(base).save_pretrained(root / "run")
+    (root / "run" / "run_info.json").write_text(json.dumps({"base_model": str(base)}))
+    return base, root / "run"
+
+
+def prompts() -> list:
+    colours = ("red", "blue", "green")
+    return [(Image.new("RGB", (56 + 28 * i, 56), c), f"What colour is the {c} square?") for i, c in enumerate(colours)]
+
+
+def test_both_sides_from_one_batched_pass_equal_separate_models(silkie):
+    base, run = silkie
+    served = load(None, adapter=str(run))  # the base comes from the run dir
+    assert served.model_id == str(base) and base_of_run(run) == str(base)
+    settings = GenerationSettings(max_new_tokens=12)
+    silkie_answers, base_answers = generate_both(served, prompts(), settings)
+    alone_silkie = [generate(served, [p], [SILKIE], settings)[0] for p in prompts()]
+    plain = load(str(base))
+    alone_base = [generate(plain, [p], None, settings)[0] for p in prompts()]
+    assert silkie_answers == alone_silkie and base_answers == alone_base
+    assert silkie_answers != base_answers  # the adapter does something
+
+
+def test_adapter_rows_need_an_adapter(silkie):
+    base, _ = silkie
+    plain = load(str(base))
+    with pytest.raises(ValueError, match="without an adapter"):
+        generate(plain, prompts()[:1], [SILKIE])
+    with pytest.raises(ValueError, match="needs an adapter"):
+        generate_both(plain, prompts()[:1])
+    assert generate(plain, prompts()[:1], [BASE], GenerationSettings(max_new_tokens=2))
