@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -28,12 +29,20 @@ def run_python(code: str, cwd: Path, env: dict | None = None) -> subprocess.Comp
 def wheel(tmp_path_factory) -> Path:
     """The kit's wheel, built as `pip wheel --no-deps .` builds it (setuptools from the dev extra: no download)."""
     out = tmp_path_factory.mktemp("wheel")
+    source = out / "source"  # a copy of the tracked tree: building writes build/ and *.egg-info beside the sources
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True)
+    for name in filter(None, tracked.stdout.split("\0")):
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-v", "-w", str(out), str(source)],
         capture_output=True,
         text=True,
     )
     assert done.returncode == 0, done.stderr
+    assert "!!" not in done.stdout + done.stderr  # setuptools' warning boxes (license table, undeclared data)
+    assert "SetuptoolsDeprecationWarning" not in done.stdout + done.stderr
     (path,) = out.glob("vlfeedback_kit-*.whl")
     return path
 
