@@ -243,3 +243,21 @@ def test_bad_flags_and_settings_fail_early_naming_the_flag(
     assert server.tokens == {SECRET}
     for path in out.rglob("*"):
         assert not path.is_file() or SECRET.encode() not in path.read_bytes(), path
+
+
+def test_the_original_template_works_as_is(server: OpenAIServer, tmp_path: Path) -> None:
+    from test_pipeline_judge import ORIGINAL_TEMPLATE
+
+    template = tmp_path / "annotation_template.txt"
+    template.write_text(ORIGINAL_TEMPLATE)
+    items = {f"llava-{i}": (f"Q{i}", [marked((4, 5, 5), f"a{i}"), marked((2, 1, 5), f"b{i}")]) for i in range(3)}
+    source = decoded(tmp_path / "in", items)
+    out = tmp_path / "out"
+    assert annotate(server, source, out, "--template", str(template)) == 0
+    rows = output(out)
+    assert sorted(rows) == sorted(items)
+    for row_ in rows.values():
+        assert [ratings_of(c) for c in row_["completions"]] == [(4, 5, 5), (2, 1, 5)]
+    (call, *_) = server.calls_about("Instruction: Q0\n")
+    assert "- <text 1> a0 [[rate=4,5,5]]\n- <text 2> b0 [[rate=2,1,5]]" in call.text
+    assert report(out)["judge"]["template_sha256"] == load_template(template).sha256

@@ -298,6 +298,7 @@ def annotate(options: AnnotateOptions) -> dict:
     with open_input(options.input_dir) as folder, Store(state_path(options.out_dir)) as store:
         store.bind("judge", settings.to_dict(), SETTINGS_FLAGS)
         store.bind("shard", list(options.shard), "--shard")
+        store.bind("template_texts", template.texts, "--template")
         reopened = store.reopen(("failed", "refused")) if options.retry_failed else 0
         work = plan(folder, settings, template, options.shard, sizes=options.max_cost is not None)
         finished = store.finished()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from builders.errors import UserError
 from builders.pipeline.items import Plan, load, plan
-from builders.pipeline.judge import JudgeSettings
+from builders.pipeline.judge import JudgeSettings, Template
 from builders.pipeline.layout import JsonlWriter, LayoutWriter, open_input, write_json
 from builders.pipeline.store import Result, Store
 from builders.sources import ReleaseFolder
@@ -127,7 +127,8 @@ def assemble_from(input_dir: Path, out_dir: Path, store_paths: list[Path]) -> di
     try:
         settings = settings_of(stores)
         shard = stores[0].meta("shard") if len(stores) == 1 else None
-        work = plan(folder, settings, None, tuple(shard) if shard else None)
+        fixed = Template("", settings.template_sha256, "", texts=stores[0].meta("template_texts"))
+        work = plan(folder, settings, fixed, tuple(shard) if shard else None)
         return assemble(folder, out_dir, stores, work)
     finally:
         folder.close()

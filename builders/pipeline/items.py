@@ -92,7 +92,8 @@ def plan(
     sizes: bool = False,
 ) -> Plan:
     """Scan the input into the items of ``shard`` (None: all); ``sizes`` also measures prompts and images (and
-    needs the template)."""
+    needs the template). Rows whose response count the template cannot show (the original one has a fixed
+    number of text placeholders) are invalid."""
     items: list[Planned] = []
     invalid: list[dict] = []
     other_shard = rows = 0
@@ -104,6 +105,10 @@ def plan(
             invalid.append(line.invalid(problem))
             continue
         responses = [c["response"] for c in row["completions"]]
+        unfit = template.fits(len(responses)) if template is not None else None
+        if unfit:
+            invalid.append(line.invalid(("template_texts", unfit)))
+            continue
         key = item_key(hashlib.sha256(image).hexdigest(), row["prompt"], responses, settings)
         if shard is not None and shard_of(key, shard[1]) != shard[0]:
             other_shard += 1

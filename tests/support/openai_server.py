@@ -14,7 +14,8 @@ How it answers a chat request:
 - A **judge** request is one whose text holds the responses as ``<text k>`` … ``</text k>`` blocks (the kit's
   rubric renders them so). Each response is rated on the three aspects from a ``[[rate=H,V,E]]`` marker in its
   text, or from a hash of the text. The reply is the kit's JSON format, or the original sectioned format with
-  markdown noise when the instruction holds ``[[sectioned]]``.
+  markdown noise when the instruction holds ``[[sectioned]]`` or the request is the original VLFeedback template
+  (texts as ``- <text k> …`` lines), which asks for that format.
 - Any other request is a **pool** request, answered with a deterministic text naming the model.
 - Directives in the request text switch faults on for one item: ``[[malformed]]`` (the first reply misses a
   rating; ``[[malformed:N]]`` the first N replies to this content, ``[[malformed:always]]`` every one),
@@ -53,6 +54,8 @@ except ModuleNotFoundError:  # run as a script (the benchmark): tests/support is
 
 ASPECTS = ("Helpfulness", "Visual Faithfulness", "Ethical Considerations")
 TEXT_BLOCK = re.compile(r"<text (\d+)>\n?(.*?)\n?</text \1>", re.DOTALL)
+ORIGINAL_TEXT = re.compile(r"^- <text (\d+)> (.*)$", re.MULTILINE)
+"""A text as the original VLFeedback template shows it (``- <text k> [[text_k_placeholder]]``)."""
 RATE_MARKER = re.compile(r"\[\[rate=(\d),(\d),(\d)\]\]")
 DIRECTIVE = re.compile(r"\[\[(malformed|refuse|refuse-field|sectioned|status|slow)(?::([\w.]+))?\]\]")
 REFUSAL = "I'm sorry, but I can't help with evaluating this image."
@@ -155,6 +158,9 @@ def answer(messages: list[dict], model: str, reply_number: int) -> tuple[str | N
     text = text_of(first_user_content(messages))
     directives = dict(DIRECTIVE.findall(text))
     texts = [body for _, body in TEXT_BLOCK.findall(text)]
+    original = [body for k, body in ORIGINAL_TEXT.findall(text) if body != f"[Text {k}]"]
+    if original and not texts:
+        texts, directives = original, {**directives, "sectioned": ""}
     if not texts:
         return pool_reply(model, text), None, "stop"
     if "refuse" in directives:
