@@ -102,13 +102,16 @@ class Store:
 
     def bind(self, name: str, value: object, flag: str, record: bool = True) -> None:
         """Record a setting on first use; on a later run, fail unless it is the same (``flag`` is what differs)."""
-        recorded = self.meta(name)
-        if recorded is None and record:
-            self.db.execute("INSERT INTO meta VALUES (?, ?)", (name, json.dumps(value, sort_keys=True)))
-        elif recorded is not None and recorded != json.loads(json.dumps(value)):
+        row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            if record:
+                self.db.execute("INSERT INTO meta VALUES (?, ?)", (name, json.dumps(value, sort_keys=True)))
+            return
+        recorded, value = json.loads(row[0]), json.loads(json.dumps(value))
+        if recorded != value:
             raise UserError(
-                f"{self.path} was made with {name} = {json.dumps(recorded)}, this run has {json.dumps(value)}; "
-                f"keep the same {flag}, or use another --out for a new run"
+                f"{self.path} was made with other settings: {changes(name, recorded, value)}; keep the same "
+                f"{flag}, or use another --out for a new run"
             )
 
     # --- items --------------------------------------------------------------------------------------------------
@@ -222,6 +225,19 @@ class Store:
                 "INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?)",
                 (batch.input_file_id, batch.batch_id, json.dumps(batch.custom_ids), batch.status, time.time()),
             )
+
+
+def changes(name: str, recorded: object, value: object) -> str:
+    """What differs between a recorded setting and this run's, field by field: ``shuffle_seed: 0 → null``."""
+    if not (isinstance(recorded, dict) and isinstance(value, dict)):
+        return f"{name}: {json.dumps(recorded)} → {json.dumps(value)}"
+    absent = "(not set)"
+    return ", ".join(
+        f"{field}: {json.dumps(recorded[field]) if field in recorded else absent} → "
+        f"{json.dumps(value[field]) if field in value else absent}"
+        for field in sorted(recorded.keys() | value.keys())
+        if recorded.get(field, absent) != value.get(field, absent)
+    )
 
 
 def _acquire(lock_path: Path):
