@@ -261,3 +261,49 @@ def test_the_original_template_works_as_is(server: OpenAIServer, tmp_path: Path)
     (call, *_) = server.calls_about("Instruction: Q0\n")
     assert "- <text 1> a0 [[rate=4,5,5]]\n- <text 2> b0 [[rate=2,1,5]]" in call.text
     assert report(out)["judge"]["template_sha256"] == load_template(template).sha256
+
+
+def closed_port_url() -> str:
+    """A loopback URL nothing listens on (the port was bound, then released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def test_a_closed_port_stops_the_run_at_once_naming_host_and_cause(
+    server: OpenAIServer, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    items = {f"svit-{i}": (f"Q{i}", ["a", "b"]) for i in range(16)}
+    source, out, url = decoded(tmp_path / "in", items), tmp_path / "out", closed_port_url()
+    assert cli_main(annotate_args(url, source, out, "--quiet", "--max-retries", "1")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and url.removeprefix("http://").removesuffix("/v1") in err[0]
+    assert "connection refused" in err[0] and "--base-url" in err[0]
+    assert not (out / "annotate" / "state.sqlite").exists()
+
+
+def test_a_base_url_without_v1_gets_the_hint_before_any_call(
+    server: OpenAIServer, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    source = decoded(tmp_path / "in", {"svit-0": ("Q", ["a", "b"])})
+    url = server.url.removesuffix("/v1")
+    assert cli_main(annotate_args(url, source, tmp_path / "out", "--quiet", "--max-retries", "1")) == 2
+    err = capsys.readouterr().err
+    assert "404" in err and f"{url}/v1" in err and server.calls == []
+
+
+def test_the_breaker_stops_a_run_whose_connections_keep_dropping(
+    server: OpenAIServer, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from builders.pipeline.endpoint import BREAKER_LIMIT
+
+    items = {f"svit-{i}": (f"Q{i}", ["a", "b"]) for i in range(40)}
+    source, out = decoded(tmp_path / "in", items), tmp_path / "out"
+    server.drop_chat = True
+    assert annotate(server, source, out, "--concurrency", "4", "--max-retries", "2") == 2
+    assert server.probes == 1 and server.dropped <= BREAKER_LIMIT + 4  # not 40 items x 3 tries
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "closed the connection without a reply" in err[0] and "127.0.0.1" in err[0]

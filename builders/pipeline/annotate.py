@@ -22,18 +22,20 @@ from urllib.parse import urlsplit, urlunsplit
 from builders.errors import UserError
 from builders.pipeline.cost import Price, call_cost, estimate_tokens, load_prices, price_for, require_price
 from builders.pipeline.endpoint import (
+    Breaker,
     GaveUp,
     Rejected,
     RetryPolicy,
     RunStats,
     api_key_from_env,
+    check_endpoint,
     complete,
     for_each,
     make_client,
 )
 from builders.pipeline.items import Planned, build_request, load, plan, settle
 from builders.pipeline.judge import JudgeSettings, Template, load_template, read_reply
-from builders.pipeline.layout import StageInput, open_input, write_json
+from builders.pipeline.layout import StageInput, check_out, open_input, write_json
 from builders.pipeline.store import Store
 
 if TYPE_CHECKING:
@@ -200,6 +202,7 @@ class Judging(JudgeLoop):
     def __init__(self, job: JudgeJob) -> None:
         super().__init__(job)
         self.client = None
+        self.breaker = Breaker(self.options.base_url)
 
     async def run(self, todo: list[Planned], api_key: str) -> RunStats:
         """Judge every item in ``todo`` (bounded concurrency, budget permitting)."""
@@ -222,7 +225,9 @@ class Judging(JudgeLoop):
         try:
             while True:
                 request, order = build_request(item, self.settings, self.template, [c for c, _ in calls])
-                completion = await complete(self.client, request, self.options.retry, self.stats.retried)
+                completion = await complete(
+                    self.client, request, self.options.retry, self.stats.retried, self.breaker
+                )
                 cost = call_cost(completion.prompt_tokens, completion.completion_tokens, self.price)
                 calls.append((completion, cost))
                 finish = settle(read_reply(completion.reply, planned.n), order, calls, self.options.max_attempts)
@@ -285,6 +290,7 @@ def annotate(options: AnnotateOptions) -> dict:
 
     from builders.pipeline.assemble import REPORT_FILE, assemble
 
+    check_out(options.input_dir, options.out_dir)
     template = load_template(options.template)
     settings = options.settings(template)
     prices = load_prices(options.prices)
@@ -295,6 +301,7 @@ def annotate(options: AnnotateOptions) -> dict:
     if options.max_cost is not None:
         require_price(settings.model, prices, "--max-cost")
     api_key = api_key_from_env(options.api_key_env)
+    check_endpoint(options.base_url, api_key, options.timeout, key_flag=f"--api-key-env ({options.api_key_env})")
     with open_input(options.input_dir) as folder, Store(state_path(options.out_dir)) as store:
         store.bind("judge", settings.to_dict(), SETTINGS_FLAGS)
         store.bind("shard", list(options.shard), "--shard")

@@ -21,7 +21,7 @@ from pathlib import Path
 from builders.errors import UserError
 from builders.pipeline.items import Plan, load, plan
 from builders.pipeline.judge import JudgeSettings, Template
-from builders.pipeline.layout import JsonlWriter, LayoutWriter, open_input, write_json
+from builders.pipeline.layout import JsonlWriter, LayoutWriter, check_out, open_input, write_json
 from builders.pipeline.store import Result, Store
 from builders.sources import ReleaseFolder
 
@@ -119,6 +119,7 @@ def assemble(folder: ReleaseFolder, out_dir: Path, stores: list[Store], work: Pl
 
 def assemble_from(input_dir: Path, out_dir: Path, store_paths: list[Path]) -> dict:
     """``vlfeedback assemble``: re-assemble from a run's own store, or merge the stores of several shards."""
+    check_out(input_dir, out_dir)
     missing = [str(p) for p in store_paths if not p.is_file()]
     if missing:
         raise UserError(f"--store: no store at {', '.join(missing)} (annotate writes OUT/{STAGE_DIR}/state.sqlite)")

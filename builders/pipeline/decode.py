@@ -6,12 +6,20 @@ Each instruction is answered by ``k`` distinct pool members drawn with the pool'
 ``OUT/decode/state.sqlite`` as they come (keyed by image, prompt and the member's settings), so an interrupted
 decode re-run with the same command redoes only what is missing — and a pool that changes keeps the answers of
 the members that did not. Rows whose answers are not all in yet are listed in ``decode/failures.jsonl``.
+
+Before the first member starts, every member that has work is checked (local model folders or Hub ids, adapters,
+``api_key_env`` variables) and every endpoint is probed once; a run whose endpoint stops answering is stopped by
+the breaker with the host and the cause. With temperature > 0 each answer is sampled with a seed drawn from the
+pool seed and its content key (sent as ``seed`` to endpoints; a local member then generates one item at a time), so
+a resumed decode samples exactly what an uninterrupted one would. ``decode/report.json`` counts the run's work per
+member: calls and tokens for endpoints, items, seconds and items/s for local models.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,18 +27,30 @@ from typing import TYPE_CHECKING
 
 from builders.pipeline.cost import Price, call_cost, load_prices, price_for
 from builders.pipeline.endpoint import (
+    Breaker,
     GaveUp,
     Rejected,
     RetryPolicy,
     RunStats,
     api_key_from_env,
+    check_endpoint,
     complete,
     for_each,
     make_client,
 )
 from builders.pipeline.judge import image_data_url
-from builders.pipeline.layout import JsonlWriter, LayoutWriter, StageInput, open_input, write_json
-from builders.pipeline.pool import LocalModel, Member, Pool, assign, chat_request, load_pool, unit_key
+from builders.pipeline.layout import JsonlWriter, LayoutWriter, StageInput, check_out, open_input, write_json
+from builders.pipeline.pool import (
+    LocalModel,
+    Member,
+    Pool,
+    assign,
+    chat_request,
+    load_pool,
+    preflight,
+    sampling_seed,
+    unit_key,
+)
 from builders.pipeline.store import Store
 
 if TYPE_CHECKING:
@@ -49,6 +69,7 @@ class Unit:
     key: str
     item_id: str
     offset: int
+    seed: int
 
 
 @dataclass(frozen=True)
@@ -82,17 +103,21 @@ def plan_units(
         for member, key in zip(members, keys, strict=True):
             if key not in finished and key not in queued:
                 queued.add(key)
-                todo[member.name].append(Unit(key, line.row["id"], line.offset))
+                seed = sampling_seed(pool.seed, image_sha, line.row["prompt"], member.name)
+                todo[member.name].append(Unit(key, line.row["id"], line.offset, seed))
     return rows, invalid, todo
 
 
-def run_local(member: Member, units: list[Unit], folder: StageInput, store: Store, seed: int, bar: tqdm) -> None:
-    """Answer ``units`` with a local model, one padded batch at a time, committing each batch."""
+def run_local(member: Member, units: list[Unit], folder: StageInput, store: Store, bar: tqdm) -> dict:
+    """Answer ``units`` with a local model, one padded batch at a time, committing each batch; returns the work
+    done (items, seconds, items/s)."""
+    started = time.perf_counter()
     model = LocalModel(member)
     for start in range(0, len(units), member.batch_size):
         batch = units[start : start + member.batch_size]
         rows = [folder.row(unit.offset) for unit in batch]
-        texts = model.answer([r["prompt"] for r in rows], [folder.image_bytes(r) for r in rows], seed + start)
+        seeds = [unit.seed for unit in batch]
+        texts = model.answer([r["prompt"] for r in rows], [folder.image_bytes(r) for r in rows], seeds)
         settings = member.settings()
         store.put_many(
             [
@@ -101,6 +126,8 @@ def run_local(member: Member, units: list[Unit], folder: StageInput, store: Stor
             ]
         )
         bar.update(len(batch))
+    seconds = time.perf_counter() - started
+    return {"items": len(units), "seconds": round(seconds, 3), "items_per_second": round(len(units) / seconds, 3)}
 
 
 async def run_endpoint(
@@ -115,15 +142,17 @@ async def run_endpoint(
     bar: tqdm,
 ) -> None:
     """Answer ``units`` through an OpenAI-compatible endpoint with bounded concurrency, committing each answer."""
-    api_key = api_key_from_env(member.api_key_env) if member.api_key_env else NO_KEY
-    client = make_client(member.base_url, api_key, timeout)
+    client = make_client(member.base_url, member_key(member), timeout)
     settings = member.settings()
+    breaker = Breaker(member.base_url, flag=f"the base_url of pool member {member.name!r}")
 
     async def answer(unit: Unit) -> None:
         row = folder.row(unit.offset)
         request = chat_request(member, row["prompt"], image_data_url(folder.image_bytes(row)))
+        if member.generation["temperature"] > 0:
+            request["seed"] = unit.seed
         try:
-            completion = await complete(client, request, policy, stats.retried)
+            completion = await complete(client, request, policy, stats.retried, breaker)
         except GaveUp as err:
             stats.pending[unit.key] = f"{member.name}: {err}"
         except Rejected as err:
@@ -150,6 +179,22 @@ async def run_endpoint(
         await client.close()
 
 
+def member_key(member: Member) -> str:
+    """The API key an endpoint member sends (a local vLLM server without ``api_key_env`` accepts any)."""
+    return api_key_from_env(member.api_key_env) if member.api_key_env else NO_KEY
+
+
+def check_members(members: list[Member], timeout: float) -> None:
+    """Before any member starts: every member's model / key (``preflight``), then one probe per endpoint."""
+    preflight(members)
+    probed = set()
+    for member in members:
+        if member.kind == "openai" and (member.base_url, member.api_key_env) not in probed:
+            probed.add((member.base_url, member.api_key_env))
+            flag = f"the base_url of pool member {member.name!r}"
+            check_endpoint(member.base_url, member_key(member), timeout, flag, f"api_key_env of {member.name!r}")
+
+
 def decode(
     input_dir: Path,
     out_dir: Path,
@@ -164,26 +209,33 @@ def decode(
     """Decode every instruction of ``input_dir`` with the pool into ``out_dir``; returns the report."""
     from tqdm.auto import tqdm
 
+    check_out(input_dir, out_dir)
     pool = load_pool(pool_path, k, seed)
     price_table = load_prices(prices)
     stats = RunStats()
+    local: dict[str, dict] = {}
     with open_input(input_dir) as folder, Store(out_dir / STAGE_DIR / "state.sqlite") as store:
         rows, invalid, todo = plan_units(folder, pool, store.finished())
+        check_members([m for m in pool.members if todo[m.name]], timeout)
+        started = time.perf_counter()
         for member in pool.members:
             units = todo[member.name]
             if not units:
                 continue
             with tqdm(total=len(units), desc=f"decode {member.name}", unit=" answers", disable=not progress) as bar:
                 if member.kind == "transformers":
-                    run_local(member, units, folder, store, pool.seed, bar)
+                    local[member.name] = run_local(member, units, folder, store, bar)
                 else:
                     price = price_for(member.model, price_table)
                     policy = RetryPolicy(max_retries=max_retries)
-                    asyncio.run(run_endpoint(member, units, folder, store, price, policy, timeout, stats, bar))
+                    asyncio.run(
+                        run_endpoint(member, units, folder, store, price, policy, timeout, stats, bar)
+                    )
+        stats.seconds = time.perf_counter() - started
         report = write_output(folder, out_dir, store, rows, invalid)
     report["pool"] = {"k": pool.k, "seed": pool.seed, "members": {m.name: m.settings() for m in pool.members}}
     report["asked_this_run"] = {name: len(units) for name, units in todo.items()}
-    report["run"] = stats.to_dict() | {"answers_missing": len(stats.pending)}
+    report["run"] = stats.to_dict() | {"answers_missing": len(stats.pending), "local": local}
     write_json(out_dir / STAGE_DIR / "report.json", report)
     return report
 

@@ -98,6 +98,12 @@ def open_input(path: Path, flag: str = "--input") -> StageInput:
     return StageInput(path)
 
 
+def check_out(input_dir: Path, out_dir: Path) -> None:
+    """Refuse an ``--out`` that is the ``--input`` folder, before anything is created inside it."""
+    if Path(out_dir).resolve() == Path(input_dir).resolve():
+        raise UserError(f"--out {out_dir} is the --input folder; write each stage to its own folder")
+
+
 def write_json(path: Path, data: object) -> None:
     """Write a JSON file (atomically: a temp file, then a rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,10 @@ How it answers a chat request:
   ``[[status:500]]`` (the first call with this content fails so), ``[[slow:S]]`` (the first call takes S more
   seconds). Replies are counted per content (the first user message), so a re-ask counts as the next reply.
 - Server-wide knobs: ``latency`` (seconds per chat call), ``fail_next(status, count)``, ``retry_after_ms``
-  (sent with every 429), ``batch_polls`` (retrievals before a batch completes), ``api_key`` (401 otherwise).
+  (sent with every 429), ``batch_polls`` (retrievals before a batch completes), ``api_key`` (401 otherwise),
+  ``drop_chat`` (every chat call's connection is closed without a reply; ``dropped`` counts them),
+  ``reject_params`` (request fields answered with a 400 "unsupported parameter", as some servers do for ``seed``).
+- ``GET /v1/models`` lists ``models`` (``probes`` counts the requests).
 
 ``calls`` logs every chat completion made (over HTTP or inside a batch) with the hash of the request's first user
 message — the item's content — so a test can count the calls per item, and the text of its last user message (a
@@ -234,6 +237,12 @@ class OpenAIServer(LoopbackServer):
         self.batch_polls = batch_polls
         self.retry_after_ms = retry_after_ms
         self.calls: list[Call] = []
+        self.requests: list[dict] = []
+        self.models = ["gpt-4o"]
+        self.probes = 0
+        self.drop_chat = False
+        self.dropped = 0
+        self.reject_params: set[str] = set()
         self.tokens: set[str] = set()
         self.files: dict[str, dict] = {}
         self.batches: dict[str, dict] = {}
@@ -273,6 +282,14 @@ class OpenAIServer(LoopbackServer):
     def chat(self, body: dict, via: str) -> tuple[int, dict, dict[str, str]]:
         """Run one chat completion: (status, JSON body, extra headers)."""
         messages = body.get("messages") or []
+        with self._lock:
+            self.requests.append(
+                {**{k: v for k, v in body.items() if k != "messages"}, "text": text_of(first_user_content(messages))}
+            )
+        rejected = sorted(self.reject_params & set(body))
+        if rejected:
+            message = f"Unsupported parameter: '{rejected[0]}' is not supported with this model."
+            return 400, {"error": {"message": message, "type": "invalid_request_error", "code": None}}, {}
         model = body.get("model", "")
         text = text_of(first_user_content(messages))
         key = content_hash(messages)
@@ -442,7 +459,11 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._authorized():
             return
         path = self.path.split("?", 1)[0]
-        if path == "/v1/chat/completions":
+        if path == "/v1/chat/completions" and app.drop_chat:
+            with app._lock:
+                app.dropped += 1
+            self.close_connection = True
+        elif path == "/v1/chat/completions":
             self._send(*app.chat(json.loads(body), via="http"))
         elif path == "/v1/files":
             form = _multipart(self.headers.get("Content-Type", ""), body)
@@ -458,7 +479,11 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._authorized():
             return
         parts = self.path.split("?", 1)[0].strip("/").split("/")
-        if parts == ["v1", "batches"]:
+        if parts == ["v1", "models"]:
+            with app._lock:
+                app.probes += 1
+            self._send(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in app.models]})
+        elif parts == ["v1", "batches"]:
             with app._lock:
                 data = [_public(b) for b in app.batches.values()]
             self._send(200, {"object": "list", "data": data[::-1], "has_more": False})
