@@ -100,7 +100,7 @@ def test_outcomes_are_recorded_and_every_row_is_accounted_for(server: OpenAIServ
         handle.write(json.dumps({"id": "llava-7", "prompt": "no responses", "models": [], "completions": []}) + "\n")
         handle.write("{not json\n")
     out = tmp_path / "out"
-    assert annotate(server, source, out) == 0
+    assert annotate(server, source, out) == 1  # 6 of 9 rows not rated: over --max-fail-rate
 
     rows, failed, counts = output(out), failures(out), report(out)
     assert sorted(rows) == ["llava-0", "llava-1", "llava-5"]
@@ -130,7 +130,7 @@ def test_outcomes_are_recorded_and_every_row_is_accounted_for(server: OpenAIServ
     ).read_bytes()
 
     calls = len(server.calls)
-    assert annotate(server, source, out) == 0
+    assert annotate(server, source, out, "--max-fail-rate", "0.7") == 0
     assert len(server.calls) == calls and output(out) == rows
     assert cli_main(["build", "--source", str(out), "--out", str(tmp_path / "built"), "--quiet"]) == 0
     built = json.loads((tmp_path / "built" / "build_report.json").read_text())
@@ -213,7 +213,7 @@ def test_shards_split_the_work_and_assemble_merges_them(server: OpenAIServer, tm
 def test_retry_failed_asks_again_and_keeps_the_ledger(server: OpenAIServer, tmp_path: Path) -> None:
     source = decoded(tmp_path / "in", {"rtvlm-0": ("Bad judge [[malformed:3]]", ["a", "b"])})
     out = tmp_path / "out"
-    assert annotate(server, source, out, "--max-attempts", "2") == 0
+    assert annotate(server, source, out, "--max-attempts", "2") == 1
     assert failures(out)["rtvlm-0"]["outcome"] == "failed"
     assert annotate(server, source, out, "--max-attempts", "2", "--retry-failed") == 0
     row_ = output(out)["rtvlm-0"]
@@ -307,3 +307,77 @@ def test_the_breaker_stops_a_run_whose_connections_keep_dropping(
     assert server.probes == 1 and server.dropped <= BREAKER_LIMIT + 4  # not 40 items x 3 tries
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "closed the connection without a reply" in err[0] and "127.0.0.1" in err[0]
+
+
+def test_a_run_that_rated_nothing_exits_non_zero_with_the_reasons(
+    server: OpenAIServer, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    items = {f"svit-{i}": (f"Bad {i} [[malformed:always]]", ["a", "b"]) for i in range(4)}
+    source, out = decoded(tmp_path / "in", items), tmp_path / "out"
+    assert annotate(server, source, out, "--max-attempts", "2") == 1
+    printed = capsys.readouterr().out
+    assert "4 of 4 rows were not rated (100.0% > --max-fail-rate 5.0%)" in printed and "release layout" not in printed
+    assert "4  failed: Text 2 has no Ethical Considerations rating" in printed
+    undecoded = write_release(
+        tmp_path / "instructions",
+        [{"id": f"llava-{i}", "prompt": f"Q{i}", "models": [], "completions": []} for i in range(16)],
+        images={f"llava-{i}": jpeg(size=20 + i) for i in range(16)},
+    )
+    assert annotate(server, undecoded, tmp_path / "out2") == 1
+    printed = capsys.readouterr().out
+    assert "16 of 16 rows were not rated" in printed and "16  invalid: 'completions' is missing or empty" in printed
+    assert report(tmp_path / "out2")["fail_rate"] == 1.0
+
+
+def test_json_schema_response_format_and_seed_are_sent_and_recorded(server: OpenAIServer, tmp_path: Path) -> None:
+    from builders.pipeline.judge import response_schema
+
+    items = {f"svit-{i}": (f"Q{i}", ["a", "b", "c"]) for i in range(3)}
+    source, out = decoded(tmp_path / "in", items), tmp_path / "out"
+    assert annotate(server, source, out, "--response-format", "json-schema", "--seed", "7") == 0
+    assert all(r["response_format"] == response_schema(3) and r["seed"] == 7 for r in server.requests)
+    schema = response_schema(3)["json_schema"]["schema"]
+    assert schema["required"] == list(ASPECTS) and schema["properties"]["Helpfulness"]["items"]["required"] == [
+        "text", "rationale", "rating"
+    ]
+    assert report(out)["judge"]["response_format"] == "json-schema" and report(out)["judge"]["seed"] == 7
+    assert report(out)["run"]["seed_sent"] is True
+
+
+def test_an_endpoint_that_refuses_seed_is_asked_without_it(server: OpenAIServer, tmp_path: Path) -> None:
+    server.reject_params = {"seed"}
+    items = {f"svit-{i}": (f"Q{i}", ["a", "b"]) for i in range(3)}
+    source, out = decoded(tmp_path / "in", items), tmp_path / "out"
+    assert annotate(server, source, out, "--concurrency", "1") == 0
+    assert sorted(output(out)) == sorted(items) and report(out)["run"]["seed_sent"] is False
+    assert sum("seed" in r for r in server.requests) == 1
+
+
+def test_messages_name_the_changed_field_the_budget_the_unknown_price_and_assemble(
+    server: OpenAIServer, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    items = {f"lrv-{i}": (f"Q{i}", ["a", "b"]) for i in range(6)}
+    source, out = decoded(tmp_path / "in", items), tmp_path / "out"
+    assert annotate(server, source, out, "--shuffle") == 0
+    capsys.readouterr()
+    assert annotate(server, source, out) == 2
+    assert "shuffle_seed: 0 → null" in capsys.readouterr().err
+
+    tight = tmp_path / "tight"
+    assert annotate(server, source, tight, "--max-cost", "0.0001") == 3
+    printed = capsys.readouterr().out
+    assert "raise --max-cost" in printed and "re-run the same command" not in printed
+
+    dry = annotate_args(server.url, source, tmp_path / "dry", "--quiet", "--dry-run", judge_model="local-judge")
+    assert cli_main(dry) == 0
+    estimate = json.loads(capsys.readouterr().out)
+    assert estimate["estimated_prompt_tokens"] > 0 and estimate["estimated_completion_tokens"] > 0
+    assert estimate["estimated_cost_usd"] is None and "--prices" in estimate["cost_unknown"]
+    unpriced = annotate_args(server.url, source, tmp_path / "unpriced", "--quiet", judge_model="local-judge")
+    assert cli_main(unpriced) == 0
+    printed = capsys.readouterr().out
+    assert "cost unknown" in printed and "$0.0000" not in printed
+    assert report(tmp_path / "unpriced")["run"]["cost_usd"] is None
+
+    assert annotate(server, source, tmp_path / "shard0", "--shard", "0/2") == 0
+    assert "vlfeedback assemble" in capsys.readouterr().out

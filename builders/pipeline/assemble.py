@@ -10,7 +10,9 @@ Written to OUT:
     merged_images/<id>.jpg  the input's image bytes
     judge.json              {"judges": [{"model", "template_sha256", "items"}]}
     annotate/failures.jsonl every input row not in the jsonl: failed (raw replies kept), refused, invalid, pending
-    annotate/report.json    the counts — rows = other shards + ok + failed + refused + invalid + pending — and spend
+    annotate/report.json    the counts — rows = other shards + ok + failed + refused + invalid + pending —, the
+                            fail rate (failed + refused + invalid over the settled rows) with the reasons counted,
+                            and spend
 """
 
 from __future__ import annotations
@@ -82,9 +84,11 @@ def assemble(folder: ReleaseFolder, out_dir: Path, stores: list[Store], work: Pl
     counts: Counter = Counter()
     writer = LayoutWriter(out_dir, OUTPUT_JSONL, input_dir=folder.root)
     failures = JsonlWriter(out_dir / STAGE_DIR / FAILURES_FILE)
+    reasons: Counter = Counter()
     for entry in work.invalid:
         failures.write(entry)
         counts["invalid"] += 1
+        reasons[f"invalid: {entry['detail']}"] += 1
     for planned in work.items:
         result = next((r for r in (store.result(planned.key) for store in stores) if r is not None), None)
         if result is not None and result.outcome == "ok":
@@ -92,10 +96,13 @@ def assemble(folder: ReleaseFolder, out_dir: Path, stores: list[Store], work: Pl
             writer.add(judged_row(item.row, result, settings, planned.key), item.image)
         else:
             failures.write(failure_entry(planned.line, planned.item_id, planned.key, result))
+            if result is not None:
+                reasons[f"{result.outcome}: {result.data.get('reason')}"] += 1
         counts[result.outcome if result else "pending"] += 1
     writer.close()
     failures.close()
     totals = [store.totals() for store in stores]
+    settled = sum(counts[o] for o in ("ok", "failed", "refused", "invalid"))
     report = {
         "input": folder.root.name,
         "output": OUTPUT_JSONL,
@@ -104,11 +111,14 @@ def assemble(folder: ReleaseFolder, out_dir: Path, stores: list[Store], work: Pl
         "other_shards": work.other_shard,
         **{outcome: counts[outcome] for outcome in ("ok", "failed", "refused", "invalid", "pending")},
         "complete": counts["pending"] == 0,
+        "fail_rate": round((settled - counts["ok"]) / settled, 6) if settled else 0.0,
+        "failure_reasons": dict(reasons.most_common()),
         "ledger": {
             "calls": sum(t[3] for t in totals),
             "prompt_tokens": sum(t[0] for t in totals),
             "completion_tokens": sum(t[1] for t in totals),
             "cost_usd": round(sum(t[2] for t in totals), 6),
+            "unpriced_calls": sum(store.unpriced_calls() for store in stores),
         },
     }
     judges = [{"model": settings.model, "template_sha256": settings.template_sha256, "items": counts["ok"]}]

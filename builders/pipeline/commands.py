@@ -1,7 +1,10 @@
 """CLI verbs of the AI-feedback pipeline: ``instructions``, ``decode``, ``annotate``, ``assemble``, ``agreement``.
 
 Heavy imports (openai, transformers, PIL) stay inside the verbs so that ``vlfeedback --help`` stays instant. A verb
-whose work is not finished (items pending after retries, a spent budget, batches still running) exits with 3.
+whose work is not finished (items pending after retries, a spent budget, batches still running) exits with 3; one
+that finished but produced nothing usable (no instructions drawn, nothing decoded, more rows failed than
+``--max-fail-rate`` allows) exits with 1 and says why; a problem found before any work (a bad flag, an unreachable
+endpoint) exits with 2.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from pathlib import Path
 
 INCOMPLETE = 3
 """Exit status of a run that stopped with work left: re-run the same command to continue."""
+FAILED = 1
+"""Exit status of a run that finished without a usable result (nothing written, or too many rows failed)."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -73,11 +78,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--max-attempts", type=int, default=3, help="asks per item when replies are malformed (default 3)"
     )
     annotate.add_argument("--shuffle", action="store_true", help="show each item's responses in a seeded random order")
-    annotate.add_argument("--seed", type=int, default=0, help="seed of --shuffle (default 0)")
+    annotate.add_argument(
+        "--seed", type=int, default=0, help="seed of --shuffle, also sent as the request's seed (default 0)"
+    )
     annotate.add_argument("--temperature", type=float, default=0.0, help="judge temperature (default 0)")
     annotate.add_argument("--max-tokens", type=int, default=2048, help="judge reply token limit (default 2048)")
     annotate.add_argument(
         "--image-detail", default="high", choices=("low", "high", "auto"), help="image detail (default high)"
+    )
+    annotate.add_argument(
+        "--response-format",
+        default="text",
+        choices=("text", "json-schema"),
+        help="json-schema: send the rubric's JSON schema as response_format (OpenAI structured outputs; vLLM and "
+        "SGLang guided decoding), so a conforming judge cannot send an unparseable reply (default text)",
+    )
+    annotate.add_argument(
+        "--max-fail-rate",
+        type=float,
+        default=0.05,
+        metavar="RATE",
+        help="exit 1 when more than this share of the settled rows is failed, refused or invalid (default 0.05)",
     )
     annotate.add_argument("--shard", default="0/1", metavar="I/N", help="judge only shard I of N (by content hash)")
     annotate.add_argument("--batch", action="store_true", help="use the OpenAI Batch API (half price, up to 24 h)")
@@ -173,7 +194,7 @@ def _decode(args: argparse.Namespace) -> int:
 
 
 def _annotate(args: argparse.Namespace) -> int:
-    from builders.pipeline.annotate import AnnotateOptions, annotate, parse_shard
+    from builders.pipeline.annotate import MAX_COST_STOP, AnnotateOptions, annotate, parse_shard
 
     options = AnnotateOptions(
         input_dir=args.input,
@@ -191,6 +212,8 @@ def _annotate(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         max_tokens=args.max_tokens,
         image_detail=args.image_detail,
+        response_format=args.response_format,
+        max_fail_rate=args.max_fail_rate,
         shard=parse_shard(args.shard),
         batch=args.batch,
         batch_id=args.batch_id,
@@ -206,20 +229,48 @@ def _annotate(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(json.dumps(report, indent=2))
         return 0
-    run = report["run"]
-    print(
-        f"judged {sum(run['finished'].values())} items in {run['seconds']:.1f}s with {run['calls']} calls "
-        f"(${run['cost_usd']:.4f} this run, ${report['ledger']['cost_usd']:.4f} in all)"
-    )
+    run, ledger = report["run"], report["ledger"]
+    if run["cost_usd"] is None or ledger["unpriced_calls"]:
+        money = f"cost unknown: the price table has no price for {args.judge_model!r} (pass --prices FILE)"
+    else:
+        money = f"${run['cost_usd']:.4f} this run, ${ledger['cost_usd']:.4f} in all"
+    print(f"judged {sum(run['finished'].values())} items in {run['seconds']:.1f}s with {run['calls']} calls ({money})")
     print(
         f"  ok {report['ok']}, failed {report['failed']}, refused {report['refused']}, invalid {report['invalid']}, "
         f"pending {report['pending']}, other shards {report['other_shards']} of {report['rows']} rows"
     )
-    if run["stopped"]:
-        print(f"stopped: {run['stopped']}")
     if not report["complete"]:
+        if (run["stopped"] or "").startswith(MAX_COST_STOP):
+            print(
+                f"stopped: the budget is spent (--max-cost {args.max_cost}, ${ledger['cost_usd']:.4f} in the ledger); "
+                f"raise --max-cost to judge the {report['pending']} pending items (nothing finished is asked again)"
+            )
+            return INCOMPLETE
+        if run["stopped"]:
+            print(f"stopped: {run['stopped']}")
         print("items are pending: re-run the same command to continue (nothing finished is asked again)")
         return INCOMPLETE
+    if report["fail_rate"] > args.max_fail_rate:
+        not_rated = report["failed"] + report["refused"] + report["invalid"]
+        print(
+            f"{not_rated} of {not_rated + report['ok']} rows were not rated ({report['fail_rate']:.1%} > "
+            f"--max-fail-rate {args.max_fail_rate:.1%}); the reasons:"
+        )
+        for reason, count in list(report["failure_reasons"].items())[:8]:
+            print(f"  {count:>7}  {reason[:240]}")
+        print(
+            f"see {args.out}/annotate/failures.jsonl; fix the cause and re-run with --retry-failed, or raise "
+            "--max-fail-rate to accept these rows as lost"
+        )
+        return FAILED
+    index, count = options.shard
+    if count > 1:
+        stores = " ".join(f"--store SHARD{i}/annotate/state.sqlite" for i in range(count))
+        print(
+            f"shard {index}/{count} done in {args.out}; next, once every shard is done: vlfeedback assemble "
+            f"--input {args.input} --out annotated {stores}"
+        )
+        return 0
     print(f"release layout: {args.out} (next: vlfeedback build --source {args.out} --out vlfeedback)")
     return 0
 

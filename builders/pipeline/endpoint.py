@@ -286,6 +286,8 @@ class RunStats:
     stopped: str | None = None
     seconds: float = 0.0
     batches: list[str] = field(default_factory=list)
+    seed_sent: bool | None = None
+    priced: bool = True
 
     def add_call(self, prompt_tokens: int, completion_tokens: int, cost: float | None) -> None:
         """Count one paid call."""
@@ -304,13 +306,14 @@ class RunStats:
             "calls": self.calls,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
-            "cost_usd": round(self.cost_usd, 6),
+            "cost_usd": round(self.cost_usd, 6) if self.priced else None,
             "finished": dict(self.finished),
             "retries": dict(self.retries),
             "stopped": self.stopped,
             "seconds": round(self.seconds, 3),
             "items_per_second": round(sum(self.finished.values()) / self.seconds, 2) if self.seconds else None,
             "batches": self.batches,
+            "seed_sent": self.seed_sent,
         }
 
 

@@ -24,6 +24,7 @@ from builders.pipeline.judge import (
     read_reply,
     release_annotations,
     render_prompt,
+    response_schema,
     shard_of,
     unshuffle,
 )
@@ -148,6 +149,10 @@ def build_request(
         "temperature": settings.temperature,
         "max_tokens": settings.max_tokens,
     }
+    if settings.seed is not None:
+        request["seed"] = settings.seed
+    if settings.response_format == "json-schema":
+        request["response_format"] = response_schema(n)
     return request, order
 
 

@@ -210,6 +210,11 @@ class Store:
         ).fetchone()
         return int(row[0]), int(row[1]), float(row[2]), int(row[3])
 
+    def unpriced_calls(self) -> int:
+        """Calls in the ledger whose cost is unknown (the judge had no price when they were made)."""
+        row = self.db.execute("SELECT COUNT(*) FROM calls WHERE via != ? AND cost IS NULL", (RESET,)).fetchone()
+        return int(row[0])
+
     # --- batches ------------------------------------------------------------------------------------------------
 
     def batches(self, open_only: bool = True) -> list[Batch]:
