@@ -338,7 +338,9 @@ def test_json_schema_response_format_and_seed_are_sent_and_recorded(server: Open
     assert all(r["response_format"] == response_schema(3) and r["seed"] == 7 for r in server.requests)
     schema = response_schema(3)["json_schema"]["schema"]
     assert schema["required"] == list(ASPECTS) and schema["properties"]["Helpfulness"]["items"]["required"] == [
-        "text", "rationale", "rating"
+        "text",
+        "rationale",
+        "rating",
     ]
     assert report(out)["judge"]["response_format"] == "json-schema" and report(out)["judge"]["seed"] == 7
     assert report(out)["run"]["seed_sent"] is True

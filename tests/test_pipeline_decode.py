@@ -152,7 +152,9 @@ def test_a_local_member_with_a_peft_adapter_answers_a_batch(tmp_path: Path) -> N
         adapter=str(tmp_path / "adapter"),
     )
     model = LocalModel(member)
-    answers = model.answer(["What colour?", "How many shapes are there in this picture?"], [jpeg(), jpeg(size=40)], [0, 1])
+    answers = model.answer(
+        ["What colour?", "How many shapes are there in this picture?"], [jpeg(), jpeg(size=40)], [0, 1]
+    )
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
     assert type(model.model).__name__ == "PeftModel"
     assert member.settings()["adapter"] == str(tmp_path / "adapter")
@@ -175,7 +177,13 @@ def test_every_member_is_checked_before_the_first_starts(
     with OpenAIServer() as server:
         members = [
             {"name": "endpoint-a", "kind": "openai", "model": "pool-a", "base_url": server.url},
-            {"name": "endpoint-b", "kind": "openai", "model": "pool-b", "base_url": server.url, "api_key_env": KEY_ENV},
+            {
+                "name": "endpoint-b",
+                "kind": "openai",
+                "model": "pool-b",
+                "base_url": server.url,
+                "api_key_env": KEY_ENV,
+            },
             {"name": "local", "kind": "transformers", "model": str(tmp_path / "no-such-model")},
         ]
         pool = endpoint_pool(tmp_path / "pool.yaml", members, k=3)
@@ -215,11 +223,18 @@ def test_out_equal_to_input_is_refused_before_anything_is_created(tmp_path: Path
 
 def test_a_resumed_decode_samples_with_the_seeds_of_an_uninterrupted_one(tmp_path: Path) -> None:
     rows = [
-        {"id": f"llava-{i}", "source": "LLaVA", "prompt": f"Q{i}" + (" [[status:500]]" if i % 2 else ""), "models": [],
-         "completions": []}
+        {
+            "id": f"llava-{i}",
+            "source": "LLaVA",
+            "prompt": f"Q{i}" + (" [[status:500]]" if i % 2 else ""),
+            "models": [],
+            "completions": [],
+        }
         for i in range(6)
     ]
-    source = write_release(tmp_path / "in", rows, images={r["id"]: jpeg((9 * i, 80, 40), 20 + i) for i, r in enumerate(rows)})
+    source = write_release(
+        tmp_path / "in", rows, images={r["id"]: jpeg((9 * i, 80, 40), 20 + i) for i, r in enumerate(rows)}
+    )
     members = [
         {"name": n, "kind": "openai", "model": n, "base_url": "URL", "generation": {"temperature": 0.8}} for n in "ab"
     ]

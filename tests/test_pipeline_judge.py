@@ -251,7 +251,9 @@ def test_one_line_text_and_rating_parse() -> None:
 
 def test_json_with_a_trailing_comma_and_after_prose_with_braces_parses() -> None:
     ratings = {"Helpfulness": [4, 2], "Visual Faithfulness": [5, 1], "Ethical Considerations": [5, 5]}
-    body = json.dumps({a: [{"text": k + 1, "rationale": "r", "rating": v} for k, v in enumerate(vs)] for a, vs in ratings.items()})
+    body = json.dumps(
+        {a: [{"text": k + 1, "rationale": "r", "rating": v} for k, v in enumerate(vs)] for a, vs in ratings.items()}
+    )
     trailing = body.replace("}]}", "},],}", 1).replace('"rating": 4}', '"rating": 4,}')
     assert json.loads(body) and trailing != body
     for reply in (trailing, "I read the set {text 1, text 2} as asked; here it is: " + body + "\nDone {ok}."):

@@ -292,7 +292,9 @@ def estimate(
         p, c = estimate_tokens(planned.prompt_chars, planned.image_size, planned.n, settings.image_detail, tiles)
         prompt, completion = prompt + p, completion + c
     usd = call_cost(prompt, completion, price, batch=options.batch)
-    unpriced = {} if price else {"cost_unknown": f"no price for {settings.model!r} in the price table; pass --prices FILE"}
+    unpriced = (
+        {} if price else {"cost_unknown": f"no price for {settings.model!r} in the price table; pass --prices FILE"}
+    )
     return {
         "dry_run": True,
         "judge_model": settings.model,

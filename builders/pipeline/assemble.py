@@ -82,25 +82,25 @@ def assemble(folder: ReleaseFolder, out_dir: Path, stores: list[Store], work: Pl
     """Write the annotated release layout for the items of ``work`` from the results in ``stores``."""
     settings = settings_of(stores)
     counts: Counter = Counter()
-    writer = LayoutWriter(out_dir, OUTPUT_JSONL, input_dir=folder.root)
-    failures = JsonlWriter(out_dir / STAGE_DIR / FAILURES_FILE)
-    reasons: Counter = Counter()
-    for entry in work.invalid:
-        failures.write(entry)
-        counts["invalid"] += 1
-        reasons[f"invalid: {entry['detail']}"] += 1
-    for planned in work.items:
-        result = next((r for r in (store.result(planned.key) for store in stores) if r is not None), None)
-        if result is not None and result.outcome == "ok":
-            item = load(folder, planned)
-            writer.add(judged_row(item.row, result, settings, planned.key), item.image)
-        else:
-            failures.write(failure_entry(planned.line, planned.item_id, planned.key, result))
-            if result is not None:
-                reasons[f"{result.outcome}: {result.data.get('reason')}"] += 1
-        counts[result.outcome if result else "pending"] += 1
-    writer.close()
-    failures.close()
+    with (
+        LayoutWriter(out_dir, OUTPUT_JSONL, input_dir=folder.root) as writer,
+        JsonlWriter(out_dir / STAGE_DIR / FAILURES_FILE) as failures,
+    ):
+        reasons: Counter = Counter()
+        for entry in work.invalid:
+            failures.write(entry)
+            counts["invalid"] += 1
+            reasons[f"invalid: {entry['detail']}"] += 1
+        for planned in work.items:
+            result = next((r for r in (store.result(planned.key) for store in stores) if r is not None), None)
+            if result is not None and result.outcome == "ok":
+                item = load(folder, planned)
+                writer.add(judged_row(item.row, result, settings, planned.key), item.image)
+            else:
+                failures.write(failure_entry(planned.line, planned.item_id, planned.key, result))
+                if result is not None:
+                    reasons[f"{result.outcome}: {result.data.get('reason')}"] += 1
+            counts[result.outcome if result else "pending"] += 1
     totals = [store.totals() for store in stores]
     settled = sum(counts[o] for o in ("ok", "failed", "refused", "invalid"))
     report = {

@@ -21,13 +21,22 @@ FAILED = 1
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the pipeline verbs to the ``vlfeedback`` parser."""
-    instructions = subparsers.add_parser("instructions", help="collect instructions from source datasets")
+    instructions = subparsers.add_parser(
+        "instructions",
+        help="collect instructions from source datasets",
+        description="Collect instructions from source datasets into the release layout, each read by an adapter.",
+        epilog=_adapters_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     instructions.add_argument(
         "--source",
         action="append",
-        required=True,
+        default=[],
         metavar="NAME=PATH",
         help="a source by adapter name: a file, a folder or a Hub dataset ORG/NAME[@REV]; repeatable",
+    )
+    instructions.add_argument(
+        "--list-adapters", action="store_true", help="list the adapters and the fields each expects, and exit"
     )
     instructions.add_argument(
         "--images",
@@ -45,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     instructions.add_argument("--adapters", type=Path, help="YAML of extra or changed adapters (see adapters.yaml)")
     instructions.add_argument("--seed", type=int, default=0, help="seed of the quota draws (default 0)")
-    instructions.add_argument("--out", type=Path, required=True, help="output folder (release layout)")
+    instructions.add_argument("--out", type=Path, help="output folder (release layout)")
     instructions.add_argument("--quiet", action="store_true", help="no progress bar")
     instructions.set_defaults(func=_instructions)
 
@@ -136,6 +145,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     agreement.set_defaults(func=_agreement)
 
 
+def _adapters_epilog() -> str:
+    """The kit's adapters, one line each, for ``instructions --help`` (read from adapters.yaml: no heavy import)."""
+    from builders.pipeline.instructions import ADAPTERS_FILE, load_adapters
+
+    lines = [f"  {adapter.describe()}" for adapter in load_adapters().values()]
+    return (
+        f"adapters (NAME: which records it reads; from {ADAPTERS_FILE.name}, extend with --adapters FILE):\n"
+        + "\n".join(lines)
+    )
+
+
 def _endpoint_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
     parser.add_argument(
@@ -146,8 +166,15 @@ def _endpoint_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _instructions(args: argparse.Namespace) -> int:
-    from builders.pipeline.instructions import collect, parse_assignments
+    from builders.errors import UserError
+    from builders.pipeline.instructions import collect, load_adapters, parse_assignments
 
+    if args.list_adapters:
+        for adapter in load_adapters(args.adapters).values():
+            print(adapter.describe())
+        return 0
+    if not args.source or args.out is None:
+        raise UserError("--source NAME=PATH and --out DIR are required (see --list-adapters for the names)")
     report = collect(
         parse_assignments(args.source, "--source"),
         args.out,
@@ -157,13 +184,22 @@ def _instructions(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.quiet,
     )
+    empty = []
     for prefix, counts in report["sources"].items():
-        skipped = {k: v for k, v in counts.items() if k in ("no_prompt", "no_image", "duplicate")}
+        skipped = {k: counts[k] for k in ("no_prompt", "no_image", "bad_image", "duplicate") if counts.get(k)}
+        converted = f"  converted to JPEG {counts['converted']}" if counts.get("converted") else ""
         print(
             f"  {prefix:<10} drew {counts['drawn']:>6} of {counts['read']:>7} read (quota {counts['quota'] or 'all'})"
-            f"{'  skipped ' + json.dumps(skipped) if skipped else ''}"
+            f"{'  skipped ' + json.dumps(skipped) if skipped else ''}{converted}"
         )
+        for note in counts["notes"]:
+            print(f"  {'':<10} {note}")
+        if not counts["drawn"]:
+            empty.append(prefix)
     print(f"wrote {report['instructions']} instructions to {args.out}")
+    if empty:
+        print(f"no instructions drawn from {', '.join(empty)} (see the reasons above); fix the flags and re-run")
+        return FAILED
     print(f"next: vlfeedback decode --input {args.out} --pool pool.yaml --out responses")
     return 0
 
@@ -189,6 +225,9 @@ def _decode(args: argparse.Namespace) -> int:
     if not report["complete"]:
         print("some answers are missing (see decode/failures.jsonl): re-run the same command to finish")
         return INCOMPLETE
+    if not report["ok"]:
+        print(f"nothing was decoded (see {args.out}/decode/failures.jsonl for why)")
+        return FAILED
     print(f"next: vlfeedback annotate --input {args.out} --out annotated --base-url URL --judge-model NAME")
     return 0
 
@@ -288,8 +327,10 @@ def _assemble(args: argparse.Namespace) -> int:
 
 
 def _agreement(args: argparse.Namespace) -> int:
-    from builders.pipeline.agreement import agreement, format_table, read_judged, read_labels
+    from builders.pipeline.agreement import agreement, check_matched, format_table, read_judged, read_labels
 
-    results = agreement(read_labels(args.human), read_judged(args.judge), args.bootstrap, args.seed)
+    labels = read_labels(args.human)
+    results = agreement(labels, read_judged(args.judge), args.bootstrap, args.seed)
+    check_matched(labels, results)
     print(json.dumps(results, indent=2) if args.json else format_table(results))
     return 0

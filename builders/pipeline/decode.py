@@ -228,9 +228,7 @@ def decode(
                 else:
                     price = price_for(member.model, price_table)
                     policy = RetryPolicy(max_retries=max_retries)
-                    asyncio.run(
-                        run_endpoint(member, units, folder, store, price, policy, timeout, stats, bar)
-                    )
+                    asyncio.run(run_endpoint(member, units, folder, store, price, policy, timeout, stats, bar))
         stats.seconds = time.perf_counter() - started
         report = write_output(folder, out_dir, store, rows, invalid)
     report["pool"] = {"k": pool.k, "seed": pool.seed, "members": {m.name: m.settings() for m in pool.members}}
@@ -242,32 +240,34 @@ def decode(
 
 def write_output(folder: StageInput, out_dir: Path, store: Store, rows: list[Row], invalid: list[dict]) -> dict:
     """The release layout of every fully answered row; the others, and invalid input rows, in the failures file."""
-    writer = LayoutWriter(out_dir, OUTPUT_JSONL, input_dir=folder.root)
-    failures = JsonlWriter(out_dir / STAGE_DIR / "failures.jsonl")
-    for entry in invalid:
-        failures.write(entry)
-    counts: Counter = Counter(invalid=len(invalid))
-    for row in rows:
-        results = [store.result(key) for key in row.keys]
-        if all(r is not None and r.outcome == "ok" for r in results):
-            source = folder.row(row.offset)
-            completions = [
-                {"model": name, "response": r.data["response"], "generation": r.data["generation"]}
+    with (
+        LayoutWriter(out_dir, OUTPUT_JSONL, input_dir=folder.root) as writer,
+        JsonlWriter(out_dir / STAGE_DIR / "failures.jsonl") as failures,
+    ):
+        for entry in invalid:
+            failures.write(entry)
+        counts: Counter = Counter(invalid=len(invalid))
+        for row in rows:
+            results = [store.result(key) for key in row.keys]
+            if all(r is not None and r.outcome == "ok" for r in results):
+                source = folder.row(row.offset)
+                completions = [
+                    {"model": name, "response": r.data["response"], "generation": r.data["generation"]}
+                    for name, r in zip(row.members, results, strict=True)
+                ]
+                writer.add(
+                    {**source, "models": list(row.members), "completions": completions}, folder.image_bytes(source)
+                )
+                counts["ok"] += 1
+                continue
+            missing = {
+                name: (r.data.get("reason") if r else "not answered yet: re-run decode")
                 for name, r in zip(row.members, results, strict=True)
-            ]
-            writer.add({**source, "models": list(row.members), "completions": completions}, folder.image_bytes(source))
-            counts["ok"] += 1
-            continue
-        missing = {
-            name: (r.data.get("reason") if r else "not answered yet: re-run decode")
-            for name, r in zip(row.members, results, strict=True)
-            if r is None or r.outcome != "ok"
-        }
-        outcome = "failed" if all(r is not None for r in results) else "pending"
-        failures.write({"line": row.line, "id": row.item_id, "outcome": outcome, "missing": missing})
-        counts[outcome] += 1
-    writer.close()
-    failures.close()
+                if r is None or r.outcome != "ok"
+            }
+            outcome = "failed" if all(r is not None for r in results) else "pending"
+            failures.write({"line": row.line, "id": row.item_id, "outcome": outcome, "missing": missing})
+            counts[outcome] += 1
     return {
         "input": folder.root.name,
         "output": OUTPUT_JSONL,

@@ -192,7 +192,9 @@ async def probe(client: AsyncOpenAI, base_url: str, flag: str = "--base-url", ke
     raise UserError(f"cannot reach {host_of(base_url)}: {last}; check {flag} and that the server is up")
 
 
-def check_endpoint(base_url: str, api_key: str, timeout: float, flag: str = "--base-url", key_flag: str = "--api-key-env"):
+def check_endpoint(
+    base_url: str, api_key: str, timeout: float, flag: str = "--base-url", key_flag: str = "--api-key-env"
+):
     """``probe`` from synchronous code (its own event loop and client)."""
 
     async def run() -> None:

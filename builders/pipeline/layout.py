@@ -113,7 +113,8 @@ def write_json(path: Path, data: object) -> None:
 
 
 class JsonlWriter:
-    """A JSON-lines file that appears under its name only when closed complete."""
+    """A JSON-lines file that appears under its name only when closed complete; as a context manager, a failure
+    inside removes the partial ``*.tmp`` file."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -131,6 +132,20 @@ class JsonlWriter:
         """Finish the file and move it into place."""
         self.handle.close()
         os.replace(self.temp, self.path)
+
+    def abort(self) -> None:
+        """Drop the partial file (the final name keeps what an earlier complete run wrote)."""
+        self.handle.close()
+        self.temp.unlink(missing_ok=True)
+
+    def __enter__(self) -> JsonlWriter:
+        return self
+
+    def __exit__(self, kind: type | None, *exc: object) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
 
 
 class LayoutWriter(JsonlWriter):
