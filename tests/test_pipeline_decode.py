@@ -264,3 +264,17 @@ def test_a_local_member_samples_each_item_with_its_own_seed(tmp_path: Path) -> N
     together = model.answer(prompts, images, [11, 22])
     alone = [model.answer([p], [i], [s])[0] for p, i, s in zip(prompts[::-1], images[::-1], [22, 11])][::-1]
     assert together == alone
+
+
+def test_a_file_that_is_not_an_image_is_an_invalid_row_not_a_crash(tmp_path: Path) -> None:
+    source = instructions(tmp_path / "instructions", 3)
+    (source / "merged_images" / "llava-1.jpg").write_bytes(b"<html>404</html>")
+    with OpenAIServer() as server:
+        members = [{"name": n, "kind": "openai", "model": n, "base_url": server.url} for n in ("a", "b")]
+        assert decode_cli(source, endpoint_pool(tmp_path / "pool.yaml", members), tmp_path / "out") == 0
+    report = json.loads((tmp_path / "out" / "decode" / "report.json").read_text())
+    assert (report["ok"], report["invalid"]) == (2, 1)
+    (failure,) = [
+        json.loads(line) for line in (tmp_path / "out" / "decode" / "failures.jsonl").read_text().splitlines()
+    ]
+    assert failure["id"] == "llava-1" and failure["reason"] == "bad_image"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ from builders.pipeline.pool import (
     unit_key,
 )
 from builders.pipeline.store import Store
+from builders.sources import IMAGE_DIR
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -83,6 +85,17 @@ class Row:
     keys: tuple[str, ...]
 
 
+def is_image(data: bytes) -> bool:
+    """Whether the bytes open as an image (the header only; nothing is decoded)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)):
+            return True
+    except (UnidentifiedImageError, OSError, ValueError):
+        return False
+
+
 def plan_units(
     folder: StageInput, pool: Pool, finished: dict[str, str]
 ) -> tuple[list[Row], list[dict], dict[str, list[Unit]]]:
@@ -93,6 +106,8 @@ def plan_units(
     for line in folder.lines():
         bad_prompt = line.row is not None and not isinstance(line.row.get("prompt"), str)
         image, problem = folder.usable(line, "'prompt' is missing or not a string" if bad_prompt else None)
+        if problem is None and not is_image(image):
+            problem = ("bad_image", f"{IMAGE_DIR}/{line.row['id']}.jpg is not an image (its header does not decode)")
         if problem is not None:
             invalid.append(line.invalid(problem))
             continue
