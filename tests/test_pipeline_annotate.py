@@ -123,7 +123,14 @@ def test_outcomes_are_recorded_and_every_row_is_accounted_for(server: OpenAIServ
     assert (counts["rows"], counts["ok"], counts["failed"], counts["refused"], counts["invalid"]) == (9, 3, 1, 2, 3)
     assert counts["pending"] == 0 and counts["complete"]
     judges = json.loads((out / "judge.json").read_text())["judges"]
-    assert judges == [{"model": "gpt-4o", "template_sha256": load_template().sha256, "items": 3}]
+    (judge,) = judges
+    assert {k: judge[k] for k in ("model", "template_sha256", "items")} == {
+        "model": "gpt-4o",
+        "template_sha256": load_template().sha256,
+        "items": 3,
+    }
+    assert judge["template_text"] == load_template().text and "rubric.md" in judge["template"]
+    assert (judge["shuffle_seed"], judge["temperature"], judge["seed"]) == (None, 0.0, 0)
     assert sorted(p.name for p in (out / "merged_images").iterdir()) == ["llava-0.jpg", "llava-1.jpg", "llava-5.jpg"]
     assert (out / "merged_images" / "llava-5.jpg").read_bytes() == (
         source / "merged_images" / "llava-5.jpg"
@@ -383,3 +390,46 @@ def test_messages_name_the_changed_field_the_budget_the_unknown_price_and_assemb
 
     assert annotate(server, source, tmp_path / "shard0", "--shard", "0/2") == 0
     assert "vlfeedback assemble" in capsys.readouterr().out
+
+
+def test_build_keeps_the_judge_record_and_generation_settings_and_the_card_states_the_template(
+    server: OpenAIServer, tmp_path: Path
+) -> None:
+    import pyarrow.parquet as pq
+
+    from test_pipeline_judge import ORIGINAL_TEMPLATE
+
+    template = tmp_path / "annotation_template.txt"
+    template.write_text(ORIGINAL_TEMPLATE)
+    local = {"kind": "transformers", "model": "llava-hf/llava-1.5-7b-hf", "adapter": None, "dtype": "bfloat16"}
+    remote = {"kind": "openai", "model": "gpt-4o", "endpoint": "api.openai.com"}
+    sampling = {"max_new_tokens": 512, "temperature": 0.7, "top_p": 0.9}
+    items = {f"llava-{i}": (f"Q{i}", [marked((4, 5, 5), f"a{i}"), marked((2, 1, 5), f"b{i}")]) for i in range(6)}
+    source = decoded(tmp_path / "in", items)
+    rows = [json.loads(line) for line in (source / "vlfeedback_80k.jsonl").read_text().splitlines()]
+    for row_ in rows:
+        row_["completions"][0]["generation"] = {**local, **sampling}
+        row_["completions"][1]["generation"] = {**remote, **sampling, "temperature": 0.0}
+    (source / "vlfeedback_80k.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out, built = tmp_path / "out", tmp_path / "built"
+    assert annotate(server, source, out, "--template", str(template), "--shuffle", "--seed", "3") == 0
+    assert cli_main(["build", "--source", str(out), "--out", str(built), "--quiet"]) == 0
+
+    annotated = output(out)
+    judgements = pq.read_table(list((built / "data" / "judgements").glob("*.parquet"))).to_pylist()
+    assert sorted(j["id"] for j in judgements) == sorted(items)
+    for record in judgements:
+        judge = annotated[record["id"]]["judge"]
+        assert record["judge"]["raw_reply"] == judge["raw_reply"] and "Output for Text 1" in judge["raw_reply"]
+        assert record["judge"]["permutation"] == judge["permutation"] and record["judge"]["attempts"] == 1
+        assert record["judge"]["usage"] == judge["usage"] and record["judge"]["cost_usd"] == judge["cost_usd"]
+        assert record["completions"][0]["generation"] == {**local, **sampling, "endpoint": None}
+        assert record["completions"][1]["generation"]["endpoint"] == "api.openai.com"
+
+    card = (built / "README.md").read_text()
+    sha = load_template(template).sha256
+    assert f"annotation_template.txt (a user template), sha256 `{sha}`; its exact text is in `judge.json`" in card
+    assert "shuffle seed 3" in card and "temperature 0.0" in card and "config_name: judgements" in card
+    assert "| `model-0` | transformers | `llava-hf/llava-1.5-7b-hf` | bfloat16 | 512 | 0.7 | 0.9 | 6 |" in card
+    assert json.loads((built / "judge.json").read_text())["judges"][0]["template_text"] == ORIGINAL_TEMPLATE
+    assert cli_main(["inspect", str(built)]) == 0

@@ -333,6 +333,7 @@ def annotate(options: AnnotateOptions) -> dict:
         store.bind("judge", settings.to_dict(), SETTINGS_FLAGS)
         store.bind("shard", list(options.shard), "--shard")
         store.bind("template_texts", template.texts, "--template")
+        store.put_meta("template", {"source": template.describe(), "text": template.text})
         reopened = store.reopen(("failed", "refused")) if options.retry_failed else 0
         work = plan(folder, settings, template, options.shard, sizes=options.max_cost is not None)
         finished = store.finished()

@@ -8,7 +8,10 @@ Written to OUT:
     vlfeedback.jsonl        one row per judged instruction, exactly the original layout: completions[k].annotations
                             [aspect] = {"Rating": "4", "Rationale": "..."}, plus ``judge`` provenance per row
     merged_images/<id>.jpg  the input's image bytes
-    judge.json              {"judges": [{"model", "template_sha256", "items"}]}
+    judge.json              {"judges": [{"model", "template_sha256", "items", "template" (where it is),
+                            "template_text", and every judge setting: shuffle_seed, temperature, max_tokens,
+                            image_detail, …}], "pool": [{"member", the generation settings, "responses"}]} — what
+                            the dataset card states
     annotate/failures.jsonl every input row not in the jsonl: failed (raw replies kept), refused, invalid, pending
     annotate/report.json    the counts — rows = other shards + ok + failed + refused + invalid + pending —, the
                             fail rate (failed + refused + invalid over the settled rows) with the reasons counted,
@@ -17,6 +20,7 @@ Written to OUT:
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -87,6 +91,7 @@ def assemble(folder: ReleaseFolder, out_dir: Path, stores: list[Store], work: Pl
         JsonlWriter(out_dir / STAGE_DIR / FAILURES_FILE) as failures,
     ):
         reasons: Counter = Counter()
+        pool: Counter = Counter()
         for entry in work.invalid:
             failures.write(entry)
             counts["invalid"] += 1
@@ -96,6 +101,10 @@ def assemble(folder: ReleaseFolder, out_dir: Path, stores: list[Store], work: Pl
             if result is not None and result.outcome == "ok":
                 item = load(folder, planned)
                 writer.add(judged_row(item.row, result, settings, planned.key), item.image)
+                pool.update(
+                    json.dumps({**(c.get("generation") or {}), "member": c["model"]}, sort_keys=True)
+                    for c in item.row["completions"]
+                )
             else:
                 failures.write(failure_entry(planned.line, planned.item_id, planned.key, result))
                 if result is not None:
@@ -121,8 +130,17 @@ def assemble(folder: ReleaseFolder, out_dir: Path, stores: list[Store], work: Pl
             "unpriced_calls": sum(store.unpriced_calls() for store in stores),
         },
     }
-    judges = [{"model": settings.model, "template_sha256": settings.template_sha256, "items": counts["ok"]}]
-    write_json(out_dir / JUDGE_FILE, {"judges": judges})
+    template = stores[0].meta("template") or {}
+    judge = {
+        "model": settings.model,
+        "template_sha256": settings.template_sha256,
+        "items": counts["ok"],
+        "template": template.get("source"),
+        "template_text": template.get("text"),
+        **{k: v for k, v in settings.to_dict().items() if k not in ("model", "template_sha256")},
+    }
+    members = [{**json.loads(member), "responses": n} for member, n in sorted(pool.items())]
+    write_json(out_dir / JUDGE_FILE, {"judges": [judge], "pool": members})
     write_json(out_dir / STAGE_DIR / REPORT_FILE, report)
     return report
 

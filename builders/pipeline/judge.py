@@ -42,6 +42,12 @@ class Template:
     source: str
     texts: int | None = None
 
+    def describe(self) -> str:
+        """Where the template is, for the report and the dataset card (a user file by its name only)."""
+        if self.source == "kit rubric":
+            return f"the kit's rubric (builders/pipeline/{TEMPLATE_FILE.name})"
+        return f"{Path(self.source).name} (a user template)"
+
     def fits(self, n: int) -> str | None:
         """Why an item with ``n`` responses cannot be put in this template (None when it can)."""
         if self.texts is not None and n != self.texts:

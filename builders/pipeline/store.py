@@ -100,6 +100,10 @@ class Store:
         row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
         return json.loads(row[0]) if row else None
 
+    def put_meta(self, name: str, value: object) -> None:
+        """Record (or replace) a descriptive value that is not a setting, e.g. where the template came from."""
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, json.dumps(value, sort_keys=True)))
+
     def bind(self, name: str, value: object, flag: str, record: bool = True) -> None:
         """Record a setting on first use; on a later run, fail unless it is the same (``flag`` is what differs)."""
         row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
