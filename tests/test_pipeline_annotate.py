@@ -300,6 +300,10 @@ def test_a_base_url_without_v1_gets_the_hint_before_any_call(
     assert cli_main(annotate_args(url, source, tmp_path / "out", "--quiet", "--max-retries", "1")) == 2
     err = capsys.readouterr().err
     assert "404" in err and f"{url}/v1" in err and server.calls == []
+    with_credentials = url.replace("http://", f"http://user:{SECRET}@")
+    assert cli_main(annotate_args(with_credentials, source, tmp_path / "out", "--quiet")) == 2
+    err = capsys.readouterr().err
+    assert f"{url}/v1" in err and SECRET not in err
 
 
 def test_the_breaker_stops_a_run_whose_connections_keep_dropping(

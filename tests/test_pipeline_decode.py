@@ -278,3 +278,21 @@ def test_a_file_that_is_not_an_image_is_an_invalid_row_not_a_crash(tmp_path: Pat
         json.loads(line) for line in (tmp_path / "out" / "decode" / "failures.jsonl").read_text().splitlines()
     ]
     assert failure["id"] == "llava-1" and failure["reason"] == "bad_image"
+
+
+def test_the_breaker_stops_a_decode_whose_endpoint_keeps_dropping(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from builders.pipeline.endpoint import BREAKER_LIMIT
+
+    source = instructions(tmp_path / "instructions", 20)
+    with OpenAIServer() as server:
+        members = [
+            {"name": n, "kind": "openai", "model": n, "base_url": server.url, "concurrency": 4} for n in ("a", "b")
+        ]
+        server.drop_chat = True
+        pool = endpoint_pool(tmp_path / "pool.yaml", members)
+        assert decode_cli(source, pool, tmp_path / "out", "--max-retries", "2") == 2
+        assert server.dropped <= BREAKER_LIMIT + 4  # not 20 answers x 3 tries
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pool member 'a'" in err[0] and "closed the connection without a reply" in err[0]

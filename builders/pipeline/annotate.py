@@ -17,7 +17,6 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit, urlunsplit
 
 from builders.errors import UserError
 from builders.pipeline.cost import Price, call_cost, estimate_tokens, load_prices, price_for, require_price
@@ -32,6 +31,7 @@ from builders.pipeline.endpoint import (
     complete,
     for_each,
     make_client,
+    redact_url,
 )
 from builders.pipeline.items import Planned, build_request, load, plan, settle
 from builders.pipeline.judge import RESPONSE_FORMATS, JudgeSettings, Template, load_template, read_reply
@@ -65,13 +65,6 @@ def parse_shard(text: str) -> tuple[int, int]:
 def state_path(out_dir: Path) -> Path:
     """Where a run's store lives."""
     return out_dir / STAGE_DIR / STATE_FILE
-
-
-def redact_url(url: str) -> str:
-    """A URL without credentials or query (what reports may show)."""
-    parts = urlsplit(url)
-    host = f"{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 @dataclass

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from builders.errors import UserError
 from builders.pipeline.judge import Reply
@@ -97,6 +97,13 @@ def backoff_delay(retry: int, retry_after: float | None, policy: RetryPolicy, ji
     return min(policy.max_delay, policy.base_delay * 2**retry) * (0.5 + 0.5 * jitter)
 
 
+def redact_url(url: str) -> str:
+    """A URL without credentials or query (what reports and messages may show)."""
+    parts = urlsplit(url)
+    host = f"{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
 def host_of(url: str) -> str:
     """``host:port`` of a URL, without credentials (what messages may show)."""
     parts = urlsplit(url)
@@ -133,9 +140,10 @@ def connection_cause(err: Exception) -> str:
 
 def not_found_message(base_url: str, path: str, err: Exception) -> str:
     """One line for a 404: the URL asked and, when the base URL lacks ``/v1``, the hint to add it."""
-    url = f"{str(base_url).rstrip('/')}{path}"
+    base_url = redact_url(str(base_url))
+    url = f"{base_url.rstrip('/')}{path}"
     hint = (
-        f"; OpenAI-compatible base URLs end in /v1 (e.g. {str(base_url).rstrip('/')}/v1)"
+        f"; OpenAI-compatible base URLs end in /v1 (e.g. {base_url.rstrip('/')}/v1)"
         if not urlsplit(str(base_url)).path.rstrip("/").endswith("/v1")
         else ""
     )
@@ -180,7 +188,7 @@ async def probe(client: AsyncOpenAI, base_url: str, flag: str = "--base-url", ke
         except openai.NotFoundError as err:
             if urlsplit(str(base_url)).path.rstrip("/").endswith("/v1"):
                 return  # a /v1 server without a model list: the calls themselves will tell
-            raise UserError(f"{flag} {base_url}: {not_found_message(base_url, '/models', err)}") from err
+            raise UserError(f"{flag} {redact_url(base_url)}: {not_found_message(base_url, '/models', err)}") from err
         except (openai.AuthenticationError, openai.PermissionDeniedError) as err:
             raise UserError(
                 f"{host_of(base_url)} refused the API key ({err.status_code}: {_message(err)}); check {key_flag}"
