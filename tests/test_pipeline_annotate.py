@@ -400,7 +400,6 @@ def test_build_keeps_the_judge_record_and_generation_settings_and_the_card_state
     server: OpenAIServer, tmp_path: Path
 ) -> None:
     import pyarrow.parquet as pq
-
     from test_pipeline_judge import ORIGINAL_TEMPLATE
 
     template = tmp_path / "annotation_template.txt"
@@ -437,3 +436,28 @@ def test_build_keeps_the_judge_record_and_generation_settings_and_the_card_state
     assert "| `model-0` | transformers | `llava-hf/llava-1.5-7b-hf` | bfloat16 | 512 | 0.7 | 0.9 | 6 |" in card
     assert json.loads((built / "judge.json").read_text())["judges"][0]["template_text"] == ORIGINAL_TEMPLATE
     assert cli_main(["inspect", str(built)]) == 0
+
+
+def test_a_store_made_before_requests_carried_a_seed_resumes_without_calls(
+    server: OpenAIServer, tmp_path: Path
+) -> None:
+    from builders.pipeline.annotate import state_path
+    from builders.pipeline.items import plan
+    from builders.pipeline.judge import JudgeSettings
+    from builders.pipeline.layout import open_input
+    from builders.pipeline.store import Store
+
+    items = {f"svit-{i}": (f"Q{i}", [marked((4, 4, 4), "a"), marked((1, 2, 3), "b")]) for i in range(3)}
+    source, out = decoded(tmp_path / "in", items), tmp_path / "out"
+    old = JudgeSettings(model="gpt-4o", template_sha256=load_template().sha256)  # what older kits recorded
+    assert "seed" not in old.to_dict()
+    annotations = [
+        {a: {"Rating": str(r), "Rationale": "r"} for a, r in zip(ASPECTS, rs)} for rs in [(4,) * 3, (1, 2, 3)]
+    ]
+    done = {"attempts": 1, "permutation": [0, 1], "raw_reply": "{}", "usage": {}, "cost_usd": 0.0}
+    with open_input(source) as folder, Store(state_path(out)) as store:
+        store.bind("judge", old.to_dict(), "")
+        work = plan(folder, old, load_template())
+        store.put_many([(p.key, p.item_id, "ok", {**done, "annotations": annotations}) for p in work.items])
+    assert annotate(server, source, out) == 0
+    assert server.calls == [] and sorted(output(out)) == sorted(items)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -266,6 +266,14 @@ class Judging(JudgeLoop):
                 self.bar.set_postfix_str(f"tokens {tokens:,} ${self.budget.spent:,.2f}", refresh=False)
 
 
+def as_recorded(settings: JudgeSettings, recorded: dict | None) -> JudgeSettings:
+    """A store made before requests carried a seed keeps its content keys: the default ``--seed`` is then not sent
+    (a different one is a changed setting, refused by ``bind``)."""
+    if recorded is not None and "seed" not in recorded and settings.seed == 0:
+        return replace(settings, seed=None)
+    return settings
+
+
 def estimate(
     folder: StageInput, settings: JudgeSettings, template: Template, options: AnnotateOptions, price: Price | None
 ) -> dict:
@@ -276,6 +284,7 @@ def estimate(
     finished: dict[str, str] = {}
     if path.is_file():
         with Store(path, lock=False) as store:
+            settings = as_recorded(settings, store.meta("judge"))
             store.bind("judge", settings.to_dict(), SETTINGS_FLAGS, record=False)
             finished = store.finished()
     todo = [p for p in items if p.key not in finished]
@@ -323,6 +332,7 @@ def annotate(options: AnnotateOptions) -> dict:
     api_key = api_key_from_env(options.api_key_env)
     check_endpoint(options.base_url, api_key, options.timeout, key_flag=f"--api-key-env ({options.api_key_env})")
     with open_input(options.input_dir) as folder, Store(state_path(options.out_dir)) as store:
+        settings = as_recorded(settings, store.meta("judge"))
         store.bind("judge", settings.to_dict(), SETTINGS_FLAGS)
         store.bind("shard", list(options.shard), "--shard")
         store.bind("template_texts", template.texts, "--template")
