@@ -84,6 +84,7 @@ def test_a_pool_with_a_local_vlm_and_endpoints_decodes_then_the_judge_rates(
         assert 0 < tiny_answers < 7 and report["asked_this_run"]["tiny-qwen2-vl"] == tiny_answers
         local = report["run"]["local"]["tiny-qwen2-vl"]
         assert local["items"] == tiny_answers and local["seconds"] > 0 and local["items_per_second"] > 0
+        assert report["run"]["finished"]["ok"] == 14 - tiny_answers == report["run"]["calls"]
         assert members["endpoint-b"].settings()["temperature"] == 0.7
         assert {c.model for c in server.calls} == {"pool-a", "pool-b"} and server.tokens == {"EMPTY", "sk-test-pool"}
 

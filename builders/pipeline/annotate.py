@@ -7,6 +7,10 @@ One call per instruction with the image; replies are validated strictly and re-a
 Every paid call is committed to ``OUT/annotate/state.sqlite`` as soon as it returns, keyed by the item's content
 hash, so a killed run re-run with the same command pays for nothing twice. The last step assembles the release
 layout (``OUT/vlfeedback.jsonl`` + ``merged_images/`` + ``judge.json``) from the store; see ``assemble``.
+
+Before any work the endpoint is probed (unreachable, 404, refused key: one line and exit 2); during the run a
+breaker stops after repeated identical connection failures. A finished run whose failed + refused + invalid rows
+pass ``--max-fail-rate`` exits 1 with the reasons counted (``commands._annotate``).
 """
 
 from __future__ import annotations

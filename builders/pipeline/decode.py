@@ -172,6 +172,7 @@ async def run_endpoint(
             stats.pending[unit.key] = f"{member.name}: {err}"
         except Rejected as err:
             store.put_many([(unit.key, unit.item_id, "failed", {"reason": f"{member.name}: {err}"})])
+            stats.finished["failed"] += 1
         else:
             cost = call_cost(completion.prompt_tokens, completion.completion_tokens, price)
             reply = completion.reply
@@ -186,6 +187,7 @@ async def run_endpoint(
                 unit.key, store.history(unit.key).next_attempt, "sync", completion, cost, (unit.item_id, "ok", data)
             )
             stats.add_call(completion.prompt_tokens, completion.completion_tokens, cost)
+            stats.finished["ok"] += 1
         bar.update(1)
 
     try:
