@@ -357,6 +357,16 @@ def test_json_schema_response_format_and_seed_are_sent_and_recorded(server: Open
     assert report(out)["run"]["seed_sent"] is True
 
 
+def test_an_endpoint_without_structured_output_stops_the_run_at_once(
+    server: OpenAIServer, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    server.reject_params = {"response_format"}
+    items = {f"svit-{i}": (f"Q{i}", ["a", "b"]) for i in range(8)}
+    source, out = decoded(tmp_path / "in", items), tmp_path / "out"
+    assert annotate(server, source, out, "--response-format", "json-schema", "--concurrency", "1") == 2
+    assert "does not take --response-format json-schema" in capsys.readouterr().err and len(server.requests) == 1
+
+
 def test_an_endpoint_that_refuses_seed_is_asked_without_it(server: OpenAIServer, tmp_path: Path) -> None:
     server.reject_params = {"seed"}
     items = {f"svit-{i}": (f"Q{i}", ["a", "b"]) for i in range(3)}

@@ -34,6 +34,7 @@ from builders.pipeline.endpoint import (
     check_endpoint,
     complete,
     for_each,
+    host_of,
     make_client,
     redact_url,
 )
@@ -242,6 +243,11 @@ class Judging(JudgeLoop):
                         self.client, request, self.options.retry, self.stats.retried, self.breaker
                     )
                 except Rejected as err:
+                    if "response_format" in request and "response_format" in str(err):
+                        raise UserError(
+                            f"{host_of(self.options.base_url)} does not take --response-format json-schema ({err}); "
+                            "run without it"
+                        ) from err
                     if "seed" not in request or "seed" not in str(err):
                         raise
                     self.send_seed = False  # the endpoint does not take a seed: ask again without it
