@@ -471,3 +471,13 @@ def test_a_store_made_before_requests_carried_a_seed_resumes_without_calls(
         store.put_many([(p.key, p.item_id, "ok", {**done, "annotations": annotations}) for p in work.items])
     assert annotate(server, source, out) == 0
     assert server.calls == [] and sorted(output(out)) == sorted(items)
+
+
+def test_out_equal_to_input_is_refused_before_anything_is_created(
+    server: OpenAIServer, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    source = decoded(tmp_path / "in", {"svit-0": ("Q", ["a", "b"])})
+    before = sorted(p.name for p in source.rglob("*"))
+    assert annotate(server, source, source) == 2
+    assert "is the --input folder" in capsys.readouterr().err
+    assert sorted(p.name for p in source.rglob("*")) == before and server.calls == []
