@@ -202,7 +202,7 @@ async def probe(client: AsyncOpenAI, base_url: str, flag: str = "--base-url", ke
 
 def check_endpoint(
     base_url: str, api_key: str, timeout: float, flag: str = "--base-url", key_flag: str = "--api-key-env"
-):
+) -> None:
     """``probe`` from synchronous code (its own event loop and client)."""
 
     async def run() -> None:
