@@ -8,6 +8,7 @@ Layout written (a complete Hub dataset repo)::
     DIR/build_report.json            read = kept + rejected, reasons, nulled ratings, throughput
     DIR/rejects.jsonl                every rejected input row with its line, id, reason and the fix
     DIR/judge.json                   the judges of an annotated release (copied from the source when it has one)
+    DIR/data/judgements/...          a release made by the pipeline: per id, the judge record and generation settings
     DIR/assets/                      the card's figures: rating distributions, the example row's image
 
 Memory stays flat: rows flow in batches of ``batch_size`` through validation, the ``raw`` writer and every pairing
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from vlfeedback_kit.builders.features import ASPECTS, PAIR_FEATURES, RAW_FEATURES
+from vlfeedback_kit.builders.features import ASPECTS, JUDGEMENT_FEATURES, PAIR_FEATURES, RAW_FEATURES
 from vlfeedback_kit.builders.pairing import (
     PAIR_ARROW_SCHEMA,
     PRESETS,
@@ -36,6 +37,7 @@ from vlfeedback_kit.builders.pairing import (
     response_table,
     select_pairs,
 )
+from vlfeedback_kit.builders.provenance import judgement_of
 from vlfeedback_kit.builders.sources import Record, open_source
 from vlfeedback_kit.builders.validate import REJECT_REASONS, Reject, RowStats, canonical_row, check_image
 from vlfeedback_kit.builders.writer import (
@@ -52,6 +54,7 @@ POLICIES_FILE = "pairing_policies.json"
 JUDGE_FILE = "judge.json"
 RAW_CONFIG = "raw"
 PAIRS_CONFIG = "pairs"
+JUDGEMENTS_CONFIG = "judgements"
 
 
 @dataclass
@@ -73,8 +76,9 @@ class BuildOptions:
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
-        if RAW_CONFIG in self.policies:
-            raise UserError(f"'{RAW_CONFIG}' is the instruction-level config; give the pairing config another name")
+        for reserved in (RAW_CONFIG, JUDGEMENTS_CONFIG):
+            if reserved in self.policies:
+                raise UserError(f"'{reserved}' is a config of its own; give the pairing config another name")
         if PAIRS_CONFIG not in self.policies:
             self.policies = {PAIRS_CONFIG: PRESETS[PAIRS_CONFIG], **self.policies}
         if not 0 <= self.max_reject_rate <= 1:
@@ -152,7 +156,7 @@ def canonical_rows(records: Iterable[Record], report: RejectLog, verify_images: 
             report.reject(record, err.reason, err.detail)
             continue
         report.kept += 1
-        yield canonical
+        yield canonical | {JUDGEMENTS_CONFIG: judgement_of(row)}  # not a raw column: see JUDGEMENT_FEATURES
     report.null_ratings = stats.null_ratings
 
 
@@ -188,11 +192,11 @@ def build(options: BuildOptions) -> dict:
 
     def writer(config: str, split: str) -> ShardWriter:
         if (config, split) not in writers:
-            raw = config == RAW_CONFIG
+            raw = config in (RAW_CONFIG, JUDGEMENTS_CONFIG)
             writers[config, split] = ShardWriter(
                 staging / "data" / config,
                 split,
-                RAW_FEATURES if raw else PAIR_FEATURES,
+                {RAW_CONFIG: RAW_FEATURES, JUDGEMENTS_CONFIG: JUDGEMENT_FEATURES}.get(config, PAIR_FEATURES),
                 RAW_ROW_GROUP_ROWS if raw else PAIR_ROW_GROUP_ROWS,
                 schema=None if raw else PAIR_ARROW_SCHEMA,
                 shared_images=not raw,
@@ -201,6 +205,7 @@ def build(options: BuildOptions) -> dict:
         return writers[config, split]
 
     schema = RAW_FEATURES.arrow_schema
+    judgement_schema = JUDGEMENT_FEATURES.arrow_schema
     bar = tqdm(desc="build", unit=" rows", disable=not options.progress)
     try:
         for batch in batched(canonical_rows(reader.records(), report, options.verify_images), options.batch_size):
@@ -210,6 +215,10 @@ def build(options: BuildOptions) -> dict:
                 part = table.filter(pa.array([s == split for s in splits])) if len(set(splits)) > 1 else table
                 writer(RAW_CONFIG, split).write(part)
                 _add(split_counts[RAW_CONFIG], split, part.num_rows)
+                judged = [r[JUDGEMENTS_CONFIG] for r, s in zip(batch, splits) if s == split and r[JUDGEMENTS_CONFIG]]
+                if judged:
+                    writer(JUDGEMENTS_CONFIG, split).write(pa.Table.from_pylist(judged, schema=judgement_schema))
+                    _add(split_counts.setdefault(JUDGEMENTS_CONFIG, {}), split, len(judged))
                 for name, policy in options.policies.items():
                     selection = select_pairs(response_table(part, policy.seed), policy)
                     merge_counts(pair_counts[name], selection.counts)

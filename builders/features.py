@@ -30,6 +30,39 @@ RAW_FEATURES = Features(
 )
 """The ``raw`` config: one row per instruction, as published, typed; ``image`` holds the original JPEG bytes."""
 
+GENERATION = {
+    "kind": Value("string"),
+    "model": Value("string"),
+    "adapter": Value("string"),
+    "dtype": Value("string"),
+    "endpoint": Value("string"),
+    "max_new_tokens": Value("int32"),
+    "temperature": Value("float64"),
+    "top_p": Value("float64"),
+}
+"""How a pool member generated one response (``vlfeedback decode``): local (adapter, dtype) or endpoint (host)."""
+
+JUDGEMENT_FEATURES = Features(
+    {
+        "id": Value("string"),
+        "judge": {
+            "model": Value("string"),
+            "template_sha256": Value("string"),
+            "outcome": Value("string"),
+            "attempts": Value("int32"),
+            "permutation": List(Value("int32")),
+            "raw_reply": Value("string"),
+            "usage": {"prompt_tokens": Value("int64"), "completion_tokens": Value("int64")},
+            "cost_usd": Value("float64"),
+            "key": Value("string"),
+        },
+        "completions": List({"model": Value("string"), "generation": GENERATION}),
+    }
+)
+"""The ``judgements`` config (releases made by the AI-feedback pipeline): per ``raw`` id, the judge's record — raw
+reply, the order the responses were shown in, attempts, usage, cost — and each completion's generation settings, so
+a release can be audited and re-parsed."""
+
 CONTENT_PART = {"type": Value("string"), "text": Value("string")}
 MESSAGE = {"role": Value("string"), "content": List(CONTENT_PART)}
 RATINGS = {aspect: Value("int8") for aspect in ASPECTS}

@@ -78,7 +78,7 @@ def summarize(target: str, revision: str | None = None) -> dict:
     policies = _read_json(fs, f"{root}/pairing_policies.json") or {}
     summary["pairing"] = {}
     for config, splits in configs.items():
-        if config == "raw":
+        if config in ("raw", "judgements"):
             continue
         files = [f for fs_files in splits.values() for f in fs_files]
         margins = np.concatenate([_column(fs, f, "margin") for f in files]) if files else np.zeros(0)
@@ -92,7 +92,9 @@ def summarize(target: str, revision: str | None = None) -> dict:
                 f"[{lo:g},{hi:g})": int(n) for lo, hi, n in zip(MARGIN_BINS, MARGIN_BINS[1:], histogram)
             },
         }
-    example_config = "pairs" if "pairs" in configs else next((c for c in configs if c != "raw"), None)
+    example_config = (
+        "pairs" if "pairs" in configs else next((c for c in configs if c not in ("raw", "judgements")), None)
+    )
     if example_config:
         first = next((f for files in configs[example_config].values() for f in files), None)
         if first:

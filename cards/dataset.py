@@ -29,6 +29,7 @@ CITATION = TEMPLATES / "citation.bib"
 LICENSE = "cc-by-nc-4.0"
 ASSETS_DIR = "assets"
 JUDGE_FILE = "judge.json"
+JUDGEMENTS_CONFIG = "judgements"
 DEFAULT_CONFIG = "pairs"
 UNPUBLISHED_TARGET = "ORG/NAME"
 PAPER_JUDGE = (
@@ -220,6 +221,12 @@ def read_judge(folder: Path) -> list[dict] | None:
     return json.loads(path.read_text())["judges"] if path.is_file() else None
 
 
+def read_pool(folder: Path) -> list[dict] | None:
+    """The model pool with its decoding settings, as ``judge.json`` records it (None when it does not)."""
+    path = folder / JUDGE_FILE
+    return json.loads(path.read_text()).get("pool") if path.is_file() else None
+
+
 def dataset_facts(folder: Path) -> dict:
     """Everything the card states, computed from the folder; writes the figures it shows into ``assets/``."""
     report = json.loads((folder / "build_report.json").read_text())
@@ -236,7 +243,7 @@ def dataset_facts(folder: Path) -> dict:
         .as_posix()
         for aspect, counts in ratings.items()
     }
-    pair_configs = [config for config in report["splits"] if config != "raw"]
+    pair_configs = [config for config in report["splits"] if config not in ("raw", JUDGEMENTS_CONFIG)]
     example_config = DEFAULT_CONFIG if DEFAULT_CONFIG in files else pair_configs[0]
     rated = {aspect: sum(counts.values()) for aspect, counts in ratings.items()}
     return {
@@ -260,6 +267,8 @@ def dataset_facts(folder: Path) -> dict:
         "example_config": example_config,
         "example": example_row(files[example_config], assets),
         "judges": read_judge(folder),
+        "pool": read_pool(folder),
+        "judgements_rows": sum(report["splits"].get(JUDGEMENTS_CONFIG, {}).values()),
     }
 
 

@@ -180,4 +180,5 @@ def test_an_unsupported_trl_refuses_training_verbs_and_keeps_the_rest(tmp_path):
     assert sample.returncode == 0, sample.stderr
     assert "trl 1.99.0" in train.stderr and pinned_ranges()["trl"] in train.stderr
     importing = run_python(fake.split("from vlfeedback_kit.cli")[0] + "import vlfeedback_kit.training\n", cwd=tmp_path)
-    assert importing.returncode == 1 and "IncompatibleVersion: vlfeedback_kit.training is tested with" in importing.stderr
+    assert importing.returncode == 1
+    assert "IncompatibleVersion: vlfeedback_kit.training is tested with" in importing.stderr

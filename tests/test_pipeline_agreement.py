@@ -88,3 +88,24 @@ def test_bad_labels_are_named(judged: Path, tmp_path: Path) -> None:
     labels.write_text("id,model_a,preferred\ni1,model-0,a\n")
     with pytest.raises(UserError, match="record 1 lacks model_b"):
         read_labels(labels)
+
+
+def test_a_folder_without_ratings_is_refused_and_unmatched_ids_are_listed(
+    judged: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps(label) + "\n" for label in LABELS))
+    unrated = [{**r, "completions": [{**c, "annotations": {}} for c in r["completions"]]} for r in JUDGED]
+    folder = write_release(tmp_path / "decoded", unrated)
+    assert cli_main(["agreement", "--judge", str(folder), "--human", str(labels)]) == 2
+    assert "not one rating" in capsys.readouterr().err
+
+    assert cli_main(["agreement", "--judge", str(judged), "--human", str(labels), "--bootstrap", "50"]) == 0
+    assert "unmatched (id not judged, or a model without ratings): i9" in capsys.readouterr().out
+    assert run(judged, labels, capsys)["overall"]["unmatched_ids"] == ["i9"]
+
+    strangers = tmp_path / "strangers.jsonl"
+    strangers.write_text(json.dumps({**LABELS[0], "id": "x1"}) + "\n" + json.dumps({**LABELS[0], "id": "x2"}) + "\n")
+    assert cli_main(["agreement", "--judge", str(judged), "--human", str(strangers)]) == 2
+    err = capsys.readouterr().err
+    assert "none of the 2 labels matches a judged row" in err and "(ids: x1, x2)" in err

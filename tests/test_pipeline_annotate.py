@@ -100,7 +100,7 @@ def test_outcomes_are_recorded_and_every_row_is_accounted_for(server: OpenAIServ
         handle.write(json.dumps({"id": "llava-7", "prompt": "no responses", "models": [], "completions": []}) + "\n")
         handle.write("{not json\n")
     out = tmp_path / "out"
-    assert annotate(server, source, out) == 0
+    assert annotate(server, source, out) == 1  # 6 of 9 rows not rated: over --max-fail-rate
 
     rows, failed, counts = output(out), failures(out), report(out)
     assert sorted(rows) == ["llava-0", "llava-1", "llava-5"]
@@ -123,14 +123,21 @@ def test_outcomes_are_recorded_and_every_row_is_accounted_for(server: OpenAIServ
     assert (counts["rows"], counts["ok"], counts["failed"], counts["refused"], counts["invalid"]) == (9, 3, 1, 2, 3)
     assert counts["pending"] == 0 and counts["complete"]
     judges = json.loads((out / "judge.json").read_text())["judges"]
-    assert judges == [{"model": "gpt-4o", "template_sha256": load_template().sha256, "items": 3}]
+    (judge,) = judges
+    assert {k: judge[k] for k in ("model", "template_sha256", "items")} == {
+        "model": "gpt-4o",
+        "template_sha256": load_template().sha256,
+        "items": 3,
+    }
+    assert judge["template_text"] == load_template().text and "rubric.md" in judge["template"]
+    assert (judge["shuffle_seed"], judge["temperature"], judge["seed"]) == (None, 0.0, 0)
     assert sorted(p.name for p in (out / "merged_images").iterdir()) == ["llava-0.jpg", "llava-1.jpg", "llava-5.jpg"]
     assert (out / "merged_images" / "llava-5.jpg").read_bytes() == (
         source / "merged_images" / "llava-5.jpg"
     ).read_bytes()
 
     calls = len(server.calls)
-    assert annotate(server, source, out) == 0
+    assert annotate(server, source, out, "--max-fail-rate", "0.7") == 0
     assert len(server.calls) == calls and output(out) == rows
     assert cli_main(["build", "--source", str(out), "--out", str(tmp_path / "built"), "--quiet"]) == 0
     built = json.loads((tmp_path / "built" / "build_report.json").read_text())
@@ -213,7 +220,7 @@ def test_shards_split_the_work_and_assemble_merges_them(server: OpenAIServer, tm
 def test_retry_failed_asks_again_and_keeps_the_ledger(server: OpenAIServer, tmp_path: Path) -> None:
     source = decoded(tmp_path / "in", {"rtvlm-0": ("Bad judge [[malformed:3]]", ["a", "b"])})
     out = tmp_path / "out"
-    assert annotate(server, source, out, "--max-attempts", "2") == 0
+    assert annotate(server, source, out, "--max-attempts", "2") == 1
     assert failures(out)["rtvlm-0"]["outcome"] == "failed"
     assert annotate(server, source, out, "--max-attempts", "2", "--retry-failed") == 0
     row_ = output(out)["rtvlm-0"]
@@ -243,3 +250,234 @@ def test_bad_flags_and_settings_fail_early_naming_the_flag(
     assert server.tokens == {SECRET}
     for path in out.rglob("*"):
         assert not path.is_file() or SECRET.encode() not in path.read_bytes(), path
+
+
+def test_the_original_template_works_as_is(server: OpenAIServer, tmp_path: Path) -> None:
+    from test_pipeline_judge import ORIGINAL_TEMPLATE
+
+    template = tmp_path / "annotation_template.txt"
+    template.write_text(ORIGINAL_TEMPLATE)
+    items = {f"llava-{i}": (f"Q{i}", [marked((4, 5, 5), f"a{i}"), marked((2, 1, 5), f"b{i}")]) for i in range(3)}
+    source = decoded(tmp_path / "in", items)
+    out = tmp_path / "out"
+    assert annotate(server, source, out, "--template", str(template)) == 0
+    rows = output(out)
+    assert sorted(rows) == sorted(items)
+    for row_ in rows.values():
+        assert [ratings_of(c) for c in row_["completions"]] == [(4, 5, 5), (2, 1, 5)]
+    (call, *_) = server.calls_about("Instruction: Q0\n")
+    assert "- <text 1> a0 [[rate=4,5,5]]\n- <text 2> b0 [[rate=2,1,5]]" in call.text
+    assert report(out)["judge"]["template_sha256"] == load_template(template).sha256
+
+
+def closed_port_url() -> str:
+    """A loopback URL nothing listens on (the port was bound, then released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def test_a_closed_port_stops_the_run_at_once_naming_host_and_cause(
+    server: OpenAIServer, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    items = {f"svit-{i}": (f"Q{i}", ["a", "b"]) for i in range(16)}
+    source, out, url = decoded(tmp_path / "in", items), tmp_path / "out", closed_port_url()
+    assert cli_main(annotate_args(url, source, out, "--quiet", "--max-retries", "1")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and url.removeprefix("http://").removesuffix("/v1") in err[0]
+    assert "connection refused" in err[0] and "--base-url" in err[0]
+    assert not (out / "annotate" / "state.sqlite").exists()
+
+
+def test_a_base_url_without_v1_gets_the_hint_before_any_call(
+    server: OpenAIServer, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    source = decoded(tmp_path / "in", {"svit-0": ("Q", ["a", "b"])})
+    url = server.url.removesuffix("/v1")
+    assert cli_main(annotate_args(url, source, tmp_path / "out", "--quiet", "--max-retries", "1")) == 2
+    err = capsys.readouterr().err
+    assert "404" in err and f"{url}/v1" in err and server.calls == []
+    with_credentials = url.replace("http://", f"http://user:{SECRET}@")
+    assert cli_main(annotate_args(with_credentials, source, tmp_path / "out", "--quiet")) == 2
+    err = capsys.readouterr().err
+    assert f"{url}/v1" in err and SECRET not in err
+
+
+def test_the_breaker_stops_a_run_whose_connections_keep_dropping(
+    server: OpenAIServer, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from vlfeedback_kit.builders.pipeline.endpoint import BREAKER_LIMIT
+
+    items = {f"svit-{i}": (f"Q{i}", ["a", "b"]) for i in range(40)}
+    source, out = decoded(tmp_path / "in", items), tmp_path / "out"
+    server.drop_chat = True
+    assert annotate(server, source, out, "--concurrency", "4", "--max-retries", "2") == 2
+    assert server.probes == 1 and server.dropped <= BREAKER_LIMIT + 4  # not 40 items x 3 tries
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "closed the connection without a reply" in err[0] and "127.0.0.1" in err[0]
+
+
+def test_a_run_that_rated_nothing_exits_non_zero_with_the_reasons(
+    server: OpenAIServer, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    items = {f"svit-{i}": (f"Bad {i} [[malformed:always]]", ["a", "b"]) for i in range(4)}
+    source, out = decoded(tmp_path / "in", items), tmp_path / "out"
+    assert annotate(server, source, out, "--max-attempts", "2") == 1
+    printed = capsys.readouterr().out
+    assert "4 of 4 rows were not rated (100.0% > --max-fail-rate 5.0%)" in printed and "release layout" not in printed
+    assert "4  failed: Text 2 has no Ethical Considerations rating" in printed
+    undecoded = write_release(
+        tmp_path / "instructions",
+        [{"id": f"llava-{i}", "prompt": f"Q{i}", "models": [], "completions": []} for i in range(16)],
+        images={f"llava-{i}": jpeg(size=20 + i) for i in range(16)},
+    )
+    assert annotate(server, undecoded, tmp_path / "out2") == 1
+    printed = capsys.readouterr().out
+    assert "16 of 16 rows were not rated" in printed and "16  invalid: 'completions' is missing or empty" in printed
+    assert report(tmp_path / "out2")["fail_rate"] == 1.0
+
+
+def test_json_schema_response_format_and_seed_are_sent_and_recorded(server: OpenAIServer, tmp_path: Path) -> None:
+    from vlfeedback_kit.builders.pipeline.judge import response_schema
+
+    items = {f"svit-{i}": (f"Q{i}", ["a", "b", "c"]) for i in range(3)}
+    source, out = decoded(tmp_path / "in", items), tmp_path / "out"
+    assert annotate(server, source, out, "--response-format", "json-schema", "--seed", "7") == 0
+    assert all(r["response_format"] == response_schema(3) and r["seed"] == 7 for r in server.requests)
+    schema = response_schema(3)["json_schema"]["schema"]
+    assert schema["required"] == list(ASPECTS) and schema["properties"]["Helpfulness"]["items"]["required"] == [
+        "text",
+        "rationale",
+        "rating",
+    ]
+    assert report(out)["judge"]["response_format"] == "json-schema" and report(out)["judge"]["seed"] == 7
+    assert report(out)["run"]["seed_sent"] is True
+
+
+def test_an_endpoint_without_structured_output_stops_the_run_at_once(
+    server: OpenAIServer, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    server.reject_params = {"response_format"}
+    items = {f"svit-{i}": (f"Q{i}", ["a", "b"]) for i in range(8)}
+    source, out = decoded(tmp_path / "in", items), tmp_path / "out"
+    assert annotate(server, source, out, "--response-format", "json-schema", "--concurrency", "1") == 2
+    assert "does not take --response-format json-schema" in capsys.readouterr().err and len(server.requests) == 1
+
+
+def test_an_endpoint_that_refuses_seed_is_asked_without_it(server: OpenAIServer, tmp_path: Path) -> None:
+    server.reject_params = {"seed"}
+    items = {f"svit-{i}": (f"Q{i}", ["a", "b"]) for i in range(3)}
+    source, out = decoded(tmp_path / "in", items), tmp_path / "out"
+    assert annotate(server, source, out, "--concurrency", "1") == 0
+    assert sorted(output(out)) == sorted(items) and report(out)["run"]["seed_sent"] is False
+    assert sum("seed" in r for r in server.requests) == 1
+
+
+def test_messages_name_the_changed_field_the_budget_the_unknown_price_and_assemble(
+    server: OpenAIServer, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    items = {f"lrv-{i}": (f"Q{i}", ["a", "b"]) for i in range(6)}
+    source, out = decoded(tmp_path / "in", items), tmp_path / "out"
+    assert annotate(server, source, out, "--shuffle") == 0
+    capsys.readouterr()
+    assert annotate(server, source, out) == 2
+    assert "shuffle_seed: 0 → null" in capsys.readouterr().err
+
+    tight = tmp_path / "tight"
+    assert annotate(server, source, tight, "--max-cost", "0.0001") == 3
+    printed = capsys.readouterr().out
+    assert "raise --max-cost" in printed and "re-run the same command" not in printed
+
+    dry = annotate_args(server.url, source, tmp_path / "dry", "--quiet", "--dry-run", judge_model="local-judge")
+    assert cli_main(dry) == 0
+    estimate = json.loads(capsys.readouterr().out)
+    assert estimate["estimated_prompt_tokens"] > 0 and estimate["estimated_completion_tokens"] > 0
+    assert estimate["estimated_cost_usd"] is None and "--prices" in estimate["cost_unknown"]
+    unpriced = annotate_args(server.url, source, tmp_path / "unpriced", "--quiet", judge_model="local-judge")
+    assert cli_main(unpriced) == 0
+    printed = capsys.readouterr().out
+    assert "cost unknown" in printed and "$0.0000" not in printed
+    assert report(tmp_path / "unpriced")["run"]["cost_usd"] is None
+
+    assert annotate(server, source, tmp_path / "shard0", "--shard", "0/2") == 0
+    assert "vlfeedback assemble" in capsys.readouterr().out
+
+
+def test_build_keeps_the_judge_record_and_generation_settings_and_the_card_states_the_template(
+    server: OpenAIServer, tmp_path: Path
+) -> None:
+    import pyarrow.parquet as pq
+    from test_pipeline_judge import ORIGINAL_TEMPLATE
+
+    template = tmp_path / "annotation_template.txt"
+    template.write_text(ORIGINAL_TEMPLATE)
+    local = {"kind": "transformers", "model": "llava-hf/llava-1.5-7b-hf", "adapter": None, "dtype": "bfloat16"}
+    remote = {"kind": "openai", "model": "gpt-4o", "endpoint": "api.openai.com"}
+    sampling = {"max_new_tokens": 512, "temperature": 0.7, "top_p": 0.9}
+    items = {f"llava-{i}": (f"Q{i}", [marked((4, 5, 5), f"a{i}"), marked((2, 1, 5), f"b{i}")]) for i in range(6)}
+    source = decoded(tmp_path / "in", items)
+    rows = [json.loads(line) for line in (source / "vlfeedback_80k.jsonl").read_text().splitlines()]
+    for row_ in rows:
+        row_["completions"][0]["generation"] = {**local, **sampling}
+        row_["completions"][1]["generation"] = {**remote, **sampling, "temperature": 0.0}
+    (source / "vlfeedback_80k.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out, built = tmp_path / "out", tmp_path / "built"
+    assert annotate(server, source, out, "--template", str(template), "--shuffle", "--seed", "3") == 0
+    assert cli_main(["build", "--source", str(out), "--out", str(built), "--quiet"]) == 0
+
+    annotated = output(out)
+    judgements = pq.read_table(list((built / "data" / "judgements").glob("*.parquet"))).to_pylist()
+    assert sorted(j["id"] for j in judgements) == sorted(items)
+    for record in judgements:
+        judge = annotated[record["id"]]["judge"]
+        assert record["judge"]["raw_reply"] == judge["raw_reply"] and "Output for Text 1" in judge["raw_reply"]
+        assert record["judge"]["permutation"] == judge["permutation"] and record["judge"]["attempts"] == 1
+        assert record["judge"]["usage"] == judge["usage"] and record["judge"]["cost_usd"] == judge["cost_usd"]
+        assert record["completions"][0]["generation"] == {**local, **sampling, "endpoint": None}
+        assert record["completions"][1]["generation"]["endpoint"] == "api.openai.com"
+
+    card = (built / "README.md").read_text()
+    sha = load_template(template).sha256
+    assert f"annotation_template.txt (a user template), sha256 `{sha}`; its exact text is in `judge.json`" in card
+    assert "shuffle seed 3" in card and "temperature 0.0" in card and "config_name: judgements" in card
+    assert "| `model-0` | transformers | `llava-hf/llava-1.5-7b-hf` | bfloat16 | 512 | 0.7 | 0.9 | 6 |" in card
+    assert json.loads((built / "judge.json").read_text())["judges"][0]["template_text"] == ORIGINAL_TEMPLATE
+    assert cli_main(["inspect", str(built)]) == 0
+
+
+def test_a_store_made_before_requests_carried_a_seed_resumes_without_calls(
+    server: OpenAIServer, tmp_path: Path
+) -> None:
+    from vlfeedback_kit.builders.pipeline.annotate import state_path
+    from vlfeedback_kit.builders.pipeline.items import plan
+    from vlfeedback_kit.builders.pipeline.judge import JudgeSettings
+    from vlfeedback_kit.builders.pipeline.layout import open_input
+    from vlfeedback_kit.builders.pipeline.store import Store
+
+    items = {f"svit-{i}": (f"Q{i}", [marked((4, 4, 4), "a"), marked((1, 2, 3), "b")]) for i in range(3)}
+    source, out = decoded(tmp_path / "in", items), tmp_path / "out"
+    old = JudgeSettings(model="gpt-4o", template_sha256=load_template().sha256)  # what older kits recorded
+    assert "seed" not in old.to_dict()
+    annotations = [
+        {a: {"Rating": str(r), "Rationale": "r"} for a, r in zip(ASPECTS, rs)} for rs in [(4,) * 3, (1, 2, 3)]
+    ]
+    done = {"attempts": 1, "permutation": [0, 1], "raw_reply": "{}", "usage": {}, "cost_usd": 0.0}
+    with open_input(source) as folder, Store(state_path(out)) as store:
+        store.bind("judge", old.to_dict(), "")
+        work = plan(folder, old, load_template())
+        store.put_many([(p.key, p.item_id, "ok", {**done, "annotations": annotations}) for p in work.items])
+    assert annotate(server, source, out) == 0
+    assert server.calls == [] and sorted(output(out)) == sorted(items)
+
+
+def test_out_equal_to_input_is_refused_before_anything_is_created(
+    server: OpenAIServer, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    source = decoded(tmp_path / "in", {"svit-0": ("Q", ["a", "b"])})
+    before = sorted(p.name for p in source.rglob("*"))
+    assert annotate(server, source, source) == 2
+    assert "is the --input folder" in capsys.readouterr().err
+    assert sorted(p.name for p in source.rglob("*")) == before and server.calls == []

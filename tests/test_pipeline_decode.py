@@ -82,6 +82,9 @@ def test_a_pool_with_a_local_vlm_and_endpoints_decodes_then_the_judge_rates(
             assert (out / image).read_bytes() == (source / image).read_bytes()
         tiny_answers = sum(c["model"] == "tiny-qwen2-vl" for r in rows for c in r["completions"])
         assert 0 < tiny_answers < 7 and report["asked_this_run"]["tiny-qwen2-vl"] == tiny_answers
+        local = report["run"]["local"]["tiny-qwen2-vl"]
+        assert local["items"] == tiny_answers and local["seconds"] > 0 and local["items_per_second"] > 0
+        assert report["run"]["finished"]["ok"] == 14 - tiny_answers == report["run"]["calls"]
         assert members["endpoint-b"].settings()["temperature"] == 0.7
         assert {c.model for c in server.calls} == {"pool-a", "pool-b"} and server.tokens == {"EMPTY", "sk-test-pool"}
 
@@ -150,7 +153,147 @@ def test_a_local_member_with_a_peft_adapter_answers_a_batch(tmp_path: Path) -> N
         adapter=str(tmp_path / "adapter"),
     )
     model = LocalModel(member)
-    answers = model.answer(["What colour?", "How many shapes are there in this picture?"], [jpeg(), jpeg(size=40)], 0)
+    answers = model.answer(
+        ["What colour?", "How many shapes are there in this picture?"], [jpeg(), jpeg(size=40)], [0, 1]
+    )
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
     assert type(model.model).__name__ == "PeftModel"
     assert member.settings()["adapter"] == str(tmp_path / "adapter")
+
+
+def decode_cli(source: Path, pool: Path, out: Path, *extra: str) -> int:
+    return cli_main(["decode", "--input", str(source), "--pool", str(pool), "--out", str(out), "--quiet", *extra])
+
+
+def endpoint_pool(path: Path, members: list[dict], k: int = 2) -> Path:
+    path.write_text(yaml.safe_dump({"k": k, "seed": 3, "generation": {"max_new_tokens": 6}, "members": members}))
+    return path
+
+
+def test_every_member_is_checked_before_the_first_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    source = instructions(tmp_path / "instructions", 3)
+    with OpenAIServer() as server:
+        members = [
+            {"name": "endpoint-a", "kind": "openai", "model": "pool-a", "base_url": server.url},
+            {
+                "name": "endpoint-b",
+                "kind": "openai",
+                "model": "pool-b",
+                "base_url": server.url,
+                "api_key_env": KEY_ENV,
+            },
+            {"name": "local", "kind": "transformers", "model": str(tmp_path / "no-such-model")},
+        ]
+        pool = endpoint_pool(tmp_path / "pool.yaml", members, k=3)
+        assert decode_cli(source, pool, tmp_path / "out") == 2
+        assert server.calls == [] and server.probes == 0
+    err = capsys.readouterr().err
+    assert f"{KEY_ENV} is not set" in err and "'local'" in err and "no-such-model: no such model folder" in err
+
+
+def test_a_dead_endpoint_member_stops_decode_before_any_member_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from test_pipeline_annotate import closed_port_url
+
+    source, dead = instructions(tmp_path / "instructions", 3), closed_port_url()
+    with OpenAIServer() as server:
+        members = [
+            {"name": "endpoint-a", "kind": "openai", "model": "pool-a", "base_url": server.url},
+            {"name": "endpoint-dead", "kind": "openai", "model": "pool-b", "base_url": dead},
+        ]
+        assert decode_cli(source, endpoint_pool(tmp_path / "pool.yaml", members), tmp_path / "out") == 2
+        assert server.calls == []
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "connection refused" in err[0] and "endpoint-dead" in err[0]
+    assert dead.removeprefix("http://").removesuffix("/v1") in err[0]
+
+
+def test_out_equal_to_input_is_refused_before_anything_is_created(tmp_path: Path) -> None:
+    source = instructions(tmp_path / "instructions", 2)
+    before = sorted(p.name for p in source.rglob("*"))
+    with OpenAIServer() as server:
+        members = [{"name": n, "kind": "openai", "model": n, "base_url": server.url} for n in ("a", "b")]
+        assert decode_cli(source, endpoint_pool(tmp_path / "pool.yaml", members), source) == 2
+        assert server.calls == []
+    assert sorted(p.name for p in source.rglob("*")) == before
+
+
+def test_a_resumed_decode_samples_with_the_seeds_of_an_uninterrupted_one(tmp_path: Path) -> None:
+    rows = [
+        {
+            "id": f"llava-{i}",
+            "source": "LLaVA",
+            "prompt": f"Q{i}" + (" [[status:500]]" if i % 2 else ""),
+            "models": [],
+            "completions": [],
+        }
+        for i in range(6)
+    ]
+    source = write_release(
+        tmp_path / "in", rows, images={r["id"]: jpeg((9 * i, 80, 40), 20 + i) for i, r in enumerate(rows)}
+    )
+    members = [
+        {"name": n, "kind": "openai", "model": n, "base_url": "URL", "generation": {"temperature": 0.8}} for n in "ab"
+    ]
+
+    def seeds(server: OpenAIServer) -> dict[tuple[str, str], int]:
+        return {(r["model"], r["text"]): r["seed"] for r in server.requests}
+
+    with OpenAIServer() as server:
+        pool = endpoint_pool(tmp_path / "pool.yaml", [{**m, "base_url": server.url} for m in members])
+        assert decode_cli(source, pool, tmp_path / "once", "--max-retries", "0") == 3  # odd items fail once
+        assert decode_cli(source, pool, tmp_path / "once", "--max-retries", "0") == 0
+        resumed = seeds(server)
+    with OpenAIServer() as server:
+        pool = endpoint_pool(tmp_path / "pool.yaml", [{**m, "base_url": server.url} for m in members])
+        assert decode_cli(source, pool, tmp_path / "twice", "--max-retries", "1") == 0
+        uninterrupted = seeds(server)
+    assert resumed == uninterrupted and len(set(resumed.values())) == 12
+
+
+def test_a_local_member_samples_each_item_with_its_own_seed(tmp_path: Path) -> None:
+    from vlfeedback_kit.builders.pipeline.pool import LocalModel, Member
+
+    tiny = build_tiny_model("llava", tmp_path / "tiny")
+    member = Member("tiny", "transformers", str(tiny), {"max_new_tokens": 8, "temperature": 1.0, "top_p": 1.0})
+    model = LocalModel(member)
+    prompts, images = ["What colour?", "How many shapes are there in this picture?"], [jpeg(), jpeg(size=40)]
+    together = model.answer(prompts, images, [11, 22])
+    alone = [model.answer([p], [i], [s])[0] for p, i, s in zip(prompts[::-1], images[::-1], [22, 11])][::-1]
+    assert together == alone
+
+
+def test_a_file_that_is_not_an_image_is_an_invalid_row_not_a_crash(tmp_path: Path) -> None:
+    source = instructions(tmp_path / "instructions", 3)
+    (source / "merged_images" / "llava-1.jpg").write_bytes(b"<html>404</html>")
+    with OpenAIServer() as server:
+        members = [{"name": n, "kind": "openai", "model": n, "base_url": server.url} for n in ("a", "b")]
+        assert decode_cli(source, endpoint_pool(tmp_path / "pool.yaml", members), tmp_path / "out") == 0
+    report = json.loads((tmp_path / "out" / "decode" / "report.json").read_text())
+    assert (report["ok"], report["invalid"]) == (2, 1)
+    (failure,) = [
+        json.loads(line) for line in (tmp_path / "out" / "decode" / "failures.jsonl").read_text().splitlines()
+    ]
+    assert failure["id"] == "llava-1" and failure["reason"] == "bad_image"
+
+
+def test_the_breaker_stops_a_decode_whose_endpoint_keeps_dropping(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from vlfeedback_kit.builders.pipeline.endpoint import BREAKER_LIMIT
+
+    source = instructions(tmp_path / "instructions", 20)
+    with OpenAIServer() as server:
+        members = [
+            {"name": n, "kind": "openai", "model": n, "base_url": server.url, "concurrency": 4} for n in ("a", "b")
+        ]
+        server.drop_chat = True
+        pool = endpoint_pool(tmp_path / "pool.yaml", members)
+        assert decode_cli(source, pool, tmp_path / "out", "--max-retries", "2") == 2
+        assert server.dropped <= BREAKER_LIMIT + 4  # not 20 answers x 3 tries
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pool member 'a'" in err[0] and "closed the connection without a reply" in err[0]

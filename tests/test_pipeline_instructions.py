@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -214,3 +215,92 @@ def test_a_short_candidate_pool_is_widened_until_the_quota_is_met(tmp_path: Path
     drawn, counts = draw(adapter, [tmp_path / "lrv.json"], tmp_path, 2, 0, set())
     assert [d.prompt for d in drawn] == ["Q5?", f"Q{last}?"]
     assert (counts["drawn"], counts["no_image"], counts["read"]) == (2, 198, 200)
+
+
+def test_why_rows_were_skipped_is_said_and_a_source_that_drew_nothing_fails(
+    sources: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    def instructions(*args: str) -> int:
+        return cli_main(["instructions", "--out", str(tmp_path / "out"), "--quiet", *args])
+
+    assert instructions("--source", f"llava={sources['llava']}", "--quota", "llava=all") == 1
+    printed = capsys.readouterr().out
+    assert f"11/11 rows had no image under {sources['llava'].parent} — pass --images llava=DIR" in printed
+    assert "next:" not in printed and "no instructions drawn from llava" in printed
+
+    assert instructions("--source", f"llava={sources['lrv']}", "--images", f"llava={sources['vg']}") == 1
+    printed = capsys.readouterr().out
+    assert "fields 'conversations', 'image' not in the records: answer, image_id, question" in printed
+
+    adapters = tmp_path / "adapters.yaml"
+    adapters.write_text(
+        "lrv:\n  reader: fields\n  prompt: '{qestion}'\n  image: {field: image_id, template: '{}.jpg'}\n"
+    )
+    assert (
+        instructions(
+            "--adapters", str(adapters), "--source", f"lrv={sources['lrv']}", "--images", f"lrv={sources['vg']}"
+        )
+        == 1
+    )
+    assert "field 'qestion' not in the records: answer, image_id, question" in capsys.readouterr().out
+
+
+def test_unreadable_sources_are_one_line_errors_and_leave_no_temp_files(
+    sources: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_text('[\n  {"id": 1},\n  {"id": 2,, }\n]\n')
+    broken_lines = tmp_path / "m3it-broken.jsonl"
+    broken_lines.write_text('{"instruction": "a"}\n{"instruction": \n')
+    out = tmp_path / "out"
+    good = ["--source", f"llava={sources['llava']}", "--images", f"llava={sources['coco']}", "--quota", "llava=all"]
+    cases = [
+        (["--source", f"lrv={broken}"], f"{broken}: invalid JSON at line 3, column 12"),
+        (["--source", f"m3it={broken_lines}"], f"{broken_lines}: invalid JSON on line 2"),
+        (["--source", "lrv=data/lrv/missing.json"], "--source lrv=data/lrv/missing.json: no such file or folder"),
+    ]
+    for extra, message in cases:
+        assert cli_main(["instructions", "--out", str(out), "--quiet", *good, *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0] and "Hub" not in err[0]
+        assert not [p for p in tmp_path.rglob("*.tmp")]
+
+
+def test_images_are_checked_by_header_and_non_jpeg_is_converted(tmp_path: Path) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    png = io.BytesIO()
+    Image.new("RGB", (20, 12), (200, 30, 30)).save(png, format="PNG")
+    files = {"a.jpg": image(1), "b.jpg": png.getvalue(), "c.jpg": b"<html>not found</html>", "d.png": png.getvalue()}
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    records = [
+        {"image": name, "conversations": [{"from": "human", "value": f"Question about {name}?"}]} for name in files
+    ]
+    (tmp_path / "llava.json").write_text(json.dumps(records))
+    out = tmp_path / "out"
+    report = collect(
+        {"llava": str(tmp_path / "llava.json")}, out, images={"llava": str(folder)}, quotas={"llava": "all"}
+    )
+    counts = report["sources"]["llava"]
+    assert (counts["drawn"], counts["bad_image"], counts["converted"]) == (3, 1, 2)
+    assert counts["duplicate"] == 0 and "1/4 rows' images are not images" in counts["notes"][0]
+    rows = {r["prompt"]: r["id"] for r in rows_of(out)}
+    assert (out / "merged_images" / f"{rows['Question about a.jpg?']}.jpg").read_bytes() == image(1)
+    converted = (out / "merged_images" / f"{rows['Question about b.jpg?']}.jpg").read_bytes()
+    assert Image.open(io.BytesIO(converted)).format == "JPEG"
+    origins = [json.loads(line) for line in (out / "instruction_source.jsonl").read_text().splitlines()]
+    assert [o.get("converted_from") for o in origins] == [None, "PNG", "PNG"]
+
+
+def test_help_and_list_adapters_name_every_adapter_and_its_fields(capsys: pytest.CaptureFixture) -> None:
+    assert cli_main(["instructions", "--list-adapters"]) == 0
+    listed = capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli_main(["instructions", "--help"])
+    helped = capsys.readouterr().out
+    for name, adapter in load_adapters().items():
+        assert adapter.describe() in listed and f"  {name} (" in helped
+    assert "lrv (LRV, quota 12357): prompt '{question}'; image 'image_id' (path as '{}.jpg')" in listed

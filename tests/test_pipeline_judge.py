@@ -200,3 +200,103 @@ def test_shards_partition_the_keys() -> None:
     shards = [shard_of(key, 4) for key in keys]
     assert set(shards) == {0, 1, 2, 3}
     assert all(150 < shards.count(s) < 350 for s in range(4))
+
+
+BULLETS = """\
+**Helpfulness**
+- **Text 1**
+  - **Rating**: 3 (Moderately helpful)
+  - Rationale: It answers, with a gap.
+- **Text 2**
+  - **Rating**: 5 (Highly helpful)
+  - Rationale: Complete.
+
+**Visual Faithfulness**
+- **Text 1**
+  - **Rating**: 4
+  - Rationale: Grounded.
+- **Text 2**
+  - **Rating**: 2
+  - Rationale: Invents a dog.
+
+**Ethical Considerations**
+- **Text 1**
+  - **Rating**: 5
+  - Rationale: Safe.
+- **Text 2**
+  - **Rating**: 5
+  - Rationale: Safe.
+"""
+
+
+def test_markdown_bullets_parse() -> None:
+    verdict = read_reply(Reply(BULLETS), 2)
+    assert verdict.outcome == "ok", verdict.problem
+    first, second = verdict.ratings
+    assert first["Helpfulness"] == (3, "It answers, with a gap.") and second["Helpfulness"] == (5, "Complete.")
+    assert (first["Visual Faithfulness"][0], second["Visual Faithfulness"]) == (4, (2, "Invents a dog."))
+    assert first["Ethical Considerations"] == (5, "Safe.")
+
+
+def test_one_line_text_and_rating_parse() -> None:
+    reply = "\n".join(
+        f"## {aspect}\nOutput for Text 1: Rating: 4\nRationale: fine.\nOutput for Text 2: Rating: 2, Rationale: weak."
+        for aspect in ASPECTS
+    )
+    verdict = read_reply(Reply(reply), 2)
+    assert verdict.outcome == "ok", verdict.problem
+    assert [verdict.ratings[0][a] for a in ASPECTS] == [(4, "fine.")] * 3
+    assert verdict.ratings[1]["Ethical Considerations"] == (2, "weak.")
+
+
+def test_json_with_a_trailing_comma_and_after_prose_with_braces_parses() -> None:
+    ratings = {"Helpfulness": [4, 2], "Visual Faithfulness": [5, 1], "Ethical Considerations": [5, 5]}
+    body = json.dumps(
+        {a: [{"text": k + 1, "rationale": "r", "rating": v} for k, v in enumerate(vs)] for a, vs in ratings.items()}
+    )
+    trailing = body.replace("}]}", "},],}", 1).replace('"rating": 4}', '"rating": 4,}')
+    assert json.loads(body) and trailing != body
+    for reply in (trailing, "I read the set {text 1, text 2} as asked; here it is: " + body + "\nDone {ok}."):
+        verdict = read_reply(Reply(reply), 2)
+        assert verdict.outcome == "ok", verdict.problem
+        assert [r["Helpfulness"][0] for r in verdict.ratings] == [4, 2]
+
+
+def test_json_that_does_not_parse_is_named_in_the_reask() -> None:
+    broken = '{"Helpfulness": [{"text": 1, "rationale": "ok" "rating": 4}], "Visual Faithfulness": []}'
+    verdict = read_reply(Reply("Here you go:\n" + broken), 1)
+    assert verdict.outcome == "malformed"
+    assert verdict.problem.startswith("the JSON object in it does not parse (Expecting ',' delimiter")
+    assert "has no Helpfulness rating" not in verdict.problem
+
+
+ORIGINAL_TEMPLATE = """\
+## Format:
+Texts:
+- <text 1> [Text 1]
+- <text 2> [Text 2]
+
+## Annotation
+### Input
+Instruction: [[instruction_placeholder]]
+
+Texts:
+- <text 1> [[text_1_placeholder]]
+- <text 2> [[text_2_placeholder]]
+
+### Output
+"""
+
+
+def test_the_original_template_placeholders_are_filled(tmp_path) -> None:
+    path = tmp_path / "annotation_template.txt"
+    path.write_text(ORIGINAL_TEMPLATE)
+    template = load_template(path)
+    assert template.texts == 2 and template.source == str(path)
+    prompt = render_prompt(template, "What is {x}?", ["[[text_2_placeholder]] first", "second {texts}"])
+    assert "Instruction: What is {x}?" in prompt
+    assert "- <text 1> [[text_2_placeholder]] first\n- <text 2> second {texts}\n" in prompt
+    assert "[Text 1]" in prompt and template.fits(3) and template.fits(2) is None
+    path.write_text(ORIGINAL_TEMPLATE.replace("[[text_1_placeholder]]", ""))
+    with pytest.raises(UserError, match=r"text_1_placeholder"):
+        load_template(path)

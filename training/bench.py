@@ -19,7 +19,7 @@ trained batches are exactly one sorted megabatch.
 Printed per configuration: pairs/s, LM tokens/s (non-padding tokens of chosen + rejected sequences), peak memory
 (GPU: ``max_memory_allocated`` over the timed steps — over all steps for ``-grouped``, whose warm-up steps get the
 longest batches; CPU: the process's max RSS), MFU, and the losses of the timed steps. A peak over ten steps is not
-an epoch's peak: the longest batch of an epoch decides that (``training.memory`` predicts it). The kit's
+an epoch's peak: the longest batch of an epoch decides that (the memory tool predicts it). The kit's
 reference pass (one batched gradient-free pass over the pairs, cached for later epochs and runs) is timed apart and
 folded into ``pairs/s 3 ep``: the throughput of a 3-epoch run that pays the pass once.
 
@@ -157,7 +157,7 @@ def synthetic_pairs(n: int, seed: int = 0):
 
 def build_model(shape: str, folder: Path, device: str, layers: int | None = None, vision_depth: int = 32):
     """The model and processor of a shape: the tiny Qwen2-VL, or a random-init public Qwen2-VL shape (optionally
-    with fewer language-model ``layers`` or ViT blocks, as ``training.memory`` uses to account per layer)."""
+    with fewer language-model ``layers`` or ViT blocks, as the memory tool uses to account per layer)."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor, Qwen2VLForConditionalGeneration
 

@@ -5,7 +5,7 @@
 
 A GPU step's peak memory is the weights and optimizer state plus the activations kept for the backward pass. What
 is kept does not depend on the device, so it can be measured on the CPU at the real widths with a few language-
-model layers: this script builds the ``training.bench`` model and trainer of each configuration (bf16 autocast, the
+model layers: this script builds the step benchmark's model and trainer of each configuration (bf16 autocast, the
 Silkie LoRA, the same synthetic rows) and runs one training forward, measuring
 
 - the growth of the resident set across each decoder layer (``MALLOC_MMAP_THRESHOLD_`` makes large tensors map and

@@ -68,12 +68,12 @@ def agreement(
     results = {}
     for group in GROUPS:
         label_aspect = group if group in has_own else OVERALL
-        agree, human_ties, judge_ties, unmatched = [], 0, 0, 0
+        agree, human_ties, judge_ties, unmatched = [], 0, 0, []
         for label in (lab for lab in labels if lab.aspect == label_aspect):
             models = judged.get(label.item_id, {})
             scores = [judge_scores(models[m], group) if m in models else None for m in (label.model_a, label.model_b)]
             if None in scores:
-                unmatched += 1
+                unmatched.append(label.item_id)
             elif label.preferred == "tie":
                 human_ties += 1
             elif (judge := preference(*scores)) == "tie":
@@ -89,9 +89,23 @@ def agreement(
             "ci95": list(bootstrap_ci(decisive, resamples, seed)) if len(agree) else None,
             "human_ties": human_ties,
             "judge_ties": judge_ties,
-            "unmatched": unmatched,
+            "unmatched": len(unmatched),
+            "unmatched_ids": sorted(set(unmatched)),
         }
     return results
+
+
+def check_matched(labels: list[Label], results: dict) -> None:
+    """Refuse a comparison in which no label matched a judged row (wrong folder, other ids or model names)."""
+    if labels and all(
+        r["unmatched"] == len([lab for lab in labels if lab.aspect == r["human_labels"]]) for r in results.values()
+    ):
+        ids = sorted({label.item_id for label in labels})
+        shown = ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+        raise UserError(
+            f"none of the {len(labels)} labels matches a judged row with ratings for both models (ids: {shown}); "
+            "check --judge is the annotated folder and that the ids and model names agree"
+        )
 
 
 def read_labels(path: Path) -> list[Label]:
@@ -130,7 +144,7 @@ def read_judged(folder: Path) -> dict[str, dict[str, dict[str, int | None]]]:
     from vlfeedback_kit.builders.pipeline.layout import open_input
 
     jsonl = folder if folder.is_file() else open_input(folder, "--judge").jsonl
-    judged = {}
+    judged: dict[str, dict[str, dict[str, int | None]]] = {}
     with jsonl.open(encoding="utf-8") as handle:
         for line in filter(str.strip, handle):
             row = json.loads(line)
@@ -138,6 +152,11 @@ def read_judged(folder: Path) -> dict[str, dict[str, dict[str, int | None]]]:
                 c["model"]: {a: parse_rating((c.get("annotations") or {}).get(a, {}).get("Rating")) for a in ASPECTS}
                 for c in row.get("completions", [])
             }
+    if not any(v is not None for models in judged.values() for ratings in models.values() for v in ratings.values()):
+        raise UserError(
+            f"--judge {folder}: {len(judged)} rows and not one rating — annotate it first (vlfeedback annotate), "
+            "and pass the annotated folder"
+        )
     return judged
 
 
@@ -151,4 +170,8 @@ def format_table(results: dict) -> str:
         lines.append(
             f"{name:<24}{r['pairs']:>7}{share:>9}{ci:>17}{r['human_ties']:>12}{r['judge_ties']:>12}{r['unmatched']:>11}"
         )
+    unmatched = sorted({i for r in results.values() for i in r["unmatched_ids"]})
+    if unmatched:
+        shown = ", ".join(unmatched[:20]) + (f" and {len(unmatched) - 20} more" if len(unmatched) > 20 else "")
+        lines.append(f"unmatched (id not judged, or a model without ratings): {shown}")
     return "\n".join(lines)

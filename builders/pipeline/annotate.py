@@ -7,6 +7,10 @@ One call per instruction with the image; replies are validated strictly and re-a
 Every paid call is committed to ``OUT/annotate/state.sqlite`` as soon as it returns, keyed by the item's content
 hash, so a killed run re-run with the same command pays for nothing twice. The last step assembles the release
 layout (``OUT/vlfeedback.jsonl`` + ``merged_images/`` + ``judge.json``) from the store; see ``assemble``.
+
+Before any work the endpoint is probed (unreachable, 404, refused key: one line and exit 2); during the run a
+breaker stops after repeated identical connection failures. A finished run whose failed + refused + invalid rows
+pass ``--max-fail-rate`` exits 1 with the reasons counted (``commands._annotate``).
 """
 
 from __future__ import annotations
@@ -14,10 +18,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit, urlunsplit
 
 from vlfeedback_kit.builders.pipeline.cost import (
     Price,
@@ -28,18 +31,22 @@ from vlfeedback_kit.builders.pipeline.cost import (
     require_price,
 )
 from vlfeedback_kit.builders.pipeline.endpoint import (
+    Breaker,
     GaveUp,
     Rejected,
     RetryPolicy,
     RunStats,
     api_key_from_env,
+    check_endpoint,
     complete,
     for_each,
+    host_of,
     make_client,
+    redact_url,
 )
 from vlfeedback_kit.builders.pipeline.items import Planned, build_request, load, plan, settle
-from vlfeedback_kit.builders.pipeline.judge import JudgeSettings, Template, load_template, read_reply
-from vlfeedback_kit.builders.pipeline.layout import StageInput, open_input, write_json
+from vlfeedback_kit.builders.pipeline.judge import RESPONSE_FORMATS, JudgeSettings, Template, load_template, read_reply
+from vlfeedback_kit.builders.pipeline.layout import StageInput, check_out, open_input, write_json
 from vlfeedback_kit.builders.pipeline.store import Store
 from vlfeedback_kit.errors import UserError
 
@@ -48,8 +55,12 @@ if TYPE_CHECKING:
 
 STAGE_DIR = "annotate"
 STATE_FILE = "state.sqlite"
-SETTINGS_FLAGS = "--judge-model, --template, --shuffle, --seed, --temperature, --max-tokens and --image-detail"
+SETTINGS_FLAGS = (
+    "--judge-model, --template, --shuffle, --seed, --temperature, --max-tokens, --image-detail and --response-format"
+)
 IMAGE_DETAILS = ("low", "high", "auto")
+MAX_COST_STOP = "--max-cost"
+"""How ``RunStats.stopped`` starts when the budget stopped the intake."""
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -66,13 +77,6 @@ def parse_shard(text: str) -> tuple[int, int]:
 def state_path(out_dir: Path) -> Path:
     """Where a run's store lives."""
     return out_dir / STAGE_DIR / STATE_FILE
-
-
-def redact_url(url: str) -> str:
-    """A URL without credentials or query (what reports may show)."""
-    parts = urlsplit(url)
-    host = f"{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 @dataclass
@@ -94,6 +98,8 @@ class AnnotateOptions:
     temperature: float = 0.0
     max_tokens: int = 2048
     image_detail: str = "high"
+    response_format: str = "text"
+    max_fail_rate: float = 0.05
     shard: tuple[int, int] = (0, 1)
     batch: bool = False
     batch_id: str | None = None
@@ -114,6 +120,9 @@ class AnnotateOptions:
             "--timeout must be positive": self.timeout <= 0,
             "--max-cost must be positive": self.max_cost is not None and self.max_cost <= 0,
             f"--image-detail must be one of {', '.join(IMAGE_DETAILS)}": self.image_detail not in IMAGE_DETAILS,
+            f"--response-format must be one of {', '.join(RESPONSE_FORMATS)}": self.response_format
+            not in RESPONSE_FORMATS,
+            "--max-fail-rate must be between 0 and 1 (e.g. 0.05 for 5%)": not 0 <= self.max_fail_rate <= 1,
             "--batch-id needs --batch": self.batch_id is not None and not self.batch,
             "--no-wait needs --batch": self.no_wait and not self.batch,
             "--poll-interval must be positive": self.poll_interval <= 0,
@@ -136,6 +145,8 @@ class AnnotateOptions:
             temperature=self.temperature,
             max_tokens=self.max_tokens,
             image_detail=self.image_detail,
+            response_format=self.response_format,
+            seed=self.seed,
         )
 
 
@@ -195,7 +206,7 @@ class JudgeLoop:
     def __init__(self, job: JudgeJob) -> None:
         self.options, self.settings, self.template, self.store = job.options, job.settings, job.template, job.store
         self.price, self.folder, self.bar = job.price, job.folder, job.bar
-        self.stats = RunStats()
+        self.stats = RunStats(priced=self.price is not None)
         self.budget = Budget(
             self.options.max_cost, self.store.totals()[2], self.price, self.settings.image_detail, batch=self.batch
         )
@@ -207,6 +218,8 @@ class Judging(JudgeLoop):
     def __init__(self, job: JudgeJob) -> None:
         super().__init__(job)
         self.client = None
+        self.breaker = Breaker(self.options.base_url)
+        self.send_seed = True
 
     async def run(self, todo: list[Planned], api_key: str) -> RunStats:
         """Judge every item in ``todo`` (bounded concurrency, budget permitting)."""
@@ -217,7 +230,8 @@ class Judging(JudgeLoop):
         finally:
             await self.client.close()
         if not complete_intake:
-            self.stats.stopped = f"--max-cost {self.options.max_cost} reached"
+            self.stats.stopped = f"{MAX_COST_STOP} {self.options.max_cost} reached"
+        self.stats.seed_sent = self.send_seed
         self.stats.seconds = time.perf_counter() - started
         return self.stats
 
@@ -229,7 +243,22 @@ class Judging(JudgeLoop):
         try:
             while True:
                 request, order = build_request(item, self.settings, self.template, [c for c, _ in calls])
-                completion = await complete(self.client, request, self.options.retry, self.stats.retried)
+                if not self.send_seed:
+                    request.pop("seed", None)
+                try:
+                    completion = await complete(
+                        self.client, request, self.options.retry, self.stats.retried, self.breaker
+                    )
+                except Rejected as err:
+                    if "response_format" in request and "response_format" in str(err):
+                        raise UserError(
+                            f"{host_of(self.options.base_url)} does not take --response-format json-schema ({err}); "
+                            "run without it"
+                        ) from err
+                    if "seed" not in request or "seed" not in str(err):
+                        raise
+                    self.send_seed = False  # the endpoint does not take a seed: ask again without it
+                    continue
                 cost = call_cost(completion.prompt_tokens, completion.completion_tokens, self.price)
                 calls.append((completion, cost))
                 finish = settle(read_reply(completion.reply, planned.n), order, calls, self.options.max_attempts)
@@ -254,23 +283,37 @@ class Judging(JudgeLoop):
                 self.bar.set_postfix_str(f"tokens {tokens:,} ${self.budget.spent:,.2f}", refresh=False)
 
 
+def as_recorded(settings: JudgeSettings, recorded: dict | None) -> JudgeSettings:
+    """A store made before requests carried a seed keeps its content keys: the default ``--seed`` is then not sent
+    (a different one is a changed setting, refused by ``bind``)."""
+    if recorded is not None and "seed" not in recorded and settings.seed == 0:
+        return replace(settings, seed=None)
+    return settings
+
+
 def estimate(
-    folder: StageInput, settings: JudgeSettings, template: Template, options: AnnotateOptions, price: Price
+    folder: StageInput, settings: JudgeSettings, template: Template, options: AnnotateOptions, price: Price | None
 ) -> dict:
-    """``--dry-run``: what judging the items not yet finished would cost, before spending anything."""
+    """``--dry-run``: what judging the items not yet finished would cost, before spending anything (tokens only,
+    and the cost null, when the price table has no price for the judge)."""
     items = plan(folder, settings, template, options.shard, sizes=True).unique()
     path = state_path(options.out_dir)
     finished: dict[str, str] = {}
     if path.is_file():
         with Store(path, lock=False) as store:
+            settings = as_recorded(settings, store.meta("judge"))
             store.bind("judge", settings.to_dict(), SETTINGS_FLAGS, record=False)
             finished = store.finished()
     todo = [p for p in items if p.key not in finished]
     prompt = completion = 0
+    tiles = price or Price(input=0.0, output=0.0)  # no price: the default image tile rule still counts tokens
     for planned in todo:
-        p, c = estimate_tokens(planned.prompt_chars, planned.image_size, planned.n, settings.image_detail, price)
+        p, c = estimate_tokens(planned.prompt_chars, planned.image_size, planned.n, settings.image_detail, tiles)
         prompt, completion = prompt + p, completion + c
-    usd = call_cost(prompt, completion, price, batch=options.batch) or 0.0
+    usd = call_cost(prompt, completion, price, batch=options.batch)
+    unpriced = (
+        {} if price else {"cost_unknown": f"no price for {settings.model!r} in the price table; pass --prices FILE"}
+    )
     return {
         "dry_run": True,
         "judge_model": settings.model,
@@ -279,8 +322,9 @@ def estimate(
         "to_judge": len(todo),
         "estimated_prompt_tokens": prompt,
         "estimated_completion_tokens": completion,
-        "estimated_cost_usd": round(usd, 4),
-        "mean_cost_per_item_usd": round(usd / len(todo), 6) if todo else 0.0,
+        "estimated_cost_usd": round(usd, 4) if usd is not None else None,
+        "mean_cost_per_item_usd": (round(usd / len(todo), 6) if todo else 0.0) if usd is not None else None,
+        **unpriced,
         "batch": options.batch,
         "assumes": "4 characters per text token, the price table's image tile rule, one call per item (no re-asks)",
     }
@@ -292,19 +336,24 @@ def annotate(options: AnnotateOptions) -> dict:
 
     from vlfeedback_kit.builders.pipeline.assemble import REPORT_FILE, assemble
 
+    check_out(options.input_dir, options.out_dir)
     template = load_template(options.template)
     settings = options.settings(template)
     prices = load_prices(options.prices)
     price = price_for(settings.model, prices)
     if options.dry_run:
         with open_input(options.input_dir) as folder:
-            return estimate(folder, settings, template, options, require_price(settings.model, prices, "--dry-run"))
+            return estimate(folder, settings, template, options, price)
     if options.max_cost is not None:
         require_price(settings.model, prices, "--max-cost")
     api_key = api_key_from_env(options.api_key_env)
+    check_endpoint(options.base_url, api_key, options.timeout, key_flag=f"--api-key-env ({options.api_key_env})")
     with open_input(options.input_dir) as folder, Store(state_path(options.out_dir)) as store:
+        settings = as_recorded(settings, store.meta("judge"))
         store.bind("judge", settings.to_dict(), SETTINGS_FLAGS)
         store.bind("shard", list(options.shard), "--shard")
+        store.bind("template_texts", template.texts, "--template")
+        store.put_meta("template", {"source": template.describe(), "text": template.text})
         reopened = store.reopen(("failed", "refused")) if options.retry_failed else 0
         work = plan(folder, settings, template, options.shard, sizes=options.max_cost is not None)
         finished = store.finished()

@@ -1,7 +1,10 @@
 """CLI verbs of the AI-feedback pipeline: ``instructions``, ``decode``, ``annotate``, ``assemble``, ``agreement``.
 
 Heavy imports (openai, transformers, PIL) stay inside the verbs so that ``vlfeedback --help`` stays instant. A verb
-whose work is not finished (items pending after retries, a spent budget, batches still running) exits with 3.
+whose work is not finished (items pending after retries, a spent budget, batches still running) exits with 3; one
+that finished but produced nothing usable (no instructions drawn, nothing decoded, more rows failed than
+``--max-fail-rate`` allows) exits with 1 and says why; a problem found before any work (a bad flag, an unreachable
+endpoint) exits with 2.
 """
 
 from __future__ import annotations
@@ -12,17 +15,28 @@ from pathlib import Path
 
 INCOMPLETE = 3
 """Exit status of a run that stopped with work left: re-run the same command to continue."""
+FAILED = 1
+"""Exit status of a run that finished without a usable result (nothing written, or too many rows failed)."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the pipeline verbs to the ``vlfeedback`` parser."""
-    instructions = subparsers.add_parser("instructions", help="collect instructions from source datasets")
+    instructions = subparsers.add_parser(
+        "instructions",
+        help="collect instructions from source datasets",
+        description="Collect instructions from source datasets into the release layout, each read by an adapter.",
+        epilog=_adapters_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     instructions.add_argument(
         "--source",
         action="append",
-        required=True,
+        default=[],
         metavar="NAME=PATH",
         help="a source by adapter name: a file, a folder or a Hub dataset ORG/NAME[@REV]; repeatable",
+    )
+    instructions.add_argument(
+        "--list-adapters", action="store_true", help="list the adapters and the fields each expects, and exit"
     )
     instructions.add_argument(
         "--images",
@@ -40,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     instructions.add_argument("--adapters", type=Path, help="YAML of extra or changed adapters (see adapters.yaml)")
     instructions.add_argument("--seed", type=int, default=0, help="seed of the quota draws (default 0)")
-    instructions.add_argument("--out", type=Path, required=True, help="output folder (release layout)")
+    instructions.add_argument("--out", type=Path, help="output folder (release layout)")
     instructions.add_argument("--quiet", action="store_true", help="no progress bar")
     instructions.set_defaults(func=_instructions)
 
@@ -73,11 +87,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--max-attempts", type=int, default=3, help="asks per item when replies are malformed (default 3)"
     )
     annotate.add_argument("--shuffle", action="store_true", help="show each item's responses in a seeded random order")
-    annotate.add_argument("--seed", type=int, default=0, help="seed of --shuffle (default 0)")
+    annotate.add_argument(
+        "--seed", type=int, default=0, help="seed of --shuffle, also sent as the request's seed (default 0)"
+    )
     annotate.add_argument("--temperature", type=float, default=0.0, help="judge temperature (default 0)")
     annotate.add_argument("--max-tokens", type=int, default=2048, help="judge reply token limit (default 2048)")
     annotate.add_argument(
         "--image-detail", default="high", choices=("low", "high", "auto"), help="image detail (default high)"
+    )
+    annotate.add_argument(
+        "--response-format",
+        default="text",
+        choices=("text", "json-schema"),
+        help="json-schema: send the rubric's JSON schema as response_format (OpenAI structured outputs; vLLM and "
+        "SGLang guided decoding), so a conforming judge cannot send an unparseable reply (default text)",
+    )
+    annotate.add_argument(
+        "--max-fail-rate",
+        type=float,
+        default=0.05,
+        metavar="RATE",
+        help="exit 1 when more than this share of the settled rows is failed, refused or invalid (default 0.05)",
     )
     annotate.add_argument("--shard", default="0/1", metavar="I/N", help="judge only shard I of N (by content hash)")
     annotate.add_argument("--batch", action="store_true", help="use the OpenAI Batch API (half price, up to 24 h)")
@@ -115,6 +145,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     agreement.set_defaults(func=_agreement)
 
 
+def _adapters_epilog() -> str:
+    """The kit's adapters, one line each, for ``instructions --help`` (read from adapters.yaml: no heavy import)."""
+    from vlfeedback_kit.builders.pipeline.instructions import ADAPTERS_FILE, load_adapters
+
+    lines = [f"  {adapter.describe()}" for adapter in load_adapters().values()]
+    return (
+        f"adapters (NAME: which records it reads; from {ADAPTERS_FILE.name}, extend with --adapters FILE):\n"
+        + "\n".join(lines)
+    )
+
+
 def _endpoint_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
     parser.add_argument(
@@ -125,8 +166,15 @@ def _endpoint_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _instructions(args: argparse.Namespace) -> int:
-    from vlfeedback_kit.builders.pipeline.instructions import collect, parse_assignments
+    from vlfeedback_kit.builders.pipeline.instructions import collect, load_adapters, parse_assignments
+    from vlfeedback_kit.errors import UserError
 
+    if args.list_adapters:
+        for adapter in load_adapters(args.adapters).values():
+            print(adapter.describe())
+        return 0
+    if not args.source or args.out is None:
+        raise UserError("--source NAME=PATH and --out DIR are required (see --list-adapters for the names)")
     report = collect(
         parse_assignments(args.source, "--source"),
         args.out,
@@ -136,13 +184,22 @@ def _instructions(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.quiet,
     )
+    empty = []
     for prefix, counts in report["sources"].items():
-        skipped = {k: v for k, v in counts.items() if k in ("no_prompt", "no_image", "duplicate")}
+        skipped = {k: counts[k] for k in ("no_prompt", "no_image", "bad_image", "duplicate") if counts.get(k)}
+        converted = f"  converted to JPEG {counts['converted']}" if counts.get("converted") else ""
         print(
             f"  {prefix:<10} drew {counts['drawn']:>6} of {counts['read']:>7} read (quota {counts['quota'] or 'all'})"
-            f"{'  skipped ' + json.dumps(skipped) if skipped else ''}"
+            f"{'  skipped ' + json.dumps(skipped) if skipped else ''}{converted}"
         )
+        for note in counts["notes"]:
+            print(f"  {'':<10} {note}")
+        if not counts["drawn"]:
+            empty.append(prefix)
     print(f"wrote {report['instructions']} instructions to {args.out}")
+    if empty:
+        print(f"no instructions drawn from {', '.join(empty)} (see the reasons above); fix the flags and re-run")
+        return FAILED
     print(f"next: vlfeedback decode --input {args.out} --pool pool.yaml --out responses")
     return 0
 
@@ -168,12 +225,15 @@ def _decode(args: argparse.Namespace) -> int:
     if not report["complete"]:
         print("some answers are missing (see decode/failures.jsonl): re-run the same command to finish")
         return INCOMPLETE
+    if not report["ok"]:
+        print(f"nothing was decoded (see {args.out}/decode/failures.jsonl for why)")
+        return FAILED
     print(f"next: vlfeedback annotate --input {args.out} --out annotated --base-url URL --judge-model NAME")
     return 0
 
 
 def _annotate(args: argparse.Namespace) -> int:
-    from vlfeedback_kit.builders.pipeline.annotate import AnnotateOptions, annotate, parse_shard
+    from vlfeedback_kit.builders.pipeline.annotate import MAX_COST_STOP, AnnotateOptions, annotate, parse_shard
 
     options = AnnotateOptions(
         input_dir=args.input,
@@ -191,6 +251,8 @@ def _annotate(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         max_tokens=args.max_tokens,
         image_detail=args.image_detail,
+        response_format=args.response_format,
+        max_fail_rate=args.max_fail_rate,
         shard=parse_shard(args.shard),
         batch=args.batch,
         batch_id=args.batch_id,
@@ -206,20 +268,48 @@ def _annotate(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(json.dumps(report, indent=2))
         return 0
-    run = report["run"]
-    print(
-        f"judged {sum(run['finished'].values())} items in {run['seconds']:.1f}s with {run['calls']} calls "
-        f"(${run['cost_usd']:.4f} this run, ${report['ledger']['cost_usd']:.4f} in all)"
-    )
+    run, ledger = report["run"], report["ledger"]
+    if run["cost_usd"] is None or ledger["unpriced_calls"]:
+        money = f"cost unknown: the price table has no price for {args.judge_model!r} (pass --prices FILE)"
+    else:
+        money = f"${run['cost_usd']:.4f} this run, ${ledger['cost_usd']:.4f} in all"
+    print(f"judged {sum(run['finished'].values())} items in {run['seconds']:.1f}s with {run['calls']} calls ({money})")
     print(
         f"  ok {report['ok']}, failed {report['failed']}, refused {report['refused']}, invalid {report['invalid']}, "
         f"pending {report['pending']}, other shards {report['other_shards']} of {report['rows']} rows"
     )
-    if run["stopped"]:
-        print(f"stopped: {run['stopped']}")
     if not report["complete"]:
+        if (run["stopped"] or "").startswith(MAX_COST_STOP):
+            print(
+                f"stopped: the budget is spent (--max-cost {args.max_cost}, ${ledger['cost_usd']:.4f} in the ledger); "
+                f"raise --max-cost to judge the {report['pending']} pending items (nothing finished is asked again)"
+            )
+            return INCOMPLETE
+        if run["stopped"]:
+            print(f"stopped: {run['stopped']}")
         print("items are pending: re-run the same command to continue (nothing finished is asked again)")
         return INCOMPLETE
+    if report["fail_rate"] > args.max_fail_rate:
+        not_rated = report["failed"] + report["refused"] + report["invalid"]
+        print(
+            f"{not_rated} of {not_rated + report['ok']} rows were not rated ({report['fail_rate']:.1%} > "
+            f"--max-fail-rate {args.max_fail_rate:.1%}); the reasons:"
+        )
+        for reason, count in list(report["failure_reasons"].items())[:8]:
+            print(f"  {count:>7}  {reason[:240]}")
+        print(
+            f"see {args.out}/annotate/failures.jsonl; fix the cause and re-run with --retry-failed, or raise "
+            "--max-fail-rate to accept these rows as lost"
+        )
+        return FAILED
+    index, count = options.shard
+    if count > 1:
+        stores = " ".join(f"--store SHARD{i}/annotate/state.sqlite" for i in range(count))
+        print(
+            f"shard {index}/{count} done in {args.out}; next, once every shard is done: vlfeedback assemble "
+            f"--input {args.input} --out annotated {stores}"
+        )
+        return 0
     print(f"release layout: {args.out} (next: vlfeedback build --source {args.out} --out vlfeedback)")
     return 0
 
@@ -237,8 +327,16 @@ def _assemble(args: argparse.Namespace) -> int:
 
 
 def _agreement(args: argparse.Namespace) -> int:
-    from vlfeedback_kit.builders.pipeline.agreement import agreement, format_table, read_judged, read_labels
+    from vlfeedback_kit.builders.pipeline.agreement import (
+        agreement,
+        check_matched,
+        format_table,
+        read_judged,
+        read_labels,
+    )
 
-    results = agreement(read_labels(args.human), read_judged(args.judge), args.bootstrap, args.seed)
+    labels = read_labels(args.human)
+    results = agreement(labels, read_judged(args.judge), args.bootstrap, args.seed)
+    check_matched(labels, results)
     print(json.dumps(results, indent=2) if args.json else format_table(results))
     return 0

@@ -6,12 +6,21 @@ Each instruction is answered by ``k`` distinct pool members drawn with the pool'
 ``OUT/decode/state.sqlite`` as they come (keyed by image, prompt and the member's settings), so an interrupted
 decode re-run with the same command redoes only what is missing — and a pool that changes keeps the answers of
 the members that did not. Rows whose answers are not all in yet are listed in ``decode/failures.jsonl``.
+
+Before the first member starts, every member that has work is checked (local model folders or Hub ids, adapters,
+``api_key_env`` variables) and every endpoint is probed once; a run whose endpoint stops answering is stopped by
+the breaker with the host and the cause. With temperature > 0 each answer is sampled with a seed drawn from the
+pool seed and its content key (sent as ``seed`` to endpoints; a local member then generates one item at a time), so
+a resumed decode samples exactly what an uninterrupted one would. ``decode/report.json`` counts the run's work per
+member: calls and tokens for endpoints, items, seconds and items/s for local models.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,19 +28,39 @@ from typing import TYPE_CHECKING
 
 from vlfeedback_kit.builders.pipeline.cost import Price, call_cost, load_prices, price_for
 from vlfeedback_kit.builders.pipeline.endpoint import (
+    Breaker,
     GaveUp,
     Rejected,
     RetryPolicy,
     RunStats,
     api_key_from_env,
+    check_endpoint,
     complete,
     for_each,
     make_client,
 )
 from vlfeedback_kit.builders.pipeline.judge import image_data_url
-from vlfeedback_kit.builders.pipeline.layout import JsonlWriter, LayoutWriter, StageInput, open_input, write_json
-from vlfeedback_kit.builders.pipeline.pool import LocalModel, Member, Pool, assign, chat_request, load_pool, unit_key
+from vlfeedback_kit.builders.pipeline.layout import (
+    JsonlWriter,
+    LayoutWriter,
+    StageInput,
+    check_out,
+    open_input,
+    write_json,
+)
+from vlfeedback_kit.builders.pipeline.pool import (
+    LocalModel,
+    Member,
+    Pool,
+    assign,
+    chat_request,
+    load_pool,
+    preflight,
+    sampling_seed,
+    unit_key,
+)
 from vlfeedback_kit.builders.pipeline.store import Store
+from vlfeedback_kit.builders.sources import IMAGE_DIR
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -49,6 +78,7 @@ class Unit:
     key: str
     item_id: str
     offset: int
+    seed: int
 
 
 @dataclass(frozen=True)
@@ -62,6 +92,17 @@ class Row:
     keys: tuple[str, ...]
 
 
+def is_image(data: bytes) -> bool:
+    """Whether the bytes open as an image (the header only; nothing is decoded)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)):
+            return True
+    except (UnidentifiedImageError, OSError, ValueError):
+        return False
+
+
 def plan_units(
     folder: StageInput, pool: Pool, finished: dict[str, str]
 ) -> tuple[list[Row], list[dict], dict[str, list[Unit]]]:
@@ -72,6 +113,8 @@ def plan_units(
     for line in folder.lines():
         bad_prompt = line.row is not None and not isinstance(line.row.get("prompt"), str)
         image, problem = folder.usable(line, "'prompt' is missing or not a string" if bad_prompt else None)
+        if problem is None and not is_image(image):
+            problem = ("bad_image", f"{IMAGE_DIR}/{line.row['id']}.jpg is not an image (its header does not decode)")
         if problem is not None:
             invalid.append(line.invalid(problem))
             continue
@@ -82,17 +125,21 @@ def plan_units(
         for member, key in zip(members, keys, strict=True):
             if key not in finished and key not in queued:
                 queued.add(key)
-                todo[member.name].append(Unit(key, line.row["id"], line.offset))
+                seed = sampling_seed(pool.seed, image_sha, line.row["prompt"], member.name)
+                todo[member.name].append(Unit(key, line.row["id"], line.offset, seed))
     return rows, invalid, todo
 
 
-def run_local(member: Member, units: list[Unit], folder: StageInput, store: Store, seed: int, bar: tqdm) -> None:
-    """Answer ``units`` with a local model, one padded batch at a time, committing each batch."""
+def run_local(member: Member, units: list[Unit], folder: StageInput, store: Store, bar: tqdm) -> dict:
+    """Answer ``units`` with a local model, one padded batch at a time, committing each batch; returns the work
+    done (items, seconds, items/s)."""
+    started = time.perf_counter()
     model = LocalModel(member)
     for start in range(0, len(units), member.batch_size):
         batch = units[start : start + member.batch_size]
         rows = [folder.row(unit.offset) for unit in batch]
-        texts = model.answer([r["prompt"] for r in rows], [folder.image_bytes(r) for r in rows], seed + start)
+        seeds = [unit.seed for unit in batch]
+        texts = model.answer([r["prompt"] for r in rows], [folder.image_bytes(r) for r in rows], seeds)
         settings = member.settings()
         store.put_many(
             [
@@ -101,6 +148,8 @@ def run_local(member: Member, units: list[Unit], folder: StageInput, store: Stor
             ]
         )
         bar.update(len(batch))
+    seconds = time.perf_counter() - started
+    return {"items": len(units), "seconds": round(seconds, 3), "items_per_second": round(len(units) / seconds, 3)}
 
 
 async def run_endpoint(
@@ -115,19 +164,22 @@ async def run_endpoint(
     bar: tqdm,
 ) -> None:
     """Answer ``units`` through an OpenAI-compatible endpoint with bounded concurrency, committing each answer."""
-    api_key = api_key_from_env(member.api_key_env) if member.api_key_env else NO_KEY
-    client = make_client(member.base_url, api_key, timeout)
+    client = make_client(member.base_url, member_key(member), timeout)
     settings = member.settings()
+    breaker = Breaker(member.base_url, flag=f"the base_url of pool member {member.name!r}")
 
     async def answer(unit: Unit) -> None:
         row = folder.row(unit.offset)
         request = chat_request(member, row["prompt"], image_data_url(folder.image_bytes(row)))
+        if member.generation["temperature"] > 0:
+            request["seed"] = unit.seed
         try:
-            completion = await complete(client, request, policy, stats.retried)
+            completion = await complete(client, request, policy, stats.retried, breaker)
         except GaveUp as err:
             stats.pending[unit.key] = f"{member.name}: {err}"
         except Rejected as err:
             store.put_many([(unit.key, unit.item_id, "failed", {"reason": f"{member.name}: {err}"})])
+            stats.finished["failed"] += 1
         else:
             cost = call_cost(completion.prompt_tokens, completion.completion_tokens, price)
             reply = completion.reply
@@ -142,12 +194,29 @@ async def run_endpoint(
                 unit.key, store.history(unit.key).next_attempt, "sync", completion, cost, (unit.item_id, "ok", data)
             )
             stats.add_call(completion.prompt_tokens, completion.completion_tokens, cost)
+            stats.finished["ok"] += 1
         bar.update(1)
 
     try:
         await for_each(units, answer, member.concurrency, lambda unit: True)
     finally:
         await client.close()
+
+
+def member_key(member: Member) -> str:
+    """The API key an endpoint member sends (a local vLLM server without ``api_key_env`` accepts any)."""
+    return api_key_from_env(member.api_key_env) if member.api_key_env else NO_KEY
+
+
+def check_members(members: list[Member], timeout: float) -> None:
+    """Before any member starts: every member's model / key (``preflight``), then one probe per endpoint."""
+    preflight(members)
+    probed = set()
+    for member in members:
+        if member.kind == "openai" and (member.base_url, member.api_key_env) not in probed:
+            probed.add((member.base_url, member.api_key_env))
+            flag = f"the base_url of pool member {member.name!r}"
+            check_endpoint(member.base_url, member_key(member), timeout, flag, f"api_key_env of {member.name!r}")
 
 
 def decode(
@@ -164,58 +233,65 @@ def decode(
     """Decode every instruction of ``input_dir`` with the pool into ``out_dir``; returns the report."""
     from tqdm.auto import tqdm
 
+    check_out(input_dir, out_dir)
     pool = load_pool(pool_path, k, seed)
     price_table = load_prices(prices)
     stats = RunStats()
+    local: dict[str, dict] = {}
     with open_input(input_dir) as folder, Store(out_dir / STAGE_DIR / "state.sqlite") as store:
         rows, invalid, todo = plan_units(folder, pool, store.finished())
+        check_members([m for m in pool.members if todo[m.name]], timeout)
+        started = time.perf_counter()
         for member in pool.members:
             units = todo[member.name]
             if not units:
                 continue
             with tqdm(total=len(units), desc=f"decode {member.name}", unit=" answers", disable=not progress) as bar:
                 if member.kind == "transformers":
-                    run_local(member, units, folder, store, pool.seed, bar)
+                    local[member.name] = run_local(member, units, folder, store, bar)
                 else:
                     price = price_for(member.model, price_table)
                     policy = RetryPolicy(max_retries=max_retries)
                     asyncio.run(run_endpoint(member, units, folder, store, price, policy, timeout, stats, bar))
+        stats.seconds = time.perf_counter() - started
         report = write_output(folder, out_dir, store, rows, invalid)
     report["pool"] = {"k": pool.k, "seed": pool.seed, "members": {m.name: m.settings() for m in pool.members}}
     report["asked_this_run"] = {name: len(units) for name, units in todo.items()}
-    report["run"] = stats.to_dict() | {"answers_missing": len(stats.pending)}
+    report["run"] = stats.to_dict() | {"answers_missing": len(stats.pending), "local": local}
     write_json(out_dir / STAGE_DIR / "report.json", report)
     return report
 
 
 def write_output(folder: StageInput, out_dir: Path, store: Store, rows: list[Row], invalid: list[dict]) -> dict:
     """The release layout of every fully answered row; the others, and invalid input rows, in the failures file."""
-    writer = LayoutWriter(out_dir, OUTPUT_JSONL, input_dir=folder.root)
-    failures = JsonlWriter(out_dir / STAGE_DIR / "failures.jsonl")
-    for entry in invalid:
-        failures.write(entry)
-    counts: Counter = Counter(invalid=len(invalid))
-    for row in rows:
-        results = [store.result(key) for key in row.keys]
-        if all(r is not None and r.outcome == "ok" for r in results):
-            source = folder.row(row.offset)
-            completions = [
-                {"model": name, "response": r.data["response"], "generation": r.data["generation"]}
+    with (
+        LayoutWriter(out_dir, OUTPUT_JSONL, input_dir=folder.root) as writer,
+        JsonlWriter(out_dir / STAGE_DIR / "failures.jsonl") as failures,
+    ):
+        for entry in invalid:
+            failures.write(entry)
+        counts: Counter = Counter(invalid=len(invalid))
+        for row in rows:
+            results = [store.result(key) for key in row.keys]
+            if all(r is not None and r.outcome == "ok" for r in results):
+                source = folder.row(row.offset)
+                completions = [
+                    {"model": name, "response": r.data["response"], "generation": r.data["generation"]}
+                    for name, r in zip(row.members, results, strict=True)
+                ]
+                writer.add(
+                    {**source, "models": list(row.members), "completions": completions}, folder.image_bytes(source)
+                )
+                counts["ok"] += 1
+                continue
+            missing = {
+                name: (r.data.get("reason") if r else "not answered yet: re-run decode")
                 for name, r in zip(row.members, results, strict=True)
-            ]
-            writer.add({**source, "models": list(row.members), "completions": completions}, folder.image_bytes(source))
-            counts["ok"] += 1
-            continue
-        missing = {
-            name: (r.data.get("reason") if r else "not answered yet: re-run decode")
-            for name, r in zip(row.members, results, strict=True)
-            if r is None or r.outcome != "ok"
-        }
-        outcome = "failed" if all(r is not None for r in results) else "pending"
-        failures.write({"line": row.line, "id": row.item_id, "outcome": outcome, "missing": missing})
-        counts[outcome] += 1
-    writer.close()
-    failures.close()
+                if r is None or r.outcome != "ok"
+            }
+            outcome = "failed" if all(r is not None for r in results) else "pending"
+            failures.write({"line": row.line, "id": row.item_id, "outcome": outcome, "missing": missing})
+            counts[outcome] += 1
     return {
         "input": folder.root.name,
         "output": OUTPUT_JSONL,

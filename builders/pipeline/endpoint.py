@@ -3,6 +3,10 @@
 The ``openai`` client's retries are switched off so that every call is seen here: 429 and 5xx answers, timeouts and
 dropped connections are retried with jittered exponential backoff, never sooner than the server's ``Retry-After``
 (or ``retry-after-ms``); authentication and not-found errors stop the run; other 4xx answers fail the one item.
+Before fanning out, ``probe`` asks the endpoint for its model list once, so a wrong URL, a closed port, a host that
+does not resolve or a rejected key stops the run at once, with the host and the cause on one line (and, for a 404,
+the hint that OpenAI-compatible base URLs end in ``/v1``). During the run a ``Breaker`` stops it after
+``BREAKER_LIMIT`` consecutive connection failures with the same cause, instead of retrying every item for minutes.
 The API key is read from an environment variable and handed to the client only — never printed or stored.
 """
 
@@ -17,12 +21,19 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 from vlfeedback_kit.builders.pipeline.judge import Reply
 from vlfeedback_kit.errors import UserError
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
+
+
+BREAKER_LIMIT = 5
+"""Consecutive connection failures with the same cause after which a run stops."""
+PROBE_TIMEOUT = 20.0
+"""Seconds the endpoint probe waits (at most; less when --timeout is shorter)."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +97,124 @@ def backoff_delay(retry: int, retry_after: float | None, policy: RetryPolicy, ji
     return min(policy.max_delay, policy.base_delay * 2**retry) * (0.5 + 0.5 * jitter)
 
 
+def redact_url(url: str) -> str:
+    """A URL without credentials or query (what reports and messages may show)."""
+    parts = urlsplit(url)
+    host = f"{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def host_of(url: str) -> str:
+    """``host:port`` of a URL, without credentials (what messages may show)."""
+    parts = urlsplit(url)
+    return f"{parts.hostname or url}{f':{parts.port}' if parts.port else ''}"
+
+
+def connection_cause(err: Exception) -> str:
+    """Why a connection failed, in words: refused, DNS, dropped, timed out — or the underlying error's text."""
+    import socket
+
+    import openai
+
+    if isinstance(err, openai.APITimeoutError):
+        return "no reply before the timeout"
+    chain: list[BaseException] = []
+    link: BaseException | None = err
+    while link is not None and link not in chain:
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    if any(isinstance(e, ConnectionRefusedError) for e in chain):
+        return "connection refused"
+    if any(isinstance(e, socket.gaierror) for e in chain):
+        return "the host name does not resolve (DNS)"
+    text = " / ".join(dict.fromkeys(str(e) for e in chain[1:] if str(e))) or str(err)
+    lowered = text.lower()
+    if "refused" in lowered:
+        return "connection refused"
+    if any(s in lowered for s in ("name or service not known", "name resolution", "nodename nor servname")):
+        return "the host name does not resolve (DNS)"
+    if "disconnected" in lowered or "connection reset" in lowered:
+        return "the server closed the connection without a reply"
+    return text[:200]
+
+
+def not_found_message(base_url: str, path: str, err: Exception) -> str:
+    """One line for a 404: the URL asked and, when the base URL lacks ``/v1``, the hint to add it."""
+    base_url = redact_url(str(base_url))
+    url = f"{base_url.rstrip('/')}{path}"
+    hint = (
+        f"; OpenAI-compatible base URLs end in /v1 (e.g. {base_url.rstrip('/')}/v1)"
+        if not urlsplit(str(base_url)).path.rstrip("/").endswith("/v1")
+        else ""
+    )
+    return f"{host_of(str(base_url))} answered 404 Not Found for {urlsplit(url).path} ({_message(err)}){hint}"
+
+
+@dataclass
+class Breaker:
+    """Stops a run (a UserError naming the host and the cause) after ``limit`` consecutive connection failures
+    with the same cause; any reply from the server resets it."""
+
+    base_url: str
+    flag: str = "--base-url"
+    limit: int = BREAKER_LIMIT
+    cause: str | None = None
+    streak: int = 0
+
+    def failed(self, cause: str) -> None:
+        """Count a connection failure; raise once ``limit`` in a row had this cause."""
+        self.streak = self.streak + 1 if cause == self.cause else 1
+        self.cause = cause
+        if self.streak >= self.limit:
+            raise UserError(
+                f"cannot reach {host_of(self.base_url)}: {cause} ({self.streak} requests in a row); check {self.flag} "
+                "and that the server is up, then re-run the same command"
+            )
+
+    def answered(self) -> None:
+        """The server replied (whatever the status): the streak is over."""
+        self.streak, self.cause = 0, None
+
+
+async def probe(client: AsyncOpenAI, base_url: str, flag: str = "--base-url", key_flag: str = "--api-key-env") -> None:
+    """One request before any work: the model list. Unreachable, 404 or a refused key → a one-line UserError."""
+    import openai
+
+    last = ""
+    for _ in range(2):
+        try:
+            await client.get("/models", cast_to=dict, options={"timeout": min(client.timeout, PROBE_TIMEOUT)})
+            return
+        except openai.NotFoundError as err:
+            if urlsplit(str(base_url)).path.rstrip("/").endswith("/v1"):
+                return  # a /v1 server without a model list: the calls themselves will tell
+            raise UserError(f"{flag} {redact_url(base_url)}: {not_found_message(base_url, '/models', err)}") from err
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as err:
+            raise UserError(
+                f"{host_of(base_url)} refused the API key ({err.status_code}: {_message(err)}); check {key_flag}"
+            ) from err
+        except openai.APIConnectionError as err:
+            last = connection_cause(err)
+        except openai.APIStatusError:
+            return  # 429 / 5xx: transient, the run's retries deal with them
+    raise UserError(f"cannot reach {host_of(base_url)}: {last}; check {flag} and that the server is up")
+
+
+def check_endpoint(
+    base_url: str, api_key: str, timeout: float, flag: str = "--base-url", key_flag: str = "--api-key-env"
+) -> None:
+    """``probe`` from synchronous code (its own event loop and client)."""
+
+    async def run() -> None:
+        client = make_client(base_url, api_key, timeout)
+        try:
+            await probe(client, base_url, flag, key_flag)
+        finally:
+            await client.close()
+
+    asyncio.run(run())
+
+
 def make_client(base_url: str, api_key: str, timeout: float) -> AsyncOpenAI:
     """An ``AsyncOpenAI`` client for ``base_url`` with the client's own retries off."""
     from openai import AsyncOpenAI
@@ -103,7 +232,11 @@ def completion_of(body: Mapping) -> Completion:
 
 
 async def complete(
-    client: AsyncOpenAI, request: dict, policy: RetryPolicy, on_retry: Callable[[str], None] | None = None
+    client: AsyncOpenAI,
+    request: dict,
+    policy: RetryPolicy,
+    on_retry: Callable[[str], None] | None = None,
+    breaker: Breaker | None = None,
 ) -> Completion:
     """One chat completion, retried on transient failures; raises GaveUp, Rejected, or UserError (stop the run)."""
     import openai
@@ -114,15 +247,26 @@ async def complete(
         try:
             # the client's documented raw `post`: the typed `chat.completions.create` walks the whole request
             # (base64 image included) through its params transform, ~1.5 ms of CPU a call
-            return completion_of(await client.post("/chat/completions", cast_to=dict, body=request))
-        except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as err:
-            raise UserError(f"the endpoint refused the run ({err.status_code}): {_message(err)}") from err
+            body = await client.post("/chat/completions", cast_to=dict, body=request)
+            if breaker is not None:
+                breaker.answered()
+            return completion_of(body)
+        except openai.NotFoundError as err:
+            raise UserError(not_found_message(str(client.base_url), "/chat/completions", err)) from err
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as err:
+            raise UserError(
+                f"{host_of(str(client.base_url))} refused the run ({err.status_code}): {_message(err)}"
+            ) from err
         except openai.APIStatusError as err:
+            if breaker is not None:
+                breaker.answered()
             if err.status_code not in (408, 409, 429) and err.status_code < 500:
                 raise Rejected(f"HTTP {err.status_code}: {_message(err)}") from err
             last, headers = f"HTTP {err.status_code}", err.response.headers
         except (openai.APITimeoutError, openai.APIConnectionError) as err:
             last = type(err).__name__
+            if breaker is not None and not isinstance(err, openai.APITimeoutError):
+                breaker.failed(connection_cause(err))
         if retry == policy.max_retries:
             break
         if on_retry is not None:
@@ -152,6 +296,8 @@ class RunStats:
     stopped: str | None = None
     seconds: float = 0.0
     batches: list[str] = field(default_factory=list)
+    seed_sent: bool | None = None
+    priced: bool = True
 
     def add_call(self, prompt_tokens: int, completion_tokens: int, cost: float | None) -> None:
         """Count one paid call."""
@@ -170,13 +316,14 @@ class RunStats:
             "calls": self.calls,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
-            "cost_usd": round(self.cost_usd, 6),
+            "cost_usd": round(self.cost_usd, 6) if self.priced else None,
             "finished": dict(self.finished),
             "retries": dict(self.retries),
             "stopped": self.stopped,
             "seconds": round(self.seconds, 3),
             "items_per_second": round(sum(self.finished.values()) / self.seconds, 2) if self.seconds else None,
             "batches": self.batches,
+            "seed_sent": self.seed_sent,
         }
 
 

@@ -6,9 +6,13 @@
 
 Each source is read by a small data-driven adapter (``adapters.yaml``: which reader, which fields, how the image
 is stored). A source draws its quota (default: the paper's table) as the first valid rows in a seeded random
-order, skipping rows without a prompt or an image and duplicates of an earlier (image hash, prompt) — also across
-sources. Rows get ids ``<prefix>-<n>``; ``instruction_source.jsonl`` says where each came from, and
-``instructions/report.json`` counts what was read, drawn and skipped, per source and reason.
+order, skipping rows without a prompt (``no_prompt``), without an image file (``no_image``), whose image is not an
+image (``bad_image``: its header does not decode) and duplicates of an earlier (image hash, prompt) — also across
+sources. JPEG images are copied byte for byte; other formats (PNG, WebP, GIF…) are converted to JPEG, so
+``merged_images/<id>.jpg`` always holds a JPEG. Rows get ids ``<prefix>-<n>``; ``instruction_source.jsonl`` says
+where each came from, and ``instructions/report.json`` counts what was read, drawn, converted and skipped, per
+source and reason, with a sentence saying why rows were skipped (a wrong ``--images`` folder, a field the records
+do not have).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import binascii
 import csv
 import hashlib
 import heapq
+import io
 import json
 import re
 from collections import Counter
@@ -26,9 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from tqdm.auto import tqdm
 
-from vlfeedback_kit.builders.pipeline.layout import JsonlWriter, LayoutWriter, write_json
 from vlfeedback_kit.errors import UserError
 
 ADAPTERS_FILE = Path(__file__).with_name("adapters.yaml")
@@ -40,6 +43,7 @@ READERS = ("conversations", "fields")
 IMAGE_KINDS = ("path", "base64", "bytes")
 _FIELD = re.compile(r"\{([^{}]+)\}")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(?:@[\w./-]+)?$")
+DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,31 @@ class Adapter:
             raise UserError(f"adapter {prefix!r}: {'; '.join(problems)}")
         return adapter
 
+    @property
+    def field_is_path(self) -> bool:
+        """Whether the image field holds a file path (relative to ``--images``)."""
+        return self.image_kind == "path"
+
+    def fields(self) -> list[str]:
+        """The record fields the adapter reads."""
+        prompt = [self.conversations] if self.reader == "conversations" else _FIELD.findall(self.prompt)
+        return [*dict.fromkeys([*prompt, self.image_field])]
+
+    def describe(self) -> str:
+        """One line for ``--help`` and ``--list-adapters``: the fields the adapter expects in each record."""
+        prompt = (
+            f"the first human turn of '{self.conversations}'"
+            if self.reader == "conversations"
+            else f"prompt {self.prompt!r}"
+        )
+        template = f" as {self.image_template!r}" if self.image_template != "{}" else ""
+        index = f"[{self.image_index}]" if self.image_kind == "base64" else ""
+        quota = self.quota if self.quota is not None else "all"
+        return (
+            f"{self.prefix} ({self.name}, quota {quota}): {prompt}; image '{self.image_field}'{index} "
+            f"({self.image_kind}{template})"
+        )
+
     def prompt_of(self, record: dict) -> str | None:
         """The instruction text of a record, or None when it has none."""
         if self.reader == "conversations":
@@ -134,6 +163,24 @@ class Adapter:
         return path.read_bytes() if path.is_file() else None
 
 
+def as_jpeg(data: bytes) -> tuple[bytes | None, str | None]:
+    """The image as JPEG bytes (JPEG: the same bytes) and the format it came in; (None, None) when the bytes are
+    not an image whose header decodes."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            kind = opened.format
+            if kind == "JPEG":
+                return data, kind
+            opened.load()
+            buffer = io.BytesIO()
+            opened.convert("RGB").save(buffer, format="JPEG", quality=95)
+            return buffer.getvalue(), kind
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        return None, None
+
+
 def _positive(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
@@ -150,24 +197,40 @@ def load_adapters(path: Path | None = None) -> dict[str, Adapter]:
 
 
 def read_records(path: Path) -> Iterator[dict]:
-    """The records of a .json (a list, or an object holding one), .jsonl, .csv or .parquet file."""
+    """The records of a .json (a list, or an object holding one), .jsonl, .csv or .parquet file; a file that does
+    not parse is a UserError naming it and the line."""
     suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
+    try:
+        if suffix == ".parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
 
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
-            yield from batch.to_pylist()
-    elif suffix == ".csv":
-        with path.open(encoding="utf-8", newline="") as handle:
-            yield from csv.DictReader(handle)
-    elif suffix == ".jsonl":
-        with path.open(encoding="utf-8") as handle:
-            yield from (json.loads(line) for line in handle if line.strip())
-    else:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(data, dict):
-            data = next((v for v in data.values() if isinstance(v, list)), [])
-        yield from (record for record in data if isinstance(record, dict))
+            try:
+                for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
+                    yield from batch.to_pylist()
+            except pa.ArrowException as err:
+                raise UserError(f"{path}: not a readable Parquet file ({err})") from err
+        elif suffix == ".csv":
+            with path.open(encoding="utf-8", newline="") as handle:
+                yield from csv.DictReader(handle)
+        elif suffix == ".jsonl":
+            with path.open(encoding="utf-8") as handle:
+                for number, line in enumerate(handle, start=1):
+                    if line.strip():
+                        try:
+                            yield json.loads(line)
+                        except json.JSONDecodeError as err:
+                            raise UserError(f"{path}: invalid JSON on line {number} ({err.msg})") from err
+        else:
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as err:
+                raise UserError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno} ({err.msg})") from err
+            if isinstance(data, dict):
+                data = next((v for v in data.values() if isinstance(v, list)), [])
+            yield from (record for record in data if isinstance(record, dict))
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text ({err})") from err
 
 
 def source_files(location: Path, adapter: Adapter) -> list[Path]:
@@ -179,9 +242,12 @@ def source_files(location: Path, adapter: Adapter) -> list[Path]:
 
 def resolve_location(spec: str, prefix: str) -> Path:
     """A local path, or a Hub dataset ``ORG/NAME[@REVISION]`` downloaded into the HF cache."""
-    path = Path(spec)
+    path = Path(spec).expanduser()
     if path.exists():
         return path
+    local = spec.startswith((".", "/", "~")) or path.suffix.lower() in DATA_SUFFIXES or path.parent.is_dir()
+    if local and path.parent != Path("."):
+        raise UserError(f"--source {prefix}={spec}: no such file or folder")
     if not _HUB_ID.match(spec):
         raise UserError(f"--source {prefix}={spec}: no such file or folder, and not a Hub dataset id ORG/NAME[@REV]")
     from huggingface_hub import snapshot_download
@@ -212,6 +278,7 @@ class Drawn:
     origin: str
     prompt: str
     image: bytes
+    converted_from: str | None = None
 
 
 def draw(
@@ -228,6 +295,8 @@ def draw(
     Returns (drawn records in source order, counts). Only the candidates' ranks are held while scanning; a second
     pass reads the chosen ones, widening the candidate pool if skipped records leave the quota short.
     """
+    from tqdm.auto import tqdm
+
     total = sum(1 for f in files for _ in read_records(f))
     pool = total if quota is None else min(total, 2 * quota + 64)
     while True:
@@ -254,6 +323,10 @@ def draw(
             origin, record = candidates[i]
             prompt, image = adapter.prompt_of(record), adapter.image_of(record, root)
             reason = "no_prompt" if not prompt else "no_image" if not image else None
+            kind = None
+            if reason is None:
+                image, kind = as_jpeg(image)
+                reason = "bad_image" if image is None else None
             key = dedupe_key(image, prompt) if reason is None else None
             if key is not None and (key in seen or key in local):
                 reason = "duplicate"
@@ -261,12 +334,43 @@ def draw(
                 counts[reason] += 1
                 continue
             local.add(key)
-            drawn.append(Drawn(i, origin, prompt, image))
+            drawn.append(Drawn(i, origin, prompt, image, None if kind == "JPEG" else kind))
         if quota is None or len(drawn) == quota or pool == total:
             seen |= local
             counts["drawn"] = len(drawn)
+            counts["converted"] = sum(d.converted_from is not None for d in drawn)
+            counts.update(dict.fromkeys(SKIPS, 0))  # every reason in the report, 0 included
             return sorted(drawn, key=lambda d: d.index), counts
         pool = min(total, pool * 2)
+
+
+SKIPS = ("no_prompt", "no_image", "bad_image", "duplicate")
+
+
+def explain(adapter: Adapter, files: list[Path], root: Path, counts: Counter) -> list[str]:
+    """Why a source's rows were skipped, in sentences a user can act on (empty when none were)."""
+    looked = counts["drawn"] + sum(counts[reason] for reason in SKIPS)
+    first = next((record for file in files for record in read_records(file)), None)
+    keys = sorted(first) if first else []
+    missing = [name for name in adapter.fields() if name not in keys]
+    notes = []
+    if missing and (counts["no_prompt"] or counts["no_image"]):
+        shown = ", ".join(keys[:12]) + (", …" if len(keys) > 12 else "")
+        notes.append(
+            f"field{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} not in the records: {shown} "
+            f"(is this a {adapter.prefix} file? see --list-adapters, or change the adapter with --adapters)"
+        )
+    elif counts["no_prompt"]:
+        notes.append(f"{counts['no_prompt']}/{looked} rows had an empty prompt")
+    if counts["no_image"] and adapter.field_is_path and adapter.image_field in keys:
+        notes.append(
+            f"{counts['no_image']}/{looked} rows had no image under {root} — pass --images {adapter.prefix}=DIR"
+        )
+    elif counts["no_image"] and adapter.image_field in keys:
+        notes.append(f"{counts['no_image']}/{looked} rows had no image in '{adapter.image_field}'")
+    if counts["bad_image"]:
+        notes.append(f"{counts['bad_image']}/{looked} rows' images are not images (the header does not decode)")
+    return notes
 
 
 def parse_assignments(values: list[str], flag: str) -> dict[str, str]:
@@ -292,6 +396,12 @@ def collect(
     progress: bool = True,
 ) -> dict:
     """Draw every source's instructions into ``out_dir`` in the release layout; returns the report."""
+    from vlfeedback_kit.builders.pipeline.layout import (
+        JsonlWriter,
+        LayoutWriter,
+        write_json,
+    )  # not at import: `--help` lists adapters
+
     adapters = load_adapters(adapters_file)
     images, quotas = images or {}, quotas or {}
     unknown = sorted((set(sources) | set(images) | set(quotas)) - set(adapters))
@@ -300,32 +410,35 @@ def collect(
     stray = sorted((set(images) | set(quotas)) - set(sources))
     if stray:
         raise UserError(f"--images/--quota name {', '.join(stray)} without a --source")
-    writer = LayoutWriter(out_dir, OUTPUT_JSONL)
-    origins = JsonlWriter(out_dir / SOURCES_JSONL)
-    seen: set[bytes] = set()
-    report = {"seed": seed, "sources": {}}
+    located = {}
     for prefix, spec in sources.items():
         adapter = adapters[prefix]
-        quota = _quota(quotas.get(prefix), adapter)
         location = resolve_location(spec, prefix)
         root = Path(images[prefix]) if prefix in images else (location if location.is_dir() else location.parent)
+        if not root.is_dir():
+            raise UserError(f"--images {prefix}={images[prefix]}: no such folder")
         files = source_files(location, adapter)
         if not files:
             raise UserError(f"--source {prefix}={spec}: no files matching {', '.join(adapter.files)}")
-        drawn, counts = draw(adapter, files, root, quota, seed, seen, progress)
-        for n, record in enumerate(drawn):
-            row_id = f"{prefix}-{n}"
-            row = {"id": row_id, "source": adapter.name, "prompt": record.prompt, "models": [], "completions": []}
-            writer.add(row, record.image)
-            origins.write({"id": row_id, "source": adapter.name, "origin": record.origin})
-        report["sources"][prefix] = {
-            "name": adapter.name,
-            "quota": quota,
-            **counts,
-            "shortfall": max(0, (quota or 0) - len(drawn)),
-        }
-    writer.close()
-    origins.close()
+        located[prefix] = (adapter, _quota(quotas.get(prefix), adapter), root, files)
+    seen: set[bytes] = set()
+    report = {"seed": seed, "sources": {}}
+    with LayoutWriter(out_dir, OUTPUT_JSONL) as writer, JsonlWriter(out_dir / SOURCES_JSONL) as origins:
+        for prefix, (adapter, quota, root, files) in located.items():
+            drawn, counts = draw(adapter, files, root, quota, seed, seen, progress)
+            for n, record in enumerate(drawn):
+                row_id = f"{prefix}-{n}"
+                row = {"id": row_id, "source": adapter.name, "prompt": record.prompt, "models": [], "completions": []}
+                writer.add(row, record.image)
+                origin = {"id": row_id, "source": adapter.name, "origin": record.origin}
+                origins.write(origin | ({"converted_from": record.converted_from} if record.converted_from else {}))
+            report["sources"][prefix] = {
+                "name": adapter.name,
+                "quota": quota,
+                **counts,
+                "shortfall": max(0, (quota or 0) - len(drawn)),
+                "notes": explain(adapter, files, root, counts),
+            }
     report["instructions"] = writer.count
     write_json(out_dir / STAGE_DIR / "report.json", report)
     return report

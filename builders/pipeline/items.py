@@ -24,6 +24,7 @@ from vlfeedback_kit.builders.pipeline.judge import (
     read_reply,
     release_annotations,
     render_prompt,
+    response_schema,
     shard_of,
     unshuffle,
 )
@@ -92,7 +93,8 @@ def plan(
     sizes: bool = False,
 ) -> Plan:
     """Scan the input into the items of ``shard`` (None: all); ``sizes`` also measures prompts and images (and
-    needs the template)."""
+    needs the template). Rows whose response count the template cannot show (the original one has a fixed
+    number of text placeholders) are invalid."""
     items: list[Planned] = []
     invalid: list[dict] = []
     other_shard = rows = 0
@@ -104,6 +106,10 @@ def plan(
             invalid.append(line.invalid(problem))
             continue
         responses = [c["response"] for c in row["completions"]]
+        unfit = template.fits(len(responses)) if template is not None else None
+        if unfit:
+            invalid.append(line.invalid(("template_texts", unfit)))
+            continue
         key = item_key(hashlib.sha256(image).hexdigest(), row["prompt"], responses, settings)
         if shard is not None and shard_of(key, shard[1]) != shard[0]:
             other_shard += 1
@@ -143,6 +149,10 @@ def build_request(
         "temperature": settings.temperature,
         "max_tokens": settings.max_tokens,
     }
+    if settings.seed is not None:
+        request["seed"] = settings.seed
+    if settings.response_format == "json-schema":
+        request["response_format"] = response_schema(n)
     return request, order
 
 

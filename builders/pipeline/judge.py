@@ -1,10 +1,13 @@
 """The judge, as pure functions: the rubric prompt, the request, reading and validating replies, order shuffling.
 
-One request per instruction holds the image and every response (as the paper did). A reply is read in either the
-kit's JSON format (``rubric.md``) or the original sectioned format — per aspect a heading, per text an
-``Output for Text k`` line, then ``Rating:`` and ``Rationale:`` lines — tolerating the usual noise (markdown bold,
-code fences, extra whitespace, ``Rating: 4 (Helpful)``). Validation is strict: every text × aspect present once,
-each rating an integer 1–5; otherwise the reply is malformed and the problem is named, so it can be re-asked.
+One request per instruction holds the image and every response (as the paper did). A template is the kit's rubric
+style (``{instruction}``, ``{texts}``) or the original VLFeedback one (``[[instruction_placeholder]]``,
+``[[text_1_placeholder]]`` …). A reply is read in either the kit's JSON format (``rubric.md``; found after prose,
+in a fence, with a trailing comma) or the original sectioned format — per aspect a heading, per text an
+``Output for Text k`` line, then ``Rating:`` and ``Rationale:`` lines — tolerating the usual noise (markdown bold
+and bullets, code fences, extra whitespace, ``Rating: 4 (Helpful)``, ``Output for Text 1: Rating: 4`` on one line).
+Validation is strict: every text × aspect present once, each rating an integer 1–5; otherwise the reply is
+malformed and the problem is named, so it can be re-asked.
 """
 
 from __future__ import annotations
@@ -23,17 +26,33 @@ from vlfeedback_kit.errors import UserError
 TEMPLATE_FILE = Path(__file__).with_name("rubric.md")
 REQUIRED_PLACEHOLDERS: tuple[str, ...] = ("instruction", "texts")
 _PLACEHOLDER = re.compile(r"\{(instruction|texts|num_texts)\}")
+_ORIGINAL_PLACEHOLDER = re.compile(r"\[\[(instruction|text_(\d+))_placeholder\]\]")
+RESPONSE_FORMATS = ("text", "json-schema")
 KEY_VERSION = 1
 """Bumped when the content key's recipe changes (old stores then simply miss)."""
 
 
 @dataclass(frozen=True)
 class Template:
-    """A rubric prompt with ``{instruction}``, ``{texts}`` and optionally ``{num_texts}`` placeholders."""
+    """A rubric prompt: ``{instruction}``, ``{texts}`` (and optionally ``{num_texts}``), or the original
+    ``[[instruction_placeholder]]`` and ``[[text_k_placeholder]]`` for k = 1..``texts`` (then exactly that many)."""
 
     text: str
     sha256: str
     source: str
+    texts: int | None = None
+
+    def describe(self) -> str:
+        """Where the template is, for the report and the dataset card (a user file by its name only)."""
+        if self.source == "kit rubric":
+            return f"the kit's rubric (builders/pipeline/{TEMPLATE_FILE.name})"
+        return f"{Path(self.source).name} (a user template)"
+
+    def fits(self, n: int) -> str | None:
+        """Why an item with ``n`` responses cannot be put in this template (None when it can)."""
+        if self.texts is not None and n != self.texts:
+            return f"the template has {self.texts} text placeholders and the row {n} responses"
+        return None
 
 
 def load_template(path: Path | None = None) -> Template:
@@ -43,13 +62,26 @@ def load_template(path: Path | None = None) -> Template:
         text = template_path.read_text(encoding="utf-8")
     except OSError as err:
         raise UserError(f"--template {template_path}: cannot read it ({err})") from err
+    sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    source = "kit rubric" if path is None else str(template_path)
+    original = {match.group(1) for match in _ORIGINAL_PLACEHOLDER.finditer(text)}
+    if original:
+        numbers = sorted(int(name[5:]) for name in original if name.startswith("text_"))
+        if "instruction" not in original or not numbers or numbers != list(range(1, len(numbers) + 1)):
+            raise UserError(
+                f"--template {template_path}: the original placeholders need [[instruction_placeholder]] and "
+                f"[[text_1_placeholder]] .. [[text_N_placeholder]] without gaps (found {', '.join(sorted(original))})"
+            )
+        return Template(text, sha, source, texts=len(numbers))
     found = set(_PLACEHOLDER.findall(text))
     missing = [name for name in REQUIRED_PLACEHOLDERS if name not in found]
     if missing:
         names = ", ".join("{" + name + "}" for name in missing)
-        raise UserError(f"--template {template_path} lacks the placeholder(s) {names}; the kit fills them in")
-    sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    return Template(text, sha, "kit rubric" if path is None else str(template_path))
+        raise UserError(
+            f"--template {template_path} lacks the placeholder(s) {names} (or the original "
+            "[[instruction_placeholder]], [[text_1_placeholder]] ..); the kit fills them in"
+        )
+    return Template(text, sha, source)
 
 
 def render_texts(responses: list[str]) -> str:
@@ -59,8 +91,35 @@ def render_texts(responses: list[str]) -> str:
 
 def render_prompt(template: Template, instruction: str, responses: list[str]) -> str:
     """The judge prompt: placeholders filled in one pass, so braces inside the inserted text stay as they are."""
+    if template.texts is not None:
+        problem = template.fits(len(responses))
+        if problem:
+            raise ValueError(problem)
+        values = {"instruction": instruction, **{f"text_{k}": r for k, r in enumerate(responses, start=1)}}
+        return _ORIGINAL_PLACEHOLDER.sub(lambda match: values[match.group(1)], template.text)
     values = {"instruction": instruction, "texts": render_texts(responses), "num_texts": str(len(responses))}
     return _PLACEHOLDER.sub(lambda match: values[match.group(1)], template.text)
+
+
+def response_schema(n: int) -> dict:
+    """The rubric's reply as an OpenAI ``response_format`` JSON schema (vLLM and SGLang guide decoding by it)."""
+    entry = {
+        "type": "object",
+        "properties": {
+            "text": {"type": "integer", "enum": list(range(1, n + 1))},
+            "rationale": {"type": "string"},
+            "rating": {"type": "integer", "enum": list(range(RATING_RANGE[0], RATING_RANGE[1] + 1))},
+        },
+        "required": ["text", "rationale", "rating"],
+        "additionalProperties": False,
+    }
+    schema = {
+        "type": "object",
+        "properties": {aspect: {"type": "array", "items": entry} for aspect in ASPECTS},
+        "required": list(ASPECTS),
+        "additionalProperties": False,
+    }
+    return {"type": "json_schema", "json_schema": {"name": "vlfeedback_ratings", "strict": True, "schema": schema}}
 
 
 @dataclass(frozen=True)
@@ -73,10 +132,17 @@ class JudgeSettings:
     temperature: float = 0.0
     max_tokens: int = 2048
     image_detail: str = "high"
+    response_format: str = "text"
+    seed: int | None = None
 
     def to_dict(self) -> dict:
-        """The settings as a JSON-able dict (recorded in the store and the report)."""
-        return asdict(self)
+        """The settings as a JSON-able dict (recorded in the store and the report); the later fields only when
+        set, so stores made before they existed keep their keys."""
+        data = asdict(self)
+        for name, default in (("response_format", "text"), ("seed", None)):
+            if data[name] == default:
+                del data[name]
+        return data
 
 
 def item_key(image_sha256: str, prompt: str, responses: list[str], settings: JudgeSettings) -> str:
@@ -163,10 +229,13 @@ _HEADING = re.compile(
     r"(?:\s+(?:assessment|evaluation|ratings?))?(?:\s*\(.*\))?\s*:?$",
     re.IGNORECASE,
 )
-_TEXT_LINE = re.compile(r"^(?:output\s+for\s+)?text\s*(\d+)\s*:?$", re.IGNORECASE)
+_TEXT_LINE = re.compile(r"^(?:output\s+for\s+)?text\s*(\d+)\s*(?:[:.\-–]\s*(.*))?$", re.IGNORECASE)
 _FIELD = re.compile(r"^(rating|rationale)\s*[:：-]\s*(.*)$", re.IGNORECASE)
+_BULLET = re.compile(r"^[-–•+]\s*")
+_RATIONALE_SPLIT = re.compile(r"[,;|]?\s*(?=\brationale\s*[:：-])", re.IGNORECASE)
 _RATING_VALUE = re.compile(r"^(\d+)(?:\s*/\s*5)?(?![\d.,]\d)(?:\s*\(.*\))?\s*[.:]?(?:\s.*)?$")
-_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)
+_TRAILING_COMMA = re.compile(r",(\s*[}\]])")
+_JSON_ANSWER = re.compile(r'\{\s*"(?:helpfulness|visual[ _]faithfulness|ethical[ _]considerations)"', re.IGNORECASE)
 _REFUSAL = re.compile(
     r"\b(?:i['’]?m sorry|i am sorry|i apologi[sz]e|i (?:can(?:no|['’])t|won['’]t|will not) (?:help|assist|comply|"
     r"provide|evaluate|rate|do that|fulfil)|i(?:['’]m| am) (?:unable|not able) to|cannot (?:help|assist) with)",
@@ -202,19 +271,28 @@ def parse_rating_value(value: object) -> int | None:
     return value if isinstance(value, int) and low <= value <= high else None
 
 
-def _json_entries(text: str) -> list[Entry] | None:
-    """Entries of a JSON reply (fenced or bare), or None when the reply holds no such JSON object."""
-    candidates = [*_FENCE.findall(text)]
-    if "{" in text:
-        candidates.append(text[text.index("{") : text.rindex("}") + 1])
-    for candidate in candidates:
+def _decode_object(text: str) -> tuple[object, str | None]:
+    """The JSON value at the start of ``text`` (what follows it is ignored), forgiving trailing commas; or the
+    parse error."""
+    decoder = json.JSONDecoder()
+    try:
+        return decoder.raw_decode(text)[0], None
+    except json.JSONDecodeError as err:
         try:
-            data = json.loads(candidate)
+            return decoder.raw_decode(_TRAILING_COMMA.sub(r"\1", text))[0], None
         except json.JSONDecodeError:
-            continue
+            return None, f"{err.msg} at line {err.lineno} column {err.colno}"
+
+
+def _json_entries(text: str) -> tuple[list[Entry] | None, str | None]:
+    """Entries of a JSON reply (fenced, bare, or after prose that has braces of its own), or None and — when the
+    reply holds an answer object that does not parse — why."""
+    for start in (index for index, char in enumerate(text) if char == "{"):
+        data, _ = _decode_object(text[start:])
         if isinstance(data, dict) and any(aspect_of(k) for k in data):
-            return list(_entries_of_json(data))
-    return None
+            return list(_entries_of_json(data)), None
+    answer = _JSON_ANSWER.search(text)
+    return None, _decode_object(text[answer.start() :])[1] if answer else None
 
 
 def _entries_of_json(data: dict):
@@ -252,32 +330,50 @@ def _sectioned_entries(text: str) -> list[Entry]:
         rating, rationale = None, None
 
     for raw_line in text.splitlines():
-        line = " ".join(_NOISE.sub("", raw_line).split())
+        line = _BULLET.sub("", " ".join(_NOISE.sub("", raw_line).split()))
         if not line:
             continue
-        heading, text_line, field = _HEADING.match(line), _TEXT_LINE.match(line), _FIELD.match(line)
+        heading, text_line = _HEADING.match(line), _TEXT_LINE.match(line)
+        rest = text_line.group(2) if text_line else None
+        if text_line and rest and not _FIELD.match(rest):
+            text_line = None
         if heading:
             flush()
             aspect, number = aspect_of(heading.group(1)), None
-        elif text_line:
+            continue
+        if text_line:
             flush()
             number = int(text_line.group(1))
-        elif field and field.group(1).lower() == "rating":
-            if rating is not None:
-                flush()
-            rating = field.group(2)
-        elif field:
-            rationale = [field.group(2)]
-        elif rationale is not None:
-            rationale.append(line)
+            if not rest:
+                continue
+            line = rest
+        pieces = _RATIONALE_SPLIT.split(line) if _FIELD.match(line) else [line]
+        for piece in filter(None, pieces):
+            field = _FIELD.match(piece)
+            if field and field.group(1).lower() == "rating":
+                if rating is not None:
+                    flush()
+                rating = field.group(2)
+            elif field:
+                rationale = [field.group(2)]
+            elif rationale is not None:
+                rationale.append(piece)
     flush()
     return entries
 
 
 def parse_reply(text: str) -> list[Entry]:
     """Every rating found in a reply, in the kit's JSON format or the original sectioned one."""
-    entries = _json_entries(text)
-    return entries if entries else _sectioned_entries(text)
+    return read_entries(text)[0]
+
+
+def read_entries(text: str) -> tuple[list[Entry], str | None]:
+    """Every rating found in a reply, and the JSON parse error when the reply's answer object does not parse."""
+    entries, json_error = _json_entries(text)
+    if entries:
+        return entries, None
+    entries = _sectioned_entries(text)
+    return entries, None if entries else json_error
 
 
 def validate(entries: list[Entry], n: int) -> tuple[list[dict[str, tuple[int, str]]] | None, str | None]:
@@ -326,7 +422,9 @@ def read_reply(reply: Reply, n: int) -> Verdict:
     content = reply.content or ""
     if not content.strip():
         return Verdict("malformed", problem="the reply is empty")
-    entries = parse_reply(content)
+    entries, json_error = read_entries(content)
+    if json_error:
+        return Verdict("malformed", problem=f"the JSON object in it does not parse ({json_error})")
     if not entries and _REFUSAL.search(content[:400]):
         return Verdict("refused", problem=f"refused: {content.strip()[:200]}")
     ratings, problem = validate(entries, n)

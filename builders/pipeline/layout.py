@@ -98,6 +98,12 @@ def open_input(path: Path, flag: str = "--input") -> StageInput:
     return StageInput(path)
 
 
+def check_out(input_dir: Path, out_dir: Path) -> None:
+    """Refuse an ``--out`` that is the ``--input`` folder, before anything is created inside it."""
+    if Path(out_dir).resolve() == Path(input_dir).resolve():
+        raise UserError(f"--out {out_dir} is the --input folder; write each stage to its own folder")
+
+
 def write_json(path: Path, data: object) -> None:
     """Write a JSON file (atomically: a temp file, then a rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -107,7 +113,8 @@ def write_json(path: Path, data: object) -> None:
 
 
 class JsonlWriter:
-    """A JSON-lines file that appears under its name only when closed complete."""
+    """A JSON-lines file that appears under its name only when closed complete; as a context manager, a failure
+    inside removes the partial ``*.tmp`` file."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,6 +132,20 @@ class JsonlWriter:
         """Finish the file and move it into place."""
         self.handle.close()
         os.replace(self.temp, self.path)
+
+    def abort(self) -> None:
+        """Drop the partial file (the final name keeps what an earlier complete run wrote)."""
+        self.handle.close()
+        self.temp.unlink(missing_ok=True)
+
+    def __enter__(self) -> JsonlWriter:
+        return self
+
+    def __exit__(self, kind: type | None, *exc: object) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
 
 
 class LayoutWriter(JsonlWriter):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +119,52 @@ def _member(spec: dict, defaults: dict, path: Path) -> Member:
     return Member(**{**spec, "generation": generation})
 
 
+def model_problem(name: str, flag: str) -> str | None:
+    """Why a local model (or adapter) cannot be loaded — a missing folder, a folder without ``config.json`` /
+    ``adapter_config.json``, an id the Hub does not know — or None; checked before any member starts."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not any((path / f).is_file() for f in ("config.json", "adapter_config.json")):
+            return f"{flag} {name} is a folder without config.json or adapter_config.json"
+        return None
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
+        return f"{flag} {name}: no such model folder (and not a Hub id ORG/NAME)"
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    config = "adapter_config.json" if flag == "adapter" else "config.json"
+    if isinstance(try_to_load_from_cache(name, config), str):
+        return None
+    try:
+        hf_hub_download(name, config)
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as err:
+        return f"{flag} {name}: not a local folder, and the Hub has no such model ({str(err).splitlines()[0][:150]})"
+    return None
+
+
+def preflight(members: list[Member]) -> None:
+    """Check every member before the first starts: local model folders / Hub ids, and that each ``api_key_env``
+    is set. All problems are named at once (one UserError)."""
+    problems = []
+    for member in members:
+        if member.kind == "transformers":
+            found = [model_problem(member.model, "model")]
+            found += [model_problem(member.adapter, "adapter")] if member.adapter else []
+            problems += [f"member {member.name!r}: {p}" for p in found if p]
+        elif member.api_key_env and not os.environ.get(member.api_key_env):
+            problems.append(f"member {member.name!r}: the environment variable {member.api_key_env} is not set")
+    if problems:
+        raise UserError(f"--pool: {'; '.join(problems)} (nothing was decoded)")
+
+
+def sampling_seed(seed: int, image_sha256: str, prompt: str, member: str) -> int:
+    """The sampling seed of one answer: a function of the pool seed, the instruction's content and the member's
+    name only (not of its place in the remaining work, nor of where the member is served), so a resumed decode
+    samples exactly what an uninterrupted one would."""
+    blob = json.dumps([seed, image_sha256, prompt, member], ensure_ascii=False)
+    return int(hashlib.sha256(blob.encode("utf-8")).hexdigest()[:8], 16)
+
+
 def assign(item_id: str, pool: Pool) -> list[Member]:
     """The ``k`` distinct members that answer an instruction: seeded by the pool seed and the id only."""
     return random.Random(f"{pool.seed}/{item_id}").sample(list(pool.members), pool.k)
@@ -164,38 +211,45 @@ class LocalModel:
             model = PeftModel.from_pretrained(model, member.adapter)
         self.model = model.to(self.device).eval()
 
-    def answer(self, prompts: list[str], images: list[bytes], seed: int) -> list[str]:
-        """One response per (prompt, image), generated as one padded batch."""
+    def answer(self, prompts: list[str], images: list[bytes], seeds: list[int]) -> list[str]:
+        """One response per (prompt, image); sampled with each item's own seed (greedy when temperature is 0),
+        one padded batch when greedy."""
         import torch
         from PIL import Image
 
-        conversations = [
-            [
-                {
-                    "role": "user",
-                    "content": [
-                        {"type": "image", "image": Image.open(io.BytesIO(image)).convert("RGB")},
-                        {"type": "text", "text": prompt},
-                    ],
-                }
-            ]
-            for prompt, image in zip(prompts, images, strict=True)
-        ]
-        inputs = self.processor.apply_chat_template(
-            conversations,
-            add_generation_prompt=True,
-            tokenize=True,
-            return_dict=True,
-            return_tensors="pt",
-            processor_kwargs={"padding": True},
-        ).to(self.device)
         generation = self.member.generation
         sampling = generation["temperature"] > 0
         kwargs = {"max_new_tokens": generation["max_new_tokens"], "do_sample": sampling}
         if sampling:
             kwargs |= {"temperature": generation["temperature"], "top_p": generation["top_p"]}
-            torch.manual_seed(seed)
-        with torch.inference_mode():
-            output = self.model.generate(**inputs, **kwargs)
-        new_tokens = output[:, inputs["input_ids"].shape[1] :]
-        return [text.strip() for text in self.processor.batch_decode(new_tokens, skip_special_tokens=True)]
+        groups = [list(range(len(prompts)))] if not sampling else [[i] for i in range(len(prompts))]
+        texts: list[str] = [""] * len(prompts)
+        for group in groups:
+            conversations = [
+                [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "image", "image": Image.open(io.BytesIO(images[i])).convert("RGB")},
+                            {"type": "text", "text": prompts[i]},
+                        ],
+                    }
+                ]
+                for i in group
+            ]
+            inputs = self.processor.apply_chat_template(
+                conversations,
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=True,
+                return_tensors="pt",
+                processor_kwargs={"padding": True},
+            ).to(self.device)
+            if sampling:
+                torch.manual_seed(seeds[group[0]])
+            with torch.inference_mode():
+                output = self.model.generate(**inputs, **kwargs)
+            new_tokens = output[:, inputs["input_ids"].shape[1] :]
+            for i, text in zip(group, self.processor.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
+                texts[i] = text.strip()
+        return texts

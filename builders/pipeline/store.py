@@ -100,15 +100,22 @@ class Store:
         row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
         return json.loads(row[0]) if row else None
 
+    def put_meta(self, name: str, value: object) -> None:
+        """Record (or replace) a descriptive value that is not a setting, e.g. where the template came from."""
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, json.dumps(value, sort_keys=True)))
+
     def bind(self, name: str, value: object, flag: str, record: bool = True) -> None:
         """Record a setting on first use; on a later run, fail unless it is the same (``flag`` is what differs)."""
-        recorded = self.meta(name)
-        if recorded is None and record:
-            self.db.execute("INSERT INTO meta VALUES (?, ?)", (name, json.dumps(value, sort_keys=True)))
-        elif recorded is not None and recorded != json.loads(json.dumps(value)):
+        row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            if record:
+                self.db.execute("INSERT INTO meta VALUES (?, ?)", (name, json.dumps(value, sort_keys=True)))
+            return
+        recorded, value = json.loads(row[0]), json.loads(json.dumps(value))
+        if recorded != value:
             raise UserError(
-                f"{self.path} was made with {name} = {json.dumps(recorded)}, this run has {json.dumps(value)}; "
-                f"keep the same {flag}, or use another --out for a new run"
+                f"{self.path} was made with other settings: {changes(name, recorded, value)}; keep the same "
+                f"{flag}, or use another --out for a new run"
             )
 
     # --- items --------------------------------------------------------------------------------------------------
@@ -207,6 +214,11 @@ class Store:
         ).fetchone()
         return int(row[0]), int(row[1]), float(row[2]), int(row[3])
 
+    def unpriced_calls(self) -> int:
+        """Calls in the ledger whose cost is unknown (the judge had no price when they were made)."""
+        row = self.db.execute("SELECT COUNT(*) FROM calls WHERE via != ? AND cost IS NULL", (RESET,)).fetchone()
+        return int(row[0])
+
     # --- batches ------------------------------------------------------------------------------------------------
 
     def batches(self, open_only: bool = True) -> list[Batch]:
@@ -222,6 +234,19 @@ class Store:
                 "INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?)",
                 (batch.input_file_id, batch.batch_id, json.dumps(batch.custom_ids), batch.status, time.time()),
             )
+
+
+def changes(name: str, recorded: object, value: object) -> str:
+    """What differs between a recorded setting and this run's, field by field: ``shuffle_seed: 0 → null``."""
+    if not (isinstance(recorded, dict) and isinstance(value, dict)):
+        return f"{name}: {json.dumps(recorded)} → {json.dumps(value)}"
+    absent = "(not set)"
+    return ", ".join(
+        f"{field}: {json.dumps(recorded[field]) if field in recorded else absent} → "
+        f"{json.dumps(value[field]) if field in value else absent}"
+        for field in sorted(recorded.keys() | value.keys())
+        if recorded.get(field, absent) != value.get(field, absent)
+    )
 
 
 def _acquire(lock_path: Path):

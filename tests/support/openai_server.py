@@ -14,7 +14,8 @@ How it answers a chat request:
 - A **judge** request is one whose text holds the responses as ``<text k>`` … ``</text k>`` blocks (the kit's
   rubric renders them so). Each response is rated on the three aspects from a ``[[rate=H,V,E]]`` marker in its
   text, or from a hash of the text. The reply is the kit's JSON format, or the original sectioned format with
-  markdown noise when the instruction holds ``[[sectioned]]``.
+  markdown noise when the instruction holds ``[[sectioned]]`` or the request is the original VLFeedback template
+  (texts as ``- <text k> …`` lines), which asks for that format.
 - Any other request is a **pool** request, answered with a deterministic text naming the model.
 - Directives in the request text switch faults on for one item: ``[[malformed]]`` (the first reply misses a
   rating; ``[[malformed:N]]`` the first N replies to this content, ``[[malformed:always]]`` every one),
@@ -22,7 +23,10 @@ How it answers a chat request:
   ``[[status:500]]`` (the first call with this content fails so), ``[[slow:S]]`` (the first call takes S more
   seconds). Replies are counted per content (the first user message), so a re-ask counts as the next reply.
 - Server-wide knobs: ``latency`` (seconds per chat call), ``fail_next(status, count)``, ``retry_after_ms``
-  (sent with every 429), ``batch_polls`` (retrievals before a batch completes), ``api_key`` (401 otherwise).
+  (sent with every 429), ``batch_polls`` (retrievals before a batch completes), ``api_key`` (401 otherwise),
+  ``drop_chat`` (every chat call's connection is closed without a reply; ``dropped`` counts them),
+  ``reject_params`` (request fields answered with a 400 "unsupported parameter", as some servers do for ``seed``).
+- ``GET /v1/models`` lists ``models`` (``probes`` counts the requests).
 
 ``calls`` logs every chat completion made (over HTTP or inside a batch) with the hash of the request's first user
 message — the item's content — so a test can count the calls per item, and the text of its last user message (a
@@ -53,6 +57,8 @@ except ModuleNotFoundError:  # run as a script (the benchmark): tests/support is
 
 ASPECTS = ("Helpfulness", "Visual Faithfulness", "Ethical Considerations")
 TEXT_BLOCK = re.compile(r"<text (\d+)>\n?(.*?)\n?</text \1>", re.DOTALL)
+ORIGINAL_TEXT = re.compile(r"^- <text (\d+)> (.*)$", re.MULTILINE)
+"""A text as the original VLFeedback template shows it (``- <text k> [[text_k_placeholder]]``)."""
 RATE_MARKER = re.compile(r"\[\[rate=(\d),(\d),(\d)\]\]")
 DIRECTIVE = re.compile(r"\[\[(malformed|refuse|refuse-field|sectioned|status|slow)(?::([\w.]+))?\]\]")
 REFUSAL = "I'm sorry, but I can't help with evaluating this image."
@@ -155,6 +161,9 @@ def answer(messages: list[dict], model: str, reply_number: int) -> tuple[str | N
     text = text_of(first_user_content(messages))
     directives = dict(DIRECTIVE.findall(text))
     texts = [body for _, body in TEXT_BLOCK.findall(text)]
+    original = [body for k, body in ORIGINAL_TEXT.findall(text) if body != f"[Text {k}]"]
+    if original and not texts:
+        texts, directives = original, {**directives, "sectioned": ""}
     if not texts:
         return pool_reply(model, text), None, "stop"
     if "refuse" in directives:
@@ -228,6 +237,12 @@ class OpenAIServer(LoopbackServer):
         self.batch_polls = batch_polls
         self.retry_after_ms = retry_after_ms
         self.calls: list[Call] = []
+        self.requests: list[dict] = []
+        self.models = ["gpt-4o"]
+        self.probes = 0
+        self.drop_chat = False
+        self.dropped = 0
+        self.reject_params: set[str] = set()
         self.tokens: set[str] = set()
         self.files: dict[str, dict] = {}
         self.batches: dict[str, dict] = {}
@@ -267,6 +282,14 @@ class OpenAIServer(LoopbackServer):
     def chat(self, body: dict, via: str) -> tuple[int, dict, dict[str, str]]:
         """Run one chat completion: (status, JSON body, extra headers)."""
         messages = body.get("messages") or []
+        with self._lock:
+            self.requests.append(
+                {**{k: v for k, v in body.items() if k != "messages"}, "text": text_of(first_user_content(messages))}
+            )
+        rejected = sorted(self.reject_params & set(body))
+        if rejected:
+            message = f"Unsupported parameter: '{rejected[0]}' is not supported with this model."
+            return 400, {"error": {"message": message, "type": "invalid_request_error", "code": None}}, {}
         model = body.get("model", "")
         text = text_of(first_user_content(messages))
         key = content_hash(messages)
@@ -436,7 +459,11 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._authorized():
             return
         path = self.path.split("?", 1)[0]
-        if path == "/v1/chat/completions":
+        if path == "/v1/chat/completions" and app.drop_chat:
+            with app._lock:
+                app.dropped += 1
+            self.close_connection = True
+        elif path == "/v1/chat/completions":
             self._send(*app.chat(json.loads(body), via="http"))
         elif path == "/v1/files":
             form = _multipart(self.headers.get("Content-Type", ""), body)
@@ -452,7 +479,11 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._authorized():
             return
         parts = self.path.split("?", 1)[0].strip("/").split("/")
-        if parts == ["v1", "batches"]:
+        if parts == ["v1", "models"]:
+            with app._lock:
+                app.probes += 1
+            self._send(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in app.models]})
+        elif parts == ["v1", "batches"]:
             with app._lock:
                 data = [_public(b) for b in app.batches.values()]
             self._send(200, {"object": "list", "data": data[::-1], "has_more": False})
