@@ -16,7 +16,6 @@ pass ``--max-fail-rate`` exits 1 with the reasons counted (``commands._annotate`
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,35 +30,26 @@ from vlfeedback_kit.builders.pipeline.cost import (
     require_price,
 )
 from vlfeedback_kit.builders.pipeline.endpoint import (
-    Breaker,
-    GaveUp,
-    Rejected,
     RetryPolicy,
-    RunStats,
     api_key_from_env,
     check_endpoint,
-    complete,
-    for_each,
-    host_of,
-    make_client,
     redact_url,
 )
-from vlfeedback_kit.builders.pipeline.items import Planned, build_request, load, plan, settle
-from vlfeedback_kit.builders.pipeline.judge import RESPONSE_FORMATS, JudgeSettings, Template, load_template, read_reply
+from vlfeedback_kit.builders.pipeline.items import plan
+from vlfeedback_kit.builders.pipeline.judge import RESPONSE_FORMATS, JudgeSettings, Template, load_template
+from vlfeedback_kit.builders.pipeline.judging import STAGE_DIR, JudgeJob, Judging
 from vlfeedback_kit.builders.pipeline.layout import StageInput, check_out, open_input, write_json
 from vlfeedback_kit.builders.pipeline.store import Store
 from vlfeedback_kit.errors import UserError
 
 if TYPE_CHECKING:
-    from tqdm import tqdm
+    pass
 
-STAGE_DIR = "annotate"
 STATE_FILE = "state.sqlite"
 SETTINGS_FLAGS = (
     "--judge-model, --template, --shuffle, --seed, --temperature, --max-tokens, --image-detail and --response-format"
 )
 IMAGE_DETAILS = ("low", "high", "auto")
-MAX_COST_STOP = "--max-cost"
 """How ``RunStats.stopped`` starts when the budget stopped the intake."""
 
 
@@ -148,139 +138,6 @@ class AnnotateOptions:
             response_format=self.response_format,
             seed=self.seed,
         )
-
-
-class Budget:
-    """``--max-cost``: admit an item only if the spend so far, the estimates in flight and its own fit the limit."""
-
-    def __init__(
-        self, limit: float | None, spent: float, price: Price | None, detail: str, batch: bool = False
-    ) -> None:
-        self.limit, self.spent, self.price, self.detail, self.batch = limit, spent, price, detail, batch
-        self.reserved: dict[str, float] = {}
-
-    def estimate(self, planned: Planned) -> float:
-        """USD one call for this item is expected to cost."""
-        prompt, completion = estimate_tokens(
-            planned.prompt_chars, planned.image_size, planned.n, self.detail, self.price
-        )
-        return call_cost(prompt, completion, self.price, self.batch) or 0.0
-
-    def admit(self, planned: Planned) -> bool:
-        """Reserve the item's estimate, or refuse it when the limit would be passed."""
-        if self.limit is None:
-            return True
-        estimate = self.estimate(planned)
-        if self.spent + sum(self.reserved.values()) + estimate > self.limit:
-            return False
-        self.reserved[planned.key] = estimate
-        return True
-
-    def settle(self, planned: Planned, cost: float | None, again: bool = False) -> None:
-        """Replace an item's reservation by what a call actually cost; ``again`` reserves the next re-ask."""
-        self.spent += cost or 0.0
-        self.reserved.pop(planned.key, None)
-        if again and self.limit is not None:
-            self.reserved[planned.key] = self.estimate(planned)
-
-
-@dataclass(frozen=True)
-class JudgeJob:
-    """What a judge loop (synchronous or batch) works with: the run's options, the judge, the store and the input."""
-
-    options: AnnotateOptions
-    settings: JudgeSettings
-    template: Template
-    store: Store
-    price: Price | None
-    folder: StageInput
-    bar: tqdm
-
-
-class JudgeLoop:
-    """Base of the judge loops: the job's parts as attributes, the run's stats, and the --max-cost budget."""
-
-    batch = False
-    """Whether the loop's calls are priced at the Batch API's rates."""
-
-    def __init__(self, job: JudgeJob) -> None:
-        self.options, self.settings, self.template, self.store = job.options, job.settings, job.template, job.store
-        self.price, self.folder, self.bar = job.price, job.folder, job.bar
-        self.stats = RunStats(priced=self.price is not None)
-        self.budget = Budget(
-            self.options.max_cost, self.store.totals()[2], self.price, self.settings.image_detail, batch=self.batch
-        )
-
-
-class Judging(JudgeLoop):
-    """The synchronous (chat completions) judge loop over the items of a plan."""
-
-    def __init__(self, job: JudgeJob) -> None:
-        super().__init__(job)
-        self.client = None
-        self.breaker = Breaker(self.options.base_url)
-        self.send_seed = True
-
-    async def run(self, todo: list[Planned], api_key: str) -> RunStats:
-        """Judge every item in ``todo`` (bounded concurrency, budget permitting)."""
-        started = time.perf_counter()
-        self.client = make_client(self.options.base_url, api_key, self.options.timeout)
-        try:
-            complete_intake = await for_each(todo, self.judge, self.options.concurrency, self.budget.admit)
-        finally:
-            await self.client.close()
-        if not complete_intake:
-            self.stats.stopped = f"{MAX_COST_STOP} {self.options.max_cost} reached"
-        self.stats.seed_sent = self.send_seed
-        self.stats.seconds = time.perf_counter() - started
-        return self.stats
-
-    async def judge(self, planned: Planned) -> None:
-        """Ask the judge about one item until it is settled, or leave it pending when the endpoint keeps failing."""
-        item = load(self.folder, planned)
-        history = self.store.history(planned.key)
-        calls, attempt = [(completion, cost) for _, completion, cost in history.calls], history.next_attempt
-        try:
-            while True:
-                request, order = build_request(item, self.settings, self.template, [c for c, _ in calls])
-                if not self.send_seed:
-                    request.pop("seed", None)
-                try:
-                    completion = await complete(
-                        self.client, request, self.options.retry, self.stats.retried, self.breaker
-                    )
-                except Rejected as err:
-                    if "response_format" in request and "response_format" in str(err):
-                        raise UserError(
-                            f"{host_of(self.options.base_url)} does not take --response-format json-schema ({err}); "
-                            "run without it"
-                        ) from err
-                    if "seed" not in request or "seed" not in str(err):
-                        raise
-                    self.send_seed = False  # the endpoint does not take a seed: ask again without it
-                    continue
-                cost = call_cost(completion.prompt_tokens, completion.completion_tokens, self.price)
-                calls.append((completion, cost))
-                finish = settle(read_reply(completion.reply, planned.n), order, calls, self.options.max_attempts)
-                outcome = (planned.item_id, *finish) if finish else None
-                self.store.record(planned.key, attempt, "sync", completion, cost, outcome)
-                attempt += 1
-                self.stats.add_call(completion.prompt_tokens, completion.completion_tokens, cost)
-                self.budget.settle(planned, cost, again=not finish)
-                if finish:
-                    self.stats.finished[finish[0]] += 1
-                    break
-        except GaveUp as err:
-            self.stats.pending[planned.key] = str(err)
-        except Rejected as err:
-            self.store.put_many([(planned.key, planned.item_id, "failed", {"reason": str(err), "attempts": 0})])
-            self.stats.finished["failed"] += 1
-        finally:
-            self.budget.settle(planned, 0.0)
-            self.bar.update(1)
-            if not self.bar.disable:
-                tokens = self.stats.prompt_tokens + self.stats.completion_tokens
-                self.bar.set_postfix_str(f"tokens {tokens:,} ${self.budget.spent:,.2f}", refresh=False)
 
 
 def as_recorded(settings: JudgeSettings, recorded: dict | None) -> JudgeSettings:

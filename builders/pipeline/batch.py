@@ -17,11 +17,11 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from vlfeedback_kit.builders.pipeline.annotate import STAGE_DIR, JudgeJob, JudgeLoop
 from vlfeedback_kit.builders.pipeline.cost import call_cost
 from vlfeedback_kit.builders.pipeline.endpoint import RunStats, completion_of
 from vlfeedback_kit.builders.pipeline.items import Plan, Planned, build_request, load, settle
 from vlfeedback_kit.builders.pipeline.judge import permutation, read_reply
+from vlfeedback_kit.builders.pipeline.judging import STAGE_DIR, JudgeJob, JudgeLoop
 from vlfeedback_kit.builders.pipeline.store import Batch
 from vlfeedback_kit.errors import UserError
 

@@ -233,7 +233,8 @@ def _decode(args: argparse.Namespace) -> int:
 
 
 def _annotate(args: argparse.Namespace) -> int:
-    from vlfeedback_kit.builders.pipeline.annotate import MAX_COST_STOP, AnnotateOptions, annotate, parse_shard
+    from vlfeedback_kit.builders.pipeline.annotate import AnnotateOptions, annotate, parse_shard
+    from vlfeedback_kit.builders.pipeline.judging import MAX_COST_STOP
 
     options = AnnotateOptions(
         input_dir=args.input,
