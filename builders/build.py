@@ -36,6 +36,7 @@ from vlfeedback_kit.builders.pairing import (
     response_table,
     select_pairs,
 )
+from vlfeedback_kit.builders.sample import SAMPLE_RECORD
 from vlfeedback_kit.builders.sources import Record, open_source
 from vlfeedback_kit.builders.validate import REJECT_REASONS, Reject, RowStats, canonical_row, check_image
 from vlfeedback_kit.builders.writer import (
@@ -73,8 +74,11 @@ class BuildOptions:
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
-        if RAW_CONFIG in self.policies:
-            raise UserError(f"'{RAW_CONFIG}' is the instruction-level config; give the pairing config another name")
+        if (
+            RAW_CONFIG in self.policies
+            or self.policies.get(PAIRS_CONFIG, PRESETS[PAIRS_CONFIG]) != PRESETS[PAIRS_CONFIG]
+        ):
+            raise UserError(reserved_config_error(RAW_CONFIG if RAW_CONFIG in self.policies else PAIRS_CONFIG))
         if PAIRS_CONFIG not in self.policies:
             self.policies = {PAIRS_CONFIG: PRESETS[PAIRS_CONFIG], **self.policies}
         if not 0 <= self.max_reject_rate <= 1:
@@ -83,6 +87,18 @@ class BuildOptions:
             raise UserError("--eval-fraction must be in [0, 1) (the paper held out 0.005)")
         if self.verify_images not in ("header", "decode"):
             raise UserError("--verify-images must be 'header' or 'decode'")
+
+
+def reserved_config_error(name: str) -> str:
+    """Why the config ``name`` (``raw`` or ``pairs``) cannot be made or replaced by a pairing policy."""
+    if name == RAW_CONFIG:
+        why = "'raw' is the instruction-level config every pairing config is built from"
+    else:
+        why = (
+            "'pairs' is always the paper's rule (all pairs, mean of the three ratings, exact ties dropped), "
+            "which the card and training recipes rely on"
+        )
+    return f"{why}; it cannot be replaced by a pairing policy. Give this policy its own name, e.g. 'my-{name}:...'"
 
 
 def split_of(row_ids: list[str], fraction: float, seed: int) -> list[str]:
@@ -173,8 +189,7 @@ def build(options: BuildOptions) -> dict:
     from tqdm.auto import tqdm
 
     out = options.out_dir
-    if out.exists() and any(out.iterdir()) and not options.overwrite:
-        raise UserError(f"{out} exists and is not empty; pass --overwrite to replace it or choose another --out")
+    check_out_dir(out, options.overwrite)
     reader = open_source(options.source, options.revision)
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -246,6 +261,9 @@ def build(options: BuildOptions) -> dict:
         "seconds": round(elapsed, 3),
         "rows_per_second": round(report.read / elapsed, 1) if elapsed else None,
     }
+    sample = reader.folder / SAMPLE_RECORD
+    if sample.is_file():
+        result["synthetic_sample"] = json.loads(sample.read_text(encoding="utf-8"))
     policies = {
         name: {
             "policy": policy.to_dict(),
@@ -269,6 +287,21 @@ def build(options: BuildOptions) -> dict:
         shutil.rmtree(out)
     staging.rename(out)
     return result
+
+
+def check_out_dir(out: Path, overwrite: bool) -> None:
+    """Refuse an ``--out`` that holds anything but a folder ``build`` wrote (``--overwrite`` replaces only that)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; choose a folder")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not (out / REPORT_FILE).is_file():
+        raise UserError(
+            f"--out {out} is not empty and was not written by `vlfeedback build` (no {REPORT_FILE}); "
+            "--overwrite only replaces a folder build wrote: choose a new or empty --out"
+        )
+    if not overwrite:
+        raise UserError(f"{out} holds an earlier build; pass --overwrite to replace it or choose another --out")
 
 
 def _source_name(source: str, revision: str | None) -> str:

@@ -10,7 +10,15 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vlfeedback_kit.builders.build import POLICIES_FILE, RAW_CONFIG, REPORT_FILE, write_card, write_json
+from vlfeedback_kit.builders.build import (
+    PAIRS_CONFIG,
+    POLICIES_FILE,
+    RAW_CONFIG,
+    REPORT_FILE,
+    reserved_config_error,
+    write_card,
+    write_json,
+)
 from vlfeedback_kit.builders.features import PAIR_FEATURES
 from vlfeedback_kit.builders.pairing import (
     PAIR_ARROW_SCHEMA,
@@ -44,7 +52,9 @@ def add_pairing_config(
 ) -> dict:
     """Build a new pairing config from the folder's ``raw`` config; updates the records and the card."""
     report, policies = read_records(folder)
-    if name == RAW_CONFIG or (name in policies and not overwrite):
+    if name in (RAW_CONFIG, PAIRS_CONFIG) and not dry_run:
+        raise UserError(reserved_config_error(name))
+    if name in policies and not overwrite and not dry_run:
         raise UserError(f"config {name!r} already exists in {folder}; pass --overwrite or pick another name")
     target = folder / "data" / name
     staging = folder / "data" / f".{name}.partial"
