@@ -1,12 +1,14 @@
 """Dataset-building benchmark: ``build`` throughput and memory on a scaled synthetic release, and 80K pair selection.
 
     python -m vlfeedback_kit.builders.bench --rows 20000 --rows 5000 --pair-instructions 80000
+    python -m vlfeedback_kit.builders.bench --cache-only --cache-instructions 300
 
 For each ``--rows`` value it writes a release in the original layout (realistic rows: 4 responses of 100–300 words
 and 12 rationales; JPEGs of ~40 KB), runs ``vlfeedback build`` in a child process and reports rows/s, input MB/s
 and the child's peak RSS — comparing two sizes shows whether memory grows with the input. Then it times the
 ``all-pairs`` selection (and the materialisation of TRL rows, images excluded) for ``--pair-instructions``
-instructions × 4 responses. Prints a Markdown table for BENCHMARKS.md.
+instructions × 4 responses. First it measures the local ``datasets`` cache that loading ``raw``, ``pairs`` and
+``load_pairs`` leaves, on the built sample. Prints Markdown tables for BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -166,20 +168,18 @@ def bench_pairs(instructions: int, seed: int = 0) -> dict:
         [models, responses, annotations], names=["model", "response", "annotations"]
     )
     offsets = pa.array(np.arange(instructions + 1, dtype=np.int32) * 4)
+    columns = {
+        "id": pa.array([f"svit-{i}" for i in range(instructions)]),
+        "source": pa.array(["SVIT"] * instructions),
+        "image": pa.StructArray.from_arrays(
+            [pa.array([b"x"] * instructions), pa.nulls(instructions, pa.string())], names=["bytes", "path"]
+        ),
+        "prompt": pa.array(["prompt"] * instructions),
+        "models": pa.ListArray.from_arrays(offsets, models),
+        "completions": pa.ListArray.from_arrays(offsets, completion),
+    }
     schema = RAW_FEATURES.arrow_schema
-    table = pa.Table.from_arrays(
-        [
-            pa.array([f"svit-{i}" for i in range(instructions)]),
-            pa.array(["SVIT"] * instructions),
-            pa.StructArray.from_arrays(
-                [pa.array([b"x"] * instructions), pa.nulls(instructions, pa.string())], names=["bytes", "path"]
-            ),
-            pa.array(["prompt"] * instructions),
-            pa.ListArray.from_arrays(offsets, models),
-            pa.ListArray.from_arrays(offsets, completion),
-        ],
-        schema=schema,
-    )
+    table = pa.Table.from_arrays([columns[name] for name in schema.names], schema=schema)
     policy = PairingPolicy()
     started = time.perf_counter()
     selection = select_pairs(response_table(table, policy.seed), policy)
@@ -195,6 +195,58 @@ def bench_pairs(instructions: int, seed: int = 0) -> dict:
     }
 
 
+_CACHE_CHILD = """
+import json, sys
+from datasets import load_dataset
+folder, way = sys.argv[1], sys.argv[2]
+if way == "load_pairs":
+    from vlfeedback_kit.builders.load_pairs import load_pairs
+    dataset = load_pairs(folder, "pairs")
+else:
+    dataset = load_dataset(folder, way)
+print(json.dumps({split: d.num_rows for split, d in dataset.items()}))
+"""
+
+
+def tree_bytes(folder: Path) -> int:
+    """Bytes of every file under ``folder``."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def bench_cache(instructions: int, workdir: Path) -> dict:
+    """Local ``datasets`` cache bytes of ``pairs`` and ``raw`` loaded with ``load_dataset``, and of ``pairs`` built by
+    ``load_pairs`` (images once, as files), each into a fresh cache from the built sample."""
+    from vlfeedback_kit.builders.build import BuildOptions, build
+    from vlfeedback_kit.builders.sample import write_sample
+    from vlfeedback_kit.cards.dataset import write_dataset_card
+
+    release, folder = workdir / f"sample-{instructions}", workdir / f"sample-{instructions}-built"
+    if not folder.is_dir():
+        write_sample(release, num_instructions=instructions)
+        build(BuildOptions(source=str(release), out_dir=folder, progress=False, card=write_dataset_card))
+    parquet = {c: tree_bytes(folder / "data" / c) for c in ("raw", "pairs")}
+    result: dict = {"instructions": instructions, "parquet_MB": {c: round(v / 1e6, 2) for c, v in parquet.items()}}
+    for way in ("raw", "pairs", "load_pairs"):
+        cache = workdir / f"cache-{instructions}-{way}"
+        shutil.rmtree(cache, ignore_errors=True)
+        env = {**os.environ, "HF_DATASETS_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+        started = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-c", _CACHE_CHILD, str(folder), way], env=env, capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            raise SystemExit(done.stderr)
+        result[way] = {
+            "cache_MB": round(tree_bytes(cache) / 1e6, 2),
+            "seconds": round(time.perf_counter() - started, 1),
+            "rows": json.loads(done.stdout.strip().splitlines()[-1]),
+        }
+        shutil.rmtree(cache, ignore_errors=True)
+    raw = result["raw"]["cache_MB"]
+    result["over_raw_cache"] = {way: round(result[way]["cache_MB"] / raw, 2) for way in ("pairs", "load_pairs")}
+    return result
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print the results as JSON and a Markdown table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -203,12 +255,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pair-instructions", type=int, default=80_000)
     parser.add_argument("--workdir", type=Path, help="keep the synthetic releases here (default: a temp dir)")
     parser.add_argument(
+        "--cache-instructions",
+        type=int,
+        default=300,
+        help="sample size for the local cache of pairs vs raw vs load_pairs (default 300; 0 skips it)",
+    )
+    parser.add_argument("--cache-only", action="store_true", help="run only the local cache measurement")
+    parser.add_argument(
         "--build-args", default="", help="extra flags for `vlfeedback build`, e.g. '--verify-images decode'"
     )
     args = parser.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vlf-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"machine: {os.cpu_count()} CPUs; workdir {workdir}")
+    cache = bench_cache(args.cache_instructions, workdir) if args.cache_instructions else None
+    if cache:
+        print(json.dumps({"cache": cache}, indent=2))
+        print("\n| way | local cache MB | × raw's | load s |\n|---|---|---|---|")
+        for way in ("raw", "pairs", "load_pairs"):
+            ratio = cache["over_raw_cache"].get(way, 1.0)
+            print(f"| {way} | {cache[way]['cache_MB']} | {ratio} | {cache[way]['seconds']} |")
+    if args.cache_only:
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return
     images = synthetic_jpegs(args.distinct_images)
     results = [bench_build(rows, images, workdir, args.build_args.split()) for rows in (args.rows or [5000, 20000])]
     pairs = bench_pairs(args.pair_instructions)

@@ -21,7 +21,7 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +38,7 @@ from vlfeedback_kit.builders.pairing import (
     select_pairs,
 )
 from vlfeedback_kit.builders.provenance import judgement_of
+from vlfeedback_kit.builders.sample import SAMPLE_RECORD
 from vlfeedback_kit.builders.sources import Record, open_source
 from vlfeedback_kit.builders.validate import REJECT_REASONS, Reject, RowStats, canonical_row, check_image
 from vlfeedback_kit.builders.writer import (
@@ -73,12 +74,18 @@ class BuildOptions:
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
     overwrite: bool = False
     progress: bool = True
+    card: Callable[[Path], object] | None = None
+    """Renders the dataset card (README.md, whose ``configs`` block ``load_dataset`` reads) into the folder before
+    it is moved into place. ``vlfeedback build`` passes ``vlfeedback_kit.cards.dataset.write_dataset_card``; the
+    dataset library itself never imports the cards (they read its records, not the other way round)."""
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
         for reserved in (RAW_CONFIG, JUDGEMENTS_CONFIG):
             if reserved in self.policies:
-                raise UserError(f"'{reserved}' is a config of its own; give the pairing config another name")
+                raise UserError(reserved_config_error(reserved))
+        if self.policies.get(PAIRS_CONFIG, PRESETS[PAIRS_CONFIG]) != PRESETS[PAIRS_CONFIG]:
+            raise UserError(reserved_config_error(PAIRS_CONFIG))
         if PAIRS_CONFIG not in self.policies:
             self.policies = {PAIRS_CONFIG: PRESETS[PAIRS_CONFIG], **self.policies}
         if not 0 <= self.max_reject_rate <= 1:
@@ -87,6 +94,20 @@ class BuildOptions:
             raise UserError("--eval-fraction must be in [0, 1) (the paper held out 0.005)")
         if self.verify_images not in ("header", "decode"):
             raise UserError("--verify-images must be 'header' or 'decode'")
+
+
+def reserved_config_error(name: str) -> str:
+    """Why the config ``name`` (``raw``, ``judgements`` or ``pairs``) cannot be made or replaced by a policy."""
+    if name == RAW_CONFIG:
+        why = "'raw' is the instruction-level config every pairing config is built from"
+    elif name == JUDGEMENTS_CONFIG:
+        why = "'judgements' holds the judge's record of every annotated row, keyed by id"
+    else:
+        why = (
+            "'pairs' is always the paper's rule (all pairs, mean of the three ratings, exact ties dropped), "
+            "which the card and training recipes rely on"
+        )
+    return f"{why}; it cannot be replaced by a pairing policy. Give this policy its own name, e.g. 'my-{name}:...'"
 
 
 def split_of(row_ids: list[str], fraction: float, seed: int) -> list[str]:
@@ -177,8 +198,7 @@ def build(options: BuildOptions) -> dict:
     from tqdm.auto import tqdm
 
     out = options.out_dir
-    if out.exists() and any(out.iterdir()) and not options.overwrite:
-        raise UserError(f"{out} exists and is not empty; pass --overwrite to replace it or choose another --out")
+    check_out_dir(out, options.overwrite)
     reader = open_source(options.source, options.revision)
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -255,6 +275,9 @@ def build(options: BuildOptions) -> dict:
         "seconds": round(elapsed, 3),
         "rows_per_second": round(report.read / elapsed, 1) if elapsed else None,
     }
+    sample = reader.folder / SAMPLE_RECORD
+    if sample.is_file():
+        result["synthetic_sample"] = json.loads(sample.read_text(encoding="utf-8"))
     policies = {
         name: {
             "policy": policy.to_dict(),
@@ -273,11 +296,27 @@ def build(options: BuildOptions) -> dict:
     judge = reader.folder / JUDGE_FILE
     if judge.is_file():
         shutil.copyfile(judge, staging / JUDGE_FILE)
-    write_card(staging)
+    if options.card is not None:
+        options.card(staging)
     if out.exists():
         shutil.rmtree(out)
     staging.rename(out)
     return result
+
+
+def check_out_dir(out: Path, overwrite: bool) -> None:
+    """Refuse an ``--out`` that holds anything but a folder ``build`` wrote (``--overwrite`` replaces only that)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; choose a folder")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not (out / REPORT_FILE).is_file():
+        raise UserError(
+            f"--out {out} is not empty and was not written by `vlfeedback build` (no {REPORT_FILE}); "
+            "--overwrite only replaces a folder build wrote: choose a new or empty --out"
+        )
+    if not overwrite:
+        raise UserError(f"{out} holds an earlier build; pass --overwrite to replace it or choose another --out")
 
 
 def _source_name(source: str, revision: str | None) -> str:
@@ -317,10 +356,3 @@ def _add(counts: dict[str, int], split: str, n: int) -> None:
 
 def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def write_card(folder: Path) -> None:
-    """Render the dataset card (README.md with the ``configs`` YAML) from the folder's own records."""
-    from vlfeedback_kit.cards.dataset import render_dataset_card
-
-    render_dataset_card(folder).save(folder / "README.md")

@@ -18,14 +18,18 @@ COMPLETION = {
     "annotations": {aspect: ANNOTATION for aspect in ASPECTS},
 }
 
+IMAGE_COLUMNS: tuple[str, ...] = ("image", "images")
+"""The columns holding image bytes; always the last of a schema, so that in every Parquet row group the small
+columns are adjacent and a reader of footers and small columns (``inspect``, the changelog) never touches them."""
+
 RAW_FEATURES = Features(
     {
         "id": Value("string"),
         "source": Value("string"),
-        "image": Image(),
         "prompt": Value("string"),
         "models": List(Value("string")),
         "completions": List(COMPLETION),
+        "image": Image(),
     }
 )
 """The ``raw`` config: one row per instruction, as published, typed; ``image`` holds the original JPEG bytes."""
@@ -71,7 +75,6 @@ PAIR_FEATURES = Features(
     {
         "id": Value("string"),
         "source": Value("string"),
-        "images": List(Image()),
         "prompt": List(MESSAGE),
         "chosen": List(MESSAGE),
         "rejected": List(MESSAGE),
@@ -79,12 +82,17 @@ PAIR_FEATURES = Features(
         "rejected_model": Value("string"),
         "chosen_ratings": RATINGS,
         "rejected_ratings": RATINGS,
-        "chosen_score": Value("float32"),
-        "rejected_score": Value("float32"),
-        "margin": Value("float32"),
+        "chosen_score": Value("float64"),
+        "rejected_score": Value("float64"),
+        "margin": Value("float64"),
+        "images": List(Image()),
     }
 )
-"""A pairing config: one row per preference pair, in TRL's conversational vision format, with provenance."""
+"""A pairing config: one row per preference pair, in TRL's conversational vision format, with provenance.
+
+Scores and ``margin`` are float64 and ``margin`` is the very value the pairing policy compared with ``min_margin``
+(``vlfeedback_kit.builders.pairing``), so ``margin >= t`` on the loaded column keeps exactly the pairs a policy with
+``min_margin=t`` keeps."""
 
 SOURCE_PREFIXES: dict[str, str] = {
     "llava-med": "LLaVA-Med",

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vlfeedback_kit.builders.build import POLICIES_FILE, RAW_CONFIG, REPORT_FILE, write_card, write_json
+from vlfeedback_kit.builders.build import (
+    JUDGEMENTS_CONFIG,
+    PAIRS_CONFIG,
+    POLICIES_FILE,
+    RAW_CONFIG,
+    REPORT_FILE,
+    reserved_config_error,
+    write_json,
+)
 from vlfeedback_kit.builders.features import PAIR_FEATURES
 from vlfeedback_kit.builders.pairing import (
     PAIR_ARROW_SCHEMA,
@@ -40,11 +48,19 @@ def raw_batches(folder: Path, split: str, batch_rows: int = 256) -> Iterator[pa.
 
 
 def add_pairing_config(
-    folder: Path, name: str, policy: PairingPolicy, dry_run: bool = False, overwrite: bool = False
+    folder: Path,
+    name: str,
+    policy: PairingPolicy,
+    dry_run: bool = False,
+    overwrite: bool = False,
+    card: Callable[[Path], object] | None = None,
 ) -> dict:
-    """Build a new pairing config from the folder's ``raw`` config; updates the records and the card."""
+    """Build a new pairing config from the folder's ``raw`` config; updates the records and, through ``card``
+    (``vlfeedback pairs`` passes ``cards.dataset.write_dataset_card``), the card's ``configs`` block."""
     report, policies = read_records(folder)
-    if name == RAW_CONFIG or (name in policies and not overwrite):
+    if name in (RAW_CONFIG, PAIRS_CONFIG, JUDGEMENTS_CONFIG) and not dry_run:
+        raise UserError(reserved_config_error(name))
+    if name in policies and not overwrite and not dry_run:
         raise UserError(f"config {name!r} already exists in {folder}; pass --overwrite or pick another name")
     target = folder / "data" / name
     staging = folder / "data" / f".{name}.partial"
@@ -74,5 +90,6 @@ def add_pairing_config(
     report["splits"][name] = splits
     write_json(folder / POLICIES_FILE, policies)
     write_json(folder / REPORT_FILE, report)
-    write_card(folder)
+    if card is not None:
+        card(folder)
     return record

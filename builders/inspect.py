@@ -1,21 +1,24 @@
 """``vlfeedback inspect``: what a user wants to know about a built folder or a Hub repo before training on it.
 
-Only metadata and the small columns are read (never the image bytes, except one for the example), so it is cheap
-on a local folder and on a Hub repo alike (through ``HfFileSystem`` range reads).
+Only Parquet footers and the column chunks a number needs are read — never an image column (the example's image
+is the card's ``assets/example.*``) — so it is cheap on a local folder and on a Hub repo alike: through
+``HfFileSystem`` every read is one HTTP range request for exactly those bytes (:func:`open_parquet`).
 """
 
 from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from vlfeedback_kit.builders.features import ASPECTS
-from vlfeedback_kit.errors import UserError
+from vlfeedback_kit.builders.features import ASPECTS, IMAGE_COLUMNS
+from vlfeedback_kit.errors import UserError, hub_error, is_hub_error
 
 MARGIN_BINS = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.01)
 
@@ -30,10 +33,30 @@ def _open_target(target: str, revision: str | None):
         raise UserError(f"{target} is neither a built folder nor a Hub dataset id ORG/NAME")
     from urllib.parse import quote
 
-    from huggingface_hub import HfFileSystem
+    from huggingface_hub import HfApi, HfFileSystem
 
+    try:
+        HfApi().dataset_info(target, revision=revision)  # one request, no retries: an unreachable Hub fails fast
+    except Exception as err:
+        if is_hub_error(err):
+            raise hub_error(f"cannot read Hub dataset {target!r} (revision {revision or 'main'})", err) from err
+        raise
     root = f"datasets/{target}" + (f"@{quote(revision, safe='')}" if revision else "")
-    return HfFileSystem(), root
+    return HfFileSystem(skip_instance_cache=True), root
+
+
+@contextmanager
+def open_parquet(fs, path: str, footers: dict | None = None) -> Iterator[pq.ParquetFile]:
+    """A Parquet file read by footer and column-chunk ranges only, closed after use.
+
+    No read-ahead cache: fsspec's default (5 MiB blocks) would fetch the image column chunks beside the footer.
+    ``footers`` (path → metadata) keeps each footer read once when a file is opened again.
+    """
+    with fs.open(path, "rb", cache_type="none") as handle:
+        parquet = pq.ParquetFile(handle, metadata=(footers or {}).get(path))
+        if footers is not None:
+            footers[path] = parquet.metadata
+        yield parquet
 
 
 def _read_json(fs, path: str) -> dict | None:
@@ -66,22 +89,32 @@ def _configs(fs, root: str) -> dict[str, dict[str, list[str]]]:
 def summarize(target: str, revision: str | None = None) -> dict:
     """Configs and row counts, rows per source, rating distributions, pairs per policy, margins, one example."""
     fs, root = _open_target(target, revision)
+    try:
+        return _summarize(fs, root, target, revision)
+    except Exception as err:
+        if is_hub_error(err):
+            raise hub_error(f"cannot read {target!r} (revision {revision or 'main'})", err) from err
+        raise
+
+
+def _summarize(fs, root: str, target: str, revision: str | None) -> dict:
     configs = _configs(fs, root)
+    footers: dict = {}
     summary: dict = {"target": target, "revision": revision, "configs": {}}
     for config, splits in configs.items():
         summary["configs"][config] = {
-            split: sum(pq.ParquetFile(fs.open(f)).metadata.num_rows for f in files) for split, files in splits.items()
+            split: sum(_num_rows(fs, f, footers) for f in files) for split, files in splits.items()
         }
     raw_files = [f for files in configs.get("raw", {}).values() for f in files]
     if raw_files:
-        summary["sources"], summary["ratings"] = _raw_stats(fs, raw_files)
+        summary["sources"], summary["ratings"] = _raw_stats(fs, raw_files, footers)
     policies = _read_json(fs, f"{root}/pairing_policies.json") or {}
     summary["pairing"] = {}
     for config, splits in configs.items():
         if config in ("raw", "judgements"):
             continue
         files = [f for fs_files in splits.values() for f in fs_files]
-        margins = np.concatenate([_column(fs, f, "margin") for f in files]) if files else np.zeros(0)
+        margins = np.concatenate([_column(fs, f, "margin", footers) for f in files]) if files else np.zeros(0)
         histogram, _ = np.histogram(margins, bins=MARGIN_BINS)
         summary["pairing"][config] = {
             "policy": policies.get(config, {}).get("policy"),
@@ -98,7 +131,7 @@ def summarize(target: str, revision: str | None = None) -> dict:
     if example_config:
         first = next((f for files in configs[example_config].values() for f in files), None)
         if first:
-            summary["example"] = _example(fs, first)
+            summary["example"] = _example(fs, root, first, footers)
     report = _read_json(fs, f"{root}/build_report.json")
     if report:
         summary["build"] = {
@@ -107,15 +140,25 @@ def summarize(target: str, revision: str | None = None) -> dict:
     return summary
 
 
-def _column(fs, path: str, name: str) -> np.ndarray:
-    return pq.ParquetFile(fs.open(path)).read(columns=[name]).column(name).to_numpy()
+def _num_rows(fs, path: str, footers: dict) -> int:
+    with open_parquet(fs, path, footers) as parquet:
+        return parquet.metadata.num_rows
 
 
-def _raw_stats(fs, files: list[str]) -> tuple[dict, dict]:
+def _column(fs, path: str, name: str, footers: dict) -> np.ndarray:
+    with open_parquet(fs, path, footers) as parquet:
+        return parquet.read(columns=[name]).column(name).to_numpy()
+
+
+RATING_COLUMNS = ["source"] + [f"completions.list.element.annotations.{aspect}.Rating" for aspect in ASPECTS]
+
+
+def _raw_stats(fs, files: list[str], footers: dict) -> tuple[dict, dict]:
     sources: dict[str, int] = {}
     ratings = {aspect: {str(r): 0 for r in (1, 2, 3, 4, 5)} | {"null": 0} for aspect in ASPECTS}
     for path in files:
-        table = pq.ParquetFile(fs.open(path)).read(columns=["source", "completions"])
+        with open_parquet(fs, path, footers) as parquet:
+            table = parquet.read(columns=RATING_COLUMNS)
         for value in pc.value_counts(table.column("source").combine_chunks()).to_pylist():
             sources[value["values"]] = sources.get(value["values"], 0) + value["counts"]
         annotations = pc.list_flatten(table.column("completions").combine_chunks()).field("annotations")
@@ -127,11 +170,18 @@ def _raw_stats(fs, files: list[str]) -> tuple[dict, dict]:
     return dict(sorted(sources.items(), key=lambda kv: -kv[1])), ratings
 
 
-def _example(fs, path: str) -> dict:
+def _example(fs, root: str, path: str, footers: dict) -> dict:
+    """The first pair, texts only; its image is the card's ``assets/example.*`` (else read from the Parquet)."""
     from PIL import Image
 
-    row = pq.ParquetFile(fs.open(path)).read_row_group(0).slice(0, 1).to_pylist()[0]
-    image = row["images"][0]["bytes"]
+    with open_parquet(fs, path, footers) as parquet:
+        columns = [name for name in parquet.schema_arrow.names if name not in IMAGE_COLUMNS]
+        row = parquet.read_row_group(0, columns=columns).slice(0, 1).to_pylist()[0]
+        assets = sorted(fs.glob(f"{root}/assets/example.*"))
+        if assets:
+            image = fs.cat_file(assets[0])
+        else:
+            image = parquet.read_row_group(0, columns=["images"]).slice(0, 1).to_pylist()[0]["images"][0]["bytes"]
     with Image.open(io.BytesIO(image)) as decoded:
         image_info = f"{decoded.format} {decoded.size[0]}x{decoded.size[1]}, {len(image):,} bytes"
 

@@ -168,6 +168,8 @@ def parse_policy_spec(spec: str) -> tuple[str, PairingPolicy]:
         key, eq, value = item.partition("=")
         if not eq:
             raise ValueError(f"bad pairing option {item!r} in {spec!r}: write key=value")
+        if key.strip() in data:
+            raise ValueError(f"pairing option {key.strip()!r} is given twice in {spec!r}: keep one")
         data[key.strip()] = _parse_option_value(key.strip(), value.strip())
     return name, PairingPolicy.from_dict(data)
 
@@ -233,15 +235,20 @@ def response_table(raw: pa.Table, seed: int = 42) -> ResponseTable:
     return ResponseTable(ratings, flat_index, counts, text_code, word_counts, row_keys)
 
 
-def _scores(ratings: np.ndarray, policy: PairingPolicy) -> np.ndarray:
-    """Aggregate score per response (N, K); NaN when a rating the aggregation reads is null."""
+def _score_parts(ratings: np.ndarray, policy: PairingPolicy) -> tuple[np.ndarray, float]:
+    """Numerator per response (N, K) and the common denominator of the aggregate score; NaN where a rating is null.
+
+    Scores are ``numerator / denominator`` and margins ``(numerator_a - numerator_b) / denominator``: for integer
+    ratings both numerators are exact, so a margin is the correctly rounded float64 of the true gap (a gap of 2 is
+    exactly 2.0, a gap of 4/3 is ``4 / 3``) and compares with a user's threshold as the true value would.
+    """
     used = ratings[..., list(policy.aspects_used)]
-    if policy.aggregation == "mean" or policy.aggregation in ASPECTS:
-        return used.mean(axis=-1)
     if policy.aggregation == "min":
-        return used.min(axis=-1)
-    weights = np.array([policy.weights[i] for i in policy.aspects_used])
-    return (used * weights).sum(axis=-1) / weights.sum()
+        return used.min(axis=-1), 1.0
+    if policy.aggregation == "weighted":
+        weights = np.array([policy.weights[i] for i in policy.aspects_used])
+        return (used * weights).sum(axis=-1), float(weights.sum())
+    return used.sum(axis=-1), float(used.shape[-1])
 
 
 def _mix(keys: np.ndarray) -> np.ndarray:
@@ -262,12 +269,9 @@ class PairSelection:
     rejected: np.ndarray
     chosen_score: np.ndarray
     rejected_score: np.ndarray
+    margin: np.ndarray
+    """Score gap chosen − rejected (always > 0), float64: the value compared with ``min_margin``."""
     counts: dict[str, int]
-
-    @property
-    def margin(self) -> np.ndarray:
-        """Score gap chosen − rejected (always > 0)."""
-        return self.chosen_score - self.rejected_score
 
 
 def select_pairs(responses: ResponseTable, policy: PairingPolicy) -> PairSelection:
@@ -275,21 +279,22 @@ def select_pairs(responses: ResponseTable, policy: PairingPolicy) -> PairSelecti
     n_rows, width = responses.flat_index.shape
     combos = np.array(list(combinations(range(width), 2)), dtype=np.int64).reshape(-1, 2)
     first, second = combos[:, 0], combos[:, 1]
-    scores = _scores(responses.ratings, policy)
+    numerator, denominator = _score_parts(responses.ratings, policy)
+    scores = numerator / denominator
 
     exists = second[None, :] < responses.counts[:, None]
-    s_first, s_second = scores[:, first], scores[:, second]
+    s_first, s_second = numerator[:, first], numerator[:, second]
     nonnull = exists & ~np.isnan(s_first) & ~np.isnan(s_second)
     with np.errstate(invalid="ignore"):
-        diff = s_first - s_second
-        untied = nonnull & (np.abs(diff) > 1e-9)
+        diff = (s_first - s_second) / denominator
+        untied = nonnull & (np.abs(s_first - s_second) > 1e-9 * denominator)
     distinct = untied & (responses.text_code[:, first] != responses.text_code[:, second])
     first_wins = diff > 0
     chosen_k = np.where(first_wins, first[None, :], second[None, :])
     rejected_k = np.where(first_wins, second[None, :], first[None, :])
     rows = np.arange(n_rows)[:, None]
     margin = np.where(distinct, np.abs(diff), 0.0)
-    wide = distinct & (margin >= policy.min_margin - 1e-9)
+    wide = distinct & (margin >= policy.min_margin)
     balanced = wide
     if policy.max_length_ratio is not None:
         chosen_words = responses.words[rows, chosen_k]
@@ -319,8 +324,9 @@ def select_pairs(responses: ResponseTable, policy: PairingPolicy) -> PairSelecti
         row=row_idx.astype(np.int64),
         chosen=chosen.astype(np.int64),
         rejected=rejected.astype(np.int64),
-        chosen_score=scores[row_idx, chosen_k[row_idx, combo_idx]].astype(np.float32),
-        rejected_score=scores[row_idx, rejected_k[row_idx, combo_idx]].astype(np.float32),
+        chosen_score=scores[row_idx, chosen_k[row_idx, combo_idx]],
+        rejected_score=scores[row_idx, rejected_k[row_idx, combo_idx]],
+        margin=margin[row_idx, combo_idx],
         counts=counts,
     )
 
@@ -434,9 +440,9 @@ def materialize_pairs(raw: pa.Table, selection: PairSelection) -> pa.Table:
         "rejected_model": values.field("model").take(rejected_idx),
         "chosen_ratings": ratings(chosen_idx),
         "rejected_ratings": ratings(rejected_idx),
-        "chosen_score": pa.array(selection.chosen_score, pa.float32()),
-        "rejected_score": pa.array(selection.rejected_score, pa.float32()),
-        "margin": pa.array(selection.margin, pa.float32()),
+        "chosen_score": pa.array(selection.chosen_score, pa.float64()),
+        "rejected_score": pa.array(selection.rejected_score, pa.float64()),
+        "margin": pa.array(selection.margin, pa.float64()),
     }
     schema = PAIR_ARROW_SCHEMA
     return pa.Table.from_arrays([columns[f.name].cast(f.type) for f in schema], schema=schema)

@@ -2,7 +2,8 @@
 
     python -c "from vlfeedback_kit.builders.sample import write_sample; print(write_sample('data/sample'))"
 
-writes ``vlfeedback_sample.jsonl`` and ``merged_images/<id>.jpg`` exactly as the Dec 2023 Hub release lays them out.
+writes ``vlfeedback_sample.jsonl`` and ``merged_images/<id>.jpg`` exactly as the Dec 2023 Hub release lays them out,
+plus ``sample.json`` saying the data is synthetic (``build`` records it; the card says so instead of naming a judge).
 Each image shows coloured shapes and one printed word, so the answer to every question about it is known. The
 responses of the paper's 12 models are written from that ground truth according to each model's skill, and the
 GPT-4V-style ratings and rationales follow each response's correctness, so the preference signal is learnable.
@@ -27,6 +28,8 @@ from vlfeedback_kit.errors import UserError
 
 JSONL_NAME = "vlfeedback_sample.jsonl"
 IMAGES_DIR = "merged_images"
+SAMPLE_RECORD = "sample.json"
+"""Beside the jsonl: what generated the data (``build`` copies it into ``build_report.json``: ``synthetic_sample``)."""
 JPEG_QUALITY = 90
 RELEASE_ASPECTS: tuple[str, ...] = ("Helpfulness", "Ethical Considerations", "Visual Faithfulness")
 """The aspects in the order the release's JSON lines hold them."""
@@ -789,8 +792,7 @@ def write_sample(out_dir: str | Path, num_instructions: int = 300, seed: int = 0
         raise UserError(f"{out} exists and is not a directory; choose another output directory.")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(
-            f"{out} is not empty; pass overwrite=True (--overwrite) to replace the sample there, "
-            "or choose an empty directory."
+            f"{out} is not empty; pass --overwrite to replace the sample there, or choose an empty directory."
         )
     images = out / IMAGES_DIR
     if images.exists():
@@ -811,6 +813,8 @@ def write_sample(out_dir: str | Path, num_instructions: int = 300, seed: int = 0
             models.update(record["models"])
             ratings = [a["Rating"] for c in record["completions"] for a in c["annotations"].values()]
             unparseable += sum(r not in RATING_STRINGS for r in ratings)
+    record = {"generator": "vlfeedback sample", "seed": seed, "instructions": num_instructions}
+    (out / SAMPLE_RECORD).write_text(json.dumps(record) + "\n", encoding="utf-8")
     return {
         "out_dir": str(out),
         "jsonl": str(jsonl),

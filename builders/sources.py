@@ -182,18 +182,27 @@ def open_source(source: str, revision: str | None = None) -> ReleaseFolder | Par
 def download_hub_source(repo_id: str, revision: str | None = None) -> Path:
     """Fetch the files a build needs from a Hub dataset repo (any ``HF_ENDPOINT``) into the local HF cache."""
     from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
+    from vlfeedback_kit.errors import hub_error, is_hub_error
+
+    api = HfApi()
     try:
-        files = HfApi().list_repo_files(repo_id, repo_type="dataset", revision=revision)
-    except (RepositoryNotFoundError, RevisionNotFoundError) as err:
-        raise UserError(f"Hub dataset {repo_id!r} (revision {revision or 'main'}) not found: {err}") from err
-    except (HfHubHTTPError, OSError) as err:
-        raise UserError(f"cannot reach the Hub for {repo_id!r} (HF_ENDPOINT / network / token?): {err}") from err
+        api.dataset_info(repo_id, revision=revision)  # one request, no retries: an unreachable Hub fails fast
+        files = api.list_repo_files(repo_id, repo_type="dataset", revision=revision)
+    except Exception as err:
+        if is_hub_error(err):
+            raise hub_error(f"cannot read Hub dataset {repo_id!r} (revision {revision or 'main'})", err) from err
+        raise
     if any(f.endswith(".parquet") for f in files):
         patterns = ["*.parquet", "**/*.parquet"]
     elif any(f.endswith(".jsonl") for f in files):
         patterns = ["*.jsonl", f"{IMAGE_DIR}.zip", f"{IMAGE_DIR}/*"]
     else:
         raise UserError(f"Hub dataset {repo_id!r} holds neither Parquet files nor a release *.jsonl: {files[:10]}")
-    return Path(snapshot_download(repo_id, repo_type="dataset", revision=revision, allow_patterns=patterns))
+    try:
+        folder = snapshot_download(repo_id, repo_type="dataset", revision=revision, allow_patterns=patterns)
+    except Exception as err:
+        if is_hub_error(err):
+            raise hub_error(f"cannot download Hub dataset {repo_id!r} (revision {revision or 'main'})", err) from err
+        raise
+    return Path(folder)

@@ -18,9 +18,8 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import pyarrow.parquet as pq
-
-from vlfeedback_kit.cards.dataset import JUDGE_FILE, PAPER_JUDGE
+from vlfeedback_kit.builders.inspect import open_parquet
+from vlfeedback_kit.cards.dataset import JUDGE_FILE, judge_statement
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
@@ -43,6 +42,7 @@ class Snapshot:
     policies: dict = field(default_factory=dict)
     judges: list[dict] | None = None
     source_name: str | None = None
+    report: dict = field(default_factory=dict)
     card: str | None = None
 
 
@@ -92,8 +92,7 @@ def read_snapshot(fs: AbstractFileSystem, root: str, label: str) -> Snapshot:
             files = sorted({path for pattern in patterns for path in fs.glob(f"{root}/{pattern}")})
             rows = 0
             for path in files:
-                with fs.open(path) as handle:
-                    parquet = pq.ParquetFile(handle)
+                with open_parquet(fs, path) as parquet:
                     rows += parquet.metadata.num_rows
                     if config == "raw":
                         snapshot.rows = snapshot.rows or {}
@@ -102,7 +101,8 @@ def read_snapshot(fs: AbstractFileSystem, root: str, label: str) -> Snapshot:
             snapshot.splits.setdefault(config, {})[split] = rows
     snapshot.policies = read_json("pairing_policies.json") or {}
     snapshot.judges = (read_json(JUDGE_FILE) or {}).get("judges")
-    snapshot.source_name = (read_json("build_report.json") or {}).get("source_name")
+    snapshot.report = read_json("build_report.json") or {}
+    snapshot.source_name = snapshot.report.get("source_name")
     return snapshot
 
 
@@ -157,9 +157,9 @@ def _splits(splits: dict[str, int] | None) -> str:
     return ", ".join(f"{split} {n:,}" for split, n in splits.items()) if splits else "none"
 
 
-def _judges(judges: list[dict] | None) -> str:
+def _judges(judges: list[dict] | None, report: dict | None = None) -> str:
     if not judges:
-        return PAPER_JUDGE
+        return judge_statement(report or {})
     return "; ".join(
         f"`{j['model']}` (template sha256 `{j['template_sha256'][:12]}`, {j['items']:,} items)" for j in judges
     )
@@ -170,7 +170,7 @@ def first_release_entry(version: str, date: str, new: Snapshot) -> str:
     configs = "; ".join(f"`{config}` ({_splits(splits)})" for config, splits in new.splits.items())
     lines = [f"### {version} — {date}", "", f"First release, built from `{new.source_name}`."]
     lines.append(f"- **Configs**: {configs}.")
-    lines.append(f"- **Judge**: {_judges(new.judges)}.")
+    lines.append(f"- **Judge**: {_judges(new.judges, new.report)}.")
     return "\n".join(lines)
 
 

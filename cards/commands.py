@@ -116,6 +116,15 @@ def _report(outcome: Outcome) -> int:
     release = outcome.release
     previous = f"previous release {outcome.previous}" if outcome.previous else "first release"
     print(outcome.description)
+    if outcome.hub_unread:
+        changelog = (
+            "the changelog against the Hub was skipped" if release.repo_type == "dataset" else "no versions read"
+        )
+        print(
+            f"the Hub could not be read, so this dry run plans a first release ({changelog}; card metadata not "
+            "validated by the Hub): "
+            f"{outcome.hub_unread}"
+        )
     if outcome.dry_run is not None:
         print(
             f"dry run: wrote the {len(outcome.files)}-file tree of {release.repo_id} {release.tag} to "

@@ -22,6 +22,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from vlfeedback_kit.builders.features import ASPECTS, PAIR_FEATURES
 from vlfeedback_kit.cards.plots import RATING_LABELS, rating_distribution_plot, slug
+from vlfeedback_kit.errors import UserError
 
 TEMPLATES = Path(__file__).parent / "templates"
 TEMPLATE = TEMPLATES / "dataset_card.md"
@@ -34,6 +35,11 @@ DEFAULT_CONFIG = "pairs"
 UNPUBLISHED_TARGET = "ORG/NAME"
 PAPER_JUDGE = (
     "GPT-4V (gpt-4-vision-preview), as reported by the paper; per-row judge metadata not in the original release"
+)
+SYNTHETIC_JUDGE = (
+    "None: this folder was built from the kit's synthetic sample (`vlfeedback sample`{details}); its responses and "
+    "ratings are drawn by a procedural generator from each image's known content, not written by the model pool "
+    "nor judged by GPT-4V"
 )
 TEXT_PREVIEW_CHARS = 300
 COLUMN_DOCS: dict[str, str] = {
@@ -52,7 +58,8 @@ COLUMN_DOCS: dict[str, str] = {
     "rejected_ratings": "the rejected response's rating per aspect",
     "chosen_score": "the chosen response's score under the config's aggregation",
     "rejected_score": "the rejected response's score under the config's aggregation",
-    "margin": "chosen_score − rejected_score",
+    "margin": "chosen_score − rejected_score, computed once from the ratings (float64): the value `min_margin` "
+    "was compared with",
 }
 
 
@@ -62,6 +69,36 @@ def size_category(n: int) -> str:
         if n < limit:
             return label
     return "1M<n<10M"
+
+
+def judge_statement(report: dict) -> str:
+    """Who rated the responses when the folder has no ``judge.json``: the paper's judge, or the synthetic sample."""
+    sample = report.get("synthetic_sample")
+    if sample is None:
+        return PAPER_JUDGE
+    details = ", ".join(f"{key} {sample[key]}" for key in ("seed", "instructions") if key in sample)
+    return SYNTHETIC_JUDGE.format(details=f", {details}" if details else "")
+
+
+def policy_description(policy: dict) -> str:
+    """A pairing config in a few words: strategy and aggregation, then every option that differs from the default."""
+    from vlfeedback_kit.builders.pairing import PairingPolicy
+
+    defaults = PairingPolicy().to_dict()
+    aggregation = policy["aggregation"] + (
+        f" {'/'.join(f'{w:g}' for w in policy['weights'])}" if policy.get("weights") else ""
+    )
+    changed = [
+        f"{key}={value}"
+        for key, value in policy.items()
+        if key not in ("strategy", "aggregation", "weights") and value != defaults.get(key)
+    ]
+    paper = policy == defaults
+    return (
+        f"{policy['strategy']}, {aggregation}"
+        + "".join(f", {c}" for c in changed)
+        + (" — the paper's rule" if paper else "")
+    )
 
 
 def configs_block(folder: Path, report: dict, default: str = DEFAULT_CONFIG) -> list[dict]:
@@ -179,7 +216,7 @@ def source_counts(raw_files: list[Path]) -> dict[str, int]:
 def mean_margin(files: list[Path]) -> float | None:
     """Mean score margin of a pairing config's pairs; None when it has none."""
     chunks = [c for p in files for c in pq.ParquetFile(p).read(columns=["margin"]).column("margin").chunks]
-    return pc.mean(pa.chunked_array(chunks, type=pa.float32())).as_py()
+    return pc.mean(pa.chunked_array(chunks, type=pa.float64())).as_py()
 
 
 def _preview(text: str | None) -> str | None:
@@ -229,6 +266,9 @@ def read_pool(folder: Path) -> list[dict] | None:
 
 def dataset_facts(folder: Path) -> dict:
     """Everything the card states, computed from the folder; writes the figures it shows into ``assets/``."""
+    missing = [name for name in ("build_report.json", "pairing_policies.json") if not (folder / name).is_file()]
+    if missing:
+        raise UserError(f"{folder} is not a folder written by `vlfeedback build` (no {', '.join(missing)})")
     report = json.loads((folder / "build_report.json").read_text())
     policies = json.loads((folder / "pairing_policies.json").read_text())
     assets = folder / ASSETS_DIR
@@ -251,6 +291,9 @@ def dataset_facts(folder: Path) -> dict:
         "report": report,
         "policies": policies,
         "raw_rows": sum(report["splits"]["raw"].values()),
+        "largest_config_rows": max(sum(splits.values()) for splits in report["splits"].values()),
+        "descriptions": {config: policy_description(record["policy"]) for config, record in policies.items()},
+        "judge_statement": judge_statement(report),
         "sources": source_counts(files["raw"]),
         "ratings": ratings,
         "rating_shares": {
@@ -282,7 +325,7 @@ def card_data(facts: dict) -> DatasetCardData:
         language_creators=["machine-generated"],
         multilinguality="monolingual",
         task_categories=["image-text-to-text", "visual-question-answering"],
-        size_categories=size_category(facts["raw_rows"]),
+        size_categories=size_category(facts["largest_config_rows"]),
         tags=["dpo", "preference", "vision-language", "ai-feedback", "gpt-4v", "vlfeedback", "silkie"],
         configs=configs_block(facts["folder"], facts["report"]),
     )
@@ -312,3 +355,10 @@ def render_dataset_card(
         citation=CITATION.read_text(encoding="utf-8").strip(),
         **facts,
     )
+
+
+def write_dataset_card(folder: Path) -> Path:
+    """Render a built folder's card into ``folder/README.md`` (what ``vlfeedback build`` and ``pairs`` call)."""
+    path = folder / "README.md"
+    render_dataset_card(folder).save(path)
+    return path

@@ -19,6 +19,12 @@ def slug(name: str) -> str:
     return "-".join(name.lower().split())
 
 
+def distribution_title(aspect: str, counts: dict[str, int]) -> str:
+    """A plot's title: how many responses the judge rated (unparsed ratings are not rated) out of all."""
+    total = sum(counts.values())
+    return f"{aspect}: {total - counts.get('null', 0):,} rated of {total:,} responses"
+
+
 def rating_distribution_plot(aspect: str, counts: dict[str, int], path: Path) -> Path:
     """Bar chart of one aspect's ratings (share of responses per rating 1–5, and unparsed ones as ``null``)."""
     from matplotlib.figure import Figure
@@ -29,7 +35,7 @@ def rating_distribution_plot(aspect: str, counts: dict[str, int], path: Path) ->
     axes = figure.subplots()
     bars = axes.bar(RATING_LABELS, shares, color=["#c0392b", "#e67e22", "#f1c40f", "#27ae60", "#1e8449", "#7f8c8d"])
     axes.bar_label(bars, labels=[f"{counts.get(label, 0):,}" for label in RATING_LABELS], fontsize=8)
-    axes.set_title(f"{aspect}: {total:,} rated responses", fontsize=10)
+    axes.set_title(distribution_title(aspect, counts), fontsize=10)
     axes.set_xlabel("rating (null = judge output did not parse)", fontsize=8)
     axes.set_ylabel("% of responses", fontsize=8)
     axes.set_ylim(0, max(shares) * 1.18 or 1)

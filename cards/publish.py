@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vlfeedback_kit.errors import UserError
+from vlfeedback_kit.errors import UserError, hub_error, is_hub_error
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
@@ -91,6 +91,8 @@ class Outcome:
     deleted: list[str] = field(default_factory=list)
     commit: str | None = None
     dry_run: Path | None = None
+    hub_unread: str | None = None
+    """Why a dry run could not read the repo on the Hub (it then plans a first release); None when it could."""
 
 
 def version_key(tag: str) -> tuple[int, int, int] | None:
@@ -145,7 +147,7 @@ def write_tree(plan: dict[str, Path | bytes], out: Path) -> None:
 
 def hub_state(api: HfApi, release: Release) -> HubState:
     """Read the repo's tags, the branch head (main's when the branch is new) and its files; empty when no repo."""
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+    from huggingface_hub.errors import RepositoryNotFoundError
 
     try:
         refs = api.list_repo_refs(release.repo_id, repo_type=release.repo_type)
@@ -154,8 +156,10 @@ def hub_state(api: HfApi, release: Release) -> HubState:
         info = api.repo_info(release.repo_id, repo_type=release.repo_type, revision=head)
     except RepositoryNotFoundError:
         return HubState()
-    except HfHubHTTPError as err:
-        raise UserError(f"could not read {release.repo_id} on the Hub: {err}") from err
+    except Exception as err:
+        if is_hub_error(err):
+            raise hub_error(f"could not read {release.repo_type} {release.repo_id} on the Hub", err) from err
+        raise
     return HubState(
         exists=True,
         tags=[tag.name for tag in refs.tags],
@@ -184,7 +188,6 @@ def commit_release(
     ``configs`` globs) and names the head it was planned against as parent, so a concurrent push fails it.
     """
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
-    from huggingface_hub.errors import HfHubHTTPError
 
     operations = [CommitOperationAdd(path, source) for path, source in plan.items()]
     operations += [CommitOperationDelete(path) for path in stale_files(state, plan)]
@@ -195,8 +198,10 @@ def commit_release(
             api.create_branch(
                 release.repo_id, branch=release.branch, revision=state.head, repo_type=release.repo_type, exist_ok=True
             )
-    except HfHubHTTPError as err:
-        raise UserError(f"could not create {release.repo_id} or its branch {release.branch!r}: {err}") from err
+    except Exception as err:
+        if is_hub_error(err):
+            raise hub_error(f"could not create {release.repo_id} or its branch {release.branch!r}", err) from err
+        raise
     parent = state.head if state.exists else branch_head(api, release)
     try:
         commit = api.create_commit(
@@ -219,10 +224,12 @@ def commit_release(
         api.create_tag(
             release.repo_id, tag=release.tag, revision=commit.oid, repo_type=release.repo_type, tag_message=description
         )
-    except HfHubHTTPError as err:
+    except Exception as err:
+        if not is_hub_error(err):
+            raise
         raise UserError(
             f"commit {commit.oid} landed on {release.branch!r} of {release.repo_id} but tagging it {release.tag} "
-            f"failed: {err}. Re-run the same command to publish and tag the release."
+            f"failed ({hub_error('tagging', err)}). Re-run the same command to publish and tag the release."
         ) from err
     return commit.oid
 
@@ -250,20 +257,27 @@ def stale_files(state: HubState, plan: dict[str, Path | bytes]) -> list[str]:
     return sorted(set(state.files) - set(plan) - KEEP_ON_HUB)
 
 
-def prepare(release: Release, dry_run: Path | None) -> tuple[HfApi, HubState, str | None]:
+def prepare(release: Release, dry_run: Path | None) -> tuple[HfApi, HubState, str | None, str | None]:
     """Check the token (real uploads only), read the repo, apply the version and visibility rules.
 
-    Returns ``(api, state, previous)``; fails before anything is written when the release would be refused.
+    Returns ``(api, state, previous, hub_unread)``; fails before anything is written when the release would be
+    refused. A dry run that cannot read the repo (offline, unreachable, refused) plans a first release and returns
+    why in ``hub_unread``.
     """
     from huggingface_hub import HfApi, get_token
 
     if dry_run is None and get_token() is None:
         raise UserError("no Hugging Face token: set HF_TOKEN or log in with `hf auth login` (write access needed)")
     api = HfApi()
-    state = hub_state(api, release)
+    try:
+        state = hub_state(api, release)
+    except UserError as err:
+        if dry_run is None:
+            raise
+        return api, HubState(), None, str(err)
     previous = previous_version(state.tags, release)
     check_visibility(release, state)
-    return api, state, previous
+    return api, state, previous, None
 
 
 def deliver(
@@ -277,6 +291,18 @@ def deliver(
         return outcome
     outcome.commit = commit_release(api, outcome.release, state, plan, outcome.description)
     return outcome
+
+
+def validate_card(card, repo_type: str, hub_unread: str | None) -> None:
+    """Check the card's metadata with the Hub's validator; skipped when a dry run found the Hub unreadable."""
+    if hub_unread is not None:
+        return
+    try:
+        card.validate(repo_type=repo_type)
+    except Exception as err:
+        if not is_hub_error(err) or getattr(getattr(err, "response", None), "status_code", None) == 400:
+            raise
+        raise hub_error("could not validate the card's metadata", err) from err
 
 
 def _today() -> str:
@@ -305,21 +331,29 @@ def publish_dataset(
     ]
     if missing:
         raise UserError(f"{folder} is not a folder written by `vlfeedback build` (no {', '.join(missing)})")
-    api, state, previous = prepare(release, dry_run)
+    api, state, previous, hub_unread = prepare(release, dry_run)
     new = read_snapshot(LocalFileSystem(), folder.resolve().as_posix(), "this build")
     if previous is None:
         entry = first_release_entry(release.tag, _today(), new)
         section = entry
     else:
-        old = read_snapshot(HfFileSystem(skip_instance_cache=True), f"datasets/{release.repo_id}@{previous}", previous)
+        try:
+            old = read_snapshot(
+                HfFileSystem(skip_instance_cache=True), f"datasets/{release.repo_id}@{previous}", previous
+            )
+        except Exception as err:
+            if not is_hub_error(err):
+                raise
+            raise hub_error(f"could not read the previous release {release.repo_id}@{previous}", err) from err
         entry = format_entry(release.tag, _today(), compare(old, new))
         section = changelog_section(entry, old.card)
     card = render_dataset_card(folder, repo_id=release.repo_id, revision=release.tag, changelog=section)
-    card.validate(repo_type="dataset")
+    validate_card(card, "dataset", hub_unread)
     exclude = tuple(p for p in DATASET_EXCLUDE if not (include_rejects and p == "rejects.jsonl"))
     plan = upload_plan(folder, exclude, str(card).encode("utf-8"))
     usage = [f'load_dataset("{release.repo_id}", "{config}", revision="{release.tag}")' for config in new.splits]
-    return deliver(api, state, plan, Outcome(release, previous, entry, usage), dry_run)
+    outcome = Outcome(release, previous, entry, usage, hub_unread=hub_unread)
+    return deliver(api, state, plan, outcome, dry_run)
 
 
 def publish_model(
@@ -333,7 +367,7 @@ def publish_model(
     from vlfeedback_kit.cards.model import LICENSE, read_run, render_model_card
 
     read_run(Path(run_dir))
-    api, state, previous = prepare(release, dry_run)
+    api, state, previous, hub_unread = prepare(release, dry_run)
     card = render_model_card(
         Path(run_dir),
         repo_id=release.repo_id,
@@ -341,7 +375,7 @@ def publish_model(
         eval_results=eval_results,
         license=license or LICENSE,
     )
-    card.validate(repo_type="model")
+    validate_card(card, "model", hub_unread)
     plan = upload_plan(Path(run_dir), MODEL_EXCLUDE, str(card).encode("utf-8"))
     description = f"Model release {release.tag}" + (f" (previous: {previous})" if previous else " (first release)")
     load = (
@@ -349,4 +383,5 @@ def publish_model(
         if (Path(run_dir) / "adapter_config.json").is_file()
         else f'AutoModelForImageTextToText.from_pretrained("{release.repo_id}", revision="{release.tag}")'
     )
-    return deliver(api, state, plan, Outcome(release, previous, description, [load]), dry_run)
+    outcome = Outcome(release, previous, description, [load], hub_unread=hub_unread)
+    return deliver(api, state, plan, outcome, dry_run)

@@ -13,6 +13,7 @@ import pytest
 from release_factory import completion, jpeg, row, write_release
 
 from vlfeedback_kit.builders.build import BuildOptions, build
+from vlfeedback_kit.cards.dataset import write_dataset_card
 from vlfeedback_kit.errors import UserError
 
 GOOD = [(5, 5, 5), (3, 3, 4), (1, 2, 5), (2, 2, 2)]
@@ -20,7 +21,7 @@ GOOD = [(5, 5, 5), (3, 3, 4), (1, 2, 5), (2, 2, 2)]
 
 def run_build(tmp_path, source, **kwargs):
     out = tmp_path / "vlfeedback"
-    return out, build(BuildOptions(source=str(source), out_dir=out, progress=False, **kwargs))
+    return out, build(BuildOptions(source=str(source), out_dir=out, progress=False, card=write_dataset_card, **kwargs))
 
 
 def rejects(out):
@@ -260,3 +261,84 @@ def test_rebuilt_folder_never_loads_from_a_stale_datasets_cache(tmp_path):
         assert done.returncode == 0, done.stderr
         ratings.append(done.stdout.strip())
     assert ratings == ["5", "2"]
+
+
+def test_overwrite_replaces_only_a_folder_build_wrote(tmp_path):
+    rel = write_release(tmp_path / "rel", [row("svit-1", GOOD)])
+    home = tmp_path / "home"
+    (home / "documents").mkdir(parents=True)
+    (home / "documents" / "thesis.txt").write_text("precious")
+    with pytest.raises(UserError, match="not written by `vlfeedback build`"):
+        build(BuildOptions(source=str(rel), out_dir=home, overwrite=True, progress=False, card=write_dataset_card))
+    assert (home / "documents" / "thesis.txt").read_text() == "precious"
+    done = subprocess.run(
+        [sys.executable, "-m", "vlfeedback_kit.cli", "build", "--source", str(rel), "--out", str(home), "--overwrite"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and "build_report.json" in done.stderr and "Traceback" not in done.stderr
+    assert (home / "documents" / "thesis.txt").is_file()
+    (tmp_path / "empty").mkdir()
+    assert (
+        build(BuildOptions(source=str(rel), out_dir=tmp_path / "empty", progress=False, card=write_dataset_card))[
+            "kept"
+        ]
+        == 1
+    )
+    assert (
+        build(
+            BuildOptions(
+                source=str(rel), out_dir=tmp_path / "empty", overwrite=True, progress=False, card=write_dataset_card
+            )
+        )["kept"]
+        == 1
+    )
+
+
+def test_the_papers_pairs_config_cannot_be_replaced(tmp_path):
+    from vlfeedback_kit.builders.pairing import PairingPolicy
+
+    out, _ = run_build(tmp_path, write_release(tmp_path / "rel", [row(f"svit-{i}", GOOD) for i in range(3)]))
+    before = (out / "pairing_policies.json").read_text()
+    cli = [sys.executable, "-m", "vlfeedback_kit.cli", "pairs", str(out)]
+    for spec, name in (
+        ("pairs:strategy=best-vs-worst", "'pairs' is always the paper's rule"),
+        ("raw:seed=1", "'raw'"),
+    ):
+        done = subprocess.run([*cli, spec, "--overwrite"], capture_output=True, text=True)
+        assert done.returncode == 2 and name in done.stderr and "cannot be replaced" in done.stderr
+        assert "--overwrite" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert (out / "pairing_policies.json").read_text() == before
+    with pytest.raises(UserError, match="paper's rule"):
+        BuildOptions(source=".", out_dir=tmp_path / "x", policies={"pairs": PairingPolicy(strategy="best-vs-worst")})
+    with pytest.raises(UserError, match="cannot be replaced"):
+        BuildOptions(source=".", out_dir=tmp_path / "x", policies={"raw": PairingPolicy()})
+
+
+def test_pairs_dry_run_previews_an_existing_name(tmp_path):
+    out, _ = run_build(tmp_path, write_release(tmp_path / "rel", [row(f"svit-{i}", GOOD) for i in range(3)]))
+    cli = [sys.executable, "-m", "vlfeedback_kit.cli", "pairs", str(out)]
+    assert subprocess.run([*cli, "margin-1"], capture_output=True).returncode == 0
+    done = subprocess.run([*cli, "margin-1:min_margin=2", "--dry-run"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "would write config 'margin-1': 6 pairs" in done.stdout
+    policies = json.loads((out / "pairing_policies.json").read_text())
+    assert policies["margin-1"]["policy"]["min_margin"] == 1.0
+    done = subprocess.run([*cli, "gap:min_margin=1,min_margin=2", "--dry-run"], capture_output=True, text=True)
+    assert done.returncode == 2 and "'min_margin' is given twice" in done.stderr
+
+
+def test_help_shows_defaults_and_how_the_eval_split_is_drawn():
+    help_command = [sys.executable, "-m", "vlfeedback_kit.cli", "build", "--help"]
+    done = subprocess.run(help_command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    build_help = done.stdout
+    flat = " ".join(build_help.split())
+    for flag, default in (
+        ("--max-reject-rate", "0.05"),
+        ("--verify-images", "header"),
+        ("--batch-size", "256"),
+        ("--max-shard-mb", "500"),
+    ):
+        assert re.search(rf"{flag} .*?\(default:? {re.escape(default)}\)", flat), flag
+    assert "hash" in flat and "23 of 300" in flat

@@ -30,6 +30,7 @@ from vlfeedback_kit.cards.dataset import (
     rating_distributions,
     render_dataset_card,
     response_table,
+    write_dataset_card,
 )
 from vlfeedback_kit.cards.model import EXAMPLE_IMAGE_URL, render_model_card
 from vlfeedback_kit.cli import main
@@ -62,7 +63,11 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = root / "vlfeedback"
     build(
         BuildOptions(
-            source=str(release), out_dir=out, policies={"best-vs-worst": PRESETS["best-vs-worst"]}, progress=False
+            source=str(release),
+            out_dir=out,
+            policies={"best-vs-worst": PRESETS["best-vs-worst"]},
+            progress=False,
+            card=write_dataset_card,
         )
     )
     return out
@@ -233,3 +238,48 @@ def test_quick_starts_run_offline_on_the_saved_folders(runs: dict[str, Path], tm
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert done.returncode == 0, textwrap.shorten(done.stderr[-3000:], 3000)
+
+
+def test_card_dataset_on_a_folder_never_built_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "notes").mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "vlfeedback_kit.cli", "card", "dataset", str(tmp_path / "notes")],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"vlfeedback card: error: {tmp_path / 'notes'} is not a folder written by `vlfeedback build` "
+        "(no build_report.json, pairing_policies.json)"
+    ]
+    assert list((tmp_path / "notes").iterdir()) == []
+
+
+def test_card_of_the_synthetic_sample_says_so_and_sizes_by_the_largest_config(tmp_path: Path) -> None:
+    from fsspec.implementations.local import LocalFileSystem
+
+    from vlfeedback_kit.builders.pairing import PRESETS
+    from vlfeedback_kit.builders.sample import write_sample
+    from vlfeedback_kit.cards.changelog import first_release_entry, read_snapshot
+    from vlfeedback_kit.cards.plots import distribution_title
+
+    write_sample(tmp_path / "release", num_instructions=300)
+    out = tmp_path / "vlfeedback"
+    policies = {"length-balanced": PRESETS["length-balanced"], "margin-1": PRESETS["margin-1"]}
+    report = build(
+        BuildOptions(
+            source=str(tmp_path / "release"), out_dir=out, policies=policies, progress=False, card=write_dataset_card
+        )
+    )
+    assert sum(report["splits"]["raw"].values()) == 300 and sum(report["splits"]["pairs"].values()) == 1464
+    text = (out / "README.md").read_text()
+    assert front_matter(text)["size_categories"] == "1K<n<10K"
+    assert "| `pairs` (default) | one preference pair (all-pairs, mean — the paper's rule) |" in text
+    assert "| `length-balanced` | one preference pair (all-pairs, mean, max_length_ratio=1.5) |" in text
+    assert "| `margin-1` | one preference pair (all-pairs, mean, min_margin=1.0) |" in text
+    assert PAPER_JUDGE not in text and "GPT-4V (gpt-4-vision" not in text
+    assert "None: this folder was built from the kit's synthetic sample (`vlfeedback sample`, seed 0" in text
+    entry = first_release_entry("v1.0.0", "2026-11-30", read_snapshot(LocalFileSystem(), out.as_posix(), "new"))
+    assert "synthetic sample" in entry and PAPER_JUDGE not in entry
+    counts = {"1": 1, "2": 2, "3": 0, "4": 3, "5": 2, "null": 2}
+    assert distribution_title("Helpfulness", counts) == "Helpfulness: 8 rated of 10 responses"

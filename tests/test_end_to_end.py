@@ -118,6 +118,28 @@ def test_pairs_do_not_multiply_image_bytes(built):
     assert sizes["pairs"] <= 1.2 * sizes["raw"]
 
 
+@pytest.mark.parametrize("threshold", [1.0, 2.0, 4 / 3])
+def test_a_margin_filter_on_the_loaded_column_agrees_with_the_policy(built, threshold):
+    import numpy as np
+    from datasets import load_dataset
+
+    from vlfeedback_kit.builders.hub_folder import add_pairing_config
+    from vlfeedback_kit.builders.inspect import MARGIN_BINS, summarize
+    from vlfeedback_kit.builders.pairing import PairingPolicy
+
+    folder = built / "vlfeedback"
+    loaded = load_dataset(str(folder), "pairs", columns=["margin", "chosen_score", "rejected_score"])
+    assert loaded["train"].features["margin"].dtype == "float64"
+    margins = np.concatenate([split.with_format("numpy")["margin"] for split in loaded.values()])
+    policy = add_pairing_config(folder, "m", PairingPolicy(min_margin=threshold), dry_run=True)
+    assert int((margins >= threshold).sum()) == policy["counts"]["pairs"]
+    if threshold in MARGIN_BINS:  # inspect's histogram puts a margin of exactly 2 in [2, 2.5), not in [1.5, 2)
+        histogram = summarize(str(folder))["pairing"]["pairs"]["margin_histogram"]
+        above = sum(n for edges, n in histogram.items() if float(edges[1:].split(",")[0]) >= threshold)
+        assert above == policy["counts"]["pairs"]
+    assert float(margins.min()) > 0 and not np.any((margins > threshold - 1e-6) & (margins < threshold))
+
+
 def test_builder_class_gives_the_same_pairs_as_the_published_config(built, tmp_path):
     from datasets import load_dataset
 

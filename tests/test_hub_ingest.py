@@ -12,6 +12,8 @@ from huggingface_hub import HfApi
 from release_factory import row, write_release
 from support.hub_server import dataset_repo
 
+from vlfeedback_kit.cards.dataset import write_dataset_card
+
 GOOD = [(5, 5, 5), (3, 3, 4), (1, 2, 5), (2, 2, 2)]
 
 
@@ -19,8 +21,18 @@ def build_from_hub(hub, tmp_path, repo_id, *extra):
     out = tmp_path / "built"
     env = {**os.environ, **hub.client_env(), "HF_HOME": str(tmp_path / "hf_home")}
     done = subprocess.run(
-        [sys.executable, "-m", "vlfeedback_kit.cli", "build", "--source", repo_id, "--out", str(out), "--quiet",
-         *extra],
+        [
+            sys.executable,
+            "-m",
+            "vlfeedback_kit.cli",
+            "build",
+            "--source",
+            repo_id,
+            "--out",
+            str(out),
+            "--quiet",
+            *extra,
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -87,7 +99,7 @@ def test_inspect_a_hub_repo_at_a_revision(hub, tmp_path):
     from vlfeedback_kit.builders.inspect import summarize
 
     release = write_release(tmp_path / "release", [row(f"m3it-{i}", GOOD) for i in range(6)])
-    build(BuildOptions(source=str(release), out_dir=tmp_path / "vlfeedback", progress=False))
+    build(BuildOptions(source=str(release), out_dir=tmp_path / "vlfeedback", progress=False, card=write_dataset_card))
     api = HfApi(endpoint=hub.url, token="hf_test")
     api.create_repo("org/built", repo_type="dataset")
     api.upload_folder(folder_path=tmp_path / "vlfeedback", repo_id="org/built", repo_type="dataset")

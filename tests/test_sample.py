@@ -214,8 +214,9 @@ def test_rendered_colours_are_the_ground_truth():
 
 def test_refuses_to_overwrite(tmp_path):
     write_sample(tmp_path, num_instructions=3)
-    with pytest.raises(UserError, match="overwrite"):
+    with pytest.raises(UserError, match="overwrite") as refused:
         write_sample(tmp_path, num_instructions=3)
+    assert "--overwrite" in str(refused.value) and "overwrite=True" not in str(refused.value)
     stale = tmp_path / IMAGES_DIR / "stale.jpg"
     stale.write_bytes(b"old")
     (tmp_path / "notes.txt").write_text("kept")

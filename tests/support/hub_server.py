@@ -227,7 +227,8 @@ class _RequestLine(NamedTuple):
 
 
 class RecordedRequest(_RequestLine):
-    """A request as received: unpacks as ``(method, path, headers)``; ``body`` and ``status`` ride along.
+    """A request as received: unpacks as ``(method, path, headers)``; ``body``, ``status`` and ``sent`` (response
+    body bytes sent, 0 for HEAD) ride along.
 
     ``path`` is the raw request target, query string included; ``headers`` look up names case-insensitively
     (``huggingface_hub`` sends them lower-case).
@@ -235,11 +236,13 @@ class RecordedRequest(_RequestLine):
 
     body: bytes
     status: int
+    sent: int
 
     def __new__(cls, method: str, path: str, headers: HTTPMessage, body: bytes = b"") -> RecordedRequest:
         self = super().__new__(cls, method, path, headers)
         self.body = body
         self.status = 0
+        self.sent = 0
         return self
 
 
@@ -425,6 +428,10 @@ class HubServer(LoopbackServer):
             if regex.search(urlsplit(r.path).path) and (method is None or r.method == method.upper())
         ]
 
+    def bytes_sent(self, pattern: str) -> int:
+        """Response body bytes sent for logged requests whose URL path matches regex ``pattern``."""
+        return sum(r.sent for r in self.calls(pattern))
+
     def leaks(self, secret: str) -> list[str]:
         """Where ``secret`` shows in logged traffic outside an Authorization header; empty when it never does."""
         found = []
@@ -472,6 +479,7 @@ class HubServer(LoopbackServer):
             except Exception as err:  # a bug in the fake must reach the client as a 500, not as a hung connection
                 response = HubError(500, f"fake hub crashed: {type(err).__name__}: {err}").response()
             record.status = response.status
+            record.sent = 0 if handler.command == "HEAD" else len(response.body)
         handler.send(response)
 
     def _take_fault(self, request: _Request) -> _Fault | None:
