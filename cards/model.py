@@ -5,12 +5,15 @@ A run dir holds a LoRA adapter (``adapter_config.json``; merged weights optional
 hyperparameters, hardware, global batch, final metrics, library versions), and optionally ``training_curves.png``
 and ``eval_results.json``. The card's metadata is a
 ``huggingface_hub`` ``ModelCardData`` (evaluation results become ``model-index`` through ``EvalResult``); its
-quick start loads the folder (or the Hub repo it is published to) with the Auto classes and chats about an image.
+quick start loads the folder by its absolute path (or, once published, the Hub repo at its release tag, and the base
+model at its commit) with the Auto classes and chats about an image, from any working directory. ``base_model`` and
+``datasets`` metadata name Hub repos only; a local base model or dataset is described in the body.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -41,6 +44,18 @@ def hub_id(name: str | None) -> str | None:
     except HFValidationError:
         return None
     return name
+
+
+def local_path(name: str | None, revision: str | None) -> str | None:
+    """The absolute path of a run's base model or dataset when it was a local folder (training records the absolute
+    path and a ``local-`` content digest; an older record may hold a path relative to where training ran), else
+    None for a Hub repo id."""
+    if not name:
+        return None
+    path = Path(name).expanduser()
+    if path.is_absolute() or path.exists() or str(revision or "").startswith("local-") or not hub_id(name):
+        return os.path.abspath(path)
+    return None
 
 
 def read_run(run_dir: Path) -> dict:
@@ -89,12 +104,17 @@ def render_model_card(
     run_dir = Path(run_dir)
     run = read_run(run_dir)
     is_adapter = (run_dir / "adapter_config.json").is_file()
-    model_id = repo_id or run_dir.resolve().name
-    title = model_id.split("/")[-1]
+    model_id = repo_id or str(run_dir.resolve())
+    title = repo_id.split("/")[-1] if repo_id else run_dir.resolve().name
     results_path = eval_results or (run_dir / EVAL_RESULTS if (run_dir / EVAL_RESULTS).is_file() else None)
     evaluations = read_eval_results(results_path) if results_path else []
-    base_model, base_revision, dataset = run["base_model"], run.get("base_model_revision"), run["dataset"]
-    base_id, dataset_id = hub_id(base_model), hub_id(dataset["name"])
+    base_revision, dataset = run.get("base_model_revision"), dict(run["dataset"])
+    base_local = local_path(run["base_model"], base_revision)
+    base_model = base_local or run["base_model"]
+    dataset_local = local_path(dataset["name"], dataset.get("revision"))
+    dataset["name"] = dataset_local or dataset["name"]
+    base_id = None if base_local else hub_id(base_model)
+    dataset_id = None if dataset_local else hub_id(dataset["name"])
     data = ModelCardData(
         base_model=base_id,
         base_model_relation=("adapter" if is_adapter else "finetune") if base_id else None,
@@ -117,8 +137,10 @@ def render_model_card(
         model_id=model_id,
         revision=revision,
         pin=f', revision="{revision}"' if revision else "",
-        base_pin=f', revision="{base_revision}"' if base_revision else "",
+        base_pin=f', revision="{base_revision}"' if base_revision and base_id else "",
         base_model=base_model,
+        base_local=bool(base_local),
+        dataset_local=bool(dataset_local),
         base_model_url=f"{HUB_URL}/{base_id}" if base_id else None,
         base_model_revision=base_revision,
         dataset=dataset,

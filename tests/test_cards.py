@@ -283,3 +283,64 @@ def test_card_of_the_synthetic_sample_says_so_and_sizes_by_the_largest_config(tm
     assert "synthetic sample" in entry and PAPER_JUDGE not in entry
     counts = {"1": 1, "2": 2, "3": 0, "4": 3, "5": 2, "null": 2}
     assert distribution_title("Helpfulness", counts) == "Helpfulness: 8 rated of 10 responses"
+
+
+def test_local_run_card_quick_start_runs_from_any_directory(runs: dict[str, Path], tmp_path: Path) -> None:
+    """A run trained on a local base and a local dataset: absolute paths in the quick start, no Hub metadata."""
+    base, dataset = runs["base"].resolve(), tmp_path / "vlfeedback"
+    run = write_run_dir(
+        tmp_path / "silkie-local",
+        base,
+        adapter=True,
+        base_model=str(base),
+        base_model_revision="local-0123456789abcdef",
+        dataset={"name": str(dataset), "config": "pairs", "revision": "local-fedcba9876543210"},
+    )
+    card = render_model_card(run)
+    text, meta = str(card), front_matter(str(card))
+    assert "base_model" not in meta and "datasets" not in meta and card.data.base_model is None
+    assert f"a local model, `{base}` (not on the Hub" in text and "huggingface.co/" + str(base) not in text
+    assert f"a local dataset, `{dataset}` (not on the Hub" in text
+    assert f'model_id = "{run.resolve()}"' in text and f'base_model_id = "{base}"' in text
+    image = tmp_path / "image.jpg"
+    Image.open(io.BytesIO(jpeg((200, 30, 30), size=96))).save(image)
+    script = tmp_path / "quick_start.py"
+    script.write_text(quick_start(text, {"image": str(image)}))  # the paths as the card writes them
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert done.returncode == 0, textwrap.shorten(done.stderr[-3000:], 3000)
+
+
+def test_relative_local_base_is_not_a_hub_id(runs: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
+    """An older run_info.json names its local base relative to where training ran (``runs/tiny-qwen2-vl``)."""
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "tiny-qwen2-vl").symlink_to(runs["base"].resolve())
+    run = write_run_dir(tmp_path / "runs" / "silkie-tiny", runs["base"], adapter=True, base_model="runs/tiny-qwen2-vl")
+    monkeypatch.chdir(tmp_path)
+    card = render_model_card(run)
+    assert card.data.base_model is None and getattr(card.data, "base_model_relation", None) is None
+    assert "https://huggingface.co/runs/tiny-qwen2-vl" not in str(card)
+    assert f'base_model_id = "{tmp_path / "runs" / "tiny-qwen2-vl"}"' in str(card)
+    assert f'model_id = "{run.resolve()}"' in str(card)
+
+
+def test_published_card_names_hub_repos_and_revisions(runs: dict[str, Path], tmp_path: Path) -> None:
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    run = write_run_dir(tmp_path / "silkie-hub", runs["base"], adapter=True, base_model_revision=sha)
+    card = render_model_card(run, repo_id="vlf-org/silkie", revision="v1.2.0")
+    text = str(card)
+    assert card.data.base_model == BASE_MODEL_ID and card.data.datasets == ["vlf-org/vlfeedback"]
+    assert card.data.base_model_relation == "adapter"
+    assert f"[`{BASE_MODEL_ID}`](https://huggingface.co/{BASE_MODEL_ID}) (revision `{sha}`)" in text
+    assert 'model_id = "vlf-org/silkie"' in text and f'base_model_id = "{BASE_MODEL_ID}"' in text
+    assert f'from_pretrained(base_model_id, revision="{sha}"' in text
+    assert 'PeftModel.from_pretrained(model, model_id, revision="v1.2.0")' in text
+    assert str(tmp_path) not in text.split("## Training")[0]  # no local path before the training record

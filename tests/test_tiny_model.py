@@ -175,3 +175,16 @@ def test_one_trl_dpo_step_on_pair_rows(tiny_models: dict[str, Path], family: str
     decoder = {name for name in before if name.startswith(("model.language_model.", "lm_head."))}
     assert decoder <= changed
     assert changed - decoder, "the vision side received no update"
+
+
+def test_cli_verb_refuses_an_existing_model_without_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "llava"
+    assert cli_main(["tiny-model", "--family", "llava", "--out", str(out), "--seed", "3"]) == 0
+    weights = (out / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert cli_main(["tiny-model", "--family", "llava", "--out", str(out), "--seed", "4"]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out} is not empty; pass --overwrite" in err and len(err.strip().splitlines()) == 1
+    assert (out / "model.safetensors").read_bytes() == weights  # untouched
+    assert cli_main(["tiny-model", "--family", "llava", "--out", str(out), "--seed", "4", "--overwrite"]) == 0
+    assert json.loads((out / "tiny_model.json").read_text())["seed"] == 4

@@ -19,9 +19,13 @@ from vlfeedback_kit.training.freeze import is_vision_parameter
 CLI = [sys.executable, "-m", "vlfeedback_kit.cli"]
 
 
-def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
+def attempt(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env)
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env)
+
+
+def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    done = attempt(command, cwd)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -111,7 +115,10 @@ def test_tiny_llava_run_with_precomputed_reference_and_prefix_sharing(workspace)
     cache = info["reference_cache"]
     # one batched pass (reference batch 4 = 2x the training batch) before training, then only cache hits
     assert cache["reference_forwards"] == math.ceil(pairs / 4) and cache["misses"] == 0 and cache["hits"] == pairs
-    assert info["base_model"] == "runs/tiny-llava" and math.isfinite(info["metrics"]["train_loss"])
+    assert info["base_model"] == str(workspace / "runs" / "tiny-llava")  # absolute: the card loads it from anywhere
+    assert math.isfinite(info["metrics"]["train_loss"])
+    check = cache["self_check"]  # the first cached batch, recomputed live before it trained the model
+    assert check["rows"] == 2 and check["dtype"] == "float32" and check["max_abs_diff"] <= check["tolerance"] == 0.01
     adapter = state_dict(out)
     assert adapter and not any("vision_tower" in k or "multi_modal_projector" in k for k in adapter)
     assert list((workspace / "llava-cache").glob("*.parquet"))
@@ -155,8 +162,10 @@ def test_kit_loss_equals_trl_sigmoid_loss_on_the_same_batch(workspace, family, p
     assert kit_loss.item() == pytest.approx(stock_loss.item(), rel=1e-4)
     assert kit.reference_forwards == forwards  # served from the cache
     policy_hook, reference_hook = kit.image_sharing
-    # each image once per forward: through the hook for two-row pairs; a packed pair carries its image only once
-    expected = (0, 0) if prefix else (8, 4)
+    # each image once per forward: through the hook for two-row pairs; a packed pair carries its image only once.
+    # The reference side: 8 in the pass, then 4 when the step-0 self-check recomputes the first cached batch live
+    assert kit.ref_cache_check["rows"] == 4 and kit.ref_cache_check["max_abs_diff"] <= kit.ref_cache_check["tolerance"]
+    expected = (0, 0) if prefix else (8 + 4, 4)
     assert (reference_hook.encoded_images, policy_hook.encoded_images) == expected
 
 
@@ -343,7 +352,8 @@ def test_two_process_ddp_shares_one_reference_pass(workspace):
                str(RECIPES.parent / "dpo.py"), "--config", str(RECIPES / "tiny.yaml"), "--max_steps", "-1",
                "--num_train_epochs", "1", "--output_dir", str(out), "--ddp_backend", "gloo",
                "--ref_cache_dir", str(workspace / "ddp-cache")]  # fmt: skip
-    run(command, workspace)
+    done = run(command, workspace)
+    assert sum(line.startswith("audit: ") for line in done.stdout.splitlines()) == 1  # printed by rank 0 only
     info = json.loads((out / "run_info.json").read_text())
     pairs = json.loads((workspace / "vlfeedback" / "build_report.json").read_text())["splits"]["pairs"]["train"]
     cache = info["reference_cache"]
@@ -450,3 +460,223 @@ def test_prefix_sharing_refuses_what_it_cannot_pack(workspace):
     eager.config._attn_implementation = "flash_attention_2"
     with pytest.raises(ValueError, match="attn_implementation"):
         PrefixSharing(eager)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--max_stepz", "2"], "Some specified arguments are not used by the HfArgumentParser: ['--max_stepz', '2']"),
+        (["--max_steps", "two"], "argument --max_steps/--max-steps: invalid int value: 'two'"),
+        (["--output_dir", "runs/unsaved", "--resume_from_checkpoint", "true"], "runs/unsaved has no checkpoint"),
+    ],
+    ids=["misspelled", "invalid-value", "resume-without-checkpoint"],
+)
+def test_train_refuses_bad_flags_in_one_line_before_the_launch(workspace, flags, message):
+    done = attempt([*CLI, "train", "--recipe", "tiny", "--accelerate", "cpu", *flags], workspace)
+    assert done.returncode == 2 and done.stdout == ""  # nothing launched
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("vlfeedback train: error: ") and message in line
+
+
+def test_readme_resume_example_runs_as_written(workspace):
+    """The README's two resume lines: train 4 steps saving checkpoints, then resume from the last to the recipe's 6."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    lines = [line.split("#")[0].split() for line in readme.splitlines() if "--save_steps 2" in line]
+    assert len(lines) == 2 and "--resume_from_checkpoint" in lines[1], lines
+    for words in lines:
+        assert words[:4] == ["vlfeedback", "train", "--recipe", "tiny"]
+        run([*CLI, *words[1:], "--accelerate", "cpu"], workspace)
+    state = json.loads((workspace / "runs" / "silkie-tiny" / "trainer_state.json").read_text())
+    assert state["global_step"] == 6 and [e["step"] for e in state["log_history"] if "loss" in e] == [1, 2, 3, 4, 5, 6]
+    assert (workspace / "runs" / "silkie-tiny" / "checkpoint-4").is_dir()
+
+
+def tiny_script_args(*flags: str) -> tuple:
+    from vlfeedback_kit.training.dpo import parse_arguments
+
+    return parse_arguments(["--config", str(RECIPES / "tiny.yaml"), "--output_dir", "unused", *flags])
+
+
+def test_local_model_key_follows_content_not_place_or_mtime(workspace, tmp_path):
+    import shutil
+
+    from vlfeedback_kit.training.dpo import resolve_model
+
+    original = workspace / "runs" / "tiny-qwen2-vl"
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)
+    (copy / "model.safetensors").touch()  # a new mtime, same bytes
+    assert resolve_model(str(copy), None).key == resolve_model(str(original), None).key
+    weights = copy / "model.safetensors"
+    stat, data = weights.stat(), bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of one weight, same size and modification time
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert resolve_model(str(copy), None).key != resolve_model(str(original), None).key
+
+
+def test_hub_model_key_is_its_commit_online_and_offline(workspace, hub, tmp_path, monkeypatch):
+    from huggingface_hub import HfApi, constants
+
+    from vlfeedback_kit.training.dpo import resolve_model
+
+    api = HfApi(endpoint=hub.url, token="hf_test")
+    api.create_repo("org/tiny-vlm")
+    api.upload_folder(folder_path=workspace / "runs" / "tiny-qwen2-vl", repo_id="org/tiny-vlm")
+    first = api.model_info("org/tiny-vlm").sha
+    assert resolve_model("org/tiny-vlm", None).key == first  # resolving records main -> sha in the local cache
+    api.upload_file(path_or_fileobj=b"{}", path_in_repo="extra.json", repo_id="org/tiny-vlm")
+    second = api.model_info("org/tiny-vlm").sha
+    assert resolve_model("org/tiny-vlm", None).key == second != first
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # offline: the commit the cache knows, never "main"
+    assert resolve_model("org/tiny-vlm", None).key == second
+    assert resolve_model("org/tiny-vlm", first).key == first
+
+
+def test_hub_dataset_is_loaded_at_the_commit_recorded(workspace, hub, tmp_path, monkeypatch):
+    """main moves between the revision lookup and the load: the run still reads, and records, one commit."""
+    parquet = "data/train.parquet"
+    import datasets
+    from huggingface_hub import HfApi
+
+    from vlfeedback_kit.training.dpo import load_training_data
+
+    monkeypatch.setattr(datasets.config, "HF_ENDPOINT", hub.url)
+    api = HfApi(endpoint=hub.url, token="hf_test")
+    api.create_repo("org/vlf", repo_type="dataset")
+    shard = next((workspace / "vlfeedback" / "data" / "pairs").glob("*.parquet"))
+    api.upload_file(path_or_fileobj=shard, path_in_repo=parquet, repo_id="org/vlf", repo_type="dataset")
+    first = api.dataset_info("org/vlf").sha
+    real_load = datasets.load_dataset
+    three = tmp_path / "three.parquet"
+    real_load(str(workspace / "vlfeedback"), "pairs", split="train").select(range(3)).to_parquet(three)
+
+    def main_moves_then_load(*args, **kwargs):
+        api.upload_file(path_or_fileobj=three, path_in_repo=parquet, repo_id="org/vlf", repo_type="dataset")
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(datasets, "load_dataset", main_moves_then_load)
+    script_args, _, _ = tiny_script_args("--dataset_name", "org/vlf", "--dataset_config", "default")
+    dataset, source = load_training_data(script_args)
+    assert source.key == source.load == first != api.dataset_info("org/vlf").sha
+    assert dataset["train"].num_rows == datasets.Dataset.from_parquet(str(shard)).num_rows != 3
+
+
+def test_local_dataset_key_is_the_config_data_not_the_folder(workspace, tmp_path):
+    import shutil
+
+    from vlfeedback_kit.cli import main as cli_main
+    from vlfeedback_kit.training.dpo import resolve_dataset
+
+    original = resolve_dataset(str(workspace / "vlfeedback"), "pairs", None).key
+    copy = tmp_path / "vlfeedback"
+    shutil.copytree(workspace / "vlfeedback", copy)
+    assert resolve_dataset(str(copy), "pairs", None).key == original  # a copy keeps its cache
+    assert cli_main(["pairs", str(copy), "length-balanced"]) == 0  # an unrelated config and new records
+    assert resolve_dataset(str(copy), "pairs", None).key == original
+    assert resolve_dataset(str(copy), "length-balanced", None).key != original
+    assert resolve_dataset(str(copy), "raw", None).key != original
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [("--bf16", "true"), ("--dtype", "bfloat16"), ("--attn_implementation", "eager"), ("--load_in_4bit", "true")],
+    ids=["autocast", "dtype", "attention", "quantization"],
+)
+def test_cache_key_holds_precision_attention_and_quantization(flags):
+    from vlfeedback_kit.training.dpo import Source, cache_parts
+    from vlfeedback_kit.training.ref_cache import namespace
+
+    data, model = Source("d", None, "local-d"), Source("m", None, "local-m")
+    base = cache_parts(*tiny_script_args(), {}, data, model)
+    changed = cache_parts(*tiny_script_args(*flags), {}, data, model)
+    assert namespace(changed) != namespace(base)
+    data, model = Source("elsewhere/d", None, "local-d"), Source("x/m", None, "local-m")
+    moved = cache_parts(*tiny_script_args(), {}, data, model)
+    assert namespace(moved) == namespace(base)  # local folders are keyed by content, not by their path
+
+
+def self_check_trainer(workspace: Path, tmp_path: Path, cache, **settings):
+    from datasets import load_dataset
+    from transformers import AutoProcessor
+
+    from vlfeedback_kit.training.trainer import SilkieDPOTrainer
+
+    model_dir = workspace / "runs" / "tiny-qwen2-vl"
+    return SilkieDPOTrainer(
+        model=str(model_dir),
+        args=cpu_dpo_config(tmp_path, **({"per_device_train_batch_size": 4, "max_steps": 1} | settings)),
+        train_dataset=load_dataset(str(workspace / "vlfeedback"), "pairs", split="train").select(range(4)),
+        processing_class=AutoProcessor.from_pretrained(model_dir),
+        ref_cache=cache,
+    )
+
+
+def test_step_zero_self_check_measures_the_cache_against_a_live_forward(workspace, tmp_path):
+    from vlfeedback_kit.training.ref_cache import RefLogpCache
+
+    cache = RefLogpCache(tmp_path / "ref.parquet", {})
+    trainer = self_check_trainer(
+        workspace, tmp_path, cache, per_device_train_batch_size=2, ref_batch_size=4, max_steps=2
+    )  # two steps cover the 4 rows: the pass runs
+    trainer.train()  # the pass fills the cache in one batch of 4, the first step recomputes its batch of 2 live
+    check = trainer.ref_cache_check
+    assert check["rows"] == 2 and check["dtype"] == "float32" and check["tolerance"] == 0.01
+    assert 0 <= check["max_abs_diff"] < 1e-3
+    print(f"self-check, tiny Qwen2-VL, fp32: max |cached - live| = {check['max_abs_diff']:.3g} nats")
+
+
+def test_step_zero_self_check_stops_a_wrong_cache_naming_rows(workspace, tmp_path):
+    from vlfeedback_kit.training.ref_cache import ReferenceCacheMismatch, RefLogpCache
+
+    right = self_check_trainer(workspace, tmp_path / "right", RefLogpCache(tmp_path / "right.parquet", {}))
+    right.precompute_reference()
+    wrong = RefLogpCache(tmp_path / "wrong.parquet", {})
+    wrong.values = dict(right.ref_cache.values)
+    row = right.train_dataset[2]
+    chosen, rejected = wrong.values[row["pair_key"]]
+    wrong.values[row["pair_key"]] = (chosen - 1.0, rejected)  # a stale entry: another model or image
+    trainer = self_check_trainer(workspace, tmp_path / "wrong", wrong)
+    before = {k: v.detach().clone() for k, v in trainer.model.named_parameters() if v.requires_grad}
+    with pytest.raises(ReferenceCacheMismatch) as stopped:
+        trainer.train()
+    message = str(stopped.value)
+    assert f"row 2 (id {row['id']})" in message and "row 0" not in message and "ref_cache: false" in message
+    assert "up to 1 nats (tolerance 0.01 for float32)" in message
+    after = dict(trainer.model.named_parameters())
+    assert all(torch.equal(before[k], after[k]) for k in before)  # stopped before the optimizer step
+    assert not (tmp_path / "wrong.parquet").exists()  # a wrong cache is not written back
+
+
+def test_script_loads_the_model_as_trl_does(workspace, tmp_path, monkeypatch):
+    """training/dpo.py hands TRL the model id, model_init_kwargs (revision, trust_remote_code, attention, dtype, the
+    recipe's own) and ModelConfig's quantization, as trl/scripts/dpo.py does."""
+    from trl import get_quantization_config
+
+    from vlfeedback_kit.training import dpo, trainer
+
+    seen = {}
+
+    class Recorder(trainer.SilkieDPOTrainer):
+        def __init__(self, *args, **kwargs):
+            seen.update(kwargs)
+            super().__init__(*args, **kwargs)
+            seen["attn"] = self.model.config._attn_implementation
+
+        def train(self, *args, **kwargs):
+            seen["trained"] = True
+            raise KeyboardInterrupt  # stop before the steps
+
+    monkeypatch.setattr(trainer, "SilkieDPOTrainer", Recorder)
+    monkeypatch.chdir(workspace)
+    script_args, training_args, model_args = tiny_script_args(
+        "--model_init_kwargs", '{"attn_implementation": "eager"}', "--trust_remote_code", "false"
+    )
+    with pytest.raises(KeyboardInterrupt):
+        dpo.main(script_args, training_args, model_args)
+    assert seen["model"] == "runs/tiny-qwen2-vl" and seen["trained"] and seen["quantization_config"] is None
+    kwargs = training_args.model_init_kwargs
+    assert kwargs["attn_implementation"] == "eager" == seen["attn"] and kwargs["trust_remote_code"] is False
+    assert kwargs["dtype"] == "float32" and kwargs["revision"] is None  # a local folder: no Hub revision
+    _, _, quantized = tiny_script_args("--load_in_4bit", "true")
+    assert get_quantization_config(quantized).load_in_4bit

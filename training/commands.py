@@ -21,18 +21,51 @@ def names(folder: Path) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml"))
 
 
+def yaml_file(name: str, kind: str, folder: Path) -> Path:
+    """A recipe or accelerate config given by name (a file of ``folder``) or as a ``.yaml`` path."""
+    path = Path(name) if name.endswith(".yaml") else folder / f"{name}.yaml"
+    if not path.is_file():
+        raise UserError(f"no {kind} {path.stem!r}; choose one of {', '.join(names(folder))} or pass a .yaml path")
+    return path
+
+
 def launch_command(recipe: str, accelerate: str, overrides: list[str]) -> list[str]:
-    """The ``accelerate launch`` command line that ``vlfeedback train`` runs."""
-    recipe_path = Path(recipe) if recipe.endswith(".yaml") else RECIPES / f"{recipe}.yaml"
-    config_path = Path(accelerate) if accelerate.endswith(".yaml") else ACCELERATE / f"{accelerate}.yaml"
-    for path, kind, folder in ((recipe_path, "recipe", RECIPES), (config_path, "accelerate config", ACCELERATE)):
-        if not path.is_file():
-            raise UserError(f"no {kind} {path.stem!r}; choose one of {', '.join(names(folder))} or pass a .yaml path")
+    """The ``accelerate launch`` command line that ``vlfeedback train`` runs (``--quiet``: the script's own error,
+    not the launcher's traceback around it)."""
+    recipe_path = yaml_file(recipe, "recipe", RECIPES)
+    config_path = yaml_file(accelerate, "accelerate config", ACCELERATE)
     launcher = shutil.which("accelerate")
-    prefix = [launcher] if launcher else [sys.executable, "-m", "accelerate.commands.launch"]
-    if launcher:
-        prefix.append("launch")
-    return [*prefix, "--config_file", str(config_path), str(HERE / "dpo.py"), "--config", str(recipe_path), *overrides]
+    prefix = [launcher, "launch"] if launcher else [sys.executable, "-m", "accelerate.commands.launch"]
+    return [
+        *prefix, "--quiet", "--config_file", str(config_path),
+        str(HERE / "dpo.py"), "--config", str(recipe_path), *overrides,
+    ]  # fmt: skip
+
+
+def check_arguments(recipe: str, overrides: list[str]) -> None:
+    """Parse the recipe and overrides with the script's own parser and check the checkpoint to resume from, so a
+    misspelled flag or a missing checkpoint is one line here rather than a traceback after the launch. The parse
+    runs in a short child process: building TrainingArguments sets up the accelerator, which the launcher's parent
+    must not hold (a CUDA context on GPU 0 for the whole run)."""
+    code = "import sys\nfrom vlfeedback_kit.training.commands import check_here\nsys.exit(check_here(sys.argv[1:]))"
+    recipe_path = str(yaml_file(recipe, "recipe", RECIPES))
+    done = subprocess.run([sys.executable, "-c", code, recipe_path, *overrides], capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or [f"the recipe and flags do not parse (exit {done.returncode})"]
+        raise UserError(lines[-1])
+
+
+def check_here(argv: list[str]) -> int:
+    """:func:`check_arguments` in this process: 0, or 2 with the one-line reason on stderr."""
+    from vlfeedback_kit.training.dpo import parse_arguments, resume_checkpoint
+
+    try:
+        _, training_args, _ = parse_arguments(["--config", argv[0], *argv[1:]])
+        resume_checkpoint(training_args)
+    except UserError as err:
+        print(err, file=sys.stderr)
+        return 2
+    return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -58,6 +91,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     tiny.add_argument("--family", required=True, choices=FAMILIES, help="architecture to build")
     tiny.add_argument("--out", required=True, type=Path, help="folder to write (model, processor, tokenizer)")
     tiny.add_argument("--seed", type=int, default=0, help="weight initialisation seed (default 0)")
+    tiny.add_argument(
+        "--overwrite", action="store_true", help="replace the model files of a non-empty --out (default: refuse)"
+    )
     tiny.set_defaults(func=_tiny_model, extras=("train",))
 
 
@@ -68,6 +104,7 @@ def _train(args: argparse.Namespace) -> int:
 
         accelerate = "single_gpu" if torch.cuda.is_available() else "cpu"
     command = launch_command(args.recipe, accelerate, args.extra)
+    check_arguments(args.recipe, args.extra)
     print(" ".join(command), flush=True)
     if args.print_command:
         return 0
@@ -77,6 +114,8 @@ def _train(args: argparse.Namespace) -> int:
 def _tiny_model(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"--out {args.out} exists and is not a folder")
+    if args.out.is_dir() and any(args.out.iterdir()) and not args.overwrite:
+        raise UserError(f"--out {args.out} is not empty; pass --overwrite to replace its model, or choose another")
     out = build_tiny_model(args.family, args.out, seed=args.seed)
     print(f"wrote a tiny random {args.family} model (seed {args.seed}) to {out}")
     print("load it offline with:")

@@ -32,7 +32,9 @@ class SilkieDPOConfig(DPOConfig):
 
     Reference cache: reference log-probs are computed once — ``ref_precompute`` runs one gradient-free pass with
     ``ref_batch_size`` before training — and stored under ``ref_cache_dir`` (default: beside a local dataset, else
-    under ``$HF_HOME/vlfeedback``), keyed by dataset revision, model revision and processor settings.
+    under ``$HF_HOME/vlfeedback``), keyed by the exact data and weights and how the reference is computed. Before the
+    first step trained on cached values, that batch is recomputed live; a difference above ``ref_cache_tolerance``
+    stops the run.
 
     Image sharing: ``share_image_features`` encodes each image once per step for chosen, rejected and reference;
     ``share_prompt_prefix`` packs chosen and rejected behind one copy of the prompt (``prefix_sharing``).
@@ -54,6 +56,13 @@ class SilkieDPOConfig(DPOConfig):
         default=None, metadata={"help": "Batch size of the reference pass (default: 2x per_device_train_batch_size)."}
     )
     ref_cache_dir: str | None = field(default=None, metadata={"help": "Where reference caches are stored."})
+    ref_cache_tolerance: float | None = field(
+        default=None,
+        metadata={
+            "help": "Largest |cached - live| reference log-prob (nats) the step-0 self-check accepts (default per "
+            "compute dtype: float32 0.01, float16 0.1, bfloat16 0.25)."
+        },
+    )
     share_image_features: bool = field(
         default=True, metadata={"help": "Encode each image once per step (chosen, rejected and reference)."}
     )

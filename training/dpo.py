@@ -13,7 +13,13 @@ accelerate launch --config_file training/accelerate/zero2.yaml training/dpo.py \
 ```
 
 Any TRL flag overrides the recipe (``--max_steps 10 --output_dir runs/debug``); ``--resume_from_checkpoint true``
-resumes from the last checkpoint in ``output_dir``. ``vlfeedback train --recipe NAME`` runs the same launch.
+resumes from the last checkpoint in ``output_dir`` (saved with ``--save_strategy steps`` or ``epoch``).
+``vlfeedback train --recipe NAME`` runs the same launch after parsing the recipe and flags with this script's parser.
+
+As in TRL's ``trl/scripts/dpo.py`` the trainer loads the model from ``model_init_kwargs`` (revision,
+``trust_remote_code``, ``attn_implementation``, ``dtype``, plus the recipe's own ``model_init_kwargs``) with
+``ModelConfig``'s quantization (``load_in_4bit`` / ``load_in_8bit``). The model and the dataset are loaded at the
+commit their revisions resolve to when the run starts, and that commit keys the reference cache.
 
 Outputs in ``output_dir``: the LoRA adapter (and ``merged/`` with ``--merge``), the processor, ``run_info.json``
 (base model, dataset id + revision, hyperparameters, hardware, metrics), ``train_results.json``,
@@ -26,9 +32,17 @@ import argparse
 import hashlib
 import json
 import logging
+import re
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+from vlfeedback_kit.errors import UserError
+
 RUN_INFO = "run_info.json"
+SHARD_NAME = re.compile(r"-\d{5}-of-\d{5}-[0-9a-f]{12}\.parquet$")
+"""A shard written by ``vlfeedback build``: its name ends in a digest of its bytes (``builders/writer.py``)."""
+MODEL_SUFFIXES = (".json", ".safetensors", ".bin", ".model", ".jinja", ".txt", ".py", ".tiktoken")
 
 logger = logging.getLogger(__name__)
 
@@ -45,59 +59,175 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
     return TrlParser(dataclass_types, prog=prog)
 
 
-def folder_fingerprint(folder: Path, suffixes: tuple[str, ...]) -> str:
-    """``local-<hash>`` of a folder's files (names, sizes, modification times) with the given suffixes."""
-    files = sorted(
-        p for p in folder.rglob("*") if p.is_file() and p.suffix in suffixes and ".ref_logps" not in p.parts
-    )
-    listing = "\n".join(f"{p.relative_to(folder)}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
-    return "local-" + hashlib.sha256(listing.encode()).hexdigest()[:12]
+def parse_arguments(argv: list[str] | None = None) -> tuple:
+    """The script's dataclasses from a recipe and flags; a misspelled or invalid flag is a UserError carrying the
+    parser's (HfArgumentParser's, argparse's or a config's ``ValueError``) message alone."""
+
+    def refuse(message: str):
+        raise UserError(message)
+
+    parser = make_parser()
+    parser.error = refuse
+    try:
+        return parser.parse_args_and_config(argv)
+    except ValueError as err:
+        raise UserError(str(err)) from err
 
 
-def dataset_revision(name: str, revision: str | None) -> str:
-    """The exact revision trained on: a Hub commit sha, or a fingerprint of a local folder's data and records."""
-    folder = Path(name)
-    if folder.is_dir():
-        return folder_fingerprint(folder, (".parquet", ".json", ".jsonl", ".arrow"))
-    from huggingface_hub import HfApi
+def resume_checkpoint(training_args) -> str | None:
+    """The checkpoint ``resume_from_checkpoint`` names (``true`` / ``last``: the newest in ``output_dir``); a
+    UserError when there is none, so a launch never starts only to crash on it."""
+    value = training_args.resume_from_checkpoint
+    if value is None or str(value).lower() in ("", "false", "none"):
+        return None
+    if str(value).lower() not in ("true", "last"):
+        if not Path(value).is_dir():
+            raise UserError(f"--resume_from_checkpoint {value}: no such checkpoint folder")
+        return str(value)
+    from transformers.trainer_utils import get_last_checkpoint
 
-    return HfApi().dataset_info(name, revision=revision).sha
+    output_dir = Path(training_args.output_dir)
+    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    if last is None:
+        raise UserError(
+            f"--resume_from_checkpoint {value}: {output_dir} has no checkpoint-* folder to resume from (a run saves "
+            "them with --save_strategy steps or epoch; the tiny recipe saves none); drop --resume_from_checkpoint"
+        )
+    return last
 
 
-def model_revision(name: str, revision: str | None) -> str:
-    """The exact model the reference comes from: a Hub commit sha, or a fingerprint of a local model folder."""
-    if Path(name).is_dir():
-        return folder_fingerprint(Path(name), (".json", ".safetensors", ".bin", ".model"))
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+def content_digest(paths: list[Path], root: Path) -> str:
+    """``local-<hash>`` of files' relative names and bytes: equal for a copy of the folder, new when a byte changes."""
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(f"{path.relative_to(root).as_posix()}\0".encode())
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+        digest.update(b"\0")
+    return "local-" + digest.hexdigest()[:16]
+
+
+def local_dataset_key(folder: Path, config: str | None) -> str:
+    """``local-<hash>`` of the data files ``config`` loads from a local folder: a shard's content-addressed name
+    stands for its bytes, any other file is hashed. Other configs, records and the folder's place do not count."""
+    from datasets import load_dataset_builder
+
+    files = load_dataset_builder(str(folder), config).config.data_files or {}
+    digest = hashlib.sha256()
+    for split in sorted(files):
+        for name in sorted(str(f) for f in files[split]):
+            path = Path(name.removeprefix("file://"))
+            if SHARD_NAME.search(path.name):
+                digest.update(f"{split}/{path.name}\n".encode())
+            else:
+                digest.update(f"{split}/{path.name}:{content_digest([path], path.parent)}\n".encode())
+    return "local-" + digest.hexdigest()[:16]
+
+
+def hub_commit(name: str, revision: str | None, repo_type: str) -> str:
+    """The commit sha ``revision`` of a Hub repo points to now (from the local cache when offline)."""
+    from huggingface_hub import HfApi, constants
 
     try:
-        return HfApi().model_info(name, revision=revision).sha
-    except (HfHubHTTPError, OfflineModeIsEnabled, OSError):
-        return revision or "main"  # offline: the requested revision is the best we know
+        resolved = HfApi().resolve_revision(
+            name, repo_type=repo_type, revision=revision, local_files_only=constants.HF_HUB_OFFLINE
+        )
+    except Exception as err:  # any failure ends the same way: no commit, no run
+        flag = "--dataset_revision" if repo_type == "dataset" else "--model_revision"
+        raise UserError(
+            f"cannot resolve {repo_type} {name} at revision {revision or 'main'} to a commit "
+            f"({type(err).__name__}); reach the Hub, or pass {flag} with a commit sha that is in the local cache"
+        ) from err
+    return resolved.resolved
 
 
-def reference_cache(script_args, training_args, model_args, processor, revision: str):
-    """The reference log-prob cache for this dataset revision, model revision and processor settings."""
+@dataclass(frozen=True)
+class Source:
+    """Where a dataset or model comes from: ``load`` is passed to the loader as its revision (a commit sha, or None
+    for a local folder), ``key`` identifies the exact bytes (the sha, or a digest of a local folder's content)."""
+
+    name: str
+    load: str | None
+    key: str
+
+    @property
+    def local(self) -> bool:
+        """Whether the source is a local folder rather than a Hub repo."""
+        return self.load is None
+
+
+def resolve_dataset(name: str, config: str | None, revision: str | None) -> Source:
+    """The dataset's exact revision, resolved before anything is loaded so that the load and the records agree."""
+    folder = Path(name)
+    if folder.is_dir():
+        return Source(name, None, local_dataset_key(folder, config))
+    sha = hub_commit(name, revision, "dataset")
+    return Source(name, sha, sha)
+
+
+def resolve_model(name: str, revision: str | None) -> Source:
+    """The model's exact revision: the commit its Hub snapshot comes from (what ``config._commit_hash`` was before
+    transformers 5), or a digest of a local folder's weights, configs and tokenizer files."""
+    folder = Path(name)
+    if folder.is_dir():
+        files = [p for p in folder.iterdir() if p.is_file() and p.suffix in MODEL_SUFFIXES]  # what loading reads
+        return Source(name, None, content_digest(files, folder))
+    sha = hub_commit(name, revision, "model")
+    return Source(name, sha, sha)
+
+
+def load_training_data(script_args):
+    """The dataset and its resolved source: the revision is resolved first and the load done at that commit, so a
+    branch that moves meanwhile cannot make the records (and the reference cache) name data the run did not read."""
+    from datasets import load_dataset
+
+    data = resolve_dataset(script_args.dataset_name, script_args.dataset_config, script_args.dataset_revision)
+    return load_dataset(script_args.dataset_name, script_args.dataset_config, revision=data.load), data
+
+
+def cache_parts(script_args, training_args, model_args, processor_settings: dict, data: Source, model: Source) -> dict:
+    """Everything the reference log-probs depend on: the exact data and weights, how the model is loaded and run
+    (dtype, attention implementation, quantization, autocast precision), the processor, the length limits and the
+    library versions. A local folder is keyed by its content only, so a copy of it keeps its cache."""
+    import transformers
     import trl
 
+    init = {k: str(v) for k, v in (training_args.model_init_kwargs or {}).items() if k != "revision"}
+    init.setdefault("dtype", str(model_args.dtype))
+    init.setdefault("attn_implementation", str(model_args.attn_implementation or "default"))
+    quantization = [model_args.load_in_4bit, model_args.load_in_8bit]
+    if model_args.load_in_4bit:
+        quantization += [model_args.bnb_4bit_quant_type, model_args.use_bnb_nested_quant]
+    precision = "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32"
+    settings = hashlib.sha256(json.dumps(processor_settings, sort_keys=True, default=str).encode())
+    return {
+        "dataset": {
+            "name": None if data.local else data.name,
+            "config": script_args.dataset_config,
+            "split": script_args.dataset_train_split,
+            "revision": data.key,
+        },
+        "model": {"name": None if model.local else model.name, "revision": model.key, "init": init},
+        "quantization": quantization,
+        "autocast": precision,
+        "processor": settings.hexdigest(),
+        "max_length": training_args.max_length,
+        "ld_alpha": training_args.ld_alpha,
+        "share_prompt_prefix": training_args.share_prompt_prefix,
+        "trl": trl.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
+def reference_cache(script_args, training_args, model_args, processor, data: Source, model: Source):
+    """The reference log-prob cache of this exact dataset, model and way of computing (None with ``ref_cache``
+    off)."""
     from vlfeedback_kit.training.ref_cache import RefLogpCache, default_cache_dir
 
     if not training_args.ref_cache:
         return None
-    processor_settings = hashlib.sha256(json.dumps(processor.to_dict(), sort_keys=True, default=str).encode())
-    parts = {
-        "dataset": [script_args.dataset_name, script_args.dataset_config, script_args.dataset_train_split, revision],
-        "model": [
-            model_args.model_name_or_path,
-            model_revision(model_args.model_name_or_path, model_args.model_revision),
-            str(model_args.dtype),
-        ],
-        "processor": processor_settings.hexdigest(),
-        "max_length": training_args.max_length,
-        "ld_alpha": training_args.ld_alpha,
-        "trl": trl.__version__,
-    }
+    parts = cache_parts(script_args, training_args, model_args, processor.to_dict(), data, model)
     folder = (
         Path(training_args.ref_cache_dir)
         if training_args.ref_cache_dir
@@ -106,78 +236,106 @@ def reference_cache(script_args, training_args, model_args, processor, revision:
     return RefLogpCache.open(folder, parts)
 
 
+def set_up_logging(training_args) -> None:
+    """Log at the process's level (``log_level`` on the main process, ``log_level_replica`` elsewhere)."""
+    import datasets
+    import transformers
+
+    level = training_args.get_process_log_level()
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level)
+    logger.setLevel(level)
+    datasets.utils.logging.set_verbosity(level)
+    transformers.utils.logging.set_verbosity(level)
+
+
 def main(script_args, training_args, model_args) -> Path:
     """Train, save the adapter/processor/run records, and return the output folder."""
     import transformers
-    from datasets import load_dataset
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-    from trl import get_peft_config
+    from accelerate import PartialState
+    from packaging.version import Version
+    from transformers import AutoProcessor
+    from trl import get_peft_config, get_quantization_config
 
     from vlfeedback_kit.training.audit import audit_dataset, check_audit
-    from vlfeedback_kit.training.freeze import assert_no_vision_lora, freeze_vision, language_lora_targets
+    from vlfeedback_kit.training.freeze import language_lora_targets
     from vlfeedback_kit.training.outputs import write_outputs
     from vlfeedback_kit.training.trainer import SilkieDPOTrainer
 
+    set_up_logging(training_args)
+    main_process = PartialState().is_main_process
+    resume = resume_checkpoint(training_args)
     transformers.set_seed(training_args.seed)
     output_dir = Path(training_args.output_dir)
-    dataset = load_dataset(script_args.dataset_name, script_args.dataset_config, revision=script_args.dataset_revision)
-    revision = dataset_revision(script_args.dataset_name, script_args.dataset_revision)
+
+    dataset, data = load_training_data(script_args)
     train_dataset = dataset[script_args.dataset_train_split]
     eval_dataset = dataset.get(script_args.dataset_test_split) if training_args.eval_strategy != "no" else None
 
-    processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, revision=model_args.model_revision)
-    model = AutoModelForImageTextToText.from_pretrained(
-        model_args.model_name_or_path,
-        revision=model_args.model_revision,
-        dtype=model_args.dtype,
+    model = resolve_model(model_args.model_name_or_path, model_args.model_revision)
+    model_init_kwargs = dict(
+        revision=model.load,
+        trust_remote_code=training_args.trust_remote_code,
         attn_implementation=model_args.attn_implementation,
+        dtype=model_args.dtype,
     )
-    if training_args.freeze_vision:
-        freeze_vision(model)
+    if training_args.model_init_kwargs is not None:
+        model_init_kwargs.update(training_args.model_init_kwargs)
+    training_args.model_init_kwargs = model_init_kwargs
+    processor = AutoProcessor.from_pretrained(
+        model_args.model_name_or_path, revision=model.load, trust_remote_code=training_args.trust_remote_code
+    )
     if model_args.use_peft and model_args.lora_target_modules is None:
         model_args.lora_target_modules = language_lora_targets()
 
     audit = None
     if training_args.audit:
         audit = audit_dataset(train_dataset, processor, training_args.max_length)
-        print(audit.summary())
+        if main_process:
+            print(audit.summary())
         check_audit(audit, training_args.audit_allow_response_truncation)
 
     trainer = SilkieDPOTrainer(
-        model=model,
+        model=model_args.model_name_or_path,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=processor,
+        quantization_config=get_quantization_config(model_args),
         peft_config=get_peft_config(model_args),
-        ref_cache=reference_cache(script_args, training_args, model_args, processor, revision),
+        ref_cache=reference_cache(script_args, training_args, model_args, processor, data, model),
         lengths=audit.lengths(training_args.share_prompt_prefix) if audit is not None else None,
     )
-    if training_args.freeze_vision:
-        assert_no_vision_lora(trainer.model)
-    if model_args.use_peft and model_args.lora_dropout and training_args.disable_dropout:
+    if script_args.ignore_bias_buffers:
+        import torch
+
+        trainer.model._ddp_params_and_buffers_to_ignore = [
+            name for name, buffer in trainer.model.named_buffers() if buffer.dtype == torch.bool
+        ]
+    if model_args.use_peft and model_args.lora_dropout and training_args.disable_dropout and main_process:
         logger.warning(
             "lora_dropout=%s has no effect: TRL's disable_dropout (default true) sets every dropout to 0, LoRA's "
             "included; set disable_dropout: false to train with it",
             model_args.lora_dropout,
         )
-    resume = training_args.resume_from_checkpoint
-    resume = True if str(resume).lower() in ("true", "last") else resume
     result = trainer.train(resume_from_checkpoint=resume)
 
     trainer.save_model(str(output_dir))
     if trainer.accelerator.is_main_process:
-        write_outputs(trainer, processor, result, script_args, training_args, model_args, revision, audit)
+        write_outputs(trainer, processor, result, script_args, training_args, model_args, data, model, audit)
         print(
             f"Silkie run in {output_dir}: train loss {result.metrics.get('train_loss', float('nan')):.4f}; adapter, "
             "README.md (model card), training_curves.png, run_info.json. Publish it with: vlfeedback publish model "
             f"{output_dir} --repo ORG/NAME --version 0.1.0"
         )
     trainer.accelerator.wait_for_everyone()
+    if Version(transformers.__version__) >= Version("5.18.0"):
+        trainer.end()  # finish the trackers and destroy the process group, as TRL's script does
     return output_dir
 
 
 if __name__ == "__main__":
-    parser = make_parser()
-    script_args, training_args, model_args = parser.parse_args_and_config()
-    main(script_args, training_args, model_args)
+    try:
+        main(*parse_arguments())
+    except UserError as err:
+        print(f"training/dpo.py: error: {err}", file=sys.stderr)
+        sys.exit(2)

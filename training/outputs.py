@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
@@ -65,8 +66,12 @@ def resolved_config(script_args, training_args, model_args) -> dict:
     }
 
 
-def write_outputs(trainer, processor, result, script_args, training_args, model_args, revision, audit) -> None:
-    """Processor, optional merged weights, run_info.json, metrics, curves, resolved config and audit."""
+def write_outputs(trainer, processor, result, script_args, training_args, model_args, data, model, audit) -> None:
+    """Processor, optional merged weights, run_info.json, metrics, curves, resolved config and audit.
+
+    ``data`` and ``model`` are the resolved sources (``dpo.Source``): the exact commit, or a local folder's
+    content digest. A local base model is recorded by its absolute path, so the model card loads it from anywhere.
+    """
     import peft
     import transformers
     import trl
@@ -87,13 +92,14 @@ def write_outputs(trainer, processor, result, script_args, training_args, model_
         hyperparameters |= {k: _plain(getattr(model_args, k)) for k in LORA}
     last = next((e for e in reversed(trainer.state.log_history) if "rewards/accuracies" in e), {})
     info = {
-        "base_model": model_args.model_name_or_path,
-        "base_model_revision": model_args.model_revision,
+        "base_model": os.path.abspath(model.name) if model.local else model.name,
+        "base_model_revision": model.key,
+        "base_model_requested_revision": model_args.model_revision,
         "dataset": {
-            "name": script_args.dataset_name,
+            "name": os.path.abspath(data.name) if data.local else data.name,
             "config": script_args.dataset_config,
             "split": script_args.dataset_train_split,
-            "revision": revision,
+            "revision": data.key,
             "requested_revision": script_args.dataset_revision,
         },
         "recipe": script_args.recipe_name,
@@ -113,6 +119,7 @@ def write_outputs(trainer, processor, result, script_args, training_args, model_
             "hits": trainer.ref_cache.hits,
             "misses": trainer.ref_cache.misses,
             "reference_forwards": trainer.reference_forwards,
+            "self_check": trainer.ref_cache_check,
         },
         "curves": CURVES if curves else None,
         "library_versions": {

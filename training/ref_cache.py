@@ -3,8 +3,13 @@
 TRL 1.16 refuses ``precompute_ref_log_probs`` for image data, so every step pays a reference forward. The kit
 computes the reference log-probs once — in one batched, gradient-free pass before training, or on the fly the first
 time a pair is seen — and reuses them across epochs and runs. A cache file belongs to a *namespace*: the dataset
-(id, config, split, revision), the model (id, revision, dtype), the processor settings, ``max_length`` and the TRL
-version; change any of them and a new file is used. Pairs are keyed by ``pair_key`` (see :func:`pair_key`).
+(the content of the data files it reads, or the Hub commit), the model (its content or commit, how it is loaded:
+dtype, attention implementation, quantization), the autocast precision, the processor settings, ``max_length`` and
+the TRL and transformers versions; change any of them and a new file is used. Pairs are keyed by ``pair_key`` (see
+:func:`pair_key`).
+
+Before the first step that trains on cached values, the trainer recomputes that batch's reference log-probs live and
+compares (:data:`TOLERANCE`); a larger difference stops the run (:class:`ReferenceCacheMismatch`).
 """
 
 from __future__ import annotations
@@ -17,7 +22,19 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vlfeedback_kit.errors import UserError
+
 CACHE_FOLDER = ".ref_logps"
+TOLERANCE = {"float32": 0.01, "float16": 0.1, "bfloat16": 0.25}
+"""Largest accepted difference, in nats, between a cached and a live reference log-prob (one sequence's sum), per
+compute dtype: a sum over hundreds of tokens carries that dtype's rounding, and batch composition can change it. At
+beta 0.1 a 0.25-nat error moves a pair's DPO logit by 0.025; a false hit (another model, image or prompt) moves it by
+whole nats. Measured on the CPU with the tiny Qwen2-VL (training batch 2 or 4 against a reference pass of 8 or 16):
+0.0 in float32 and in bfloat16 autocast; BENCHMARKS.md's earlier bfloat16 comparisons differed by 0.010-0.024."""
+
+
+class ReferenceCacheMismatch(UserError):
+    """The step-0 self-check found cached reference log-probs that a live forward does not reproduce."""
 
 
 def image_digest(images: object) -> str:

@@ -1,7 +1,10 @@
 """``SilkieDPOTrainer``: TRL's ``DPOTrainer`` with its loss untouched and the VLM-specific waste removed.
 
 - Reference log-probs come from a :class:`~.ref_cache.RefLogpCache`: one batched, gradient-free pass before
-  training (``ref_precompute``), or filled the first time a pair is seen; reused across epochs and runs.
+  training (``ref_precompute``), or filled the first time a pair is seen; reused across epochs and runs. The first
+  batch served from the cache is also computed live and compared (a self-check that stops a wrong cache).
+- ``freeze_vision`` freezes the vision tower and projector of the model the trainer holds (loaded by TRL from
+  ``model_init_kwargs`` or passed in) and refuses LoRA adapters on them.
 - Each image is processed and encoded once per step, for chosen and rejected and for the reference pass
   (:mod:`vlfeedback_kit.training.shared_images`).
 - Less activation memory, exactly the same numbers (:mod:`.activations`): no per-LoRA-layer input copies
@@ -21,8 +24,9 @@ from transformers import TrainerCallback
 from trl import DPOTrainer
 
 from vlfeedback_kit.training.activations import LoraInputSharing, enable_checkpoint_policy, lora_dropout_active
+from vlfeedback_kit.training.freeze import assert_no_vision_lora, freeze_vision
 from vlfeedback_kit.training.prefix_sharing import PrefixSharing
-from vlfeedback_kit.training.ref_cache import RefLogpCache, pair_key
+from vlfeedback_kit.training.ref_cache import TOLERANCE, ReferenceCacheMismatch, RefLogpCache, pair_key
 from vlfeedback_kit.training.shared_images import ImageFeatureSharing, ImageOnceProcessor
 
 logger = logging.getLogger(__name__)
@@ -121,8 +125,12 @@ class SilkieDPOTrainer(DPOTrainer):
                 lengths,
             )
         super().__init__(**kwargs)
+        if getattr(self.args, "freeze_vision", False):
+            freeze_vision(self.model)
+            assert_no_vision_lora(self.model)
         self.ref_cache = ref_cache
         self.reference_forwards = 0
+        self.ref_cache_check: dict | None = None  # the step-0 self-check's measurement, once it has run
         self.image_sharing: list[ImageFeatureSharing] = []
         if getattr(self.args, "share_image_features", True) and self._is_vision_dataset:
             self.data_collator.processor = ImageOnceProcessor(self.data_collator.processor)
@@ -181,6 +189,8 @@ class SilkieDPOTrainer(DPOTrainer):
             self._lora_inputs.on()
         try:
             result = super().train(*args, **kwargs)
+        except ReferenceCacheMismatch:
+            raise
         except BaseException:
             if self.ref_cache is not None and self.accelerator.is_main_process:
                 self.ref_cache.save()  # keep what this process computed for the next run
@@ -256,6 +266,52 @@ class SilkieDPOTrainer(DPOTrainer):
         for part in gather_object([self.ref_cache.values]):
             self.ref_cache.values.update(part)
 
+    def compute_dtype(self) -> str:
+        """The precision the reference forward runs in: the autocast dtype, else the model's weights."""
+        if self.args.bf16:
+            return "bfloat16"
+        if self.args.fp16:
+            return "float16"
+        weights = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)
+        return str(weights).removeprefix("torch.")
+
+    def _check_cached_reference(self, model, inputs: dict, keys: list[str], chosen, rejected) -> None:
+        """The step-0 self-check: the first batch served from the cache is computed live too; a difference above the
+        dtype's tolerance (``ref_cache_tolerance``, else ``ref_cache.TOLERANCE``) stops the run, naming the rows."""
+        live_chosen, live_rejected = self.compute_ref_log_probs(self._packed(self._reference(model)), inputs)
+        rows = torch.maximum((live_chosen - chosen).float().abs(), (live_rejected - rejected).float().abs())
+        worst = self.accelerator.gather(rows.max().reshape(1)).max().item()  # every rank stops, or none
+        dtype = self.compute_dtype()
+        tolerance = getattr(self.args, "ref_cache_tolerance", None) or TOLERANCE.get(dtype, TOLERANCE["bfloat16"])
+        self.ref_cache_check = {
+            "rows": len(keys),
+            "max_abs_diff": worst,
+            "tolerance": tolerance,
+            "dtype": dtype,
+        }
+        logger.info("reference cache self-check: max |cached - live| = %.3g nats (tolerance %g)", worst, tolerance)
+        if worst <= tolerance:
+            return
+        bad = [key for key, diff in zip(keys, rows.tolist()) if diff > tolerance]
+        raise ReferenceCacheMismatch(
+            f"reference cache self-check failed: cached reference log-probs differ from a live forward by up to "
+            f"{worst:.4g} nats (tolerance {tolerance:g} for {dtype}) on {self._describe_rows(bad) or 'another rank'}; "
+            f"the cache {self.ref_cache.path} was computed for other data, weights or settings: delete it, or train "
+            "with ref_cache: false (--ref_cache false)"
+        )
+
+    def _describe_rows(self, keys: list[str]) -> str:
+        """``row N (id X)`` of the training set for each pair key, as a user finds them in the data."""
+        if not keys:
+            return ""
+        column = self.train_dataset[PAIR_KEY]
+        ids = self.train_dataset["id"] if "id" in self.train_dataset.column_names else None
+        described = []
+        for key in keys:
+            row = column.index(key) if key in column else None
+            described.append(f"row {row}" + (f" (id {ids[row]})" if ids is not None and row is not None else ""))
+        return ", ".join(described)
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """TRL's logs plus the reference cache's running counts."""
         if self.ref_cache is not None and "loss" in logs:
@@ -293,6 +349,8 @@ class SilkieDPOTrainer(DPOTrainer):
         else:
             device = inputs["input_ids"].device
             chosen, rejected = (torch.tensor(values, device=device) for values in cached)
+            if self.ref_cache_check is None:
+                self._check_cached_reference(model, inputs, keys, chosen, rejected)
         inputs["ref_chosen_logps"], inputs["ref_rejected_logps"] = chosen, rejected
         self.precompute_ref_logps = True
         try:
