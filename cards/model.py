@@ -67,6 +67,17 @@ def read_eval_results(path: Path) -> list[dict]:
     return results
 
 
+def read_reference(path: Path) -> list[dict]:
+    """The ``reference`` list of an eval-results JSON: numbers reported elsewhere (the paper), shown in the card
+    body beside ours with their source, never in ``model-index``."""
+    reference = json.loads(path.read_text(encoding="utf-8")).get("reference") or []
+    for index, entry in enumerate(reference):
+        missing = [key for key in ("model", "benchmark", "metric", "value", "source") if key not in entry]
+        if missing:
+            raise UserError(f"{path}: reference[{index}] lacks {', '.join(missing)}")
+    return reference
+
+
 def eval_result(result: dict) -> EvalResult:
     """One result of the eval-results JSON as an ``EvalResult``; a URL ``source`` becomes its ``source_url``."""
     fields = set(EvalResult.__dataclass_fields__)
@@ -93,6 +104,7 @@ def render_model_card(
     title = model_id.split("/")[-1]
     results_path = eval_results or (run_dir / EVAL_RESULTS if (run_dir / EVAL_RESULTS).is_file() else None)
     evaluations = read_eval_results(results_path) if results_path else []
+    reference = read_reference(results_path) if results_path else []
     base_model, base_revision, dataset = run["base_model"], run.get("base_model_revision"), run["dataset"]
     base_id, dataset_id = hub_id(base_model), hub_id(dataset["name"])
     data = ModelCardData(
@@ -130,6 +142,7 @@ def render_model_card(
         curves=CURVES if (run_dir / CURVES).is_file() else None,
         curves_file=CURVES,
         evaluations=evaluations,
+        reference=reference,
         citation=CITATION.read_text(encoding="utf-8").strip(),
     )
 
