@@ -167,7 +167,12 @@ async def _judge_pending(tasks, pending, judgements, config, store, benchmark, s
 
     from vlfeedback_kit.builders.pipeline.cost import call_cost, load_prices, price_for
     from vlfeedback_kit.builders.pipeline.endpoint import (
-        GaveUp, Rejected, RetryPolicy, api_key_from_env, complete, make_client,
+        GaveUp,
+        Rejected,
+        RetryPolicy,
+        api_key_from_env,
+        complete,
+        make_client,
     )  # fmt: skip
 
     price = price_for(config.model, load_prices(config.prices))

@@ -25,7 +25,10 @@ PERCEPTION: tuple[str, ...] = (
 COGNITION: tuple[str, ...] = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
 SUBTASKS: tuple[str, ...] = PERCEPTION + COGNITION
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png")
-NESTED: tuple[str, ...] = ("MME_Benchmark_release_version/MME_Benchmark", "MME_Benchmark_release_version", "MME_Benchmark")
+NESTED: tuple[str, ...] = (
+    "MME_Benchmark_release_version/MME_Benchmark", "MME_Benchmark_release_version", "MME_Benchmark",
+)  # fmt: skip
+"""Extra folder levels the release zips may add above the subtask folders."""
 
 
 @dataclass(frozen=True)
@@ -136,8 +139,8 @@ def load_raw(path: Path) -> list[Item]:
         texts = folder / "questions_answers_YN" if split else folder
         image_dir = folder / "images" if split else folder
         for txt in sorted(texts.glob("*.txt")):
-            image = next((image_dir / (txt.stem + s) for s in IMAGE_SUFFIXES if (image_dir / (txt.stem + s)).is_file()),
-                         None)  # fmt: skip
+            candidates = [image_dir / (txt.stem + suffix) for suffix in IMAGE_SUFFIXES]
+            image = next((path for path in candidates if path.is_file()), None)
             if image is None:
                 raise UserError(f"{txt}: no image {txt.stem}.jpg/.png in {image_dir}")
             for k, (question, truth) in enumerate(_read_pairs(txt)):

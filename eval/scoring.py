@@ -16,7 +16,7 @@ from pathlib import Path
 from vlfeedback_kit.errors import UserError
 from vlfeedback_kit.eval import mme, mmhal, mmvet, redteam, winrate
 from vlfeedback_kit.eval.items import Item
-from vlfeedback_kit.eval.judging import JudgeConfig, JudgeTask, Judgement, judge
+from vlfeedback_kit.eval.judging import JudgeConfig, Judgement, JudgeTask, judge
 
 BENCHMARKS: tuple[str, ...] = ("mme", "mmhal", "mmvet", "redteam", "winrate")
 JUDGED: frozenset[str] = frozenset({"mmhal", "mmvet", "redteam", "winrate"})

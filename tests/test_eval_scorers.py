@@ -112,7 +112,8 @@ def test_mmhal_prompt_slots():
     prompt = mmhal.judge_prompt(record, "A tall tower.")
     assert prompt.endswith("### Image Contents\nTree, Tower\n\n### Question\nWhat is it?\n\n### Standard Human-"
                            "Generated Answer\nA tower.\n\n### LMM Response to Evaluate\nA tall tower.\n")
-    assert prompt.startswith("Please act as an impartial and objective judge") and "- Rating: 0, not informative" in prompt
+    assert prompt.startswith("Please act as an impartial and objective judge")
+    assert "- Rating: 0, not informative, with hallucination\n" in prompt
 
 
 def test_mmvet_query_and_parse():
