@@ -149,7 +149,7 @@ def judge(tasks: Sequence[JudgeTask], config: JudgeConfig, cache_path: Path, ben
             else:
                 pending.append(index)
         stats: dict = {"cached": len(tasks) - len(pending), "calls": 0, "failed": 0, "cost_usd": 0.0,
-                       "stopped": None}  # fmt: skip
+                       "retries": {}, "stopped": None}  # fmt: skip
         if pending and config.dry_run:
             stats["dry_run"] = estimate_cost([tasks[i] for i in pending], config)
             for i in pending:
@@ -183,6 +183,9 @@ async def _judge_pending(tasks, pending, judgements, config, store, benchmark, s
     spent = store.totals()[2]
     bar = tqdm(total=len(pending), desc=f"judge {benchmark}", unit="item", disable=not progress)
 
+    def retried(reason: str) -> None:
+        stats["retries"][reason] = stats["retries"].get(reason, 0) + 1
+
     def admit(_: int) -> bool:
         if config.max_cost is not None and spent + stats["cost_usd"] >= config.max_cost:
             stats["stopped"] = f"--max-cost {config.max_cost} reached"
@@ -194,26 +197,28 @@ async def _judge_pending(tasks, pending, judgements, config, store, benchmark, s
         key = task_key(config.model, benchmark, task)
         history = store.history(key)
         replies = [completion.reply.content for _, completion, _ in history.calls]
-        models = [""] * len(replies)
+        models = _resolved_models(store, key) if history.calls else []
         attempt = history.next_attempt
         judgement = Judgement(task.item_id, task.run, task.prompt_sha256, config.model)
         try:
-            while (request := task.plan(replies)) is not None:
+            request = task.plan(replies)
+            if request is None:  # settled by calls of an earlier, interrupted run
+                store.put_many([(key, task.item_id, "ok", _settled(task, replies, models))])
+            while request is not None:
                 recording = _Recording(client)
                 body = _with_image({"model": config.model, **request}, task.image)
-                completion = await complete(recording, body, policy)
+                completion = await complete(recording, body, policy, retried)
                 resolved = str((recording.body or {}).get("model") or "")
                 cost = call_cost(completion.prompt_tokens, completion.completion_tokens, price)
-                store.record(key, attempt, VIA_PREFIX + resolved, completion, cost)
+                replies.append(completion.reply.content)
+                models.append(resolved)
+                request = task.plan(replies)
+                finish = (task.item_id, "ok", _settled(task, replies, models)) if request is None else None
+                store.record(key, attempt, VIA_PREFIX + resolved, completion, cost, finish)  # one commit
                 attempt += 1
                 stats["calls"] += 1
                 stats["cost_usd"] += cost or 0.0
                 judgement.calls_made_now += 1
-                replies.append(completion.reply.content)
-                models.append(resolved)
-            models = _resolved_models(store, key) or models
-            store.put_many([(key, task.item_id, "ok", {"replies": replies, "models": models,
-                                                        "prompt_sha256": task.prompt_sha256})])  # fmt: skip
             judgement.replies, judgement.judge_models_resolved = replies, models
         except (GaveUp, Rejected) as err:
             stats["failed"] += 1
@@ -233,6 +238,10 @@ async def _judge_pending(tasks, pending, judgements, config, store, benchmark, s
             task = tasks[index]
             judgements[index] = Judgement(task.item_id, task.run, task.prompt_sha256, config.model,
                                           error=f"not judged ({stats['stopped']})")  # fmt: skip
+
+
+def _settled(task: JudgeTask, replies: list, models: list[str]) -> dict:
+    return {"replies": replies, "models": models, "prompt_sha256": task.prompt_sha256}
 
 
 def _resolved_models(store, key: str) -> list[str]:
