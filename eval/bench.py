@@ -64,7 +64,8 @@ def bench_generation(args: argparse.Namespace, model: str | None, adapter: str |
         return [rows[i: i + size] for i in range(0, len(rows), size)]
 
     one = _timed(lambda: [generate(served, [p], [SILKIE], settings) for p in prompts[: args.single]])
-    batched = _timed(lambda: [generate(served, chunk, [SILKIE] * len(chunk), settings) for chunk in batches(prompts, b)])
+    batched = _timed(lambda: [generate(served, chunk, [SILKIE] * len(chunk), settings)
+                              for chunk in batches(prompts, b)])  # fmt: skip
     two = _timed(lambda: [generate(served, chunk, [name] * len(chunk), settings)
                           for name in (SILKIE, BASE) for chunk in batches(prompts, b)])  # fmt: skip
     mixed = _timed(lambda: [generate_both(served, chunk, settings) for chunk in batches(prompts, b)])
@@ -107,8 +108,8 @@ def bench_judge(args: argparse.Namespace) -> dict:
     rate, ideal = len(tasks) / seconds, args.concurrency / args.latency
     return {"items": len(tasks), "latency_s": args.latency, "in_flight": args.concurrency,
             "seconds": round(seconds, 2), "items_per_s": round(rate, 1), "ideal_per_s": round(ideal, 1),
-            "of_ideal": round(rate / ideal, 2),
-            "client_cpu_ms_per_item": round(cpu / len(tasks) * 1000, 2), "cached_rerun_s": round(again, 3)}  # fmt: skip
+            "of_ideal": round(rate / ideal, 2), "client_cpu_ms_per_item": round(cpu / len(tasks) * 1000, 2),
+            "cached_rerun_s": round(again, 3)}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

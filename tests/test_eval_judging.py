@@ -136,3 +136,25 @@ def test_kill_during_judging_resumes_without_repeating(mmvet_files: Path):
         per_item[call.text] = per_item.get(call.text, 0) + 1
     assert result["complete"] and len(per_item) == 24
     assert sum(per_item.values()) - 24 <= 4 and killed_at >= 10  # only calls in flight were repeated
+
+
+def test_dry_run_prices_and_calls_nothing(mmvet_files: Path):
+    with EvalJudgeServer(script=SCRIPT) as server:
+        code = main(["eval", "score", "mmvet", str(mmvet_files / "results.json"), "--data",
+                     f"mmvet={mmvet_files / 'mm-vet'}", "--judge-model", "gpt-4o", "--judge-base-url", server.url,
+                     "--judge-api-key-env", "JUDGE_KEY", "--dry-run", "--out",
+                     str(mmvet_files / "s.json")])  # fmt: skip
+        assert code == 0 and server.calls == []
+    result = json.loads((mmvet_files / "s.json").read_text())
+    estimate = result["judge_run"]["dry_run"]
+    assert result["complete"] is False and estimate["calls"] == 4 and estimate["priced"] and estimate["cost_usd"] > 0
+
+
+def test_run_refuses_incompatible_options(tmp_path: Path, capsys):
+    common = ["eval", "run", "--data", f"mmvet={tmp_path}", "--data", f"winrate={tmp_path}", "--out", str(tmp_path)]
+    assert main([*common, "--benchmark", "mmvet", "--model", "m"]) == 2
+    assert "--judge-model is required for mmvet" in capsys.readouterr().err
+    assert main([*common, "--benchmark", "winrate", "--model", "m", "--judge-model", "j"]) == 2
+    assert "add --compare-base" in capsys.readouterr().err
+    assert main([*common, "--benchmark", "mme", "--model", "m"]) == 2
+    assert "--data mme=PATH is missing" in capsys.readouterr().err

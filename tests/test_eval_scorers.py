@@ -160,3 +160,28 @@ def test_redteam_and_winrate_parse_and_score():
                             "4": (None, "tie")}, "silkie", "base")  # fmt: skip
     assert (result["wins"], result["ties"], result["losses"], result["unparsed"]) == (1, 1, 1, 1)
     assert result["win_rate"] == 0.5
+
+
+def test_mmvet_hub_copy_equals_the_official_json(tmp_path):
+    from support.eval_data import write_mmvet
+
+    folder = write_mmvet(tmp_path / "mm-vet")
+    data = json.loads((folder / "mm-vet.json").read_text())
+    rows = [{"question_id": key, "image": {"bytes": (folder / "images" / v["imagename"]).read_bytes(), "path": None},
+             "question": v["question"], "answer": v["answer"], "capability": ",".join(v["capability"])}
+            for key, v in data.items()]  # fmt: skip
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "mmvet.parquet")
+    assert _records(mmvet.load(folder)) == _records(mmvet.load(tmp_path / "mmvet.parquet"))
+
+
+def test_mmhal_template_loads_with_images_and_official_round_trip(tmp_path):
+    from support.eval_data import write_mmhal
+
+    items = mmhal.load(write_mmhal(tmp_path / "MMHal"))
+    assert [i.id for i in items] == [str(i) for i in range(8)] and items[3].image().size == (56, 56)
+    mmhal.write_official(tmp_path / "filled.json", items, {i.id: f"answer {i.id}" for i in items})
+    back, responses = mmhal.read_official(tmp_path / "filled.json")
+    assert [b.question for b in back] == [i.question for i in items] and responses["7"] == "answer 7"
+    (tmp_path / "empty.json").write_text(json.dumps([{**items[0].meta["record"]}]))
+    with pytest.raises(UserError, match="record 0 has no model_answer"):
+        mmhal.read_official(tmp_path / "empty.json")
