@@ -81,13 +81,28 @@ class RunOptions:
         return values
 
 
+def resolve_data(name: str, location: str) -> Path:
+    """A local path as is; a Hub dataset id ``ORG/NAME[@REV]`` (e.g. ``lmms-lab/MME``) downloaded at that revision
+    (any ``HF_ENDPOINT``; the files the loaders read: Parquet, JSON, JSONL and images)."""
+    if Path(location).exists():
+        return Path(location)
+    repo_id, _, revision = location.partition("@")
+    if repo_id.count("/") != 1 or repo_id.startswith((".", "/")):
+        raise UserError(f"--data {name}={location}: no such file or folder, and not a Hub dataset id ORG/NAME[@REV]")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, repo_type="dataset", revision=revision or None,
+                                      allow_patterns=["*.parquet", "*.json", "*.jsonl", "*.jpg", "*.png"]))
+    except (HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, OSError) as err:
+        raise UserError(f"--data {name}={location}: cannot download the Hub dataset ({type(err).__name__}); "
+                        "download the benchmark and pass its local path") from err
+
+
 def load_items(name: str, location: str, limit: int | None = None) -> list[Item]:
-    """A benchmark's items from a local path (the first ``limit`` when set)."""
-    path = Path(location.split("@")[0]) if not Path(location).exists() else Path(location)
-    if not path.exists():
-        raise UserError(f"--data {name}={location}: no such file or folder (download the benchmark and pass its "
-                        "path; Hub ids need network access)")
-    items = LOADERS[name](path)
+    """A benchmark's items from a local path or a Hub dataset id (the first ``limit`` when set)."""
+    items = LOADERS[name](resolve_data(name, location))
     return items[:limit] if limit else items
 
 

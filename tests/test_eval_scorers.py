@@ -185,3 +185,23 @@ def test_mmhal_template_loads_with_images_and_official_round_trip(tmp_path):
     (tmp_path / "empty.json").write_text(json.dumps([{**items[0].meta["record"]}]))
     with pytest.raises(UserError, match="record 0 has no model_answer"):
         mmhal.read_official(tmp_path / "empty.json")
+
+
+def test_mme_parquet_from_the_hub_at_a_revision(tmp_path, hub):
+    from huggingface_hub import HfApi
+
+    from vlfeedback_kit.eval.runner import load_items
+
+    image = _jpeg("red")
+    rows = [{"question_id": "OCR/1.jpg", "image": {"bytes": image, "path": None}, "question": q, "answer": a,
+             "category": "OCR"} for q, a in QUESTIONS["1"]]  # fmt: skip
+    (tmp_path / "data").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "data" / "test-00000-of-00001.parquet")
+    api = HfApi(endpoint=hub.url, token="hf_test")
+    api.create_repo("lab/MME", repo_type="dataset")
+    api.upload_folder(folder_path=tmp_path / "data", path_in_repo="data", repo_id="lab/MME", repo_type="dataset")
+    api.create_tag("lab/MME", tag="v1", repo_type="dataset")
+    items = load_items("mme", "lab/MME@v1")
+    assert [i.id for i in items] == ["OCR/1.jpg#0", "OCR/1.jpg#1"] and items[0].image_data() == image
+    with pytest.raises(UserError, match="cannot download the Hub dataset"):
+        load_items("mme", "lab/missing@v1")
