@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from vlfeedback_kit.errors import UserError
 from vlfeedback_kit.eval.items import Item
 
 RESPONSES = "responses.jsonl"
@@ -46,10 +47,11 @@ def read_responses(path: Path) -> dict[str, dict]:
             continue
         try:
             record = json.loads(line)
-        except ValueError:
+        except ValueError as err:
             if number >= len(lines) - 1:  # the torn last line of a killed run
                 break
-            raise
+            raise UserError(f"{path}:{number}: not a JSON line ({err}); fix or delete that line (a re-run "
+                            "regenerates the items whose lines are missing)") from err
         done[record["id"]] = record
     return done
 

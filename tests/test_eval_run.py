@@ -122,3 +122,18 @@ def test_kill_during_generation_resumes(tmp_path: Path, monkeypatch):
     assert {c.model for c in server.calls} == {"served-base", "served-silkie"}
     for label, rows in before.items():
         assert all(after[label][key] == row for key, row in rows.items())
+
+
+def test_torn_last_line_is_dropped_and_a_corrupt_line_is_named(tmp_path: Path):
+    from vlfeedback_kit.errors import UserError
+    from vlfeedback_kit.eval.generation import ResponseLog
+
+    path = tmp_path / "responses.jsonl"
+    path.write_text('{"id": "a", "response": "yes"}\n{"id": "b", "response": "no"}\n{"id": "c", "resp')
+    log = ResponseLog(path)
+    log.write([{"id": "c", "response": "maybe"}])
+    log.close()
+    assert list(read_responses(path)) == ["a", "b", "c"] and path.read_text().count("\n") == 3
+    path.write_text('{"id": "a"}\nnot json\n{"id": "b"}\n')
+    with pytest.raises(UserError, match="responses.jsonl:2: not a JSON line"):
+        read_responses(path)
