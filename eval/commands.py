@@ -25,6 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--data", action="append", default=[], metavar="NAME=PATH", help="a benchmark's data (repeat)")
     run.add_argument("--model", help="base model path or Hub id (default: the --adapter run dir's base)")
     run.add_argument("--adapter", help="Silkie adapter: a run dir or Hub id (openai engine: its served model name)")
+    run.add_argument("--model-revision", help="Hub revision (tag or commit) of --model")
+    run.add_argument("--adapter-revision", help="Hub revision (tag or commit) of --adapter")
     run.add_argument("--compare-base", action="store_true", help="also evaluate the base, from the same loaded model")
     run.add_argument("--label", help="label of the evaluated model's folder (default: silkie with an adapter, else "
                      "base)")
@@ -93,7 +95,8 @@ def _run(args: argparse.Namespace) -> int:
 
     options = RunOptions(
         benchmarks=[b.strip() for b in args.benchmark.split(",") if b.strip()], data=_data(args.data), out=args.out,
-        model=args.model, adapter=args.adapter, compare_base=args.compare_base, engine=args.engine,
+        model=args.model, adapter=args.adapter, model_revision=args.model_revision,
+        adapter_revision=args.adapter_revision, compare_base=args.compare_base, engine=args.engine,
         base_url=args.base_url, api_key_env=args.api_key_env, judge=_judge(args), runs=args.runs,
         batch_size=args.batch_size, limit=args.limit, prompt_family=args.prompt_family,
         max_new_tokens=args.max_new_tokens, label=args.label, progress=not args.quiet,

@@ -33,6 +33,8 @@ class RunOptions:
     out: Path
     model: str | None = None
     adapter: str | None = None
+    model_revision: str | None = None
+    adapter_revision: str | None = None
     compare_base: bool = False
     engine: str = "transformers"
     base_url: str | None = None
@@ -131,7 +133,7 @@ def run(options: RunOptions) -> dict:
     if options.engine == "transformers":
         from vlfeedback_kit.eval import serving
 
-        served = serving.load(options.model, options.adapter)
+        served = serving.load(options.model, options.adapter, options.model_revision, options.adapter_revision)
         summary["model_loads"] += 1
         provenance = served.provenance()
         family = options.prompt_family or family_of(getattr(served.model.config, "model_type", None))
