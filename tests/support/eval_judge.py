@@ -17,7 +17,15 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from support.openai_server import Call, OpenAIServer, completion_body, content_hash, first_user_content, text_of
+from support.openai_server import (
+    Call,
+    OpenAIServer,
+    completion_body,
+    content_hash,
+    first_user_content,
+    images_in,
+    text_of,
+)  # fmt: skip
 
 DEFAULTS: tuple[tuple[str, str], ...] = (
     ("Please act as an impartial and objective judge and evaluate", "The response is fine. Rating: 4, somewhat "
@@ -37,6 +45,8 @@ class EvalJudgeServer(OpenAIServer):
         self.script = dict(script or {})
         self.resolved = resolved or {}
         self._seen: Counter = Counter()
+        self.images: list[int] = []
+        """Image parts of each answered call, in ``calls`` order."""
         self.on_call: Callable[[int], object] | None = None
         """Called with the number of calls so far before each reply (a test kills its subprocess from here)."""
 
@@ -66,6 +76,7 @@ class EvalJudgeServer(OpenAIServer):
         usage = (len(last) // 4 + 1, len(content) // 4 + 1)
         with self._lock:
             self.calls.append(Call(content_hash(messages), model, text, last, 1, 200, *usage, time.monotonic(), via))
+            self.images.append(images_in(messages))
             count = len(self.calls)
         if self.on_call is not None:
             self.on_call(count)
