@@ -63,15 +63,22 @@ def bench_generation(args: argparse.Namespace, model: str | None, adapter: str |
     def batches(rows, size):
         return [rows[i: i + size] for i in range(0, len(rows), size)]
 
-    one = _timed(lambda: [generate(served, [p], [SILKIE], settings) for p in prompts[: args.single]])
-    batched = _timed(lambda: [generate(served, chunk, [SILKIE] * len(chunk), settings)
-                              for chunk in batches(prompts, b)])  # fmt: skip
-    two = _timed(lambda: [generate(served, chunk, [name] * len(chunk), settings)
-                          for name in (SILKIE, BASE) for chunk in batches(prompts, b)])  # fmt: skip
-    mixed = _timed(lambda: [generate_both(served, chunk, settings) for chunk in batches(prompts, b)])
-    rates = {"batch1": args.single / one, "batched": n / batched, "two_passes": 2 * n / two, "one_pass": 2 * n / mixed}
+    modes = {
+        "batch1": (args.single, lambda: [generate(served, [p], [SILKIE], settings) for p in prompts[: args.single]]),
+        "batched": (n, lambda: [generate(served, chunk, [SILKIE] * len(chunk), settings)
+                                for chunk in batches(prompts, b)]),
+        "two_passes": (2 * n, lambda: [generate(served, chunk, [name] * len(chunk), settings)
+                                       for name in (SILKIE, BASE) for chunk in batches(prompts, b)]),
+        "one_pass": (2 * n, lambda: [generate_both(served, chunk, settings) for chunk in batches(prompts, b)]),
+    }  # fmt: skip
+    best = {name: float("inf") for name in modes}
+    for _ in range(args.repeats):  # interleaved, best of N: a load spike on a shared machine hits a repeat, not a mode
+        for name, (_, run) in modes.items():
+            best[name] = min(best[name], _timed(run))
+    rates = {name: count / best[name] for name, (count, _) in modes.items()}
     return {
-        "device": str(served.model.device), "prompts": n, "batch": b, "max_new_tokens": args.max_new_tokens,
+        "device": str(served.model.device), "prompts": n, "batch": b, "repeats": args.repeats,
+        "max_new_tokens": args.max_new_tokens,
         "image_px": args.image_size, "responses_per_s": {k: round(v, 2) for k, v in rates.items()},
         "batched_over_batch1": round(rates["batched"] / rates["batch1"], 2),
         "one_pass_over_two_passes": round(rates["one_pass"] / rates["two_passes"], 2),
@@ -121,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--single", type=int, default=8, help="prompts timed at batch 1")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3, help="generation timings: best of N, interleaved")
     parser.add_argument("--image-size", type=int, default=112)
     parser.add_argument("--judge-items", type=int, default=2000)
     parser.add_argument("--latency", type=float, default=0.2)
@@ -128,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-generation", action="store_true")
     parser.add_argument("--skip-judge", action="store_true")
     args = parser.parse_args(argv)
-    result: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"}
+    result: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+                    "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
     if not args.skip_generation:
         with tempfile.TemporaryDirectory(prefix="vlf-eval-bench-") as tmp:
             adapter = args.adapter or (None if args.model else str(tiny_silkie(Path(tmp))))
