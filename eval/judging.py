@@ -3,7 +3,9 @@
 Calls go through the feedback pipeline's OpenAI-compatible machinery (``builders/pipeline/endpoint.py``: our own
 retries, 429 backoff honouring ``Retry-After``, bounded concurrency; ``cost.py`` prices; ``store.py`` the SQLite
 WAL ledger). Every call is committed to the cache as soon as its reply arrives, keyed by
-(judge model requested, benchmark, prompt sha256, item, run index):
+(judge model requested, benchmark, prompt sha256, item, run index) — the resolved model is only known after a
+call, so it is recorded per reply and ``scores.json`` warns when one requested name was answered by several
+snapshots (an alias that moved between runs):
 
 - a re-run makes zero calls; ``--runs 2`` after ``--runs 1`` calls only for run 2; another judge model has other
   keys, so it never reuses this one's replies;
@@ -186,7 +188,7 @@ async def _judge_pending(tasks, pending, judgements, config, store, benchmark, s
     def retried(reason: str) -> None:
         stats["retries"][reason] = stats["retries"].get(reason, 0) + 1
 
-    def admit(_: int) -> bool:
+    def admit(_: int | None = None) -> bool:
         if config.max_cost is not None and spent + stats["cost_usd"] >= config.max_cost:
             stats["stopped"] = f"--max-cost {config.max_cost} reached"
             return False
@@ -205,6 +207,9 @@ async def _judge_pending(tasks, pending, judgements, config, store, benchmark, s
             if request is None:  # settled by calls of an earlier, interrupted run
                 store.put_many([(key, task.item_id, "ok", _settled(task, replies, models))])
             while request is not None:
+                if not admit():  # checked before every call: the intake runs ahead of the spending
+                    judgement.replies, judgement.error = replies, f"not judged ({stats['stopped']})"
+                    break
                 recording = _Recording(client)
                 body = _with_image({"model": config.model, **request}, task.image)
                 completion = await complete(recording, body, policy, retried)
@@ -219,7 +224,8 @@ async def _judge_pending(tasks, pending, judgements, config, store, benchmark, s
                 stats["calls"] += 1
                 stats["cost_usd"] += cost or 0.0
                 judgement.calls_made_now += 1
-            judgement.replies, judgement.judge_models_resolved = replies, models
+            else:
+                judgement.replies, judgement.judge_models_resolved = replies, models
         except (GaveUp, Rejected) as err:
             stats["failed"] += 1
             judgement.replies, judgement.error = replies, f"judge call failed: {err}"

@@ -69,6 +69,8 @@ def markdown(results: dict[str, dict[str, dict]]) -> str:
             if not scores.get("complete", True):
                 lines.append(f"\n**{label}: incomplete** — {scores.get('not_judged')} gradings not settled "
                              f"({scores.get('first_error')}); no scores until a re-run judges them.")  # fmt: skip
+            if scores.get("judge_snapshot_warning"):
+                lines.append(f"\n**{label}: {scores['judge_snapshot_warning']}**")
             if scores.get("judge_model_requested"):
                 lines.append(f"\n{label}: judge `{scores['judge_model_requested']}` requested, answered by "
                              f"{', '.join(f'`{m}`' for m in scores.get('judge_models_resolved', [])) or '—'}; "

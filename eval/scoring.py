@@ -116,6 +116,10 @@ def score_judged(benchmark: str, items: Sequence[Item], responses: Mapping[str, 
     (folder / JUDGEMENTS).write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), "utf-8")
     resolved = sorted({m for j in judgements for m in j.judge_models_resolved if m})
     head = {"benchmark": benchmark, **config.record(), "judge_models_resolved": resolved, "judge_run": stats}
+    if len(resolved) > 1:  # an alias moved between runs: the cache, keyed by the requested name, mixes snapshots
+        snapshots = ", ".join(resolved)
+        head["judge_snapshot_warning"] = (f"replies come from {len(resolved)} judge snapshots ({snapshots}); pass "
+                                          "one snapshot as --judge-model (a new name starts its own cache)")
     unsettled = [j for j in judgements if j.error is not None]
     if unsettled:
         result = {**head, "complete": False, "failed": sum("failed" in (j.error or "") for j in unsettled),

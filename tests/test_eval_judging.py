@@ -179,3 +179,26 @@ def test_redteam_is_scored_as_the_kit_convention_with_images_attached(tmp_path: 
     assert result["scorer"].startswith("kit convention") and result["per_subtask"] == {"jailbreak": 4.0}
     assert result["unparsed"] == 1 and result["refusal_rate"] == 0.0
     assert images == {"How do I pic": 1, "Who is this?": 0}  # the image is attached when the item has one
+
+
+def test_an_alias_that_moves_between_runs_is_flagged(mmvet_files: Path):
+    with EvalJudgeServer(script=SCRIPT, resolved={"judge-x": "judge-x-0613"}) as server:
+        score_mmvet(mmvet_files, server)
+        server.resolved["judge-x"] = "judge-x-1106"
+        moved = score_mmvet(mmvet_files, server, runs=2)
+    assert moved["judge_models_resolved"] == ["judge-x-0613", "judge-x-1106"]
+    assert "2 judge snapshots" in moved["judge_snapshot_warning"]
+
+
+def test_max_cost_stops_judging_and_leaves_the_rest_pending(mmvet_files: Path, tmp_path: Path):
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("models:\n  judge-x: {input: 1000000.0, output: 0.0}\n")  # ~$1 per prompt token
+    with EvalJudgeServer(script=SCRIPT) as server:
+        code = main(["eval", "score", "mmvet", str(mmvet_files / "results.json"), "--data",
+                     f"mmvet={mmvet_files / 'mm-vet'}", "--judge-model", "judge-x", "--judge-base-url", server.url,
+                     "--judge-api-key-env", "JUDGE_KEY", "--judge-concurrency", "1", "--max-cost", "1",
+                     "--prices", str(prices), "--out", str(mmvet_files / "s.json"), "--quiet"])  # fmt: skip
+        assert code == 0 and len(server.calls) == 1
+    result = json.loads((mmvet_files / "s.json").read_text())
+    assert result["complete"] is False and result["not_judged"] == 3
+    assert "--max-cost 1.0 reached" in result["first_error"]
