@@ -17,6 +17,14 @@ from vlfeedback_kit.eval.scoring import BENCHMARKS, SCORES, write_json
 from vlfeedback_kit.eval.spec import load_spec
 
 RESULTS, REPORT, EVAL_RESULTS = "results.json", "report.md", "eval_results.json"
+HEALTH_ROWS: dict[str, list[str]] = {
+    "mme": ["other"],
+    "mmhal": ["unparsed"],
+    "mmvet": ["std", "runs", "unparsed"],
+    "redteam": ["refusal_rate", "unparsed"],
+    "winrate": ["wins", "ties", "losses", "win_rate_ci", "elo_gap", "hidden", "unparsed"],
+}
+"""Rows shown under a benchmark's card metrics: spread, the counts that make a broken judge or format visible."""
 
 
 def collect(folders: list[Path]) -> dict[str, dict[str, dict]]:
@@ -59,9 +67,7 @@ def markdown(results: dict[str, dict[str, dict]]) -> str:
         lines += [f"## {spec['title']}", "", "| metric | " + " | ".join(present) + " |",
                   "|---|" + "---|" * len(present)]  # fmt: skip
         rows = [m["key"] for m in spec["metrics"]]
-        extra = {"mme": ["other"], "mmhal": ["unparsed"], "mmvet": ["std", "unparsed"], "redteam": ["refusal_rate",
-                 "unparsed"], "winrate": ["wins", "ties", "losses", "win_rate_ci", "elo_gap", "unparsed"]}  # fmt: skip
-        for key in rows + extra.get(benchmark, []) + ["failed"]:
+        for key in rows + HEALTH_ROWS.get(benchmark, []) + ["failed"]:
             values = [results[label][benchmark].get(key) for label in present]
             lines.append(f"| {key} | " + " | ".join(_fmt(v) for v in values) + " |")
         for label in present:
@@ -69,6 +75,9 @@ def markdown(results: dict[str, dict[str, dict]]) -> str:
             if not scores.get("complete", True):
                 lines.append(f"\n**{label}: incomplete** — {scores.get('not_judged')} gradings not settled "
                              f"({scores.get('first_error')}); no scores until a re-run judges them.")  # fmt: skip
+            if scores.get("missing_subtasks"):
+                lines.append(f"\n{label}: subtasks missing from the data: {', '.join(scores['missing_subtasks'])} "
+                             "(the totals cover only the subtasks present; not comparable with full-MME totals).")
             if scores.get("judge_snapshot_warning"):
                 lines.append(f"\n**{label}: {scores['judge_snapshot_warning']}**")
             if scores.get("judge_model_requested"):
@@ -87,12 +96,24 @@ def markdown(results: dict[str, dict[str, dict]]) -> str:
 
 def eval_results(results: dict[str, dict[str, dict]], label: str | None = None) -> dict:
     """The card's eval-results JSON for one label (default: silkie, else the only one): our complete scores as
-    ``results`` (→ model-index) and the paper's numbers as ``reference`` (card body only)."""
+    ``results`` (→ model-index), the paper's numbers as ``reference`` (card body only), and the benchmarks left
+    out with why (``skipped``: unsettled judging, an MME run missing subtasks)."""
     label = label or (SILKIE_LABEL if SILKIE_LABEL in results else next(iter(results)))
-    out, reference = [], []
+    out, reference, skipped = [], [], []
     for benchmark, scores in results.get(label, {}).items():
         spec = load_spec(benchmark)
+        reported = spec.get("reported") or {}
+        for side in (BASE_LABEL, SILKIE_LABEL):
+            for key, value in (reported.get(side) or {}).items():
+                name = next(m["name"] for m in spec["metrics"] if m["key"] == key)
+                reference.append({"model": side, "benchmark": spec["title"], "metric": name, "value": value,
+                                  "source": reported["source"], "source_url": reported["source_url"]})  # fmt: skip
         if not scores.get("complete", True):
+            skipped.append({"benchmark": benchmark, "reason": "incomplete: some gradings are not settled"})
+            continue
+        if scores.get("missing_subtasks"):
+            skipped.append({"benchmark": benchmark, "reason": "subtasks missing: " + ", ".join(
+                scores["missing_subtasks"])})  # a partial total under the benchmark's name would mislead
             continue
         for metric in spec["metrics"]:
             value = scores.get(metric["key"])
@@ -105,13 +126,7 @@ def eval_results(results: dict[str, dict[str, dict]], label: str | None = None) 
                 entry["metric_args"] = {"judge_model": scores["judge_model_requested"],
                                         "judge_model_resolved": ", ".join(scores.get("judge_models_resolved", []))}
             out.append(entry)
-        reported = spec.get("reported") or {}
-        for side in (BASE_LABEL, SILKIE_LABEL):
-            for key, value in (reported.get(side) or {}).items():
-                name = next(m["name"] for m in spec["metrics"] if m["key"] == key)
-                reference.append({"model": side, "benchmark": spec["title"], "metric": name, "value": value,
-                                  "source": reported["source"], "source_url": reported["source_url"]})  # fmt: skip
-    return {"label": label, "results": out, "reference": reference}
+    return {"label": label, "results": out, "reference": reference, "skipped": skipped}
 
 
 def plots(results: dict[str, dict[str, dict]], folder: Path) -> list[Path]:
