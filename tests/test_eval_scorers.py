@@ -205,3 +205,14 @@ def test_mme_parquet_from_the_hub_at_a_revision(tmp_path, hub):
     assert [i.id for i in items] == ["OCR/1.jpg#0", "OCR/1.jpg#1"] and items[0].image_data() == image
     with pytest.raises(UserError, match="cannot download the Hub dataset"):
         load_items("mme", "lab/missing@v1")
+
+
+def test_official_judge_prompts_cannot_drift():
+    """sha256 of the templates, checked byte for byte against eval_gpt4.py (LLaVA-RLHF) and mm-vet_evaluator.py
+    (yuweihao/MM-Vet) on 2026-11-30; a change here means the judged numbers are no longer the official ones."""
+    import hashlib
+
+    digests = {name: hashlib.sha256(path.read_bytes()).hexdigest()
+               for name, path in (("mmhal", mmhal.TEMPLATE_FILE), ("mmvet", mmvet.TEMPLATE_FILE))}  # fmt: skip
+    assert digests == {"mmhal": "2c73d8c50f1740d000fae62cfeed103c2f7a5bcfa904b27e6e09900e7ce600cc",
+                       "mmvet": "d1b3e0a5b4e72c888b77164489d705bba4dd149934fff564dfba6443d81afe3f"}
