@@ -33,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--engine", choices=("transformers", "openai"), default="transformers")
     run.add_argument("--base-url", help="OpenAI-compatible server for --engine openai (vLLM, TGI, SGLang)")
     run.add_argument("--api-key-env", default="OPENAI_API_KEY", help="variable holding the --base-url API key")
-    run.add_argument("--batch-size", type=int, default=8, help="rows per generate call (both sides mixed)")
+    run.add_argument("--batch-size", type=int, default=8,
+                     help="rows per generate call, both sides mixed (openai engine: requests in flight)")
     run.add_argument("--limit", type=int, help="only the first N items of each benchmark (smoke runs)")
     run.add_argument("--prompt-family", help="prompt of the benchmark YAML to use (default: from the model type)")
     run.add_argument("--max-new-tokens", type=int, help="override the benchmark's generation length")
