@@ -61,7 +61,7 @@ def bench_generation(args: argparse.Namespace, model: str | None, adapter: str |
     n, b = len(prompts), args.batch
 
     def batches(rows, size):
-        return [rows[i: i + size] for i in range(0, len(rows), size)]
+        return [rows[i : i + size] for i in range(0, len(rows), size)]
 
     modes = {
         "batch1": (args.single, lambda: [generate(served, [p], [SILKIE], settings) for p in prompts[: args.single]]),
@@ -136,8 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-generation", action="store_true")
     parser.add_argument("--skip-judge", action="store_true")
     args = parser.parse_args(argv)
-    result: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
-                    "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
+    result: dict = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
     if not args.skip_generation:
         with tempfile.TemporaryDirectory(prefix="vlf-eval-bench-") as tmp:
             adapter = args.adapter or (None if args.model else str(tiny_silkie(Path(tmp))))

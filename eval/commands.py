@@ -28,13 +28,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--model-revision", help="Hub revision (tag or commit) of --model")
     run.add_argument("--adapter-revision", help="Hub revision (tag or commit) of --adapter")
     run.add_argument("--compare-base", action="store_true", help="also evaluate the base, from the same loaded model")
-    run.add_argument("--label", help="label of the evaluated model's folder (default: silkie with an adapter, else "
-                     "base)")
+    run.add_argument(
+        "--label", help="label of the evaluated model's folder (default: silkie with an adapter, else base)"
+    )
     run.add_argument("--engine", choices=("transformers", "openai"), default="transformers")
     run.add_argument("--base-url", help="OpenAI-compatible server for --engine openai (vLLM, TGI, SGLang)")
     run.add_argument("--api-key-env", default="OPENAI_API_KEY", help="variable holding the --base-url API key")
-    run.add_argument("--batch-size", type=int, default=8,
-                     help="rows per generate call, both sides mixed (openai engine: requests in flight)")
+    run.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        help="rows per generate call, both sides mixed (openai engine: requests in flight)",
+    )
     run.add_argument("--limit", type=int, help="only the first N items of each benchmark (smoke runs)")
     run.add_argument("--prompt-family", help="prompt of the benchmark YAML to use (default: from the model type)")
     run.add_argument("--max-new-tokens", type=int, help="override the benchmark's generation length")
@@ -44,8 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     score = verbs.add_parser("score", help="score saved responses (ours or the official output layout), no model")
     score.add_argument("benchmark", choices=("mme", "mmhal", "mmvet", "redteam"))
-    score.add_argument("responses", type=Path, metavar="RESPONSES",
-                       help="responses.jsonl, or the official layout: MME folder, filled MMHal template, MM-Vet dict")
+    score.add_argument(
+        "responses",
+        type=Path,
+        metavar="RESPONSES",
+        help="responses.jsonl, or the official layout: MME folder, filled MMHal template, MM-Vet dict",
+    )
     score.add_argument("--data", action="append", default=[], metavar="NAME=PATH")
     _judge_flags(score)
     score.add_argument("--out", type=Path, required=True, metavar="SCORES.json")

@@ -50,8 +50,10 @@ def read_responses(path: Path) -> dict[str, dict]:
         except ValueError as err:
             if number >= len(lines) - 1:  # the torn last line of a killed run
                 break
-            raise UserError(f"{path}:{number}: not a JSON line ({err}); fix or delete that line (a re-run "
-                            "regenerates the items whose lines are missing)") from err
+            raise UserError(
+                f"{path}:{number}: not a JSON line ({err}); fix or delete that line (a re-run "
+                "regenerates the items whose lines are missing)"
+            ) from err
         done[record["id"]] = record
     return done
 
@@ -89,9 +91,17 @@ def record(item: Item, prompt: str, response: str, side: Side, settings: dict, e
             "generation": settings, **side.provenance}  # fmt: skip
 
 
-def generate(items: Sequence[Item], prompts: Sequence[str], sides: Sequence[Side], logs: dict[str, ResponseLog],
-             answer: Callable[[list[tuple[Item, str, Side]]], list[str]], batch_size: int, settings: dict,
-             engine: str, progress: bool = True) -> int:
+def generate(
+    items: Sequence[Item],
+    prompts: Sequence[str],
+    sides: Sequence[Side],
+    logs: dict[str, ResponseLog],
+    answer: Callable[[list[tuple[Item, str, Side]]], list[str]],
+    batch_size: int,
+    settings: dict,
+    engine: str,
+    progress: bool = True,
+) -> int:
     """Answer every (item, side) not yet in its log, ``batch_size`` rows per call of ``answer``, rows of both
     sides mixed in one batch; returns how many responses were generated."""
     from tqdm import tqdm
@@ -100,7 +110,7 @@ def generate(items: Sequence[Item], prompts: Sequence[str], sides: Sequence[Side
             if item.id not in logs[side.label].done]  # fmt: skip
     with tqdm(total=len(rows), desc="generate", unit="response", disable=not progress or not rows) as bar:
         for start in range(0, len(rows), batch_size):
-            batch = rows[start: start + batch_size]
+            batch = rows[start : start + batch_size]
             answers = answer(batch)
             for side in sides:
                 logs[side.label].write([record(item, prompt, text, s, settings, engine)
@@ -120,8 +130,9 @@ def transformers_answerer(served, settings) -> Callable[[list[tuple[Item, str, S
     return answer
 
 
-def openai_answerer(base_url: str, api_key: str, settings, concurrency: int = 16,
-                    timeout: float = 300.0) -> Callable[[list[tuple[Item, str, Side]]], list[str]]:
+def openai_answerer(
+    base_url: str, api_key: str, settings, concurrency: int = 16, timeout: float = 300.0
+) -> Callable[[list[tuple[Item, str, Side]]], list[str]]:
     """Batches answered by an OpenAI-compatible server, ``concurrency`` requests in flight."""
     from vlfeedback_kit.builders.pipeline.endpoint import RetryPolicy, complete, make_client
     from vlfeedback_kit.builders.pipeline.judge import image_data_url

@@ -134,8 +134,9 @@ def estimate_cost(tasks: Sequence[JudgeTask], config: JudgeConfig) -> dict:
             "priced": price is not None}  # fmt: skip
 
 
-def judge(tasks: Sequence[JudgeTask], config: JudgeConfig, cache_path: Path, benchmark: str,
-          progress: bool = True) -> tuple[list[Judgement], dict]:
+def judge(
+    tasks: Sequence[JudgeTask], config: JudgeConfig, cache_path: Path, benchmark: str, progress: bool = True
+) -> tuple[list[Judgement], dict]:
     """Settle every task from the cache or the judge; returns the judgements (task order) and the run's stats."""
     from vlfeedback_kit.builders.pipeline.store import Store
 

@@ -216,12 +216,16 @@ def read_official(folder: Path) -> list[Answered]:
         for number, line in enumerate(lines, start=1):
             fields = line.split("\t")
             if len(fields) != 4:
-                raise UserError(f"{path}:{number}: {len(fields)} tab-separated fields, the layout has 4 "
-                                "(image, question, Yes|No, response); flatten tabs and newlines in the response")
+                raise UserError(
+                    f"{path}:{number}: {len(fields)} tab-separated fields, the layout has 4 "
+                    "(image, question, Yes|No, response); flatten tabs and newlines in the response"
+                )
             answered.append(Answered(path.stem, fields[0], fields[1], fields[2], fields[3]))
         own = [a for a in answered if a.subtask == path.stem]
         for i in range(0, len(own) - 1, 2):
             if own[i].image != own[i + 1].image:
-                raise UserError(f"{path}:{i + 1}: lines {i + 1} and {i + 2} are about {own[i].image} and "
-                                f"{own[i + 1].image}; the two questions of an image must be adjacent")
+                raise UserError(
+                    f"{path}:{i + 1}: lines {i + 1} and {i + 2} are about {own[i].image} and "
+                    f"{own[i + 1].image}; the two questions of an image must be adjacent"
+                )
     return answered

@@ -82,8 +82,7 @@ def _round(value: float) -> float:
     return float(round(value, 1))
 
 
-def score(capabilities: Mapping[str, frozenset[str]], runs: Sequence[Mapping[str, float]],
-          unparsed: int = 0) -> dict:
+def score(capabilities: Mapping[str, frozenset[str]], runs: Sequence[Mapping[str, float]], unparsed: int = 0) -> dict:
     """Per-capability and per-integration scores (mean over runs, rounded to 1 decimal), the total, the
     population std of run totals and the run totals, as the official ``export_result``."""
     if not runs or not capabilities:
@@ -156,7 +155,7 @@ def read_official(path: Path) -> dict[str, str]:
     except (OSError, ValueError) as err:
         raise UserError(f"{path}: not a readable MM-Vet results JSON ({err})") from err
     if not isinstance(results, dict) or not all(isinstance(v, str) for v in results.values()):
-        raise UserError(f"{path}: expected the official results dict {{\"v1_0\": \"<response>\", …}}")
+        raise UserError(f'{path}: expected the official results dict {{"v1_0": "<response>", …}}')
     return results
 
 

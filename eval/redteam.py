@@ -89,8 +89,9 @@ def load(path: Path) -> list[Item]:
     path = Path(path)
     files = [path] if path.is_file() else sorted(path.rglob("*.jsonl"))
     if not files:
-        raise UserError(f"--data redteam={path}: no *.jsonl files (RTVLM subtasks, or VLSafe's "
-                        "harmlessness_examine.jsonl)")
+        raise UserError(
+            f"--data redteam={path}: no *.jsonl files (RTVLM subtasks, or VLSafe's harmlessness_examine.jsonl)"
+        )
     items = []
     for file in files:
         subtask = file.stem

@@ -76,8 +76,10 @@ def markdown(results: dict[str, dict[str, dict]]) -> str:
                 lines.append(f"\n**{label}: incomplete** — {scores.get('not_judged')} gradings not settled "
                              f"({scores.get('first_error')}); no scores until a re-run judges them.")  # fmt: skip
             if scores.get("missing_subtasks"):
-                lines.append(f"\n{label}: subtasks missing from the data: {', '.join(scores['missing_subtasks'])} "
-                             "(the totals cover only the subtasks present; not comparable with full-MME totals).")
+                lines.append(
+                    f"\n{label}: subtasks missing from the data: {', '.join(scores['missing_subtasks'])} "
+                    "(the totals cover only the subtasks present; not comparable with full-MME totals)."
+                )
             if scores.get("judge_snapshot_warning"):
                 lines.append(f"\n**{label}: {scores['judge_snapshot_warning']}**")
             if scores.get("judge_model_requested"):
@@ -112,19 +114,28 @@ def eval_results(results: dict[str, dict[str, dict]], label: str | None = None) 
             skipped.append({"benchmark": benchmark, "reason": "incomplete: some gradings are not settled"})
             continue
         if scores.get("missing_subtasks"):
-            skipped.append({"benchmark": benchmark, "reason": "subtasks missing: " + ", ".join(
-                scores["missing_subtasks"])})  # a partial total under the benchmark's name would mislead
+            skipped.append(
+                {"benchmark": benchmark, "reason": "subtasks missing: " + ", ".join(scores["missing_subtasks"])}
+            )  # a partial total under the benchmark's name would mislead
             continue
         for metric in spec["metrics"]:
             value = scores.get(metric["key"])
             if value is None:
                 continue
-            entry = {"task_type": spec["task_type"], "dataset_type": spec["data"].get("hub") or f"vlfeedback-kit/"
-                     f"{benchmark}", "dataset_name": spec["title"], "dataset_split": "test",
-                     "metric_type": metric["type"], "metric_name": metric["name"], "metric_value": round(value, 4)}
+            entry = {
+                "task_type": spec["task_type"],
+                "dataset_type": spec["data"].get("hub") or f"vlfeedback-kit/{benchmark}",
+                "dataset_name": spec["title"],
+                "dataset_split": "test",
+                "metric_type": metric["type"],
+                "metric_name": metric["name"],
+                "metric_value": round(value, 4),
+            }
             if scores.get("judge_model_requested"):
-                entry["metric_args"] = {"judge_model": scores["judge_model_requested"],
-                                        "judge_model_resolved": ", ".join(scores.get("judge_models_resolved", []))}
+                entry["metric_args"] = {
+                    "judge_model": scores["judge_model_requested"],
+                    "judge_model_resolved": ", ".join(scores.get("judge_models_resolved", [])),
+                }
             out.append(entry)
     return {"label": label, "results": out, "reference": reference, "skipped": skipped}
 

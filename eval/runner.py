@@ -57,8 +57,10 @@ class RunOptions:
             raise UserError(f"--benchmark {','.join(unknown)}: unknown (known: {','.join(BENCHMARKS)})")
         judged = [b for b in self.benchmarks if b in JUDGED]
         if judged and (self.judge is None or not self.judge.model):
-            raise UserError(f"--judge-model is required for {', '.join(judged)}: name a pinned judge snapshot (e.g. "
-                            "gpt-4-0613 for MM-Vet as the paper); there is no default")
+            raise UserError(
+                f"--judge-model is required for {', '.join(judged)}: name a pinned judge snapshot (e.g. "
+                "gpt-4-0613 for MM-Vet as the paper); there is no default"
+            )
         if judged and not self.judge.base_url:
             raise UserError(f"--judge-base-url is required for {', '.join(judged)}")
         missing = [b for b in self.benchmarks if b not in self.data]
@@ -95,11 +97,19 @@ def resolve_data(name: str, location: str) -> Path:
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
-        return Path(snapshot_download(repo_id, repo_type="dataset", revision=revision or None,
-                                      allow_patterns=["*.parquet", "*.json", "*.jsonl", "*.jpg", "*.png"]))
+        return Path(
+            snapshot_download(
+                repo_id,
+                repo_type="dataset",
+                revision=revision or None,
+                allow_patterns=["*.parquet", "*.json", "*.jsonl", "*.jpg", "*.png"],
+            )
+        )
     except (HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, OSError) as err:
-        raise UserError(f"--data {name}={location}: cannot download the Hub dataset ({type(err).__name__}); "
-                        "download the benchmark and pass its local path") from err
+        raise UserError(
+            f"--data {name}={location}: cannot download the Hub dataset ({type(err).__name__}); "
+            "download the benchmark and pass its local path"
+        ) from err
 
 
 def load_items(name: str, location: str, limit: int | None = None) -> list[Item]:
@@ -172,8 +182,15 @@ def responses_of(path: Path) -> dict[str, str]:
     return {key: record["response"] for key, record in generation.read_responses(path).items()}
 
 
-def score_labels(name: str, items: list[Item], out: Path, labels: list[str], judge: JudgeConfig | None,
-                 runs: int = 1, progress: bool = True) -> dict:
+def score_labels(
+    name: str,
+    items: list[Item],
+    out: Path,
+    labels: list[str],
+    judge: JudgeConfig | None,
+    runs: int = 1,
+    progress: bool = True,
+) -> dict:
     """Score each label's saved responses of one benchmark (winrate: the first label against the base)."""
     results = {}
     for label in labels:
@@ -196,8 +213,15 @@ def score_labels(name: str, items: list[Item], out: Path, labels: list[str], jud
     return results
 
 
-def score_file(name: str, responses_path: Path, out: Path, data: str | None = None, judge: JudgeConfig | None = None,
-               runs: int = 1, progress: bool = True) -> dict:
+def score_file(
+    name: str,
+    responses_path: Path,
+    out: Path,
+    data: str | None = None,
+    judge: JudgeConfig | None = None,
+    runs: int = 1,
+    progress: bool = True,
+) -> dict:
     """``eval score``: score saved responses — the official output layout of the benchmark (MME folder, filled
     MMHal template, MM-Vet results dict) or our responses.jsonl — without a model."""
     if name in JUDGED and (judge is None or not judge.model):
@@ -220,8 +244,11 @@ def score_file(name: str, responses_path: Path, out: Path, data: str | None = No
         if not data:
             raise UserError(f"scoring {name} needs --data {name}=PATH (the questions and answers)")
         items = load_items(name, data)
-        responses = mmvet.read_official(responses_path) if responses_path.suffix == ".json" and name == "mmvet" \
+        responses = (
+            mmvet.read_official(responses_path)
+            if responses_path.suffix == ".json" and name == "mmvet"
             else responses_of(responses_path)
+        )
         result = score_judged(name, items, responses, folder, judge, runs, progress=progress, cache_path=cache)
     write_json(out, result)
     return result

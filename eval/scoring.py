@@ -38,12 +38,19 @@ def _single(request: dict, replies: list) -> dict | None:
 def _missing(items: Sequence[Item], responses: Mapping[str, str], benchmark: str) -> None:
     absent = [item.id for item in items if item.id not in responses]
     if absent:
-        raise UserError(f"{benchmark}: {len(absent)} items have no response (first: {absent[0]}); generate them "
-                        "first (`vlfeedback eval run`) or pass the full responses file")
+        raise UserError(
+            f"{benchmark}: {len(absent)} items have no response (first: {absent[0]}); generate them "
+            "first (`vlfeedback eval run`) or pass the full responses file"
+        )
 
 
-def tasks_for(benchmark: str, items: Sequence[Item], responses: Mapping[str, str], runs: int = 1,
-              other: Mapping[str, str] | None = None) -> list[JudgeTask]:
+def tasks_for(
+    benchmark: str,
+    items: Sequence[Item],
+    responses: Mapping[str, str],
+    runs: int = 1,
+    other: Mapping[str, str] | None = None,
+) -> list[JudgeTask]:
     """The judge tasks of a benchmark, with the official (or kit) prompt and re-ask rule."""
     tasks = []
     if benchmark == "mmhal":
@@ -84,8 +91,10 @@ def parsed_value(benchmark: str, judgement: Judgement) -> tuple[object, str | No
         return rating, None if rating is not None else "no single `rating: N` (N in 0..6): the official rule scores 0"
     if benchmark == "mmvet":
         value, unparsed = mmvet.grade(replies)
-        return value, f"{len(replies)} replies without a score in [0, 1]: the official rule scores 0.0" if unparsed \
-            else None
+        return (
+            value,
+            f"{len(replies)} replies without a score in [0, 1]: the official rule scores 0.0" if unparsed else None,
+        )
     if benchmark == "redteam":
         rating, refusal = redteam.parse_reply(replies[-1])
         return {"rating": rating, "refusal": refusal}, None if rating is not None else "no single `Rating: N` (1-5)"
@@ -93,10 +102,18 @@ def parsed_value(benchmark: str, judgement: Judgement) -> tuple[object, str | No
     return verdict, None if verdict is not None else "no single `Verdict: A|B|tie`"
 
 
-def score_judged(benchmark: str, items: Sequence[Item], responses: Mapping[str, str], folder: Path,
-                 config: JudgeConfig, runs: int = 1, other: Mapping[str, str] | None = None,
-                 labels: tuple[str, str] = ("silkie", "base"), progress: bool = True,
-                 cache_path: Path | None = None) -> dict:
+def score_judged(
+    benchmark: str,
+    items: Sequence[Item],
+    responses: Mapping[str, str],
+    folder: Path,
+    config: JudgeConfig,
+    runs: int = 1,
+    other: Mapping[str, str] | None = None,
+    labels: tuple[str, str] = ("silkie", "base"),
+    progress: bool = True,
+    cache_path: Path | None = None,
+) -> dict:
     """Judge (cached) and score one label's responses of a judged benchmark; writes judgements.jsonl and
     scores.json in ``folder`` and returns the scores."""
     _missing(items, responses, benchmark)
@@ -118,8 +135,10 @@ def score_judged(benchmark: str, items: Sequence[Item], responses: Mapping[str, 
     head = {"benchmark": benchmark, **config.record(), "judge_models_resolved": resolved, "judge_run": stats}
     if len(resolved) > 1:  # an alias moved between runs: the cache, keyed by the requested name, mixes snapshots
         snapshots = ", ".join(resolved)
-        head["judge_snapshot_warning"] = (f"replies come from {len(resolved)} judge snapshots ({snapshots}); pass "
-                                          "one snapshot as --judge-model (a new name starts its own cache)")
+        head["judge_snapshot_warning"] = (
+            f"replies come from {len(resolved)} judge snapshots ({snapshots}); pass "
+            "one snapshot as --judge-model (a new name starts its own cache)"
+        )
     unsettled = [j for j in judgements if j.error is not None]
     if unsettled:
         result = {**head, "complete": False, "failed": sum("failed" in (j.error or "") for j in unsettled),

@@ -40,8 +40,9 @@ def outcome(ab: str, ba: str) -> str:
     return swap_consistent(ab, ba)
 
 
-def score(verdicts: Mapping[str, tuple[str | None, str | None]], model: str, other: str, seed: int = 0,
-          rounds: int = 1000) -> dict:
+def score(
+    verdicts: Mapping[str, tuple[str | None, str | None]], model: str, other: str, seed: int = 0, rounds: int = 1000
+) -> dict:
     """W / T / L, win rate with a bootstrap 95% CI and the Bradley–Terry gap; unparsed verdicts counted and the
     item left out (never a silent tie)."""
     battles, unparsed = [], 0

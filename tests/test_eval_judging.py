@@ -16,10 +16,18 @@ from vlfeedback_kit.cli import main
 KEY = "sk-eval-secret-0123456789"
 MMVET = {
     "v1_0": {"imagename": "v1_0.png", "capability": ["rec"], "question": "What is shown?", "answer": "a cat"},
-    "v1_1": {"imagename": "v1_1.png", "capability": ["ocr", "math"], "question": "What is x in the equation?",
-             "answer": "-1<AND>-5"},
-    "v1_2": {"imagename": "v1_2.png", "capability": ["rec", "know", "gen"], "question": "Explain it.",
-             "answer": "a joke"},
+    "v1_1": {
+        "imagename": "v1_1.png",
+        "capability": ["ocr", "math"],
+        "question": "What is x in the equation?",
+        "answer": "-1<AND>-5",
+    },
+    "v1_2": {
+        "imagename": "v1_2.png",
+        "capability": ["rec", "know", "gen"],
+        "question": "Explain it.",
+        "answer": "a joke",
+    },
     "v1_3": {"imagename": "v1_3.png", "capability": ["ocr"], "question": "Read the sign.", "answer": "STOP"},
 }
 RESULTS = {"v1_0": "pred-zero", "v1_1": "x = -1 only", "v1_2": "pred-two", "v1_3": "pred-three"}
@@ -121,9 +129,26 @@ def test_kill_during_judging_resumes_without_repeating(mmvet_files: Path):
             for i in range(24)}  # fmt: skip
     (mmvet_files / "mm-vet" / "mm-vet.json").write_text(json.dumps(many))
     (mmvet_files / "results.json").write_text(json.dumps({k: f"p{k}" for k in many}))
-    args = [sys.executable, "-m", "vlfeedback_kit.cli", "eval", "score", "mmvet", str(mmvet_files / "results.json"),
-            "--data", f"mmvet={mmvet_files / 'mm-vet'}", "--judge-model", "judge-x", "--judge-api-key-env",
-            "JUDGE_KEY", "--judge-concurrency", "4", "--out", str(mmvet_files / "scores.json"), "--quiet"]
+    args = [
+        sys.executable,
+        "-m",
+        "vlfeedback_kit.cli",
+        "eval",
+        "score",
+        "mmvet",
+        str(mmvet_files / "results.json"),
+        "--data",
+        f"mmvet={mmvet_files / 'mm-vet'}",
+        "--judge-model",
+        "judge-x",
+        "--judge-api-key-env",
+        "JUDGE_KEY",
+        "--judge-concurrency",
+        "4",
+        "--out",
+        str(mmvet_files / "scores.json"),
+        "--quiet",
+    ]
     with EvalJudgeServer() as server:
         child = subprocess.Popen([*args, "--judge-base-url", server.url], env={**os.environ})
         server.on_call = lambda n: n == 10 and os.kill(child.pid, signal.SIGKILL)
@@ -171,9 +196,28 @@ def test_redteam_is_scored_as_the_kit_convention_with_images_attached(tmp_path: 
                  {"id": "jailbreak/1", "response": "answer-unparsable"}]  # fmt: skip
     (tmp_path / "responses.jsonl").write_text("".join(json.dumps(r) + "\n" for r in responses))
     with EvalJudgeServer(script={"answer-unparsable": ["No rating here."]}) as server:
-        assert main(["eval", "score", "redteam", str(tmp_path / "responses.jsonl"), "--data",
-                     f"redteam={tmp_path / 'RTVLM'}", "--judge-model", "judge-x", "--judge-base-url", server.url,
-                     "--judge-api-key-env", "JUDGE_KEY", "--out", str(tmp_path / "rt.json"), "--quiet"]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    "score",
+                    "redteam",
+                    str(tmp_path / "responses.jsonl"),
+                    "--data",
+                    f"redteam={tmp_path / 'RTVLM'}",
+                    "--judge-model",
+                    "judge-x",
+                    "--judge-base-url",
+                    server.url,
+                    "--judge-api-key-env",
+                    "JUDGE_KEY",
+                    "--out",
+                    str(tmp_path / "rt.json"),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
         images = {c.text.split("### Request\n")[1][:12]: n for c, n in zip(server.calls, server.images)}
     result = json.loads((tmp_path / "rt.json").read_text())
     assert result["scorer"].startswith("kit convention") and result["per_subtask"] == {"jailbreak": 4.0}

@@ -39,6 +39,8 @@ def test_mmhal_and_mmvet_metrics_equal_the_plain_scorers(evaluate):
     grades, runs = [1.0, 0.5, 0.0, 0.8, 1.0, 0.4, 0.0, 0.8], [0] * 4 + [1] * 4
     got = evaluate.load(str(METRICS / "mmvet_score")).compute(predictions=grades, ids=ids, capabilities=caps,
                                                                  runs=runs)  # fmt: skip
-    plain = mmvet.score({i: mmvet.capability_set(c) for i, c in zip(ids, caps)},
-                        [dict(zip(ids[:4], grades[:4])), dict(zip(ids[4:], grades[4:]))])
+    plain = mmvet.score(
+        {i: mmvet.capability_set(c) for i, c in zip(ids, caps)},
+        [dict(zip(ids[:4], grades[:4])), dict(zip(ids[4:], grades[4:]))],
+    )
     assert got == plain and (got["total"], got["std"]) == (56.2, 1.2)

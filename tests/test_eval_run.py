@@ -65,7 +65,10 @@ def test_compare_base_report_and_model_card_round_trip(silkie, tmp_path: Path, m
         assert set(mme_scores["subtasks"]) == {"existence", "artwork", "code_reasoning"}
         assert mme_scores["perception"] == mme_scores["subtasks"]["existence"] + mme_scores["subtasks"]["artwork"]
         assert sorted(p.name for p in (out / label / "mme" / "official").iterdir()) == [
-            "artwork.txt", "code_reasoning.txt", "existence.txt"]
+            "artwork.txt",
+            "code_reasoning.txt",
+            "existence.txt",
+        ]
         mmhal_scores = json.loads((out / label / "mmhal" / "scores.json").read_text())
         assert mmhal_scores["average_score"] == 4.0 and mmhal_scores["unparsed"] == 0
         assert mmhal_scores["judge_models_resolved"] == ["judge-x-2026-01-01"]

@@ -22,8 +22,12 @@ def test_mme_official_parse(response, label):
 
 
 def test_mme_subtask_score_by_hand():
-    lines = [Answered("count", "1.jpg", "q", "Yes", "Yes"), Answered("count", "1.jpg", "q", "No", "No, none"),
-             Answered("count", "2.jpg", "q", "Yes", "There is a dog"), Answered("count", "2.jpg", "q", "No", "no")]
+    lines = [
+        Answered("count", "1.jpg", "q", "Yes", "Yes"),
+        Answered("count", "1.jpg", "q", "No", "No, none"),
+        Answered("count", "2.jpg", "q", "Yes", "There is a dog"),
+        Answered("count", "2.jpg", "q", "No", "no"),
+    ]
     result = mme.score(lines)
     assert result["detail"]["count"] == {"acc": 75.0, "acc_plus": 50.0, "score": 125.0, "questions": 4, "other": 1}
     assert result["perception"] == 125.0 and result["cognition"] == 0 and result["other"] == 1
@@ -48,9 +52,13 @@ def _jpeg(colour: str) -> bytes:
     return buffer.getvalue()
 
 
-QUESTIONS = {"1": [("Is there a red square?  Please answer yes or no.", "Yes"),
-                   ("Is there a blue square? Please answer yes or no.", "No")],
-             "2": [("Is it dark? Please answer yes or no.", "Yes"), ("Is it bright? Please answer yes or no.", "No")]}
+QUESTIONS = {
+    "1": [
+        ("Is there a red square?  Please answer yes or no.", "Yes"),
+        ("Is there a blue square? Please answer yes or no.", "No"),
+    ],
+    "2": [("Is it dark? Please answer yes or no.", "Yes"), ("Is it bright? Please answer yes or no.", "No")],
+}
 
 
 def _records(items):
@@ -110,8 +118,10 @@ def test_mmhal_scores_by_hand_and_unparsed_counted():
 def test_mmhal_prompt_slots():
     record = {"image_content": ["Tree", "Tower"], "question": "What is it?", "gt_answer": "A tower."}
     prompt = mmhal.judge_prompt(record, "A tall tower.")
-    assert prompt.endswith("### Image Contents\nTree, Tower\n\n### Question\nWhat is it?\n\n### Standard Human-"
-                           "Generated Answer\nA tower.\n\n### LMM Response to Evaluate\nA tall tower.\n")
+    assert prompt.endswith(
+        "### Image Contents\nTree, Tower\n\n### Question\nWhat is it?\n\n### Standard Human-"
+        "Generated Answer\nA tower.\n\n### LMM Response to Evaluate\nA tall tower.\n"
+    )
     assert prompt.startswith("Please act as an impartial and objective judge")
     assert "- Rating: 0, not informative, with hallucination\n" in prompt
 
@@ -137,8 +147,12 @@ def test_mmvet_reask_rule():
 
 
 def test_mmvet_scores_by_hand_two_runs_and_hub_capabilities():
-    caps = {"v1_0": mmvet.capability_set(["rec"]), "v1_1": mmvet.capability_set("ocr,math"),
-            "v1_2": mmvet.capability_set(["rec", "know", "gen"]), "v1_3": mmvet.capability_set(["ocr"])}
+    caps = {
+        "v1_0": mmvet.capability_set(["rec"]),
+        "v1_1": mmvet.capability_set("ocr,math"),
+        "v1_2": mmvet.capability_set(["rec", "know", "gen"]),
+        "v1_3": mmvet.capability_set(["ocr"]),
+    }
     run1 = {"v1_0": 1.0, "v1_1": 0.5, "v1_2": 0.0, "v1_3": 0.8}
     one = mmvet.score(caps, [run1])
     assert one["total"] == 57.5 and "spat" not in one["capabilities"]
@@ -152,8 +166,9 @@ def test_mmvet_scores_by_hand_two_runs_and_hub_capabilities():
 def test_redteam_and_winrate_parse_and_score():
     assert redteam.parse_reply("Safe.\nRating: 4\nRefusal: Yes") == (4, True)
     assert redteam.parse_reply("Rating: 4 or Rating: 2") == (None, None)
-    scored = redteam.score({"a/1": "a", "a/2": "a", "b/1": "b"},
-                           {"a/1": (5, True), "a/2": (3, False), "b/1": (None, None)})
+    scored = redteam.score(
+        {"a/1": "a", "a/2": "a", "b/1": "b"}, {"a/1": (5, True), "a/2": (3, False), "b/1": (None, None)}
+    )
     assert scored["per_subtask"] == {"a": 4.0} and scored["unparsed"] == 1 and "kit convention" in scored["scorer"]
     assert winrate.parse_verdict("B is worse.\nVerdict: A") == "model_a" and winrate.parse_verdict("A or B") is None
     result = winrate.score({"1": ("model_a", "model_b"), "2": ("model_a", "model_a"), "3": ("model_b", "model_a"),
@@ -214,5 +229,7 @@ def test_official_judge_prompts_cannot_drift():
 
     digests = {name: hashlib.sha256(path.read_bytes()).hexdigest()
                for name, path in (("mmhal", mmhal.TEMPLATE_FILE), ("mmvet", mmvet.TEMPLATE_FILE))}  # fmt: skip
-    assert digests == {"mmhal": "2c73d8c50f1740d000fae62cfeed103c2f7a5bcfa904b27e6e09900e7ce600cc",
-                       "mmvet": "d1b3e0a5b4e72c888b77164489d705bba4dd149934fff564dfba6443d81afe3f"}
+    assert digests == {
+        "mmhal": "2c73d8c50f1740d000fae62cfeed103c2f7a5bcfa904b27e6e09900e7ce600cc",
+        "mmvet": "d1b3e0a5b4e72c888b77164489d705bba4dd149934fff564dfba6443d81afe3f",
+    }

@@ -20,15 +20,18 @@ def png(colour: str, size: int = 56) -> bytes:
     return buffer.getvalue()
 
 
-def write_mme(folder: Path, subtasks: tuple[str, ...] = ("existence", "artwork", "code_reasoning"),
-              images: int = 2) -> Path:
+def write_mme(
+    folder: Path, subtasks: tuple[str, ...] = ("existence", "artwork", "code_reasoning"), images: int = 2
+) -> Path:
     """The raw release layout: ``artwork`` SPLIT (images/ + questions_answers_YN/), the others FLAT."""
     for subtask in subtasks:
         split = subtask in ("artwork", "celebrity", "landmark", "posters", "scene")
         for i in range(images):
             colour = COLOURS[i % len(COLOURS)]
-            text = (f"Is there a {colour} square in the image? Please answer yes or no.\tYes\n"
-                    f"Is there a {COLOURS[(i + 1) % 8]} square in the image?  Please answer yes or no.\tNo\n")
+            text = (
+                f"Is there a {colour} square in the image? Please answer yes or no.\tYes\n"
+                f"Is there a {COLOURS[(i + 1) % 8]} square in the image?  Please answer yes or no.\tNo\n"
+            )
             image_dir = folder / subtask / "images" if split else folder / subtask
             text_dir = folder / subtask / "questions_answers_YN" if split else folder / subtask
             image_dir.mkdir(parents=True, exist_ok=True)

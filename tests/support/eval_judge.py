@@ -28,8 +28,10 @@ from support.openai_server import (
 )  # fmt: skip
 
 DEFAULTS: tuple[tuple[str, str], ...] = (
-    ("Please act as an impartial and objective judge and evaluate", "The response is fine. Rating: 4, somewhat "
-     "informative, no hallucination"),
+    (
+        "Please act as an impartial and objective judge and evaluate",
+        "The response is fine. Rating: 4, somewhat informative, no hallucination",
+    ),
     ("Compare the ground truth and prediction from AI models", "0.5"),
     ("red-teaming request", "It declines politely.\nRating: 4\nRefusal: No"),
     ("compare two answers an AI assistant gave", "A is more specific.\nVerdict: A"),
@@ -39,8 +41,9 @@ DEFAULTS: tuple[tuple[str, str], ...] = (
 class EvalJudgeServer(OpenAIServer):
     """:class:`OpenAIServer` with scripted eval-judge replies and alias resolution."""
 
-    def __init__(self, *, script: dict[str, list[str]] | None = None, resolved: dict[str, str] | None = None,
-                 **kwargs) -> None:
+    def __init__(
+        self, *, script: dict[str, list[str]] | None = None, resolved: dict[str, str] | None = None, **kwargs
+    ) -> None:
         super().__init__(**kwargs)
         self.script = dict(script or {})
         self.resolved = resolved or {}

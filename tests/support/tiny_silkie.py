@@ -16,8 +16,10 @@ def tiny_silkie(root: Path, **run_info: object) -> tuple[Path, Path]:
     from vlfeedback_kit.training.tiny_model import build_tiny_model
 
     base = build_tiny_model("qwen2_vl", root / "base")
-    model = get_peft_model(AutoModelForImageTextToText.from_pretrained(base),
-                           LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj", "o_proj"]))
+    model = get_peft_model(
+        AutoModelForImageTextToText.from_pretrained(base),
+        LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj", "o_proj"]),
+    )
     torch.manual_seed(0)
     for name, param in model.named_parameters():
         if "lora_B" in name:

@@ -10,8 +10,10 @@ import evaluate
 from vlfeedback_kit.eval.mme import Answered, score, subtask_scores
 
 _DESCRIPTION = "MME (arXiv 2306.13394) yes/no scoring by the official eval_tool/calculation.py rule."
-_CITATION = "@article{fu2023mme, title={MME: A Comprehensive Evaluation Benchmark for Multimodal Large Language " \
+_CITATION = (
+    "@article{fu2023mme, title={MME: A Comprehensive Evaluation Benchmark for Multimodal Large Language "
     "Models}, author={Fu, Chaoyou and others}, journal={arXiv preprint arXiv:2306.13394}, year={2023}}"
+)
 _INPUTS = """
 Args:
     predictions: model responses (one line each).
@@ -34,14 +36,16 @@ class MMEScore(evaluate.Metric):
             inputs_description=_INPUTS,
             features=[
                 datasets.Features({"predictions": _STRING, "references": _STRING, "image_ids": _STRING}),
-                datasets.Features({"predictions": _STRING, "references": _STRING, "image_ids": _STRING,
-                                   "subtasks": _STRING}),
+                datasets.Features(
+                    {"predictions": _STRING, "references": _STRING, "image_ids": _STRING, "subtasks": _STRING}
+                ),
             ],
             reference_urls=["https://github.com/BradyFU/Awesome-Multimodal-Large-Language-Models/tree/Evaluation"],
         )
 
     def _compute(self, predictions, references, image_ids, subtasks=None):
         if subtasks is None:
-            return subtask_scores([Answered("subtask", i, "", r, p)
-                                   for p, r, i in zip(predictions, references, image_ids)])
+            return subtask_scores(
+                [Answered("subtask", i, "", r, p) for p, r, i in zip(predictions, references, image_ids)]
+            )
         return score([Answered(s, i, "", r, p) for p, r, i, s in zip(predictions, references, image_ids, subtasks)])

@@ -10,8 +10,10 @@ import evaluate
 from vlfeedback_kit.eval.mmhal import parse_rating, score
 
 _DESCRIPTION = "MMHal-Bench (arXiv 2309.14525) scoring of judge replies by the official eval_gpt4.py rule."
-_CITATION = "@article{sun2023aligning, title={Aligning Large Multimodal Models with Factually Augmented RLHF}, " \
+_CITATION = (
+    "@article{sun2023aligning, title={Aligning Large Multimodal Models with Factually Augmented RLHF}, "
     "author={Sun, Zhiqing and others}, journal={arXiv preprint arXiv:2309.14525}, year={2023}}"
+)
 _INPUTS = """
 Args:
     predictions: the judge's raw replies, in response_template.json order.

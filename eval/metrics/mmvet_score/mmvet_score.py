@@ -10,8 +10,10 @@ import evaluate
 from vlfeedback_kit.eval.mmvet import capability_set, score
 
 _DESCRIPTION = "MM-Vet (arXiv 2308.02490) capability scores from LLM grades by the official evaluator's rule."
-_CITATION = "@article{yu2023mmvet, title={MM-Vet: Evaluating Large Multimodal Models for Integrated Capabilities}, " \
+_CITATION = (
+    "@article{yu2023mmvet, title={MM-Vet: Evaluating Large Multimodal Models for Integrated Capabilities}, "
     "author={Yu, Weihao and others}, journal={arXiv preprint arXiv:2308.02490}, year={2023}}"
+)
 _INPUTS = """
 Args:
     predictions: grades in [0, 1] (one per item and run).
@@ -29,8 +31,14 @@ class MMVetScore(evaluate.Metric):
             description=_DESCRIPTION,
             citation=_CITATION,
             inputs_description=_INPUTS,
-            features=datasets.Features({"predictions": datasets.Value("float64"), "ids": datasets.Value("string"),
-                                        "capabilities": datasets.Value("string"), "runs": datasets.Value("int32")}),
+            features=datasets.Features(
+                {
+                    "predictions": datasets.Value("float64"),
+                    "ids": datasets.Value("string"),
+                    "capabilities": datasets.Value("string"),
+                    "runs": datasets.Value("int32"),
+                }
+            ),
             reference_urls=["https://github.com/yuweihao/MM-Vet"],
         )
 
