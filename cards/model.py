@@ -82,6 +82,17 @@ def read_eval_results(path: Path) -> list[dict]:
     return results
 
 
+def read_reference(path: Path) -> list[dict]:
+    """The ``reference`` list of an eval-results JSON: numbers reported elsewhere (the paper), shown in the card
+    body beside ours with their source, never in ``model-index``."""
+    reference = json.loads(path.read_text(encoding="utf-8")).get("reference") or []
+    for index, entry in enumerate(reference):
+        missing = [key for key in ("model", "benchmark", "metric", "value", "source") if key not in entry]
+        if missing:
+            raise UserError(f"{path}: reference[{index}] lacks {', '.join(missing)}")
+    return reference
+
+
 def eval_result(result: dict) -> EvalResult:
     """One result of the eval-results JSON as an ``EvalResult``; a URL ``source`` becomes its ``source_url``."""
     fields = set(EvalResult.__dataclass_fields__)
@@ -108,6 +119,7 @@ def render_model_card(
     title = repo_id.split("/")[-1] if repo_id else run_dir.resolve().name
     results_path = eval_results or (run_dir / EVAL_RESULTS if (run_dir / EVAL_RESULTS).is_file() else None)
     evaluations = read_eval_results(results_path) if results_path else []
+    reference = read_reference(results_path) if results_path else []
     base_revision, dataset = run.get("base_model_revision"), dict(run["dataset"])
     base_local = local_path(run["base_model"], base_revision)
     base_model = base_local or run["base_model"]
@@ -152,6 +164,7 @@ def render_model_card(
         curves=CURVES if (run_dir / CURVES).is_file() else None,
         curves_file=CURVES,
         evaluations=evaluations,
+        reference=reference,
         citation=CITATION.read_text(encoding="utf-8").strip(),
     )
 

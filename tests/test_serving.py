@@ -1,33 +1,16 @@
 """One loaded base model answers as Silkie (adapter on) and as the base (adapter off) in one batched generate."""
 
-import json
-
 import pytest
-import torch
 from PIL import Image
+from support.tiny_silkie import tiny_silkie
 
 from vlfeedback_kit.eval.serving import BASE, SILKIE, GenerationSettings, base_of_run, generate, generate_both, load
-from vlfeedback_kit.training.tiny_model import build_tiny_model
 
 
 @pytest.fixture(scope="module")
 def silkie(tmp_path_factory):
     """A tiny Qwen2-VL and a LoRA adapter whose up-projections are non-zero (so Silkie differs from its base)."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    root = tmp_path_factory.mktemp("serving")
-    base = build_tiny_model("qwen2_vl", root / "base")
-    model = get_peft_model(AutoModelForImageTextToText.from_pretrained(base),
-                           LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj", "o_proj"]))
-    torch.manual_seed(0)
-    for name, param in model.named_parameters():
-        if "lora_B" in name:
-            param.data.normal_(0, 0.5)
-    model.save_pretrained(root / "run")
-    AutoProcessor.from_pretrained(base).save_pretrained(root / "run")
-    (root / "run" / "run_info.json").write_text(json.dumps({"base_model": str(base)}))
-    return base, root / "run"
+    return tiny_silkie(tmp_path_factory.mktemp("serving"))
 
 
 def prompts() -> list:

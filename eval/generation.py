@@ -1,0 +1,159 @@
+"""Generation: answer a benchmark's items with a model, one ``responses.jsonl`` line per item, resumable.
+
+Each line is written (flushed and fsynced) as soon as its batch is answered; a re-run reads the file, skips the
+finished items and drops a torn last line, so a ``kill -9`` loses only the batch in flight. Two engines:
+
+- ``transformers`` (:mod:`vlfeedback_kit.eval.serving`): the base loaded once, the adapter on; with
+  ``--compare-base`` each batch mixes Silkie and base rows (PEFT ``adapter_names``), so both sides cost one model
+  in memory and one ``generate`` per batch;
+- ``openai``: any OpenAI-compatible server (vLLM, TGI, SGLang), the image sent as a data URL; vLLM serves a base
+  and its LoRA adapter as two model names (``--model`` and ``--adapter``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from vlfeedback_kit.errors import UserError
+from vlfeedback_kit.eval.items import Item
+
+RESPONSES = "responses.jsonl"
+SILKIE_LABEL, BASE_LABEL = "silkie", "base"
+
+
+@dataclass(frozen=True)
+class Side:
+    """One label's model: what generates it (an adapter name for transformers, a model name for openai) and
+    the provenance recorded with every response."""
+
+    label: str
+    route: str
+    provenance: dict
+
+
+def read_responses(path: Path) -> dict[str, dict]:
+    """The finished lines of a responses.jsonl by id (a torn last line, from a killed run, is ignored)."""
+    if not path.is_file():
+        return {}
+    done = {}
+    lines = path.read_text(encoding="utf-8").split("\n")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as err:
+            if number >= len(lines) - 1:  # the torn last line of a killed run
+                break
+            raise UserError(
+                f"{path}:{number}: not a JSON line ({err}); fix or delete that line (a re-run "
+                "regenerates the items whose lines are missing)"
+            ) from err
+        done[record["id"]] = record
+    return done
+
+
+def _truncate_torn(path: Path) -> None:
+    data = path.read_bytes() if path.is_file() else b""
+    if data and not data.endswith(b"\n"):
+        path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
+class ResponseLog:
+    """An append-only responses.jsonl whose lines are durable once written."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _truncate_torn(path)
+        self.path = path
+        self.done = read_responses(path)
+        self._file = path.open("a", encoding="utf-8")
+
+    def write(self, records: Sequence[dict]) -> None:
+        for record in records:
+            self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self.done[record["id"]] = record
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def record(item: Item, prompt: str, response: str, side: Side, settings: dict, engine: str) -> dict:
+    """One responses.jsonl line."""
+    return {"id": item.id, "prompt": prompt, "response": response, "label": side.label, "engine": engine,
+            "generation": settings, **side.provenance}  # fmt: skip
+
+
+def generate(
+    items: Sequence[Item],
+    prompts: Sequence[str],
+    sides: Sequence[Side],
+    logs: dict[str, ResponseLog],
+    answer: Callable[[list[tuple[Item, str, Side]]], list[str]],
+    batch_size: int,
+    settings: dict,
+    engine: str,
+    progress: bool = True,
+) -> int:
+    """Answer every (item, side) not yet in its log, ``batch_size`` rows per call of ``answer``, rows of both
+    sides mixed in one batch; returns how many responses were generated."""
+    from tqdm import tqdm
+
+    rows = [(item, prompt, side) for item, prompt in zip(items, prompts) for side in sides
+            if item.id not in logs[side.label].done]  # fmt: skip
+    with tqdm(total=len(rows), desc="generate", unit="response", disable=not progress or not rows) as bar:
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            answers = answer(batch)
+            for side in sides:
+                logs[side.label].write([record(item, prompt, text, s, settings, engine)
+                                        for (item, prompt, s), text in zip(batch, answers) if s is side])  # fmt: skip
+            bar.update(len(batch))
+    return len(rows)
+
+
+def transformers_answerer(served, settings) -> Callable[[list[tuple[Item, str, Side]]], list[str]]:
+    """Batches answered by :func:`vlfeedback_kit.eval.serving.generate` (one pass for both sides' rows)."""
+    from vlfeedback_kit.eval.serving import generate as serve
+
+    def answer(batch: list[tuple[Item, str, Side]]) -> list[str]:
+        routes = [side.route for _, _, side in batch] if served.has_adapter else None
+        return serve(served, [(item.image(), prompt) for item, prompt, _ in batch], routes, settings)
+
+    return answer
+
+
+def openai_answerer(
+    base_url: str, api_key: str, settings, concurrency: int = 16, timeout: float = 300.0
+) -> Callable[[list[tuple[Item, str, Side]]], list[str]]:
+    """Batches answered by an OpenAI-compatible server, ``concurrency`` requests in flight."""
+    from vlfeedback_kit.builders.pipeline.endpoint import RetryPolicy, complete, make_client
+    from vlfeedback_kit.builders.pipeline.judge import image_data_url
+
+    async def run(batch: list[tuple[Item, str, Side]]) -> list[str]:
+        client = make_client(base_url, api_key, timeout)
+        limit = asyncio.Semaphore(concurrency)
+
+        async def one(item: Item, prompt: str, side: Side) -> str:
+            body = {"model": side.route, "max_tokens": settings.max_new_tokens, "temperature": settings.temperature,
+                    "top_p": settings.top_p, "seed": settings.seed,
+                    "messages": [{"role": "user", "content": [
+                        {"type": "image_url", "image_url": {"url": image_data_url(item.image_data())}},
+                        {"type": "text", "text": prompt}]}]}  # fmt: skip
+            async with limit:
+                completion = await complete(client, body, RetryPolicy())
+            return (completion.reply.content or "").strip()
+
+        try:
+            return list(await asyncio.gather(*(one(*row) for row in batch)))
+        finally:
+            await client.close()
+
+    return lambda batch: asyncio.run(run(batch))
