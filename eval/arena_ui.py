@@ -10,7 +10,6 @@ from __future__ import annotations
 import random
 import uuid
 from collections.abc import Callable, Iterator
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -72,11 +71,24 @@ def build_app(served: ServedModel, config: ArenaConfig, store: VoteStore, gpu: C
     def ensure_voter(voter: str | None) -> str:
         return voter or uuid.uuid4().hex
 
-    def start(image: Any, question: str, tokens: float, temperature: float, voter: str, named: bool,
-              request: gr.Request) -> tuple:  # fmt: skip
+    def starter(named: bool) -> Callable:
+        def start(image: Any, question: str, tokens: float, temperature: float, voter: str,
+                  request: gr.Request) -> tuple:  # fmt: skip
+            return begin(image, question, tokens, temperature, voter, named, request.session_hash)
+
+        return start
+
+    def voter_for(choice: str) -> Callable:
+        def cast(state: dict | None, voter: str, request: gr.Request) -> tuple:
+            return vote(choice, state, voter, request.session_hash)
+
+        return cast
+
+    def begin(image: Any, question: str, tokens: float, temperature: float, voter: str, named: bool,
+              session: str | None) -> tuple:  # fmt: skip
         try:
             question = limits.check(image, question)
-            battle_rate.hit(voter or request.session_hash or "anonymous", "battles")
+            battle_rate.hit(voter or session or "anonymous", "battles")
         except LimitError as err:
             raise gr.Error(str(err)) from None
         adapters = [SILKIE, BASE] if named or random.random() < 0.5 else [BASE, SILKIE]
@@ -98,13 +110,13 @@ def build_app(served: ServedModel, config: ArenaConfig, store: VoteStore, gpu: C
         yield (done, [*history_a, {"role": "assistant", "content": answers[0]}],
                [*history_b, {"role": "assistant", "content": answers[1]}], *vote_buttons(True))  # fmt: skip
 
-    def vote(choice: str, state: dict | None, voter: str, request: gr.Request) -> tuple:
+    def vote(choice: str, state: dict | None, voter: str, session: str | None) -> tuple:
         if not state or not state.get("done"):
             raise gr.Error("Ask a question first; you can vote once both answers are complete.")
         if state.get("voted"):
             raise gr.Error("This battle already has your vote. Start a new battle.")
         try:
-            vote_rate.hit(voter or request.session_hash or "anonymous", "votes")
+            vote_rate.hit(voter or session or "anonymous", "votes")
         except LimitError as err:
             raise gr.Error(str(err)) from None
         sha, png = image_sha256(state["image"])
@@ -194,18 +206,18 @@ def build_app(served: ServedModel, config: ArenaConfig, store: VoteStore, gpu: C
                    named_send, named_regenerate),
         }.items():  # fmt: skip
             outputs = [state, left, right, *btns, regen, note]
-            gr.on([send_btn.click, text.submit], partial(start, named=named),
+            gr.on([send_btn.click, text.submit], starter(named),
                   [img, text, tokens, temperature, voter], outputs, api_visibility="private", queue=False,
                   ).success(respond, [state, left, right], [state, left, right, *btns], api_visibility="private",
                             concurrency_id="gpu", concurrency_limit=1, time_limit=config.time_limit_s,
                             ).then(lambda: gr.Button(interactive=True), None, regen, api_visibility="private")  # fmt: skip
-            regen.click(partial(start, named=named), [img, text, tokens, temperature, voter], outputs,
+            regen.click(starter(named), [img, text, tokens, temperature, voter], outputs,
                         api_visibility="private", queue=False,
                         ).success(respond, [state, left, right], [state, left, right, *btns],
                                   api_visibility="private", concurrency_id="gpu", concurrency_limit=1,
                                   time_limit=config.time_limit_s)  # fmt: skip
             for key, button in zip(VOTE_LABELS, btns):
-                button.click(partial(vote, key), [state, voter], [state, note, *btns, regen],
+                button.click(voter_for(key), [state, voter], [state, note, *btns, regen],
                              api_visibility="private", queue=False)  # fmt: skip
         clear.click(new_battle, None, [battle, chat_a, chat_b, *buttons, regenerate, reveal, image, question],
                     api_visibility="private", queue=False)  # fmt: skip

@@ -1,0 +1,263 @@
+"""The Silkie-vs-base Space end to end: its app.py (with a stub `spaces`) launched on a loopback port, driven by
+gradio_client and by a real browser (Playwright + Debian's Chromium); votes into the loopback Hub."""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from support.arena import stub_spaces, tiny_silkie
+from vlfeedback_kit.eval.arena import (
+    ArenaConfig,
+    Contender,
+    LimitError,
+    Limits,
+    RateLimiter,
+    VoteStore,
+    board,
+    names_model,
+    read_votes,
+    vote_record,
+)
+from vlfeedback_kit.eval.serving import GenerationSettings, generate_both, load
+
+APP = Path(__file__).parents[1] / "spaces" / "silkie-vs-base" / "app.py"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+SECRET = "hf_arena_secret_token_do_not_leak"
+SILKIE = Contender("Silkie", "org/silkie", "abc")
+BASE = Contender("Base", "org/base", None)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def silkie(tmp_path_factory):
+    return tiny_silkie(tmp_path_factory.mktemp("arena-model"))
+
+
+@pytest.fixture(scope="module")
+def space(silkie, tmp_path_factory):
+    """spaces/silkie-vs-base/app.py run as the Space runs it, with a stub `spaces` whose GPU records its calls,
+    launched on a free loopback port; yields (module globals, url, votes folder, stub module)."""
+    _, run = silkie
+    root = tmp_path_factory.mktemp("arena-space")
+    votes = root / "votes"
+    env = {"ARENA_ADAPTER": str(run), "ARENA_VOTES_DIR": str(votes), "ARENA_MAX_NEW_TOKENS": "16",
+           "ARENA_VOTER_SECRET": "test-secret", "HF_TOKEN": SECRET, "GRADIO_ANALYTICS_ENABLED": "False"}  # fmt: skip
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    sys.path.insert(0, str(stub_spaces(root / "stub")))
+    sys.modules.pop("spaces", None)
+    try:
+        module = runpy.run_path(str(APP), run_name="space_app")
+        stub = sys.modules["spaces"]
+        demo = module["demo"]
+        demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+        yield module, demo.local_url, votes, stub
+        demo.close()
+    finally:
+        sys.modules.pop("spaces", None)
+        sys.path.remove(str(root / "stub"))
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture
+def png(tmp_path) -> Path:
+    path = tmp_path / "red.png"
+    Image.new("RGB", (96, 64), (200, 30, 30)).save(path)
+    return path
+
+
+def test_app_applies_the_zerogpu_decorator_to_a_sync_generator(space):
+    _, _, _, stub = space
+    assert stub.decorated == [{"name": "generate_pair", "duration": 60, "generator": True}]
+
+
+def test_compare_returns_both_answers_from_one_batched_generate(space, silkie, png):
+    from gradio_client import Client, handle_file
+
+    module, url, _, stub = space
+    client = Client(url, verbose=False)
+    assert {"/compare", "/leaderboard"} <= set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    answer_silkie, answer_base = client.predict(handle_file(str(png)), "What colour is it?", api_name="/compare")
+    served = load(None, adapter=str(silkie[1]))
+    expected = generate_both(served, [(Image.open(png).convert("RGB"), "What colour is it?")],
+                             GenerationSettings(max_new_tokens=16))  # fmt: skip
+    assert (answer_silkie, answer_base) == (expected[0][0], expected[1][0])
+    assert answer_silkie != answer_base and "generate_pair" in stub.called
+
+
+def test_compare_limits_are_messages_not_tracebacks(space, png):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    client = Client(space[1], verbose=False)
+    with pytest.raises(AppError, match="Upload an image first"):
+        client.predict(None, "no image", api_name="/compare")
+    with pytest.raises(AppError, match="characters long; the limit is 2000"):
+        client.predict(handle_file(str(png)), "x" * 2001, api_name="/compare")
+    assert client.predict(handle_file(str(png)), "still serving?", api_name="/compare")  # the queue is alive
+
+
+def test_eight_concurrent_compare_calls_all_succeed(space, png):
+    from gradio_client import Client, handle_file
+
+    client = Client(space[1], verbose=False)
+    jobs = [client.submit(handle_file(str(png)), f"question {i}", api_name="/compare") for i in range(8)]
+    results = [job.result(timeout=120) for job in jobs]
+    assert len(results) == 8 and all(len(pair) == 2 and all(isinstance(a, str) for a in pair) for pair in results)
+
+
+def test_token_never_reaches_the_page(space):
+    import urllib.request
+
+    url = space[1]
+    for path in ("", "config", "gradio_api/info"):
+        with urllib.request.urlopen(url + path, timeout=10) as response:
+            assert SECRET not in response.read().decode("utf-8", "replace")
+
+
+def test_limits_and_rate_limiter():
+    limits = Limits(max_image_bytes=1000, max_image_pixels=100, max_prompt_chars=10)
+    small = Image.new("RGB", (10, 10))
+    assert limits.check(small, "  what?  ") == "what?"
+    with pytest.raises(LimitError, match="11×10 pixels"):
+        limits.check(Image.new("RGB", (11, 10)), "what?")
+    with pytest.raises(LimitError, match="MiB"):
+        limits.check(small, "what?", image_bytes=1001)
+    with pytest.raises(LimitError, match="Type a question"):
+        limits.check(small, "   ")
+    now = [0.0]
+    rate = RateLimiter(2, clock=lambda: now[0])
+    rate.hit("voter", "votes")
+    rate.hit("voter", "votes")
+    rate.hit("other", "votes")
+    with pytest.raises(LimitError, match="at most 2 a minute"):
+        rate.hit("voter", "votes")
+    now[0] = 60.0
+    rate.hit("voter", "votes")
+
+
+def record(vote: str, i: int = 0, a: Contender = SILKIE, b: Contender = BASE, answer_a: str = "red") -> dict:
+    return vote_record(battle_id=f"b{i}", mode="battle", model_a=a, model_b=b, vote=vote, voter="v1",
+                       prompt="colour?", answer_a=answer_a, answer_b="blue", settings=GenerationSettings(),
+                       image_sha256="0" * 64, now=1.0)  # fmt: skip
+
+
+def test_board_hides_ratings_below_the_minimum_and_drops_identity_leaks():
+    votes = [record("a", 0), record("tie", 1, BASE, SILKIE), record("b", 2, answer_a="I am Qwen, by Alibaba")]
+    assert names_model("I am Qwen.") and not names_model("a queen")
+    small = board(votes, SILKIE, BASE, min_votes=20)
+    assert small.summary.n == 2 and small.excluded == 1 and "hidden" in small.note and "named its model" in small.note
+    assert small.rows[0][2] == "hidden"
+    many = board([record("a", i) for i in range(15)] + [record("b", i, BASE, SILKIE) for i in range(5)],
+                 SILKIE, BASE, min_votes=20, rounds=200)  # fmt: skip
+    assert many.summary.win_rate == 1.0 and many.rows[0][2] == "100.0%"
+
+
+def test_votes_reach_the_dataset_repo_and_load_dataset_reads_them(hub, tmp_path):
+    from datasets import load_dataset
+
+    store = VoteStore(tmp_path / "votes", "org/arena-votes", every_minutes=60)
+    try:
+        store.add(record("a", 0), b"png-bytes")
+        store.add(record("bothbad", 1), b"png-bytes")
+        store.push()
+        repo = hub.repo("org/arena-votes")
+        names = set(repo.resolve("main").files)
+        assert f"data/{store.path.name}" in names and f"images/{'0' * 64}.png" in names
+        rows = load_dataset("org/arena-votes", split="train")
+        assert rows["winner"] == ["model_a", "tie (bothbad)"] and rows["model_a"] == ["org/silkie@abc"] * 2
+        assert [v["battle_id"] for v in read_votes("org/arena-votes")] == ["b0", "b1"]
+        assert "base64" not in store.path.read_text() and "ip" not in rows.column_names
+    finally:
+        store.close()
+
+
+def test_a_failing_hub_loses_and_duplicates_no_vote(hub, tmp_path):
+    store = VoteStore(tmp_path / "votes", "org/arena-votes", every_minutes=60)
+    try:
+        store.add(record("a", 0))
+        store.push()
+        store.add(record("b", 1))
+        hub.fail_next(r"/commit/", status=503)
+        with pytest.raises(Exception):  # noqa: B017 - whatever the client raises for a 5xx commit
+            store.push()
+        store.add(record("tie", 2))
+        store.push()  # the next tick: everything still on disk goes up
+        pushed = hub.repo("org/arena-votes").read(f"data/{store.path.name}").decode().splitlines()
+        assert [json.loads(line)["battle_id"] for line in pushed] == ["b0", "b1", "b2"]
+    finally:
+        store.close()
+
+
+def test_a_torn_last_line_is_skipped(tmp_path):
+    store = VoteStore(tmp_path / "votes")
+    store.add(record("a", 0))
+    with store.path.open("a") as handle:
+        handle.write('{"battle_id": "b1", "win')  # kill -9 mid-write
+    assert [v["battle_id"] for v in read_votes(tmp_path / "votes")] == ["b0"]
+
+
+def test_config_from_environment():
+    config = ArenaConfig.from_env({"ARENA_MODEL": "org/base", "ARENA_MAX_NEW_TOKENS": "64", "HF_TOKEN": SECRET})
+    assert config.model == "org/base" and config.max_new_tokens == 64 and SECRET not in repr(config)
+    assert config.settings(10_000, -1).max_new_tokens == config.max_new_tokens_limit
+
+
+def test_browser_battle_vote_reveal_and_leaderboard(space, png, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    module, url, votes, _ = space
+    artifacts = Path(os.environ.get("ARENA_ARTIFACTS", tmp_path))
+    artifacts.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"])  # fmt: skip
+        page = browser.new_page(viewport={"width": 1280, "height": 1100})
+        page.goto(url)
+        page.locator("#image input[type=file]").set_input_files(str(png))
+        page.locator("#image img").first.wait_for()
+        page.locator("#question textarea").fill("What colour is the square?")
+        expect(page.locator("#vote_a")).to_be_disabled()
+        page.locator("#send").click()
+        for pane in ("#chat_a", "#chat_b"):
+            expect(page.locator(pane)).to_contain_text("What colour is the square?", timeout=20_000)
+        expect(page.locator("#vote_a")).to_be_enabled(timeout=60_000)
+        answers = [page.locator(f"{pane} .message.bot").last.inner_text() for pane in ("#chat_a", "#chat_b")]
+        assert all(a.strip() for a in answers)
+        expect(page.locator("#reveal")).not_to_contain_text("Model A:")
+        page.locator("#vote_a").click()
+        expect(page.locator("#reveal")).to_contain_text("Model A:", timeout=10_000)
+        expect(page.locator("#reveal")).to_contain_text("Silkie")
+        expect(page.locator("#vote_b")).to_be_disabled()
+        page.screenshot(path=str(artifacts / "space-battle.png"), full_page=True)
+        voter = page.evaluate("() => localStorage.getItem('vlf_arena_voter')")
+        page.get_by_role("tab", name="🏆 Leaderboard").click()
+        expect(page.locator("#board_note")).to_contain_text("1 battle so far", timeout=10_000)
+        expect(page.locator("#board")).to_contain_text("Silkie")
+        page.screenshot(path=str(artifacts / "space-leaderboard.png"), full_page=True)
+        browser.close()
+    assert voter and SECRET not in voter
+    (line,) = [v for v in read_votes(votes) if v["mode"] == "battle"]
+    assert line["winner"] == "model_a" and line["prompt"] == "What colour is the square?"
+    assert len(line["voter"]) == 32 and (votes / "images" / f"{line['image_sha256']}.png").is_file()
+    assert {line["model_a_name"], line["model_b_name"]} == {"Silkie", "Base"}
+    text = "".join(p.read_text() for p in (votes / "data").glob("*.jsonl"))
+    assert SECRET not in text and "127.0.0.1" not in text and "base64" not in text
+    assert (artifacts / "space-battle.png").stat().st_size > 10_000
