@@ -62,7 +62,7 @@ class ArenaConfig:
     votes_dir: str = "arena-votes"
     push_every_minutes: float = 5.0
     voter_secret: str = "vlfeedback-arena-local"
-    """Encrypts the voter id in the browser; set it as a Space secret so ids survive restarts (``ARENA_VOTER_SECRET``)."""
+    """Encrypts the voter id in the browser; a Space secret (``ARENA_VOTER_SECRET``) keeps ids across restarts."""
     max_new_tokens: int = 128
     max_new_tokens_limit: int = 512
     temperature: float = 0.0
@@ -96,8 +96,9 @@ class ArenaConfig:
     def settings(self, max_new_tokens: int | None = None, temperature: float | None = None) -> GenerationSettings:
         """Generation settings for one battle, clamped to the configured limits."""
         tokens = self.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
+        temperature = self.temperature if temperature is None else float(temperature)
         return GenerationSettings(max_new_tokens=max(1, min(tokens, self.max_new_tokens_limit)),
-                                  temperature=max(0.0, float(self.temperature if temperature is None else temperature)))  # fmt: skip
+                                  temperature=max(0.0, temperature))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -151,8 +152,14 @@ class PairStreamer:
             yield item
 
 
-def stream_pair(served: ServedModel, image: Any, question: str, adapters: Sequence[str],
-                settings: GenerationSettings, max_time: float | None = None) -> Iterator[tuple[str, str]]:
+def stream_pair(
+    served: ServedModel,
+    image: Any,
+    question: str,
+    adapters: Sequence[str],
+    settings: GenerationSettings,
+    max_time: float | None = None,
+) -> Iterator[tuple[str, str]]:
     """Both answers to one prompt, growing together, from one batched ``generate`` (row i uses ``adapters[i]``).
 
     Yields ``(answer_0, answer_1)`` after every token; the last pair is the final answers."""
@@ -268,9 +275,21 @@ def kit_version() -> str:
     return __version__
 
 
-def vote_record(*, battle_id: str, mode: str, model_a: Contender, model_b: Contender, vote: str, voter: str,
-                prompt: str, answer_a: str, answer_b: str, settings: GenerationSettings, image_sha256: str,
-                now: float | None = None) -> dict:
+def vote_record(
+    *,
+    battle_id: str,
+    mode: str,
+    model_a: Contender,
+    model_b: Contender,
+    vote: str,
+    voter: str,
+    prompt: str,
+    answer_a: str,
+    answer_b: str,
+    settings: GenerationSettings,
+    image_sha256: str,
+    now: float | None = None,
+) -> dict:
     """One vote as stored: what was shown, what was chosen, by which anonymous voter (no IP, no token, no image)."""
     if vote not in VOTES:
         raise ValueError(f"vote must be one of {', '.join(VOTES)}, not {vote!r}")
@@ -402,8 +421,9 @@ BOARD_HEADERS = ["model", "votes", "win rate (ties ½)", "95% CI", "Elo gap (BT)
                  "losses", "both bad", "tie rate"]  # fmt: skip
 
 
-def board(votes: Sequence[dict], silkie: Contender, base: Contender, min_votes: int = MIN_BATTLES,
-          rounds: int = 1000) -> Board:
+def board(
+    votes: Sequence[dict], silkie: Contender, base: Contender, min_votes: int = MIN_BATTLES, rounds: int = 1000
+) -> Board:
     """Win rate (ties as half), n, tie and both-bad rates, the Bradley–Terry gap with bootstrap 95% CIs of Silkie
     against its base, from the votes that compare exactly these two models and name neither."""
     ids = {silkie.record(), base.record()}
@@ -428,3 +448,48 @@ def board(votes: Sequence[dict], silkie: Contender, base: Contender, min_votes: 
     row = [f"{silkie.name} ({silkie.record()}) vs {base.name} ({base.record()})", summary.n, *rates, summary.wins,
            summary.ties - summary.both_bad, summary.losses, summary.both_bad, f"{summary.tie_rate:.1%}"]  # fmt: skip
     return Board(summary, excluded, note, [row])
+
+
+HUMAN_PREFERENCE = {"model_a": "a", "model_b": "b", "tie": "tie", "tie (bothbad)": "tie"}
+"""A vote's winner as ``vlfeedback agreement`` reads a human label (both bad is a tie)."""
+
+
+def is_votes_source(source: str | Path) -> bool:
+    """Whether ``source`` is a votes folder (``data/votes-*.jsonl``) or a Hub dataset id (no such local path)."""
+    path = Path(source)
+    if path.is_dir():
+        return any(path.glob("data/votes-*.jsonl"))
+    return not path.exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", str(source)) is not None
+
+
+def vote_labels(votes: Sequence[dict]) -> list[dict]:
+    """The votes as human pairwise labels (``id`` = battle id, models as shown, ``preferred``), identity leaks left
+    out; what ``vlfeedback agreement --human VOTES`` reads."""
+    return [{"id": v["battle_id"], "model_a": v["model_a"], "model_b": v["model_b"],
+             "preferred": HUMAN_PREFERENCE[v["winner"]], "aspect": "overall"}
+            for v in votes if not v.get("names_model")]  # fmt: skip
+
+
+def votes_to_items(source: str | Path, out: Path) -> int:
+    """Write the voted battles in the pipeline's release layout (``responses.jsonl`` + ``merged_images/<id>.jpg``)
+    so ``vlfeedback annotate`` can judge the same answers the voters saw; returns the number of rows."""
+    from vlfeedback_kit.builders.pipeline.layout import LayoutWriter
+
+    folder = Path(source)
+    if not folder.exists():
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(str(source), repo_type="dataset"))
+    writer = LayoutWriter(out, "responses.jsonl")
+    count = 0
+    for vote in read_votes(folder):
+        image = folder / "images" / f"{vote['image_sha256']}.png"
+        if vote.get("names_model") or not image.is_file():
+            continue
+        writer.add({"id": vote["battle_id"], "prompt": vote["prompt"], "models": [vote["model_a"], vote["model_b"]],
+                    "completions": [{"model": vote["model_a"], "response": vote["answer_a"]},
+                                    {"model": vote["model_b"], "response": vote["answer_b"]}]},
+                   image.read_bytes())  # fmt: skip
+        count += 1
+    writer.close()
+    return count

@@ -45,8 +45,13 @@ def no_gpu(duration: Any = None, **_: Any) -> Callable:
     return lambda fn: fn
 
 
-def build_app(served: ServedModel, config: ArenaConfig, store: VoteStore, gpu: Callable = no_gpu,
-              examples: list[list[Any]] | None = None) -> gr.Blocks:
+def build_app(
+    served: ServedModel,
+    config: ArenaConfig,
+    store: VoteStore,
+    gpu: Callable = no_gpu,
+    examples: list[list[Any]] | None = None,
+) -> gr.Blocks:
     """The arena's Blocks, queued (``config.queue_size``); ``gpu`` is ``spaces.GPU`` or :func:`no_gpu`."""
     sides = contenders(served)
     limits = Limits.of(config)
@@ -63,9 +68,7 @@ def build_app(served: ServedModel, config: ArenaConfig, store: VoteStore, gpu: C
             question = limits.check(image, question)
         except LimitError as err:
             raise gr.Error(str(err)) from None
-        answers = ("", "")
-        for answers in generate_pair(image, question, [SILKIE, BASE], config.settings()):
-            pass
+        *_, answers = generate_pair(image, question, [SILKIE, BASE], config.settings())
         return answers
 
     def ensure_voter(voter: str | None) -> str:
@@ -206,11 +209,12 @@ def build_app(served: ServedModel, config: ArenaConfig, store: VoteStore, gpu: C
                    named_send, named_regenerate),
         }.items():  # fmt: skip
             outputs = [state, left, right, *btns, regen, note]
-            gr.on([send_btn.click, text.submit], starter(named),
-                  [img, text, tokens, temperature, voter], outputs, api_visibility="private", queue=False,
-                  ).success(respond, [state, left, right], [state, left, right, *btns], api_visibility="private",
-                            concurrency_id="gpu", concurrency_limit=1, time_limit=config.time_limit_s,
-                            ).then(lambda: gr.Button(interactive=True), None, regen, api_visibility="private")  # fmt: skip
+            asked = gr.on([send_btn.click, text.submit], starter(named), [img, text, tokens, temperature, voter],
+                          outputs, api_visibility="private", queue=False)  # fmt: skip
+            answered = asked.success(respond, [state, left, right], [state, left, right, *btns],
+                                     api_visibility="private", concurrency_id="gpu", concurrency_limit=1,
+                                     time_limit=config.time_limit_s)  # fmt: skip
+            answered.then(lambda: gr.Button(interactive=True), None, regen, api_visibility="private")
             regen.click(starter(named), [img, text, tokens, temperature, voter], outputs,
                         api_visibility="private", queue=False,
                         ).success(respond, [state, left, right], [state, left, right, *btns],
@@ -237,7 +241,6 @@ def create_app(config: ArenaConfig, gpu: Callable = no_gpu) -> gr.Blocks:
                   adapter_revision=config.adapter_revision)  # fmt: skip
     store = VoteStore(config.votes_dir, config.votes_repo, every_minutes=config.push_every_minutes)
     demo = build_app(served, config, store, gpu, examples=examples_from(config.examples_dir))
-    demo.arena_store = store
     return demo
 
 

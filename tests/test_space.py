@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-
 from support.arena import stub_spaces, tiny_silkie
+
 from vlfeedback_kit.eval.arena import (
     ArenaConfig,
     Contender,
@@ -22,6 +22,7 @@ from vlfeedback_kit.eval.arena import (
     RateLimiter,
     VoteStore,
     board,
+    image_sha256,
     names_model,
     read_votes,
     vote_record,
@@ -93,7 +94,9 @@ def test_compare_returns_both_answers_from_one_batched_generate(space, silkie, p
 
     module, url, _, stub = space
     client = Client(url, verbose=False)
-    assert {"/compare", "/leaderboard"} <= set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert {"/compare", "/leaderboard"} <= set(
+        client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    )
     answer_silkie, answer_base = client.predict(handle_file(str(png)), "What colour is it?", api_name="/compare")
     served = load(None, adapter=str(silkie[1]))
     expected = generate_both(served, [(Image.open(png).convert("RGB"), "What colour is it?")],
@@ -261,3 +264,114 @@ def test_browser_battle_vote_reveal_and_leaderboard(space, png, tmp_path):
     text = "".join(p.read_text() for p in (votes / "data").glob("*.jsonl"))
     assert SECRET not in text and "127.0.0.1" not in text and "base64" not in text
     assert (artifacts / "space-battle.png").stat().st_size > 10_000
+
+
+def test_both_rows_stream_together_and_end_as_the_batched_answers(silkie):
+    from vlfeedback_kit.eval.arena import stream_pair
+    from vlfeedback_kit.eval.serving import BASE as BASE_ROW
+    from vlfeedback_kit.eval.serving import SILKIE as SILKIE_ROW
+
+    served = load(None, adapter=str(silkie[1]))
+    image, settings = Image.new("RGB", (96, 64), (200, 30, 30)), GenerationSettings(max_new_tokens=12)
+    steps = list(stream_pair(served, image, "What colour?", [BASE_ROW, SILKIE_ROW], settings))
+    assert len(steps) == 12  # one update per generated token, carrying both rows
+    assert sum(bool(a) and bool(b) for a, b in steps) > 6
+    silkie_answer, base_answer = generate_both(served, [(image, "What colour?")], settings)
+    assert steps[-1] == (base_answer[0], silkie_answer[0])
+
+
+def publish(*argv: str) -> int:
+    from vlfeedback_kit.cli import main
+
+    return main(["publish", "space", "--repo", "org/silkie-arena", *argv])
+
+
+def test_publish_space_dry_run_tree_starts_from_itself_alone(silkie, tmp_path, png):
+    import subprocess
+    import zipfile
+
+    import yaml
+    from gradio_client import handle_file
+
+    base, run = silkie
+    out = tmp_path / "tree"
+    assert publish("--model", str(base), "--adapter", str(run), "--votes-repo", "org/votes", "--hardware",
+                   "zero-a10g", "--dry-run", str(out)) == 0  # fmt: skip
+    header = yaml.safe_load((out / "README.md").read_text().split("---\n")[1])
+    assert header["sdk"] == "gradio" and header["sdk_version"] == "6.31.0" and header["app_file"] == "app.py"
+    assert header["models"] == [str(base), str(run)] and "org/votes" in header["datasets"]
+    assert header["suggested_hardware"] == "zero-a10g" and len(header["short_description"]) <= 60
+    (wheel,) = (out / "wheels").glob("vlfeedback_kit-*.whl")
+    assert f"./wheels/{wheel.name}[train]" in (out / "requirements.txt").read_text().splitlines()
+    site = tmp_path / "site"  # what pip does with the wheel the requirements name
+    zipfile.ZipFile(wheel).extractall(site)
+    env = {**os.environ, "PYTHONPATH": str(site), "ARENA_ADAPTER": str(run), "ARENA_VOTES_DIR": str(tmp_path / "v"),
+           "ARENA_MAX_NEW_TOKENS": "8", "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(free_port()),
+           "GRADIO_ANALYTICS_ENABLED": "False"}  # fmt: skip
+    found = subprocess.run([sys.executable, "-c", "import vlfeedback_kit; print(vlfeedback_kit.__file__)"], cwd=out,
+                           env=env, capture_output=True, text=True)  # fmt: skip
+    assert found.stdout.strip() == str(site / "vlfeedback_kit" / "__init__.py")
+    server = subprocess.Popen([sys.executable, "app.py"], cwd=out, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{env['GRADIO_SERVER_PORT']}/"
+        client = wait_for(url, server)
+        answers = client.predict(handle_file(str(png)), "What colour?", api_name="/compare")
+        assert len(answers) == 2 and all(isinstance(a, str) and a for a in answers)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def wait_for(url: str, server, timeout: float = 120.0):
+    """A gradio_client once the app answers (bounded polling for readiness, not a timing assumption)."""
+    import time
+    import urllib.request
+
+    from gradio_client import Client
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert server.poll() is None, server.stderr.read()[-2000:]
+        try:
+            urllib.request.urlopen(url + "config", timeout=2).close()
+            return Client(url, verbose=False)
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"the Space did not start within {timeout:.0f} s")
+
+
+def test_publish_space_is_one_commit_to_a_gradio_space(hub, silkie, capsys):
+    base, run = silkie
+    assert publish("--model", "org/base", "--adapter", "org/silkie", "--votes-repo", "org/votes") == 0
+    repo = hub.repo("org/silkie-arena", "space")
+    head = repo.resolve("main")
+    assert len(repo.history(head)) == 2  # the repo's initial commit, then the Space in one commit
+    assert {"app.py", "README.md", "requirements.txt"} <= set(head.files)
+    assert any(name.startswith("wheels/vlfeedback_kit-") for name in head.files)
+    assert capsys.readouterr().out.strip().endswith(f"{hub.url}/spaces/org/silkie-arena")
+
+
+def test_agreement_reads_the_votes_as_human_labels(tmp_path, capsys):
+    from vlfeedback_kit.builders.features import ASPECTS
+    from vlfeedback_kit.cli import main
+
+    store = VoteStore(tmp_path / "votes")
+    sha, data = image_sha256(Image.new("RGB", (8, 8), "red"))
+    for i, vote in enumerate(["a", "b", "tie", "a"]):
+        store.add({**record(vote, i), "image_sha256": sha}, data)
+    store.add({**record("b", 9, answer_a="As Qwen I think"), "image_sha256": sha}, data)  # left out: names a model
+    assert main(["space-votes", str(tmp_path / "votes"), "--out", str(tmp_path / "items")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "items" / "responses.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["b0", "b1", "b2", "b3"] and (tmp_path / "items/merged_images/b0.jpg").is_file()
+    judged = tmp_path / "annotated.jsonl"  # the judge prefers Silkie's answer everywhere
+    with judged.open("w") as handle:
+        for row in rows:
+            ratings = {row["models"][0]: 5, row["models"][1]: 2}
+            completions = [{"model": m, "annotations": {a: {"Rating": str(r)} for a in ASPECTS}}
+                           for m, r in ratings.items()]  # fmt: skip
+            handle.write(json.dumps({"id": row["id"], "completions": completions}) + "\n")
+    capsys.readouterr()
+    assert main(["agreement", "--judge", str(judged), "--human", str(tmp_path / "votes"), "--json"]) == 0
+    overall = json.loads(capsys.readouterr().out)["overall"]
+    assert (overall["pairs"], overall["agree"], overall["human_ties"], overall["unmatched"]) == (3, 2, 1, 0)

@@ -27,7 +27,7 @@ def tiny_silkie(root: Path) -> tuple[Path, Path]:
     return base, root / "run"
 
 
-STUB_SPACES = '''"""Stand-in for Hugging Face's `spaces`: GPU records each decoration and each call of what it decorated."""
+STUB_SPACES = '''"""Stand-in for Hugging Face's `spaces`: GPU records what it decorates and each call of it."""
 import functools, inspect
 decorated, called = [], []
 def GPU(task=None, *, duration=60, **kwargs):
