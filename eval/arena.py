@@ -417,8 +417,8 @@ class Board:
     rows: list[list[Any]] = field(default_factory=list)
 
 
-BOARD_HEADERS = ["model", "votes", "win rate (ties ½)", "95% CI", "Elo gap (BT)", "95% CI", "wins", "ties",
-                 "losses", "both bad", "tie rate"]  # fmt: skip
+BOARD_HEADERS = ["Silkie vs base", "votes", "Silkie wins", "ties", "base wins", "both bad", "tie rate",
+                 "win rate (ties ½)", "95% CI", "Elo gap (BT)", "95% CI"]  # fmt: skip
 
 
 def board(
@@ -443,10 +443,11 @@ def board(
         rates = [f"{summary.win_rate:.1%}", f"[{low:.1%}, {high:.1%}]", f"{summary.elo_gap:+.0f}",
                  f"[{gap_low:+.0f}, {gap_high:+.0f}]"]  # fmt: skip
         note = f"{summary.n} votes; Silkie against its base, ties counted as half a win."
+    note += f" Silkie: `{silkie.record()}`; base: `{base.record()}`."
     if excluded:
         note += f" {excluded} vote{'s' if excluded != 1 else ''} left out: an answer named its model."
-    row = [f"{silkie.name} ({silkie.record()}) vs {base.name} ({base.record()})", summary.n, *rates, summary.wins,
-           summary.ties - summary.both_bad, summary.losses, summary.both_bad, f"{summary.tie_rate:.1%}"]  # fmt: skip
+    row = [f"{silkie.name} vs {base.name}", summary.n, summary.wins, summary.ties - summary.both_bad, summary.losses,
+           summary.both_bad, f"{summary.tie_rate:.1%}", *rates]  # fmt: skip
     return Board(summary, excluded, note, [row])
 
 

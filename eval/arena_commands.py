@@ -48,7 +48,7 @@ def _space(args: argparse.Namespace) -> int:
         adapter_revision=args.adapter_revision, votes_repo=args.votes_repo, votes_dir=args.votes_dir,
         examples_dir=args.examples_dir, max_new_tokens=args.max_new_tokens,
     )  # fmt: skip
-    demo = create_app(config, gpu=gpu)
+    demo, _ = create_app(config, gpu=gpu)
     where = f"pushed to {config.votes_repo}" if config.votes_repo else f"kept in {config.votes_dir}/"
     print(f"Silkie ({config.adapter}) vs its base; votes {where}")
     demo.launch(server_name=args.host, server_port=args.port, **launch_options(config))

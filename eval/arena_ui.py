@@ -233,15 +233,14 @@ def build_app(
     return demo
 
 
-def create_app(config: ArenaConfig, gpu: Callable = no_gpu) -> gr.Blocks:
+def create_app(config: ArenaConfig, gpu: Callable = no_gpu) -> tuple[gr.Blocks, VoteStore]:
     """Load the base model and its adapter once, open the vote store and build the app (the Space's module level)."""
     from vlfeedback_kit.eval.serving import load
 
     served = load(config.model, adapter=config.adapter, model_revision=config.model_revision,
                   adapter_revision=config.adapter_revision)  # fmt: skip
     store = VoteStore(config.votes_dir, config.votes_repo, every_minutes=config.push_every_minutes)
-    demo = build_app(served, config, store, gpu, examples=examples_from(config.examples_dir))
-    return demo
+    return build_app(served, config, store, gpu, examples=examples_from(config.examples_dir)), store
 
 
 def launch_options(config: ArenaConfig) -> dict[str, Any]:

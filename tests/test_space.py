@@ -8,11 +8,14 @@ import os
 import runpy
 import socket
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
 from support.arena import stub_spaces, tiny_silkie
+from support.hub_server import HubServer, point_clients_at
 
 from vlfeedback_kit.eval.arena import (
     ArenaConfig,
@@ -47,34 +50,41 @@ def silkie(tmp_path_factory):
     return tiny_silkie(tmp_path_factory.mktemp("arena-model"))
 
 
+@dataclass
+class Space:
+    module: dict
+    """The globals of app.py (``demo``, ``store``, ``config``)."""
+    url: str
+    votes: Path
+    stub: Any
+    """The stub ``spaces`` module app.py imported."""
+    hub: HubServer
+
+
 @pytest.fixture(scope="module")
 def space(silkie, tmp_path_factory):
-    """spaces/silkie-vs-base/app.py run as the Space runs it, with a stub `spaces` whose GPU records its calls,
-    launched on a free loopback port; yields (module globals, url, votes folder, stub module)."""
+    """spaces/silkie-vs-base/app.py run as the Space runs it — a stub `spaces` whose GPU records its calls, the
+    votes repo on a loopback Hub, HF_TOKEN set — and launched on a free loopback port."""
     _, run = silkie
     root = tmp_path_factory.mktemp("arena-space")
-    votes = root / "votes"
-    env = {"ARENA_ADAPTER": str(run), "ARENA_VOTES_DIR": str(votes), "ARENA_MAX_NEW_TOKENS": "16",
-           "ARENA_VOTER_SECRET": "test-secret", "HF_TOKEN": SECRET, "GRADIO_ANALYTICS_ENABLED": "False"}  # fmt: skip
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    sys.path.insert(0, str(stub_spaces(root / "stub")))
-    sys.modules.pop("spaces", None)
-    try:
+    env = {"ARENA_ADAPTER": str(run), "ARENA_VOTES_DIR": str(root / "votes"), "ARENA_MAX_NEW_TOKENS": "16",
+           "ARENA_VOTES_REPO": "org/space-votes", "ARENA_VOTER_SECRET": "test-secret", "HF_TOKEN": SECRET,
+           "GRADIO_ANALYTICS_ENABLED": "False"}  # fmt: skip
+    with HubServer() as hub, pytest.MonkeyPatch.context() as patch:
+        point_clients_at(hub, root / "hf_home", patch)
+        for name, value in env.items():
+            patch.setenv(name, value)
+        patch.syspath_prepend(str(stub_spaces(root / "stub")))
+        patch.delitem(sys.modules, "spaces", raising=False)
         module = runpy.run_path(str(APP), run_name="space_app")
-        stub = sys.modules["spaces"]
+        stub = sys.modules.pop("spaces")
         demo = module["demo"]
         demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
-        yield module, demo.local_url, votes, stub
-        demo.close()
-    finally:
-        sys.modules.pop("spaces", None)
-        sys.path.remove(str(root / "stub"))
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        try:
+            yield Space(module, demo.local_url, root / "votes", stub, hub)
+        finally:
+            demo.close()
+            module["store"].close()
 
 
 @pytest.fixture
@@ -85,15 +95,13 @@ def png(tmp_path) -> Path:
 
 
 def test_app_applies_the_zerogpu_decorator_to_a_sync_generator(space):
-    _, _, _, stub = space
-    assert stub.decorated == [{"name": "generate_pair", "duration": 60, "generator": True}]
+    assert space.stub.decorated == [{"name": "generate_pair", "duration": 60, "generator": True}]
 
 
 def test_compare_returns_both_answers_from_one_batched_generate(space, silkie, png):
     from gradio_client import Client, handle_file
 
-    module, url, _, stub = space
-    client = Client(url, verbose=False)
+    client = Client(space.url, verbose=False)
     assert {"/compare", "/leaderboard"} <= set(
         client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     )
@@ -102,14 +110,14 @@ def test_compare_returns_both_answers_from_one_batched_generate(space, silkie, p
     expected = generate_both(served, [(Image.open(png).convert("RGB"), "What colour is it?")],
                              GenerationSettings(max_new_tokens=16))  # fmt: skip
     assert (answer_silkie, answer_base) == (expected[0][0], expected[1][0])
-    assert answer_silkie != answer_base and "generate_pair" in stub.called
+    assert answer_silkie != answer_base and "generate_pair" in space.stub.called
 
 
 def test_compare_limits_are_messages_not_tracebacks(space, png):
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
 
-    client = Client(space[1], verbose=False)
+    client = Client(space.url, verbose=False)
     with pytest.raises(AppError, match="Upload an image first"):
         client.predict(None, "no image", api_name="/compare")
     with pytest.raises(AppError, match="characters long; the limit is 2000"):
@@ -120,7 +128,7 @@ def test_compare_limits_are_messages_not_tracebacks(space, png):
 def test_eight_concurrent_compare_calls_all_succeed(space, png):
     from gradio_client import Client, handle_file
 
-    client = Client(space[1], verbose=False)
+    client = Client(space.url, verbose=False)
     jobs = [client.submit(handle_file(str(png)), f"question {i}", api_name="/compare") for i in range(8)]
     results = [job.result(timeout=120) for job in jobs]
     assert len(results) == 8 and all(len(pair) == 2 and all(isinstance(a, str) for a in pair) for pair in results)
@@ -129,7 +137,7 @@ def test_eight_concurrent_compare_calls_all_succeed(space, png):
 def test_token_never_reaches_the_page(space):
     import urllib.request
 
-    url = space[1]
+    url = space.url
     for path in ("", "config", "gradio_api/info"):
         with urllib.request.urlopen(url + path, timeout=10) as response:
             assert SECRET not in response.read().decode("utf-8", "replace")
@@ -167,15 +175,26 @@ def test_board_hides_ratings_below_the_minimum_and_drops_identity_leaks():
     assert names_model("I am Qwen.") and not names_model("a queen")
     small = board(votes, SILKIE, BASE, min_votes=20)
     assert small.summary.n == 2 and small.excluded == 1 and "hidden" in small.note and "named its model" in small.note
-    assert small.rows[0][2] == "hidden"
+    assert small.rows[0][1:7] == [2, 1, 1, 0, 0, "50.0%"] and small.rows[0][7] == "hidden"
     many = board([record("a", i) for i in range(15)] + [record("b", i, BASE, SILKIE) for i in range(5)],
                  SILKIE, BASE, min_votes=20, rounds=200)  # fmt: skip
-    assert many.summary.win_rate == 1.0 and many.rows[0][2] == "100.0%"
+    assert many.summary.win_rate == 1.0 and many.rows[0][7] == "100.0%"
+
+
+def load_fresh(repo_id: str, hub: HubServer) -> Any:
+    """load_dataset from ``hub``: datasets read HF_ENDPOINT once at import, and fsspec caches HfFileSystem
+    instances with their endpoint, so both are pointed at this test's Hub."""
+    import datasets
+    from huggingface_hub import HfFileSystem
+
+    HfFileSystem.clear_instance_cache()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(datasets.config, "HF_ENDPOINT", hub.url)
+        patch.setattr(datasets.config, "HUB_DATASETS_URL", hub.url + "/datasets/{repo_id}/resolve/{revision}/{path}")
+        return datasets.load_dataset(repo_id, split="train")
 
 
 def test_votes_reach_the_dataset_repo_and_load_dataset_reads_them(hub, tmp_path):
-    from datasets import load_dataset
-
     store = VoteStore(tmp_path / "votes", "org/arena-votes", every_minutes=60)
     try:
         store.add(record("a", 0), b"png-bytes")
@@ -184,7 +203,7 @@ def test_votes_reach_the_dataset_repo_and_load_dataset_reads_them(hub, tmp_path)
         repo = hub.repo("org/arena-votes")
         names = set(repo.resolve("main").files)
         assert f"data/{store.path.name}" in names and f"images/{'0' * 64}.png" in names
-        rows = load_dataset("org/arena-votes", split="train")
+        rows = load_fresh("org/arena-votes", hub)
         assert rows["winner"] == ["model_a", "tie (bothbad)"] and rows["model_a"] == ["org/silkie@abc"] * 2
         assert [v["battle_id"] for v in read_votes("org/arena-votes")] == ["b0", "b1"]
         assert "base64" not in store.path.read_text() and "ip" not in rows.column_names
@@ -226,7 +245,7 @@ def test_config_from_environment():
 def test_browser_battle_vote_reveal_and_leaderboard(space, png, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
-    module, url, votes, _ = space
+    url, votes = space.url, space.votes
     artifacts = Path(os.environ.get("ARENA_ARTIFACTS", tmp_path))
     artifacts.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
@@ -264,6 +283,13 @@ def test_browser_battle_vote_reveal_and_leaderboard(space, png, tmp_path):
     text = "".join(p.read_text() for p in (votes / "data").glob("*.jsonl"))
     assert SECRET not in text and "127.0.0.1" not in text and "base64" not in text
     assert (artifacts / "space-battle.png").stat().st_size > 10_000
+    # the scheduler's next tick puts the vote (and its image, once) in the dataset repo; datasets reads it back
+    space.module["store"].push()
+    pushed = space.hub.repo("org/space-votes").resolve("main").files
+    assert f"images/{line['image_sha256']}.png" in pushed
+    rows = load_fresh("org/space-votes", space.hub)
+    assert rows["battle_id"] == [line["battle_id"]] and rows["winner"] == ["model_a"]
+    assert SECRET in space.hub.tokens and space.hub.leaks(SECRET) == []  # the token only ever in Authorization
 
 
 def test_both_rows_stream_together_and_end_as_the_batched_answers(silkie):

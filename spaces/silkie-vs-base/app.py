@@ -15,7 +15,7 @@ from vlfeedback_kit.eval.arena import ArenaConfig
 from vlfeedback_kit.eval.arena_ui import create_app, launch_options, no_gpu
 
 config = ArenaConfig.from_env()
-demo = create_app(config, gpu=spaces.GPU if spaces is not None else no_gpu)  # the model loads here, once
+demo, store = create_app(config, gpu=spaces.GPU if spaces is not None else no_gpu)  # the model loads here, once
 
 if __name__ == "__main__":
     demo.launch(**launch_options(config))
