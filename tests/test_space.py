@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from PIL import Image
-from support.arena import stub_spaces, tiny_silkie
+from support.arena import stub_spaces
 from support.hub_server import HubServer, point_clients_at
 
 from vlfeedback_kit.eval.arena import (
@@ -30,6 +30,7 @@ from vlfeedback_kit.eval.arena import (
     read_votes,
     vote_record,
 )
+from vlfeedback_kit.eval.arena_bench import tiny_silkie
 from vlfeedback_kit.eval.serving import GenerationSettings, generate_both, load
 
 APP = Path(__file__).parents[1] / "spaces" / "silkie-vs-base" / "app.py"

@@ -1,31 +1,8 @@
-"""A tiny Silkie for the arena tests: the kit's tiny Qwen2-VL and a LoRA whose up-projections are non-zero."""
+"""The arena tests' stub of Hugging Face's ``spaces`` package (the tiny Silkie comes from the kit's bench)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-
-
-def tiny_silkie(root: Path) -> tuple[Path, Path]:
-    """Build the tiny base under ``root/base`` and a run dir with an adapter under ``root/run``; returns both."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    from vlfeedback_kit.training.tiny_model import build_tiny_model
-
-    base = build_tiny_model("qwen2_vl", root / "base")
-    model = get_peft_model(AutoModelForImageTextToText.from_pretrained(base),
-                           LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj", "o_proj"]))  # fmt: skip
-    torch.manual_seed(0)
-    for name, param in model.named_parameters():
-        if "lora_B" in name:
-            param.data.normal_(0, 0.5)
-    model.save_pretrained(root / "run")
-    AutoProcessor.from_pretrained(base).save_pretrained(root / "run")
-    (root / "run" / "run_info.json").write_text(json.dumps({"base_model": str(base)}))
-    return base, root / "run"
-
 
 STUB_SPACES = '''"""Stand-in for Hugging Face's `spaces`: GPU records what it decorates and each call of it."""
 import functools, inspect
