@@ -7,6 +7,7 @@ decorator wraps exactly the code that needs the accelerator: a sync generator ta
 
 from __future__ import annotations
 
+import logging
 import random
 import uuid
 from collections.abc import Callable, Iterator
@@ -30,6 +31,8 @@ from vlfeedback_kit.eval.arena import (
     vote_record,
 )
 from vlfeedback_kit.eval.serving import BASE, SILKIE, ServedModel
+
+logger = logging.getLogger(__name__)
 
 VOTE_LABELS = {"a": "👈 A is better", "b": "👉 B is better", "tie": "🤝 Tie", "bothbad": "👎 Both are bad"}
 
@@ -253,25 +256,22 @@ def vote_buttons(enabled: bool) -> list[Any]:
 
 
 def examples_from(folder: str | Path | None, limit: int = 4) -> list[list[Any]]:
-    """(image path, question) examples from a built VLFeedback folder's held-out split, if it has one."""
+    """(image path, question) examples from a built VLFeedback folder's held-out split (``raw`` config, ``test``,
+    written by ``vlfeedback build --eval-fraction``); none when there is no such folder or split."""
     if not folder:
         return []
-    try:
-        from datasets import load_dataset
+    from datasets import load_dataset
 
-        rows = load_dataset(str(folder), "pairs", split="test")
-    except Exception:  # noqa: BLE001 - examples are optional: a missing split or folder means none
+    try:
+        rows = load_dataset(str(folder), "raw", split="test")
+    except (FileNotFoundError, ValueError) as err:  # no folder, no raw config or no test split: no examples
+        logger.warning("no arena examples from %s: %s", folder, err)
         return []
     out_dir = Path(folder) / ".arena-examples"
     out_dir.mkdir(exist_ok=True)
     examples = []
-    for i, row in enumerate(rows.select(range(min(limit, len(rows))))):
-        images = row.get("images") or [row.get("image")]
-        prompt = row.get("prompt")
-        text = prompt if isinstance(prompt, str) else (prompt or [{}])[0].get("content", "")
-        if not images or images[0] is None or not isinstance(text, str):
-            continue
-        path = out_dir / f"example-{i}.png"
-        images[0].save(path)
-        examples.append([str(path), text])
+    for row in rows.select(range(min(limit, len(rows)))):
+        path = out_dir / f"{row['id']}.png"
+        row["image"].convert("RGB").save(path)
+        examples.append([str(path), row["prompt"]])
     return examples

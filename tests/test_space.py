@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import runpy
 import socket
 import sys
@@ -338,11 +339,11 @@ def test_publish_space_dry_run_tree_starts_from_itself_alone(silkie, tmp_path, p
     found = subprocess.run([sys.executable, "-c", "import vlfeedback_kit; print(vlfeedback_kit.__file__)"], cwd=out,
                            env=env, capture_output=True, text=True)  # fmt: skip
     assert found.stdout.strip() == str(site / "vlfeedback_kit" / "__init__.py")
-    server = subprocess.Popen([sys.executable, "app.py"], cwd=out, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)  # fmt: skip
+    log = tmp_path / "app.log"
+    with log.open("w") as sink:
+        server = subprocess.Popen([sys.executable, "app.py"], cwd=out, env=env, stdout=sink, stderr=subprocess.STDOUT)
     try:
-        url = f"http://127.0.0.1:{env['GRADIO_SERVER_PORT']}/"
-        client = wait_for(url, server)
+        client = wait_for(f"http://127.0.0.1:{env['GRADIO_SERVER_PORT']}/", server, log)
         answers = client.predict(handle_file(str(png)), "What colour?", api_name="/compare")
         assert len(answers) == 2 and all(isinstance(a, str) and a for a in answers)
     finally:
@@ -350,7 +351,7 @@ def test_publish_space_dry_run_tree_starts_from_itself_alone(silkie, tmp_path, p
         server.wait(timeout=30)
 
 
-def wait_for(url: str, server, timeout: float = 120.0):
+def wait_for(url: str, server, log: Path, timeout: float = 120.0):
     """A gradio_client once the app answers (bounded polling for readiness, not a timing assumption)."""
     import time
     import urllib.request
@@ -359,7 +360,7 @@ def wait_for(url: str, server, timeout: float = 120.0):
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert server.poll() is None, server.stderr.read()[-2000:]
+        assert server.poll() is None, log.read_text()[-2000:]
         try:
             urllib.request.urlopen(url + "config", timeout=2).close()
             return Client(url, verbose=False)
@@ -402,3 +403,41 @@ def test_agreement_reads_the_votes_as_human_labels(tmp_path, capsys):
     assert main(["agreement", "--judge", str(judged), "--human", str(tmp_path / "votes"), "--json"]) == 0
     overall = json.loads(capsys.readouterr().out)["overall"]
     assert (overall["pairs"], overall["agree"], overall["human_ties"], overall["unmatched"]) == (3, 2, 1, 0)
+
+
+def test_vlfeedback_space_serves_the_arena_on_the_cpu(silkie, tmp_path, png):
+    import subprocess
+
+    from gradio_client import handle_file
+
+    port = free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    command = [sys.executable, "-m", "vlfeedback_kit.cli", "space", "--adapter", str(silkie[1]), "--votes-dir",
+               str(tmp_path / "votes"), "--max-new-tokens", "4", "--port", str(port)]  # fmt: skip
+    log = tmp_path / "space.log"
+    with log.open("w") as sink:
+        server = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        client = wait_for(f"http://127.0.0.1:{port}/", server, log)
+        assert len(client.predict(handle_file(str(png)), "What colour?", api_name="/compare")) == 2
+        assert (tmp_path / "votes" / "README.md").is_file()  # the local votes folder, no repo
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_examples_come_from_the_held_out_split(tmp_path):
+    from release_factory import row, write_release
+
+    from vlfeedback_kit.builders.build import BuildOptions, build
+    from vlfeedback_kit.eval.arena_ui import examples_from
+
+    rows = [row(f"svit-{i}", [(5, 5, 5), (1, 1, 1)], prompt=f"What is in picture {i}?") for i in range(40)]
+    out = tmp_path / "vlfeedback"
+    build(BuildOptions(source=str(write_release(tmp_path / "rel", rows)), out_dir=out, progress=False,
+                       eval_fraction=0.2, eval_seed=42))  # fmt: skip
+    examples = examples_from(out, limit=3)
+    assert len(examples) == 3
+    for image, question in examples:
+        assert Path(image).is_file() and re.fullmatch(r"What is in picture \d+\?", question)
+    assert examples_from(None) == [] and examples_from(tmp_path / "missing") == []
