@@ -405,25 +405,27 @@ def test_agreement_reads_the_votes_as_human_labels(tmp_path, capsys):
     assert (overall["pairs"], overall["agree"], overall["human_ties"], overall["unmatched"]) == (3, 2, 1, 0)
 
 
-def test_vlfeedback_space_serves_the_arena_on_the_cpu(silkie, tmp_path, png):
-    import subprocess
+def test_vlfeedback_space_serves_the_arena_on_the_cpu(silkie, tmp_path, png, monkeypatch):
+    import gradio as gr
+    from gradio_client import Client, handle_file
 
-    from gradio_client import handle_file
+    from vlfeedback_kit.cli import main
+    from vlfeedback_kit.eval import arena_ui
 
+    launched = []
+    create_app = arena_ui.create_app
+    monkeypatch.setattr(arena_ui, "create_app", lambda *a, **k: launched.append(create_app(*a, **k)) or launched[0])
+    monkeypatch.setattr(gr.Blocks, "block_thread", lambda self: None)  # return from launch() with the server up
     port = free_port()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
-    command = [sys.executable, "-m", "vlfeedback_kit.cli", "space", "--adapter", str(silkie[1]), "--votes-dir",
-               str(tmp_path / "votes"), "--max-new-tokens", "4", "--port", str(port)]  # fmt: skip
-    log = tmp_path / "space.log"
-    with log.open("w") as sink:
-        server = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    assert main(["space", "--adapter", str(silkie[1]), "--votes-dir", str(tmp_path / "votes"), "--max-new-tokens",
+                 "4", "--port", str(port)]) == 0  # fmt: skip
+    demo, store = launched[0]
     try:
-        client = wait_for(f"http://127.0.0.1:{port}/", server, log)
+        assert store.repo_id is None and store.folder == tmp_path / "votes"  # no repo: the votes stay local
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         assert len(client.predict(handle_file(str(png)), "What colour?", api_name="/compare")) == 2
-        assert (tmp_path / "votes" / "README.md").is_file()  # the local votes folder, no repo
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        demo.close()
 
 
 def test_examples_come_from_the_held_out_split(tmp_path):
