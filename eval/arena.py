@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import queue
 import re
@@ -213,23 +214,32 @@ class Limits:
     def of(cls, config: ArenaConfig) -> Limits:
         return cls(config.max_image_bytes, config.max_image_pixels, config.max_prompt_chars)
 
-    def check(self, image: Any, question: str | None, image_bytes: int | None = None) -> str:
-        """The stripped question, or :class:`LimitError` naming the limit broken."""
-        if image is None:
+    def prompt(self, image_path: str | Path | None, question: str | None) -> tuple[Any, str]:
+        """The RGB image and the stripped question of an upload, or :class:`LimitError` naming the limit broken.
+
+        Bytes are checked before the file is opened and pixels before it is decoded (no decompression bombs)."""
+        from PIL import Image, UnidentifiedImageError
+
+        if not image_path:
             raise LimitError("Upload an image first: every battle is about one image.")
         question = (question or "").strip()
         if not question:
             raise LimitError("Type a question about the image.")
         if len(question) > self.max_prompt_chars:
             raise LimitError(f"The question is {len(question)} characters long; the limit is {self.max_prompt_chars}.")
-        if image_bytes is not None and image_bytes > self.max_image_bytes:
-            raise LimitError(f"The image is {image_bytes / 2**20:.1f} MiB; the limit is "
+        size = os.path.getsize(image_path)
+        if size > self.max_image_bytes:
+            raise LimitError(f"The image is {size / 2**20:.1f} MiB; the limit is "
                              f"{self.max_image_bytes / 2**20:.1f} MiB.")  # fmt: skip
-        pixels = image.width * image.height
-        if pixels > self.max_image_pixels:
-            raise LimitError(f"The image has {image.width}×{image.height} pixels; the limit is "
-                             f"{self.max_image_pixels:,} pixels.")  # fmt: skip
-        return question
+        try:
+            with Image.open(image_path) as opened:
+                width, height = opened.size
+                if width * height > self.max_image_pixels:
+                    raise LimitError(f"The image has {width}×{height} pixels; the limit is "
+                                     f"{self.max_image_pixels:,} pixels.")  # fmt: skip
+                return opened.convert("RGB"), question
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as err:
+            raise LimitError("That file is not an image that can be read (PNG, JPEG, WebP, GIF…).") from err
 
 
 class RateLimiter:
@@ -334,11 +344,13 @@ class VoteStore:
     """Votes as JSON lines in ``folder/data/votes-<uuid>.jsonl`` (one file per process), images in
     ``folder/images/``; with ``repo_id`` a ``CommitScheduler`` pushes the folder to that dataset repo.
 
-    A push that fails (Hub down, 5xx) is retried at the next tick with every vote still on disk; a file is only
-    ever appended to, so a ``kill -9`` loses at most the line being written."""
+    A push that fails (Hub down, 5xx) is retried at the next tick with every vote still on disk; a Hub that is
+    down at start-up is tried again with the next vote (at most every ``retry_seconds``) while the votes stay local;
+    a file is only ever appended to, so a ``kill -9`` loses at most the line being written. Votes pushed by earlier
+    processes are read from the repo at start-up, so the board survives restarts."""
 
     def __init__(self, folder: str | Path, repo_id: str | None = None, every_minutes: float = 5.0,
-                 private: bool | None = None) -> None:  # fmt: skip
+                 private: bool | None = None, retry_seconds: float = 60.0) -> None:  # fmt: skip
         self.folder = Path(folder)
         (self.folder / "data").mkdir(parents=True, exist_ok=True)
         (self.folder / "images").mkdir(exist_ok=True)
@@ -348,12 +360,29 @@ class VoteStore:
         self.path = self.folder / "data" / f"votes-{uuid.uuid4()}.jsonl"
         self.repo_id = repo_id
         self.scheduler = None
+        self.earlier: list[dict] = []
         self._lock = threading.Lock()
+        self._scheduler_args = {"every": every_minutes, "private": private}
+        self._retry_seconds = retry_seconds
+        self._last_try = -math.inf
         if repo_id:
-            from huggingface_hub import CommitScheduler
+            self._connect()
 
-            self.scheduler = CommitScheduler(repo_id=repo_id, repo_type="dataset", folder_path=self.folder,
-                                             every=every_minutes, private=private)  # fmt: skip
+    def _connect(self) -> None:
+        """Start the CommitScheduler (it creates the repo) and read earlier votes; on failure, stay local."""
+        from huggingface_hub import CommitScheduler
+
+        self._last_try = time.monotonic()
+        try:
+            self.scheduler = CommitScheduler(repo_id=self.repo_id, repo_type="dataset", folder_path=self.folder,
+                                             **self._scheduler_args)  # fmt: skip
+        except Exception as err:  # noqa: BLE001 - any Hub failure: keep the votes local, try again later
+            logger.warning("votes stay local for now, the Hub did not answer: %s", type(err).__name__)
+            return
+        try:
+            self.earlier = read_votes(self.repo_id)
+        except Exception as err:  # noqa: BLE001 - the board then starts from this folder's votes only
+            logger.warning("could not read earlier votes from %s: %s", self.repo_id, type(err).__name__)
 
     @property
     def lock(self) -> threading.Lock:
@@ -370,6 +399,8 @@ class VoteStore:
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
                 handle.flush()
                 os.fsync(handle.fileno())
+        if self.repo_id and self.scheduler is None and time.monotonic() - self._last_try >= self._retry_seconds:
+            self._connect()
 
     def push(self) -> None:
         """Push now (and wait); raises what the Hub answered. A no-op without a repo."""
@@ -377,9 +408,11 @@ class VoteStore:
             self.scheduler.trigger().result()
 
     def votes(self) -> list[dict]:
-        """Every vote in the local folder (all processes that wrote there)."""
+        """Every vote: the repo's from before this process started, and the local folder's (once per battle)."""
         with self.lock:
-            return read_votes(self.folder)
+            local = read_votes(self.folder)
+        seen = {v.get("battle_id") for v in local}
+        return [v for v in self.earlier if v.get("battle_id") not in seen] + local
 
     def close(self) -> None:
         if self.scheduler is not None:
@@ -425,9 +458,10 @@ def board(
     votes: Sequence[dict], silkie: Contender, base: Contender, min_votes: int = MIN_BATTLES, rounds: int = 1000
 ) -> Board:
     """Win rate (ties as half), n, tie and both-bad rates, the Bradley–Terry gap with bootstrap 95% CIs of Silkie
-    against its base, from the votes that compare exactly these two models and name neither."""
+    against its base, from the blind votes that compare exactly these two models and name neither (arena rules:
+    named side-by-side votes and unblinded battles are kept in the data but not rated)."""
     ids = {silkie.record(), base.record()}
-    relevant = [v for v in votes if {v.get("model_a"), v.get("model_b")} == ids]
+    relevant = [v for v in votes if {v.get("model_a"), v.get("model_b")} == ids and v.get("mode") == "battle"]
     counted = [v for v in relevant if not v.get("names_model")]
     excluded = len(relevant) - len(counted)
     if not counted:
@@ -464,11 +498,11 @@ def is_votes_source(source: str | Path) -> bool:
 
 
 def vote_labels(votes: Sequence[dict]) -> list[dict]:
-    """The votes as human pairwise labels (``id`` = battle id, models as shown, ``preferred``), identity leaks left
-    out; what ``vlfeedback agreement --human VOTES`` reads."""
+    """The blind votes as human pairwise labels (``id`` = battle id, models as shown, ``preferred``), identity leaks
+    left out; what ``vlfeedback agreement --human VOTES`` reads."""
     return [{"id": v["battle_id"], "model_a": v["model_a"], "model_b": v["model_b"],
              "preferred": HUMAN_PREFERENCE[v["winner"]], "aspect": "overall"}
-            for v in votes if not v.get("names_model")]  # fmt: skip
+            for v in votes if not v.get("names_model") and v.get("mode") == "battle"]  # fmt: skip
 
 
 def votes_to_items(source: str | Path, out: Path) -> int:
@@ -485,7 +519,7 @@ def votes_to_items(source: str | Path, out: Path) -> int:
     count = 0
     for vote in read_votes(folder):
         image = folder / "images" / f"{vote['image_sha256']}.png"
-        if vote.get("names_model") or not image.is_file():
+        if vote.get("names_model") or vote.get("mode") != "battle" or not image.is_file():
             continue
         writer.add({"id": vote["battle_id"], "prompt": vote["prompt"], "models": [vote["model_a"], vote["model_b"]],
                     "completions": [{"model": vote["model_a"], "response": vote["answer_a"]},

@@ -59,5 +59,5 @@ def _space_votes(args: argparse.Namespace) -> int:
     from vlfeedback_kit.eval.arena import votes_to_items
 
     count = votes_to_items(args.votes, args.out)
-    print(f"wrote {count} battles to {args.out / 'responses.jsonl'} (votes naming a model left out)")
+    print(f"wrote {count} blind battles to {args.out / 'responses.jsonl'} (votes naming a model left out)")
     return 0

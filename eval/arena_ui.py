@@ -65,10 +65,10 @@ def build_app(
     def generate_pair(image: Any, question: str, adapters: list[str], settings: Any) -> Iterator[tuple[str, str]]:
         yield from stream_pair(served, image, question, adapters, settings, max_time=config.time_limit_s)
 
-    def compare(image: Any, question: str) -> tuple[str, str]:
+    def compare(image_path: str | None, question: str) -> tuple[str, str]:
         """Stateless: (image, question) → (Silkie's answer, the base's answer), greedy, default length."""
         try:
-            question = limits.check(image, question)
+            image, question = limits.prompt(image_path, question)
         except LimitError as err:
             raise gr.Error(str(err)) from None
         *_, answers = generate_pair(image, question, [SILKIE, BASE], config.settings())
@@ -78,9 +78,9 @@ def build_app(
         return voter or uuid.uuid4().hex
 
     def starter(named: bool) -> Callable:
-        def start(image: Any, question: str, tokens: float, temperature: float, voter: str,
+        def start(image_path: str | None, question: str, tokens: float, temperature: float, voter: str,
                   request: gr.Request) -> tuple:  # fmt: skip
-            return begin(image, question, tokens, temperature, voter, named, request.session_hash)
+            return begin(image_path, question, tokens, temperature, voter, named, request.session_hash)
 
         return start
 
@@ -90,10 +90,10 @@ def build_app(
 
         return cast
 
-    def begin(image: Any, question: str, tokens: float, temperature: float, voter: str, named: bool,
+    def begin(image_path: str | None, question: str, tokens: float, temperature: float, voter: str, named: bool,
               session: str | None) -> tuple:  # fmt: skip
         try:
-            question = limits.check(image, question)
+            image, question = limits.prompt(image_path, question)
             battle_rate.hit(voter or session or "anonymous", "battles")
         except LimitError as err:
             raise gr.Error(str(err)) from None
@@ -160,7 +160,7 @@ def build_app(
                 with gr.Row():
                     buttons = [gr.Button(VOTE_LABELS[k], interactive=False, elem_id=f"vote_{k}") for k in VOTE_LABELS]
                 with gr.Row():
-                    image = gr.Image(type="pil", label="Image", sources=["upload", "clipboard"], height=240,
+                    image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], height=240,
                                      elem_id="image")  # fmt: skip
                     with gr.Column():
                         question = gr.Textbox(label="Question", placeholder="Ask about the image…", lines=3,
@@ -187,7 +187,7 @@ def build_app(
                     named_buttons = [gr.Button(VOTE_LABELS[k].replace("A", "left").replace("B", "right"),
                                                interactive=False) for k in VOTE_LABELS]  # fmt: skip
                 with gr.Row():
-                    named_image = gr.Image(type="pil", label="Image", sources=["upload", "clipboard"], height=240)
+                    named_image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], height=240)
                     with gr.Column():
                         named_question = gr.Textbox(label="Question", lines=3, max_length=config.max_prompt_chars)
                         named_send = gr.Button("Send", variant="primary")
@@ -197,7 +197,7 @@ def build_app(
                 board_table = gr.Dataframe(headers=BOARD_HEADERS, interactive=False, elem_id="board")
                 refresh = gr.Button("Refresh")
             with gr.Tab("API", id="api"):
-                compare_image = gr.Image(type="pil", label="Image")
+                compare_image = gr.Image(type="filepath", label="Image")
                 compare_question = gr.Textbox(label="Question")
                 compare_button = gr.Button("Compare")
                 compare_a = gr.Textbox(label="Silkie")

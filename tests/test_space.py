@@ -4,6 +4,7 @@ gradio_client and by a real browser (Playwright + Debian's Chromium); votes into
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import runpy
@@ -145,16 +146,20 @@ def test_token_never_reaches_the_page(space):
             assert SECRET not in response.read().decode("utf-8", "replace")
 
 
-def test_limits_and_rate_limiter():
-    limits = Limits(max_image_bytes=1000, max_image_pixels=100, max_prompt_chars=10)
-    small = Image.new("RGB", (10, 10))
-    assert limits.check(small, "  what?  ") == "what?"
-    with pytest.raises(LimitError, match="11×10 pixels"):
-        limits.check(Image.new("RGB", (11, 10)), "what?")
-    with pytest.raises(LimitError, match="MiB"):
-        limits.check(small, "what?", image_bytes=1001)
-    with pytest.raises(LimitError, match="Type a question"):
-        limits.check(small, "   ")
+def test_limits_and_rate_limiter(tmp_path):
+    limits = Limits(max_image_bytes=200, max_image_pixels=100, max_prompt_chars=10)
+    small, wide, noisy, text = (tmp_path / n for n in ("small.png", "wide.png", "noisy.bmp", "text.png"))
+    Image.new("L", (10, 10)).save(small)
+    Image.new("L", (11, 10)).save(wide)
+    Image.new("RGB", (10, 10)).save(noisy)  # 10×10 pixels, but 374 bytes as BMP
+    text.write_text("not an image")
+    image, question = limits.prompt(small, "  what?  ")
+    assert question == "what?" and image.mode == "RGB" and image.size == (10, 10)
+    for path, question, message in [(None, "what?", "Upload an image first"), (small, "   ", "Type a question"),
+                                    (small, "x" * 11, "11 characters long"), (wide, "what?", "11×10 pixels"),
+                                    (noisy, "what?", "MiB"), (text, "what?", "not an image")]:  # fmt: skip
+        with pytest.raises(LimitError, match=message):
+            limits.prompt(path, question)
     now = [0.0]
     rate = RateLimiter(2, clock=lambda: now[0])
     rate.hit("voter", "votes")
@@ -173,7 +178,8 @@ def record(vote: str, i: int = 0, a: Contender = SILKIE, b: Contender = BASE, an
 
 
 def test_board_hides_ratings_below_the_minimum_and_drops_identity_leaks():
-    votes = [record("a", 0), record("tie", 1, BASE, SILKIE), record("b", 2, answer_a="I am Qwen, by Alibaba")]
+    named = {**record("b", 3), "mode": "side_by_side"}  # not blind: kept, not rated
+    votes = [record("a", 0), record("tie", 1, BASE, SILKIE), record("b", 2, answer_a="I am Qwen, by Alibaba"), named]
     assert names_model("I am Qwen.") and not names_model("a queen")
     small = board(votes, SILKIE, BASE, min_votes=20)
     assert small.summary.n == 2 and small.excluded == 1 and "hidden" in small.note and "named its model" in small.note
@@ -230,6 +236,26 @@ def test_a_failing_hub_loses_and_duplicates_no_vote(hub, tmp_path):
         store.close()
 
 
+def test_a_hub_down_at_start_up_keeps_votes_local_then_catches_up(hub, tmp_path):
+    hub.fail_next(r"/api/repos/create", status=503)
+    store = VoteStore(tmp_path / "votes", "org/late-votes", every_minutes=60, retry_seconds=0)
+    try:
+        assert store.scheduler is None  # the app still starts; the vote below is kept on disk
+        store.add(record("a", 0))
+        assert store.scheduler is not None  # the next vote reconnected
+        store.add(record("b", 1))
+        store.push()
+        pushed = hub.repo("org/late-votes").read(f"data/{store.path.name}").decode().splitlines()
+        assert [json.loads(line)["battle_id"] for line in pushed] == ["b0", "b1"]
+    finally:
+        store.close()
+    restarted = VoteStore(tmp_path / "votes-2", "org/late-votes", every_minutes=60)  # a new process, empty folder
+    try:
+        assert [v["battle_id"] for v in restarted.votes()] == ["b0", "b1"]  # the board survives the restart
+    finally:
+        restarted.close()
+
+
 def test_a_torn_last_line_is_skipped(tmp_path):
     store = VoteStore(tmp_path / "votes")
     store.add(record("a", 0))
@@ -244,7 +270,8 @@ def test_config_from_environment():
     assert config.settings(10_000, -1).max_new_tokens == config.max_new_tokens_limit
 
 
-def test_browser_battle_vote_reveal_and_leaderboard(space, png, tmp_path):
+def test_browser_battle_vote_reveal_and_leaderboard(space, png, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
     from playwright.sync_api import expect, sync_playwright
 
     url, votes = space.url, space.votes
@@ -292,6 +319,7 @@ def test_browser_battle_vote_reveal_and_leaderboard(space, png, tmp_path):
     rows = load_fresh("org/space-votes", space.hub)
     assert rows["battle_id"] == [line["battle_id"]] and rows["winner"] == ["model_a"]
     assert SECRET in space.hub.tokens and space.hub.leaks(SECRET) == []  # the token only ever in Authorization
+    assert SECRET not in caplog.text
 
 
 def test_both_rows_stream_together_and_end_as_the_batched_answers(silkie):
@@ -412,6 +440,8 @@ def test_vlfeedback_space_serves_the_arena_on_the_cpu(silkie, tmp_path, png, mon
     from vlfeedback_kit.cli import main
     from vlfeedback_kit.eval import arena_ui
 
+    for name in [name for name in os.environ if name.startswith("ARENA_")]:  # the module's Space sets some
+        monkeypatch.delenv(name)
     launched = []
     create_app = arena_ui.create_app
     monkeypatch.setattr(arena_ui, "create_app", lambda *a, **k: launched.append(create_app(*a, **k)) or launched[0])
