@@ -35,6 +35,7 @@ from vlfeedback_kit.eval.serving import BASE, SILKIE, ServedModel
 logger = logging.getLogger(__name__)
 
 VOTE_LABELS = {"a": "👈 A is better", "b": "👉 B is better", "tie": "🤝 Tie", "bothbad": "👎 Both are bad"}
+NAMED_LABELS = {**VOTE_LABELS, "a": "👈 Silkie is better", "b": "👉 Base is better"}
 
 INTRO = """# 🧈 Silkie vs its base
 Silkie is its base vision-language model plus a LoRA adapter trained with DPO on VLFeedback. Both answer your
@@ -182,15 +183,17 @@ def build_app(
                                          elem_id="named_a")  # fmt: skip
                     named_b = gr.Chatbot(label=f"{sides[BASE].name} ({sides[BASE].record()})", height=320,
                                          elem_id="named_b")  # fmt: skip
-                named_reveal = gr.Markdown()
+                named_reveal = gr.Markdown(elem_id="named_reveal")
                 with gr.Row():
-                    named_buttons = [gr.Button(VOTE_LABELS[k].replace("A", "left").replace("B", "right"),
-                                               interactive=False) for k in VOTE_LABELS]  # fmt: skip
+                    named_buttons = [gr.Button(NAMED_LABELS[k], interactive=False, elem_id=f"named_vote_{k}")
+                                     for k in VOTE_LABELS]  # fmt: skip
                 with gr.Row():
-                    named_image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], height=240)
+                    named_image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], height=240,
+                                           elem_id="named_image")  # fmt: skip
                     with gr.Column():
-                        named_question = gr.Textbox(label="Question", lines=3, max_length=config.max_prompt_chars)
-                        named_send = gr.Button("Send", variant="primary")
+                        named_question = gr.Textbox(label="Question", lines=3, max_length=config.max_prompt_chars,
+                                                    elem_id="named_question")  # fmt: skip
+                        named_send = gr.Button("Send", variant="primary", elem_id="named_send")
                         named_regenerate = gr.Button("🔄 Regenerate", interactive=False)
             with gr.Tab("🏆 Leaderboard", id="leaderboard") as board_tab:
                 board_note = gr.Markdown(elem_id="board_note")

@@ -303,8 +303,23 @@ def test_browser_battle_vote_reveal_and_leaderboard(space, png, tmp_path, caplog
         expect(page.locator("#board_note")).to_contain_text("1 battle so far", timeout=10_000)
         expect(page.locator("#board")).to_contain_text("Silkie")
         page.screenshot(path=str(artifacts / "space-leaderboard.png"), full_page=True)
+        page.get_by_role("tab", name="👀 Side by side (named)").click()
+        expect(page.locator("#named_vote_a")).to_have_text("👈 Silkie is better")
+        expect(page.locator("#named_vote_bothbad")).to_have_text("👎 Both are bad")
+        page.locator("#named_image input[type=file]").set_input_files(str(png))
+        page.locator("#named_image img").first.wait_for()
+        page.locator("#named_question textarea").fill("Which colour, named?")
+        page.locator("#named_send").click()
+        expect(page.locator("#named_vote_a")).to_be_enabled(timeout=60_000)
+        page.locator("#named_vote_a").click()
+        expect(page.locator("#named_reveal")).to_contain_text("your vote is recorded", timeout=10_000)
+        page.get_by_role("tab", name="🏆 Leaderboard").click()
+        page.get_by_role("button", name="Refresh").click()
+        expect(page.locator("#board_note")).to_contain_text("1 battle so far")  # named votes are not rated
         browser.close()
     assert voter and SECRET not in voter
+    (named,) = [v for v in read_votes(votes) if v["mode"] == "side_by_side"]
+    assert (named["model_a_name"], named["winner"], named["prompt"]) == ("Silkie", "model_a", "Which colour, named?")
     (line,) = [v for v in read_votes(votes) if v["mode"] == "battle"]
     assert line["winner"] == "model_a" and line["prompt"] == "What colour is the square?"
     assert len(line["voter"]) == 32 and (votes / "images" / f"{line['image_sha256']}.png").is_file()
@@ -317,7 +332,7 @@ def test_browser_battle_vote_reveal_and_leaderboard(space, png, tmp_path, caplog
     pushed = space.hub.repo("org/space-votes").resolve("main").files
     assert f"images/{line['image_sha256']}.png" in pushed
     rows = load_fresh("org/space-votes", space.hub)
-    assert rows["battle_id"] == [line["battle_id"]] and rows["winner"] == ["model_a"]
+    assert set(rows["battle_id"]) == {line["battle_id"], named["battle_id"]}
     assert SECRET in space.hub.tokens and space.hub.leaks(SECRET) == []  # the token only ever in Authorization
     assert SECRET not in caplog.text
 
