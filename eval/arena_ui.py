@@ -30,7 +30,7 @@ from vlfeedback_kit.eval.arena import (
     stream_pair,
     vote_record,
 )
-from vlfeedback_kit.eval.serving import BASE, SILKIE, ServedModel
+from vlfeedback_kit.eval.serving import BASE, SILKIE, GenerationSettings, ServedModel
 
 logger = logging.getLogger(__name__)
 
@@ -106,13 +106,12 @@ def build_app(
         return (state, list(user), list(user), *vote_buttons(False), gr.Button(interactive=False), "")
 
     def respond(state: dict, history_a: list, history_b: list) -> Iterator[tuple]:
-        from vlfeedback_kit.eval.serving import GenerationSettings
-
         settings = GenerationSettings(**state["settings"])
         answers = ("", "")
+        unchanged = [gr.skip()] * (1 + len(VOTE_LABELS))  # the state and the buttons stay as they are while streaming
         for answers in generate_pair(state["image"], state["question"], state["adapters"], settings):
-            yield (state, [*history_a, {"role": "assistant", "content": answers[0]}],
-                   [*history_b, {"role": "assistant", "content": answers[1]}], *vote_buttons(False))  # fmt: skip
+            yield (unchanged[0], [*history_a, {"role": "assistant", "content": answers[0]}],
+                   [*history_b, {"role": "assistant", "content": answers[1]}], *unchanged[1:])  # fmt: skip
         done = {**state, "answers": list(answers), "done": True}
         yield (done, [*history_a, {"role": "assistant", "content": answers[0]}],
                [*history_b, {"role": "assistant", "content": answers[1]}], *vote_buttons(True))  # fmt: skip
@@ -128,8 +127,6 @@ def build_app(
             raise gr.Error(str(err)) from None
         sha, png = image_sha256(state["image"])
         model_a, model_b = (sides[name] for name in state["adapters"])
-        from vlfeedback_kit.eval.serving import GenerationSettings
-
         record = vote_record(battle_id=state["battle_id"], mode=state["mode"], model_a=model_a, model_b=model_b,
                              vote=choice, voter=voter or "anonymous", prompt=state["question"],
                              answer_a=state["answers"][0], answer_b=state["answers"][1],
