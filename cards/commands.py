@@ -1,9 +1,10 @@
-"""CLI verbs of cards and publishing: ``card dataset|model`` and ``publish dataset|model``.
+"""CLI verbs of cards and publishing: ``card dataset|model`` and ``publish dataset|model|space``.
 
     vlfeedback card dataset vlfeedback
     vlfeedback card model runs/silkie --eval-results results.json
     vlfeedback publish dataset vlfeedback --repo ORG/vlfeedback --version 1.0.0 [--dry-run OUT]
     vlfeedback publish model runs/silkie --repo ORG/silkie --version 1.0.0
+    vlfeedback publish space --repo ORG/arena --model BASE_ID --adapter SILKIE_ID [--votes-repo ORG/votes]
 
 Heavy imports stay inside the verbs.
 """
@@ -46,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _release_options(model)
     _model_options(model)
     model.set_defaults(func=_publish_model)
+    _register_publish_space(publish_kinds)
 
 
 def _release_options(parser: argparse.ArgumentParser) -> None:
@@ -141,4 +143,35 @@ def _report(outcome: Outcome) -> int:
     print("load it:")
     for line in outcome.usage:
         print(f"  {line}")
+    return 0
+
+
+def _register_publish_space(publish_kinds: argparse._SubParsersAction) -> None:
+    """``publish space``: the Silkie-vs-base Space (vlfeedback_kit.cards.space)."""
+    space = publish_kinds.add_parser("space", help="publish the Silkie-vs-base Space: one commit, variables set")
+    space.add_argument("--repo", required=True, metavar="ORG/NAME", help="Space repo (created if new)")
+    space.add_argument("--model", required=True, metavar="BASE_ID", help="base model repo id")
+    space.add_argument("--adapter", required=True, metavar="SILKIE_ID", help="Silkie adapter repo id")
+    space.add_argument("--model-revision", help="base model revision (default: main)")
+    space.add_argument("--adapter-revision", help="adapter revision (default: main)")
+    space.add_argument("--votes-repo", metavar="ORG/NAME", help="dataset repo the votes are pushed to")
+    space.add_argument("--hardware", metavar="FLAVOR", help="hardware to request, e.g. zero-a10g, t4-small")
+    space.add_argument("--private", action="store_true", help="create the Space private")
+    space.add_argument("--dry-run", type=Path, metavar="OUT", help="write the Space's tree to OUT, upload nothing")
+    space.set_defaults(func=_publish_space)
+
+
+def _publish_space(args: argparse.Namespace) -> int:
+    from vlfeedback_kit.cards.space import SpaceRelease, publish_space
+
+    release = SpaceRelease(args.repo, args.model, args.adapter, args.votes_repo, args.hardware, args.model_revision,
+                           args.adapter_revision, args.private or None)  # fmt: skip
+    url, files = publish_space(release, args.dry_run)
+    if args.dry_run is not None:
+        print(
+            f"dry run: wrote the {len(files)}-file tree of Space {args.repo} to {args.dry_run}; nothing was uploaded"
+        )
+    else:
+        print(f"published {len(files)} files in one commit; variables set: {', '.join(release.variables())}")
+    print(url)
     return 0

@@ -109,7 +109,12 @@ def check_matched(labels: list[Label], results: dict) -> None:
 
 
 def read_labels(path: Path) -> list[Label]:
-    """Human labels from a CSV or JSONL file (see the module docstring for the columns)."""
+    """Human labels from a CSV or JSONL file (see the module docstring for the columns), or from the Silkie-vs-base
+    Space's votes (a votes folder or its Hub dataset id)."""
+    from vlfeedback_kit.eval.arena import is_votes_source, read_votes, vote_labels
+
+    if is_votes_source(path):
+        return _labels_from_records(path, vote_labels(read_votes(path)))
     try:
         with path.open(encoding="utf-8", newline="") as handle:
             records = (
@@ -121,6 +126,10 @@ def read_labels(path: Path) -> list[Label]:
         raise UserError(
             f"--human {path}: cannot read it as {'JSONL' if path.suffix == '.jsonl' else 'CSV'} ({err})"
         ) from err
+    return _labels_from_records(path, records)
+
+
+def _labels_from_records(path: Path, records: list[dict]) -> list[Label]:
     aspects = {a.lower(): a for a in GROUPS}
     labels = []
     for number, record in enumerate(records, start=1):

@@ -1,0 +1,63 @@
+"""``vlfeedback space``: the Silkie-vs-base arena on this machine (CPU is fine), the same app the Space runs.
+
+vlfeedback space                                   # the README's tiny Qwen2-VL + runs/silkie-tiny, on CPU
+vlfeedback space --adapter ORG/silkie --model Qwen/Qwen2-VL-2B-Instruct --votes-repo ORG/silkie-arena-votes
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``space`` to the ``vlfeedback`` parser."""
+    space = subparsers.add_parser("space", help="launch the Silkie-vs-base arena locally (blind battle, votes, board)")
+    space.add_argument("--adapter", help="Silkie adapter id or run dir (default: runs/silkie-tiny, or ARENA_ADAPTER)")
+    space.add_argument("--model", help="base model id or folder (default: the adapter run dir's base)")
+    space.add_argument("--model-revision")
+    space.add_argument("--adapter-revision")
+    space.add_argument(
+        "--votes-repo", metavar="ORG/NAME", help="push votes to this dataset repo (default: local only)"
+    )
+    space.add_argument("--votes-dir", help="local votes folder (default: arena-votes)")
+    space.add_argument("--examples-dir", help="a built VLFeedback folder whose held-out split gives examples")
+    space.add_argument("--max-new-tokens", type=int)
+    space.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
+    space.add_argument("--port", type=int, default=7860)
+    space.set_defaults(func=_space, extras=("space", "train"))
+
+    items = subparsers.add_parser("space-votes", help="the Space's voted battles as items for `vlfeedback annotate`")
+    items.add_argument("votes", metavar="VOTES", help="a votes folder or its Hub dataset id")
+    items.add_argument("--out", type=Path, required=True, help="folder to write (responses.jsonl + merged_images/)")
+    items.set_defaults(func=_space_votes)
+
+
+def _space(args: argparse.Namespace) -> int:
+    try:
+        import spaces  # before torch touches CUDA, as on ZeroGPU (a no-op decorator elsewhere)
+
+        gpu = spaces.GPU
+    except ImportError:
+        from vlfeedback_kit.eval.arena_ui import no_gpu as gpu
+    from vlfeedback_kit.eval.arena import ArenaConfig
+    from vlfeedback_kit.eval.arena_ui import create_app, launch_options
+
+    config = ArenaConfig.from_env(
+        model=args.model, model_revision=args.model_revision, adapter=args.adapter,
+        adapter_revision=args.adapter_revision, votes_repo=args.votes_repo, votes_dir=args.votes_dir,
+        examples_dir=args.examples_dir, max_new_tokens=args.max_new_tokens,
+    )  # fmt: skip
+    demo, _ = create_app(config, gpu=gpu)
+    where = f"pushed to {config.votes_repo}" if config.votes_repo else f"kept in {config.votes_dir}/"
+    print(f"Silkie ({config.adapter}) vs its base; votes {where}")
+    demo.launch(server_name=args.host, server_port=args.port, **launch_options(config))
+    return 0
+
+
+def _space_votes(args: argparse.Namespace) -> int:
+    from vlfeedback_kit.eval.arena import votes_to_items
+
+    count = votes_to_items(args.votes, args.out)
+    print(f"wrote {count} blind battles to {args.out / 'responses.jsonl'} (votes naming a model left out)")
+    return 0
