@@ -680,3 +680,22 @@ def test_script_loads_the_model_as_trl_does(workspace, tmp_path, monkeypatch):
     assert kwargs["dtype"] == "float32" and kwargs["revision"] is None  # a local folder: no Hub revision
     _, _, quantized = tiny_script_args("--load_in_4bit", "true")
     assert get_quantization_config(quantized).load_in_4bit
+
+
+def test_pairs_from_raw_trains_on_the_same_rows_with_each_image_cached_once(workspace):
+    """`--pairs_from_raw true`: the pairing config's rows built from `raw` at load time (issue: `pairs` materialises
+    one image copy per pair in the local cache), with the same resolved source, so the reference cache still hits."""
+    from dataclasses import replace
+
+    from vlfeedback_kit.training.config import SilkieScriptArguments
+    from vlfeedback_kit.training.dpo import load_training_data
+
+    args = SilkieScriptArguments(
+        dataset_name=str(workspace / "vlfeedback"), dataset_config="pairs", pairs_from_raw=True
+    )
+    from_raw, source = load_training_data(args)
+    plain, plain_source = load_training_data(replace(args, pairs_from_raw=False))
+    assert source == plain_source
+    for column in ("id", "prompt", "chosen", "rejected", "margin"):
+        assert from_raw["train"][column] == plain["train"][column], column
+    assert from_raw["train"][0]["images"][0].tobytes() == plain["train"][0]["images"][0].tobytes()

@@ -183,6 +183,10 @@ def load_training_data(script_args):
     from datasets import load_dataset
 
     data = resolve_dataset(script_args.dataset_name, script_args.dataset_config, script_args.dataset_revision)
+    if getattr(script_args, "pairs_from_raw", False):  # the same rows, each image cached once (builders.load_pairs)
+        from vlfeedback_kit.builders.load_pairs import load_pairs
+
+        return load_pairs(script_args.dataset_name, script_args.dataset_config, revision=data.load), data
     return load_dataset(script_args.dataset_name, script_args.dataset_config, revision=data.load), data
 
 
