@@ -21,6 +21,7 @@ from transformers import TrainerCallback
 from trl import DPOTrainer
 
 from vlfeedback_kit.training.activations import LoraInputSharing, enable_checkpoint_policy, lora_dropout_active
+from vlfeedback_kit.training.families import check_speedups, enabled_speedups, family_of
 from vlfeedback_kit.training.prefix_sharing import PrefixSharing
 from vlfeedback_kit.training.ref_cache import RefLogpCache, pair_key
 from vlfeedback_kit.training.shared_images import ImageFeatureSharing, ImageOnceProcessor
@@ -121,6 +122,8 @@ class SilkieDPOTrainer(DPOTrainer):
                 lengths,
             )
         super().__init__(**kwargs)
+        speedups = [name for name in enabled_speedups(self.args) if name != "ref_cache" or ref_cache is not None]
+        check_speedups(family_of(self.model), speedups)  # a refused speedup is an error, never a silent no-op
         self.ref_cache = ref_cache
         self.reference_forwards = 0
         self.image_sharing: list[ImageFeatureSharing] = []
