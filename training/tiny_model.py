@@ -9,8 +9,9 @@ Each model is the family's real architecture (``Qwen2VLForConditionalGeneration`
 ``Qwen2_5_VLForConditionalGeneration``, ``LlavaForConditionalGeneration``, and Qwen3-VL, Gemma 3, Idefics3 (SmolVLM),
 LLaVA-OneVision and InternVL from :mod:`vlfeedback_kit.training.tiny_families`) with tiny dimensions, a byte-level BPE
 tokenizer trained in-process on a built-in English corpus, the family's special tokens and chat template, and an
-image processor sized so that an image costs at most 64 image tokens. Everything is written with ``save_pretrained`` so
-that ``AutoProcessor`` / ``AutoModelForImageTextToText`` load it from the folder with ``HF_HUB_OFFLINE=1``.
+image processor sized so that an image costs at most 64 image tokens (LLaVA-OneVision: 64 plus one anyres crop, at
+most 136). Everything is written with ``save_pretrained`` so that ``AutoProcessor`` /
+``AutoModelForImageTextToText`` load it from the folder with ``HF_HUB_OFFLINE=1``.
 """
 
 from __future__ import annotations
