@@ -335,3 +335,12 @@ def test_readme_support_table_is_the_family_table():
     assert support_table() in readme
     assert set(SPEEDUPS) == {"ref_cache", "share_image_features", "share_prompt_prefix", "save_matmuls",
                              "share_lora_inputs"}  # fmt: skip
+
+
+def test_bench_family_flag_is_for_tiny_shapes_only(tmp_path):
+    from vlfeedback_kit.training.bench import build_model, main
+
+    with pytest.raises(SystemExit, match="--family gemma3 runs with --shape tiny only"):
+        build_model("qwen2-vl-7b", tmp_path, "cpu", family="gemma3")
+    with pytest.raises(SystemExit):  # argparse: not a tiny-model family
+        main(["--family", "mistral3"])
