@@ -111,7 +111,7 @@ def test_reloads_offline_in_a_fresh_process_and_generates(
     tiny_models: dict[str, Path], offline_reports: dict[str, dict], family: str
 ) -> None:
     report = offline_reports[family]
-    assert report["image_tokens"] == 64
+    assert report["image_tokens"] == (136 if family == "llava_onevision" else 64)  # OneVision adds an anyres crop
     assert 1 <= report["new_tokens"] <= 8
     assert "How many circles?" in report["prompt"]
     assert json.loads((tiny_models[family] / "tiny_model.json").read_text())["family"] == family
@@ -164,7 +164,7 @@ def test_one_trl_dpo_step_on_pair_rows(tiny_models: dict[str, Path], family: str
     processor = AutoProcessor.from_pretrained(tiny_models[family])
     model = AutoModelForImageTextToText.from_pretrained(tiny_models[family])
     before = {name: param.detach().clone() for name, param in model.named_parameters()}
-    args = cpu_dpo_config(tmp_path, max_length=128)
+    args = cpu_dpo_config(tmp_path, max_length=256)
     trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor)
     trainer.train()
 

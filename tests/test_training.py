@@ -337,6 +337,7 @@ def test_every_recipe_key_is_a_script_field():
 
 def test_launch_command_and_unknown_recipe():
     command = launch_command("tiny", "cpu", ["--max_steps", "1"])
+    assert command[:3] == [sys.executable, "-m", "accelerate.commands.launch"]  # not another env's `accelerate`
     assert command[-4:] == ["--config", str(RECIPES / "tiny.yaml"), "--max_steps", "1"]
     assert str(ACCELERATE / "cpu.yaml") in command
     from vlfeedback_kit.errors import UserError

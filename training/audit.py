@@ -106,6 +106,21 @@ class _TokenCounter:
         return self._answers[key]
 
 
+def image_token_offset(processor, counter: _TokenCounter | None = None) -> int:
+    """Tokens each image adds beyond what ``processor._get_num_multimodal_tokens`` reports, measured once on a probe
+    image with the real processor (0 for most families; Gemma 3 reports its 256 soft tokens but also inserts two
+    newline pairs and its begin/end-of-image markers). Family-agnostic: the processor itself is the reference."""
+    from PIL import Image as PILImage
+
+    counter = counter or _TokenCounter(processor)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is this?"}]}]
+    prompt = counter._render(messages, None, 1)["prompt"]
+    probe = PILImage.new("RGB", (448, 336))
+    real = processor(images=[[probe]], text=[prompt], add_special_tokens=False)["input_ids"][0]
+    counted = processor._get_num_multimodal_tokens(image_sizes=[(336, 448)]).num_image_tokens[0]
+    return len(real) - (counter.prompt(messages, 1) - 1 + counted)
+
+
 def audit_dataset(dataset, processor, max_length: int | None, batch_size: int = 256) -> AuditReport:
     """Token counts of every row of a TRL vision preference dataset under ``processor`` and ``max_length``."""
     from datasets import Image, List
@@ -115,6 +130,7 @@ def audit_dataset(dataset, processor, max_length: int | None, batch_size: int = 
     raw = dataset.cast_column(image_column, List(Image(decode=False)) if image_column == "images" else Image(False))
     columns = [c for c in ("id", image_column, "prompt", "chosen", "rejected") if c in raw.column_names]
     counter = _TokenCounter(processor)
+    extra_per_image = image_token_offset(processor, counter)
     image_sizes: dict[object, tuple[int, int]] = {}
     image_tokens, totals, truncated, image_cut, without_image, row_tokens = [], [], [], [], 0, []
     for start in range(0, len(raw), batch_size):
@@ -131,6 +147,7 @@ def audit_dataset(dataset, processor, max_length: int | None, batch_size: int = 
                         image_sizes[key] = (opened.height, opened.width)
                 sizes.append(image_sizes[key])
             n_image = sum(processor._get_num_multimodal_tokens(image_sizes=sizes).num_image_tokens) if sizes else 0
+            n_image += extra_per_image * len(sizes)
             without_image += not sizes
             messages = batch["prompt"][offset]
             chosen, rejected = (counter.answer(messages, batch[side][offset], len(sizes)) for side in SIDES)

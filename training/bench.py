@@ -42,6 +42,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from vlfeedback_kit.training.tiny_model import FAMILIES
+
 PEAK_FLOPS = {"cuda": 989e12}
 QWEN2_VL_SHAPES = {
     "qwen2-vl-2b": {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
@@ -155,15 +157,20 @@ def synthetic_pairs(n: int, seed: int = 0):
     return Dataset.from_list(rows, features=PAIR_FEATURES)
 
 
-def build_model(shape: str, folder: Path, device: str, layers: int | None = None, vision_depth: int = 32):
-    """The model and processor of a shape: the tiny Qwen2-VL, or a random-init public Qwen2-VL shape (optionally
-    with fewer language-model ``layers`` or ViT blocks, as the memory tool uses to account per layer)."""
+def build_model(
+    shape: str, folder: Path, device: str, layers: int | None = None, vision_depth: int = 32, family: str = "qwen2_vl"
+):
+    """The model and processor of a shape: the tiny model of ``family`` (``tiny_model.FAMILIES``), or a random-init
+    public Qwen2-VL shape (optionally with fewer language-model ``layers`` or ViT blocks, as the memory tool uses
+    to account per layer; Qwen2-VL only)."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor, Qwen2VLForConditionalGeneration
 
     from vlfeedback_kit.training.tiny_model import build_tiny_model
 
-    tiny = build_tiny_model("qwen2_vl", folder / "tiny")
+    if shape != "tiny" and family != "qwen2_vl":
+        raise SystemExit(f"--family {family} runs with --shape tiny only (the real-width shapes are Qwen2-VL's)")
+    tiny = build_tiny_model(family, folder / "tiny")
     processor = AutoProcessor.from_pretrained(tiny)
     if shape == "tiny":
         return AutoModelForImageTextToText.from_pretrained(tiny).to(device), processor
@@ -274,8 +281,9 @@ def make_trainer(
 
 
 def run_config(
-    shape: str, name: str, device: str, steps: int, warmup: int, ref_factor: int = 2, workers: int = 2
-) -> dict:
+    shape: str, name: str, device: str, steps: int, warmup: int, ref_factor: int = 2, workers: int = 2,
+    family: str = "qwen2_vl",
+) -> dict:  # fmt: skip
     """Train one configuration for warmup + steps steps and measure the timed ones."""
     import torch
     from transformers import TrainerCallback
@@ -285,7 +293,9 @@ def run_config(
     # grouped by length: 4x the rows, so transformers' sampler sorts exactly the trained batches as one megabatch
     # (a random sample of the rows; the two warm-up steps get its longest batches, the timed ones the rest)
     rows = (warmup + steps) * spec["batch"] * (4 if spec.get("grouped") else 1)
-    trainer, (n_lm, n_vit) = make_trainer(shape, name, device, work, rows, warmup + steps, ref_factor, workers)
+    trainer, (n_lm, n_vit) = make_trainer(
+        shape, name, device, work, rows, warmup + steps, ref_factor, workers, family=family
+    )
     dataset = trainer.train_dataset
     cuda = device == "cuda"
 
@@ -327,7 +337,7 @@ def run_config(
     all_losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     losses = all_losses[warmup:]
     return {
-        "config": name, "shape": shape, "device": device, "batch": spec["batch"],
+        "config": name, "shape": shape, "family": family, "device": device, "batch": spec["batch"],
         "activation_checkpointing": spec["checkpointing"], "step_s": round(step, 4),
         "pairs_per_s": round(pairs_per_s, 3), "lm_tokens_per_s": round(pairs_per_s * tokens_per_pair),
         "tokens_per_pair": round(tokens_per_pair), "reference_pass_s_per_pair": round(reference_per_pair, 4),
@@ -363,6 +373,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="tiny", choices=["tiny", *QWEN2_VL_SHAPES])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--family", default="qwen2_vl", choices=FAMILIES, help="tiny model family (--shape tiny)")
     parser.add_argument("--configs", help=f"comma-separated subset of {', '.join(CONFIGS)}")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (at least 1)")
@@ -373,7 +384,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.child:
         result = run_config(
-            args.shape, args.child, args.device, args.steps, args.warmup, args.ref_factor, args.workers
+            args.shape, args.child, args.device, args.steps, args.warmup, args.ref_factor, args.workers, args.family
         )
         print("RESULT " + json.dumps(result))
         return
@@ -387,6 +398,8 @@ def main(argv: list[str] | None = None) -> None:
             args.shape,
             "--device",
             args.device,
+            "--family",
+            args.family,
             "--steps",
             str(args.steps),
             "--warmup",
@@ -400,7 +413,8 @@ def main(argv: list[str] | None = None) -> None:
         ]
         result, stderr = child_result(command, {**os.environ, "TQDM_DISABLE": "1"})
         if result is None:
-            result = {"config": name, "shape": args.shape, "error": stderr.strip().splitlines()[-1:]}
+            result = {"config": name, "shape": args.shape, "family": args.family,
+                      "error": stderr.strip().splitlines()[-1:]}  # fmt: skip
         results.append(result)
         emit(result, args.out)
     print("\n| config | batch | ckpt | step s | pairs/s | pairs/s 3 ep | LM tokens/s | peak GiB | MFU |")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,8 +33,9 @@ def launch_command(recipe: str, accelerate: str, overrides: list[str]) -> list[s
     not the launcher's traceback around it)."""
     recipe_path = yaml_file(recipe, "recipe", RECIPES)
     config_path = yaml_file(accelerate, "accelerate config", ACCELERATE)
-    launcher = shutil.which("accelerate")
-    prefix = [launcher, "launch"] if launcher else [sys.executable, "-m", "accelerate.commands.launch"]
+    # this interpreter's accelerate, not whichever `accelerate` is first on PATH: another environment's launcher
+    # would run another installation of the kit
+    prefix = [sys.executable, "-m", "accelerate.commands.launch"]
     return [
         *prefix, "--quiet", "--config_file", str(config_path),
         str(HERE / "dpo.py"), "--config", str(recipe_path), *overrides,

@@ -6,8 +6,11 @@ import re
 
 import torch
 
-VISION_MODULES: tuple[str, ...] = ("visual", "vision_tower", "vision_model", "multi_modal_projector", "merger")
-"""Module names that belong to the vision side in the supported families (Qwen2-VL, Qwen2.5-VL, LLaVA)."""
+from vlfeedback_kit.training.families import vision_modules
+
+VISION_MODULES: tuple[str, ...] = tuple(dict.fromkeys(("merger", *vision_modules())))
+"""Module names that belong to the vision side in the supported families (``families.FAMILIES``: towers,
+projectors / connectors, LLaVA-OneVision's ``image_newline``)."""
 LANGUAGE_LINEAR_NAMES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _VISION = re.compile(r"(^|\.)(" + "|".join(VISION_MODULES) + r")(\.|$)")
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+PER_ROW_IMAGE_INPUTS = ("pixel_attention_mask", "image_sizes", "batch_num_images")
 PER_TOKEN_OUTPUTS = ("log_probs", "entropy", "mean_logits", "is_top1", "log_sum_sq_probs")
 
 
@@ -109,6 +110,10 @@ class PrefixSharing:
         if pixels is not None:  # keep the first half's images (TRL repeats them for rejected)
             images = int(grid[:pairs].prod(-1).sum()) if grid is not None else pairs
             forward["pixel_values"] = pixels[:images]
+        for key in PER_ROW_IMAGE_INPUTS:  # Idefics3's pixel mask, LLaVA-OneVision's anyres sizes: first half too
+            value = kwargs.get(key)
+            if isinstance(value, torch.Tensor) and value.shape[0] == rows:
+                forward[key] = value[:pairs]
         if packed_types is not None:
             forward["mm_token_type_ids"] = packed_types
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos if pos.shape[0] > 1 else pos[0],

@@ -20,7 +20,32 @@ from typing import Any
 
 import torch
 
-PER_IMAGE_KEYS = frozenset({"pixel_values"})
+PER_IMAGE_KEYS = frozenset({"pixel_values", "pixel_attention_mask", "image_sizes", "batch_num_images"})
+"""Processor outputs that only the vision encoder reads (pixels, Idefics3's pixel mask, LLaVA-OneVision's anyres
+sizes): prepared once per unique image. Everything else (token ids, Qwen's ``image_grid_thw`` that M-RoPE needs) is
+repeated for both halves."""
+ENCODER_KEYS = PER_IMAGE_KEYS | {"image_grid_thw"}
+"""Forward inputs handed to ``get_image_features`` when its signature takes them."""
+_NOT_FOR_THE_LANGUAGE_MODEL = ("last_hidden_state", "hidden_states", "attentions")
+
+
+def repeat_halves(value: Any) -> Any:
+    """Encoder outputs for both halves: per-image tensors or sequences of them twice over (Qwen3-VL's DeepStack
+    features, a list per layer of per-image tensors, are repeated layer by layer)."""
+    if isinstance(value, torch.Tensor):
+        return torch.cat([value, value], dim=0)
+    if isinstance(value, (list, tuple)):
+        if all(isinstance(item, torch.Tensor) for item in value):
+            return type(value)([*value, *value])
+        return type(value)(repeat_halves(item) for item in value)
+    return value
+
+
+def feature_tokens(pooled: Any) -> int:
+    """How many language-model positions pooled image features fill (a tensor or a sequence of per-image ones)."""
+    if isinstance(pooled, torch.Tensor):
+        return pooled.numel() // pooled.shape[-1]
+    return sum(feature_tokens(item) for item in pooled)
 
 
 class ImageOnceProcessor:
@@ -86,46 +111,61 @@ class ImageFeatureSharing:
         """Uninstall the hook."""
         self._handle.remove()
 
-    def _unique_count(self, kwargs: dict) -> int | None:
-        """How many unique images ``pixel_values`` holds when its rows are repeated in halves, else None."""
-        pixel_values = kwargs.get("pixel_values")
-        ids = kwargs.get("input_ids")
-        if pixel_values is None or ids is None or ids.shape[0] % 2:
-            return None
+    def _grid_half(self, kwargs: dict) -> torch.Tensor | None | bool:
+        """Qwen-VL family: the first half's ``image_grid_thw`` when ``pixel_values`` holds that half's patches only
+        (False when it does not); None for families without a grid."""
         grid = kwargs.get("image_grid_thw")
-        if grid is not None:  # Qwen-VL family: pixel_values are patches of all images, one grid row per image
-            half = grid.shape[0] // 2
-            patches = int(grid[:half].prod(-1).sum())
-            same = grid.shape[0] == 2 * half and torch.equal(grid[:half], grid[half:])
-            return half if same and pixel_values.shape[0] == patches else None
-        return pixel_values.shape[0] if 2 * pixel_values.shape[0] == ids.shape[0] else None
+        if grid is None:
+            return None
+        half = grid.shape[0] // 2
+        patches = int(grid[:half].prod(-1).sum())
+        same = grid.shape[0] == 2 * half and torch.equal(grid[:half], grid[half:])
+        return grid[:half] if same and kwargs["pixel_values"].shape[0] == patches else False
 
-    def _features(self, pixel_values: torch.Tensor, kwargs: dict, unique: int) -> Any:
+    def _features(self, kwargs: dict, grid: torch.Tensor | None) -> Any:
+        """``get_image_features`` on the inputs its signature takes, the config's feature-layer choices included."""
+        parameters = inspect.signature(self.inner.get_image_features).parameters
+        call = {k: v for k, v in kwargs.items() if k in ENCODER_KEYS and k in parameters and v is not None}
+        if grid is not None:
+            call["image_grid_thw"] = grid
+        for name in ("vision_feature_layer", "vision_feature_select_strategy"):
+            if name in parameters and kwargs.get(name) is None:
+                call[name] = getattr(self.inner.config, name, None)
+        return self.inner.get_image_features(**call, return_dict=True)
+
+    def _placeholders(self, ids: torch.Tensor) -> int:
         config = self.inner.config
-        if kwargs.get("image_grid_thw") is not None:
-            return self.inner.get_image_features(pixel_values, kwargs["image_grid_thw"][:unique], return_dict=True)
-        return self.inner.get_image_features(
-            pixel_values=pixel_values,
-            vision_feature_layer=getattr(config, "vision_feature_layer", None),
-            vision_feature_select_strategy=getattr(config, "vision_feature_select_strategy", None),
-            return_dict=True,
-        )
+        token = getattr(config, "image_token_id", None)
+        token = getattr(config, "image_token_index", None) if token is None else token
+        return int((ids == token).sum())
 
     def _hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        unique = self._unique_count(kwargs)
-        if unique is None:
+        pixel_values, ids = kwargs.get("pixel_values"), kwargs.get("input_ids")
+        if pixel_values is None or ids is None or ids.shape[0] % 2:
             return None
-        pixel_values = kwargs["pixel_values"]
+        grid = self._grid_half(kwargs)
+        if grid is False:
+            return None
         memo = self._memo
         if self.frozen and memo is not None and memo[0] is pixel_values and memo[1] == pixel_values._version:
             features = memo[2]
-            self.reused += unique
+            reused = True
         else:
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-                features = self._features(pixel_values, kwargs, unique)
-            self.encoded_images += unique
+                features = self._features(kwargs, grid)
+            reused = False
             self._memo = (pixel_values, pixel_values._version, features) if self.frozen else None
-        pooled = list(features.pooler_output)
-        shared = type(features)(pooler_output=tuple(pooled + pooled))
-        kwargs = {**kwargs, "pixel_values": None, "mm_encoder_outputs": {"image": shared}}
+        # family-agnostic check that these are the first half's images: their features fill half the placeholders
+        if 2 * feature_tokens(features.pooler_output) != self._placeholders(ids):
+            return None  # not a repeated batch: the model encodes pixel_values itself
+        images = len(features.pooler_output)
+        if reused:
+            self.reused += images
+        else:
+            self.encoded_images += images
+        shared = type(features)(
+            **{k: repeat_halves(v) for k, v in features.items() if k not in _NOT_FOR_THE_LANGUAGE_MODEL}
+        )
+        kwargs = {k: v for k, v in kwargs.items() if k not in PER_IMAGE_KEYS}
+        kwargs["mm_encoder_outputs"] = {"image": shared}
         return args, kwargs

@@ -6,10 +6,12 @@ instead of multi-gigabyte checkpoints from the Hub:
     vlfeedback tiny-model --family qwen2_vl --out runs/tiny-qwen2-vl
 
 Each model is the family's real architecture (``Qwen2VLForConditionalGeneration``,
-``Qwen2_5_VLForConditionalGeneration``, ``LlavaForConditionalGeneration``) with tiny dimensions, a byte-level BPE
+``Qwen2_5_VLForConditionalGeneration``, ``LlavaForConditionalGeneration``, and Qwen3-VL, Gemma 3, Idefics3 (SmolVLM),
+LLaVA-OneVision and InternVL from :mod:`vlfeedback_kit.training.tiny_families`) with tiny dimensions, a byte-level BPE
 tokenizer trained in-process on a built-in English corpus, the family's special tokens and chat template, and an
-image processor sized so that an image costs at most 64 image tokens. Everything is written with ``save_pretrained`` so
-that ``AutoProcessor`` / ``AutoModelForImageTextToText`` load it from the folder with ``HF_HUB_OFFLINE=1``.
+image processor sized so that an image costs at most 64 image tokens (LLaVA-OneVision: 64 plus one anyres crop, at
+most 136). Everything is written with ``save_pretrained`` so that ``AutoProcessor`` /
+``AutoModelForImageTextToText`` load it from the folder with ``HF_HUB_OFFLINE=1``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,16 @@ import itertools
 import json
 from pathlib import Path
 
-FAMILIES: tuple[str, ...] = ("qwen2_vl", "qwen2_5_vl", "llava")
+FAMILIES: tuple[str, ...] = (
+    "qwen2_vl",
+    "qwen2_5_vl",
+    "llava",
+    "qwen3_vl",
+    "gemma3",
+    "idefics3",
+    "llava_onevision",
+    "internvl",
+)
 
 VOCAB_SIZE = 1024
 """Most tokens the trained tokenizer may hold, special tokens included (the corpus yields fewer)."""
@@ -120,10 +131,15 @@ def build_tiny_model(family: str, out_dir: str | Path, seed: int = 0) -> Path:
     import torch
     from transformers import GenerationConfig
 
+    from vlfeedback_kit.training.tiny_families import BUILDERS, IMAGE_TOKENS
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    processor = _llava_processor() if family == "llava" else _qwen_processor(family)
-    config = _llava_config(processor.tokenizer) if family == "llava" else _qwen_config(family, processor.tokenizer)
+    if family in BUILDERS:
+        processor, config = BUILDERS[family]()
+    else:
+        processor = _llava_processor() if family == "llava" else _qwen_processor(family)
+        config = _llava_config(processor.tokenizer) if family == "llava" else _qwen_config(family, processor.tokenizer)
     model_class = _model_class(family)
     torch.manual_seed(seed)
     model = model_class(config)
@@ -142,7 +158,7 @@ def build_tiny_model(family: str, out_dir: str | Path, seed: int = 0) -> Path:
         "seed": seed,
         "architecture": model_class.__name__,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "max_image_tokens": QWEN_MAX_TOKENS if family != "llava" else (LLAVA_IMAGE_SIZE // LLAVA_PATCH_SIZE) ** 2,
+        "max_image_tokens": IMAGE_TOKENS,
     }
     (out / "tiny_model.json").write_text(json.dumps(metadata, indent=2) + "\n")
     return out
@@ -323,5 +339,10 @@ def _model_class(family: str):
         "qwen2_vl": "Qwen2VLForConditionalGeneration",
         "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
         "llava": "LlavaForConditionalGeneration",
+        "qwen3_vl": "Qwen3VLForConditionalGeneration",
+        "gemma3": "Gemma3ForConditionalGeneration",
+        "idefics3": "Idefics3ForConditionalGeneration",
+        "llava_onevision": "LlavaOnevisionForConditionalGeneration",
+        "internvl": "InternVLForConditionalGeneration",
     }
     return getattr(transformers, names[family])

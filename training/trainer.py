@@ -24,6 +24,7 @@ from transformers import TrainerCallback
 from trl import DPOTrainer
 
 from vlfeedback_kit.training.activations import LoraInputSharing, enable_checkpoint_policy, lora_dropout_active
+from vlfeedback_kit.training.families import check_speedups, enabled_speedups, family_of
 from vlfeedback_kit.training.freeze import assert_no_vision_lora, freeze_vision
 from vlfeedback_kit.training.prefix_sharing import PrefixSharing
 from vlfeedback_kit.training.ref_cache import TOLERANCE, ReferenceCacheMismatch, RefLogpCache, pair_key
@@ -128,6 +129,8 @@ class SilkieDPOTrainer(DPOTrainer):
         if getattr(self.args, "freeze_vision", False):
             freeze_vision(self.model)
             assert_no_vision_lora(self.model)
+        speedups = [name for name in enabled_speedups(self.args) if name != "ref_cache" or ref_cache is not None]
+        check_speedups(family_of(self.model), speedups)  # a refused speedup is an error, never a silent no-op
         self.ref_cache = ref_cache
         self.reference_forwards = 0
         self.ref_cache_check: dict | None = None  # the step-0 self-check's measurement, once it has run

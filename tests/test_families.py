@@ -1,0 +1,346 @@
+"""Every family of training/families.py on the CPU: its tiny model, the audit with its real processor, the kit's loss
+against TRL's stock loss, the vision side frozen and out of LoRA's reach, the reference cache, and each speedup the
+family allows (or its refusal, naming the family and the reason).
+
+Run: pytest tests/test_families.py
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from support.dpo import cpu_dpo_config
+
+from vlfeedback_kit.training.families import FAMILIES, SPEEDUPS, check_speedups, support_table
+from vlfeedback_kit.training.freeze import is_vision_parameter, language_lora_targets
+
+NAMES = list(FAMILIES)
+NEW = ["qwen3_vl", "gemma3", "idefics3", "llava_onevision", "internvl"]
+COVERED = ("qwen2_vl", "llava")  # tests/test_training.py runs these speedups on them with the sample's real rows
+PROCESSORS = {
+    "qwen3_vl": "Qwen3VLProcessor",
+    "gemma3": "Gemma3Processor",
+    "idefics3": "Idefics3Processor",
+    "llava_onevision": "LlavaOnevisionProcessor",
+    "internvl": "InternVLProcessor",
+}
+ASSISTANT_TURN = {  # how each chat template opens the assistant's answer
+    "qwen3_vl": "<|im_start|>assistant\n",
+    "gemma3": "<start_of_turn>model\n",
+    "idefics3": "Assistant:",
+    "llava_onevision": "<|im_start|>assistant\n",
+    "internvl": "<|im_start|>assistant\n",
+}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """``model_dir(family)``: the family's tiny model, built on first use and shared by the module's tests."""
+    from vlfeedback_kit.training.tiny_model import build_tiny_model
+
+    root, built = tmp_path_factory.mktemp("families"), {}
+
+    def get(family: str) -> Path:
+        if family not in built:
+            built[family] = build_tiny_model(family, root / family)
+        return built[family]
+
+    return get
+
+
+def jpeg(count: int, size: tuple[int, int]) -> dict:
+    image = Image.new("RGB", size, "white")
+    for i in range(count):
+        ImageDraw.Draw(image).ellipse((10 + 40 * i, 20, 40 + 40 * i, 60), fill="red")
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG")
+    return {"bytes": buffer.getvalue(), "path": None}
+
+
+def pairs(n: int = 2):
+    """``n`` short pair rows in the kit's schema, each with an image of another size (so another token count)."""
+    from datasets import Dataset
+
+    from vlfeedback_kit.builders.features import ASPECTS, PAIR_FEATURES
+
+    def message(role: str, text: str, image: bool = False) -> list[dict]:
+        return [{"role": role, "content": ([{"type": "image", "text": None}] if image else []) + [
+            {"type": "text", "text": text}]}]  # fmt: skip
+
+    rows = [
+        {
+            "id": f"pair-{i}",
+            "source": "SVIT",
+            "images": [jpeg(i + 1, (448 - 96 * i, 320 + 64 * i))],
+            "prompt": message("user", "How many circles are there in the image?", image=True),
+            "chosen": message("assistant", f"There are {i + 1} red circles in the image." + " Yes." * i),
+            "rejected": message("assistant", "No."),
+            "chosen_model": "gpt-4v",
+            "rejected_model": "fuyu-8b",
+            "chosen_ratings": dict.fromkeys(ASPECTS, 5),
+            "rejected_ratings": dict.fromkeys(ASPECTS, 1),
+            "chosen_score": 5.0,
+            "rejected_score": 1.0,
+            "margin": 4.0,
+        }  # fmt: skip
+        for i in range(n)
+    ]
+    return Dataset.from_list(rows, features=PAIR_FEATURES)
+
+
+def load(folder: Path, perturb: bool = False):
+    """The tiny model; ``perturb``: its language side nudged (seeded), a reference that differs from the policy."""
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(folder)
+    if perturb:
+        generator = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if not is_vision_parameter(name):
+                    parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    return model
+
+
+@pytest.mark.parametrize("family", NEW)
+def test_tiny_model_has_the_real_processor_template_and_image_tokens(model_dir, family):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    folder = model_dir(family)
+    processor = AutoProcessor.from_pretrained(folder)
+    model = AutoModelForImageTextToText.from_pretrained(folder)
+    assert type(processor).__name__ == PROCESSORS[family]
+    assert type(model).__name__ == FAMILIES[family].architecture and model.config.model_type == family
+    assert sum(p.numel() for p in model.parameters()) < 600_000  # tiny
+    message = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many circles?"}]}]
+    text = processor.apply_chat_template(message, add_generation_prompt=True)
+    assert text.endswith(ASSISTANT_TURN[family]) and "How many circles?" in text
+    image = Image.new("RGB", (300, 200), "white")
+    inputs = processor(images=[[image]], text=[text], return_tensors="pt")
+    counted = processor._get_num_multimodal_tokens(image_sizes=[(200, 300)]).num_image_tokens[0]  # what the audit uses
+    wrappers = {"idefics3": 3, "internvl": 2}.get(family, 0)  # <fake_token_around_image><global-img>…, <img>…</img>
+    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == counted - wrappers > 0
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 3
+
+
+@pytest.mark.parametrize("family", NAMES)
+def test_audit_counts_what_trl_builds_and_refuses_truncation(model_dir, family):
+    from transformers import AutoProcessor
+    from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
+
+    from vlfeedback_kit.training.audit import audit_dataset, check_audit
+
+    processor = AutoProcessor.from_pretrained(model_dir(family))
+    dataset = pairs(2)
+    report = audit_dataset(dataset, processor, max_length=None)
+    for i in range(2):  # per row: the longer of prompt + chosen and prompt + rejected, as TRL's collator builds it
+        batch = DataCollatorForVisionPreference(processor)([dataset[i]])
+        assert report.lengths()[i] == int(batch["attention_mask"].sum(dim=1).max())
+    with pytest.raises(ValueError, match="truncate the answers of 1 rows"):
+        check_audit(audit_dataset(dataset, processor, max_length=int(report.total_tokens["max"]) - 1))
+
+
+@pytest.mark.parametrize("family", [name for name in NAMES if name not in COVERED])
+def test_kit_loss_equals_trl_stock_loss_with_each_image_speedup(model_dir, family, tmp_path):
+    """Reference cache + one image encode per step (and prompt-prefix sharing where allowed) against stock TRL."""
+    from transformers import AutoProcessor
+    from trl import DPOTrainer
+
+    from vlfeedback_kit.training.ref_cache import RefLogpCache
+    from vlfeedback_kit.training.trainer import SilkieDPOTrainer
+
+    folder = model_dir(family)
+    processor, dataset = AutoProcessor.from_pretrained(folder), pairs(2)
+
+    def models():
+        return {"model": load(folder), "ref_model": load(folder, perturb=True)}
+
+    config = cpu_dpo_config(tmp_path / "stock", seed=0)
+    stock = DPOTrainer(**models(), args=config, train_dataset=dataset, processing_class=processor)
+    stock_batch = next(iter(stock.get_train_dataloader()))
+    stock_loss = stock.compute_loss(stock.model, stock._prepare_inputs(stock_batch)).item()
+    assert abs(stock_loss - math.log(2)) > 1e-3  # policy and reference really differ
+    packings = [False] + ([True] if FAMILIES[family].reason("share_prompt_prefix") is None else [])
+    for packed in packings:
+        run = tmp_path / f"kit-{packed}"
+        kit = SilkieDPOTrainer(
+            **models(),
+            args=cpu_dpo_config(run, seed=0, share_prompt_prefix=packed),
+            train_dataset=dataset,
+            processing_class=processor,
+            ref_cache=RefLogpCache(run / "ref.parquet", {}),
+        )
+        assert kit.precompute_reference() == 2 and kit.reference_forwards == 1
+        batch = next(iter(kit.get_train_dataloader()))
+        assert torch.equal(batch["input_ids"], stock_batch["input_ids"])
+        assert batch["pixel_values"].shape[0] * 2 == stock_batch["pixel_values"].shape[0]  # each image prepared once
+        loss = kit.compute_loss(kit.model, kit._prepare_inputs(batch)).item()
+        assert loss == pytest.approx(stock_loss, rel=1e-4), packed
+        assert kit.reference_forwards == 1  # the step's reference came from the cache
+        policy_hook, reference_hook = kit.image_sharing
+        # the encoder ran once per image per forward: through the hook for two-row pairs (never a silent no-op);
+        # a packed pair carries its image once, so the model encodes it itself
+        assert (reference_hook.encoded_images, policy_hook.encoded_images) == ((0, 0) if packed else (2, 2))
+
+
+@pytest.mark.parametrize("family", NEW)
+def test_lora_training_keeps_vision_frozen_and_reuses_the_cache(model_dir, family, tmp_path):
+    """Two epochs through the kit as training/dpo.py sets it up: vision frozen, LoRA on the language model only."""
+    from peft import LoraConfig
+    from transformers import AutoProcessor
+
+    from vlfeedback_kit.training.freeze import assert_no_vision_lora, freeze_vision
+    from vlfeedback_kit.training.ref_cache import RefLogpCache
+    from vlfeedback_kit.training.trainer import SilkieDPOTrainer
+
+    folder = model_dir(family)
+    model = load(folder)
+    linear = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+    targets = [name for name in linear if re.fullmatch(language_lora_targets(), name)]
+    assert targets and not any(is_vision_parameter(name) for name in targets)
+    assert any(is_vision_parameter(name) for name in linear)  # the pattern had vision projections to avoid
+    freeze_vision(model)
+    vision = {n: p.detach().clone() for n, p in model.named_parameters() if is_vision_parameter(n)}
+    assert vision and not any(p.requires_grad for n, p in model.named_parameters() if n in vision)
+    kit = SilkieDPOTrainer(
+        model=model,
+        args=cpu_dpo_config(tmp_path, max_steps=-1, num_train_epochs=2, learning_rate=1e-2),
+        train_dataset=pairs(2),
+        processing_class=AutoProcessor.from_pretrained(folder),
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=language_lora_targets()),
+        ref_cache=RefLogpCache(tmp_path / "ref.parquet", {}),
+    )
+    assert_no_vision_lora(kit.model)
+    kit.train()
+    losses = [entry["loss"] for entry in kit.state.log_history if "loss" in entry]
+    assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
+    cache = kit.ref_cache
+    assert (cache.hits, cache.misses, kit.reference_forwards) == (4, 0, 1)  # one reference pass, then the cache
+    after = dict(kit.model.named_parameters())
+    assert all(torch.equal(after[f"base_model.model.{n}"], vision[n]) for n in vision)
+    assert any(n.endswith("lora_B.default.weight") and p.abs().sum() > 0 for n, p in after.items())
+
+
+def one_step(kit) -> tuple[float, dict[str, torch.Tensor]]:
+    """Loss and LoRA gradients of one training step of ``kit`` on its first batch."""
+    inputs = kit._prepare_inputs(next(iter(kit.get_train_dataloader())))
+    kit.model.train()
+    kit.model.zero_grad(set_to_none=True)
+    with kit.compute_loss_context_manager(), kit.accelerator.autocast():
+        loss = kit.compute_loss(kit.model, dict(inputs))
+    loss.backward()
+    return loss.item(), {n: p.grad.clone() for n, p in kit.model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("family", [name for name in NAMES if name != "qwen2_vl"])  # test_activations.py has it
+def test_save_matmuls_and_share_lora_inputs_keep_loss_and_gradients(model_dir, family, tmp_path):
+    from peft import LoraConfig
+    from transformers import AutoProcessor
+
+    from vlfeedback_kit.training.activations import checkpointed_language_layers
+    from vlfeedback_kit.training.ref_cache import RefLogpCache
+    from vlfeedback_kit.training.trainer import SilkieDPOTrainer
+
+    folder = model_dir(family)
+    processor, dataset = AutoProcessor.from_pretrained(folder), pairs(1)
+
+    def kit(name: str, **overrides):
+        torch.manual_seed(0)
+        lora = LoraConfig(r=4, lora_alpha=8, target_modules=language_lora_targets(), init_lora_weights=False)
+        return SilkieDPOTrainer(
+            model=load(folder),
+            args=cpu_dpo_config(tmp_path / name, seed=0, **overrides),
+            train_dataset=dataset,
+            processing_class=processor,
+            peft_config=lora,
+            ref_cache=RefLogpCache(tmp_path / name / "ref.parquet", {}),
+        )
+
+    plain = kit("plain")
+    plain.model.enable_input_require_grads()  # as checkpointing does
+    loss, grads = one_step(plain)
+    selective = kit("save_matmuls", activation_checkpointing=True, checkpoint_policy="save_matmuls")
+    selective.model.enable_input_require_grads()
+    selective.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    layers = checkpointed_language_layers(selective.model)
+    assert len(layers) == 2 and all("context_fn" in m._gradient_checkpointing_func.keywords for m in layers)
+    checkpointed_loss, checkpointed_grads = one_step(selective)
+    assert checkpointed_loss == pytest.approx(loss, abs=1e-6)
+    assert grads.keys() == checkpointed_grads.keys() and grads
+    assert all(torch.allclose(checkpointed_grads[n], grads[n], atol=1e-6) for n in grads)
+
+    copied_loss, copied_grads = one_step(kit("bf16-copies", bf16=True, share_lora_inputs=False))
+    shared = kit("bf16-shared", bf16=True)
+    assert not any(m.cast_input_dtype_enabled for m in shared.model.modules() if hasattr(m, "lora_A"))
+    shared_loss, shared_grads = one_step(shared)
+    assert shared_loss == copied_loss
+    assert all(torch.equal(shared_grads[n], copied_grads[n]) for n in copied_grads)
+
+
+def test_a_refused_speedup_names_the_family_and_the_reason(model_dir, tmp_path, caplog):
+    from transformers import AutoProcessor
+
+    from vlfeedback_kit.training.trainer import SilkieDPOTrainer
+
+    folder = model_dir("gemma3")
+    with pytest.raises(ValueError, match=r"share_prompt_prefix is not available for the gemma3 family: .*token_type"):
+        SilkieDPOTrainer(
+            model=load(folder),
+            args=cpu_dpo_config(tmp_path, share_prompt_prefix=True),
+            train_dataset=pairs(2),
+            processing_class=AutoProcessor.from_pretrained(folder),
+        )
+    check_speedups("mistral3", ["share_image_features"])  # outside the table: allowed, with a warning
+    assert "mistral3 is not among the tested families" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("recipe", "family", "base"),
+    [("silkie-qwen3-vl-8b-lora", "qwen3_vl", "Qwen/Qwen3-VL-8B-Instruct"),
+     ("silkie-gemma3-12b-lora", "gemma3", "google/gemma-3-12b-it")],
+)  # fmt: skip
+def test_current_base_recipes_keep_the_papers_hyperparameters(recipe, family, base):
+    import yaml
+
+    from vlfeedback_kit.training.commands import RECIPES
+    from vlfeedback_kit.training.config import SilkieDPOConfig
+    from vlfeedback_kit.training.families import enabled_speedups
+
+    text = (RECIPES / f"{recipe}.yaml").read_text()
+    config = yaml.safe_load(text)
+    assert config["model_name_or_path"] == base and "Predicted peak memory:" in text and "Global batch 256" in text
+    assert (config["lora_r"], config["lora_alpha"], config["lora_dropout"], config["beta"]) == (64, 16, 0.05, 0.1)
+    assert (config["learning_rate"], config["warmup_steps"], config["weight_decay"], config["adam_beta2"]) == (
+        1e-5, 0.1, 0.05, 0.98)  # fmt: skip
+    assert config["num_train_epochs"] == 3 and config["disable_dropout"] is False
+    gpus = int(config["hardware"].split("x")[0])
+    assert config["per_device_train_batch_size"] * config["gradient_accumulation_steps"] * gpus == 256
+    fields = SilkieDPOConfig.__dataclass_fields__
+    args = SilkieDPOConfig.__new__(SilkieDPOConfig)  # the recipe's speedup switches over the config's defaults
+    for name in ("ref_cache", "share_image_features", "share_prompt_prefix", "share_lora_inputs", "checkpoint_policy"):
+        setattr(args, name, config.get(name, fields[name].default))
+    check_speedups(family, enabled_speedups(args))  # the recipe turns on nothing its family refuses
+
+
+def test_readme_support_table_is_the_family_table():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert support_table() in readme
+    assert set(SPEEDUPS) == {"ref_cache", "share_image_features", "share_prompt_prefix", "save_matmuls",
+                             "share_lora_inputs"}  # fmt: skip
+
+
+def test_bench_family_flag_is_for_tiny_shapes_only(tmp_path):
+    from vlfeedback_kit.training.bench import build_model, main
+
+    with pytest.raises(SystemExit, match="--family gemma3 runs with --shape tiny only"):
+        build_model("qwen2-vl-7b", tmp_path, "cpu", family="gemma3")
+    with pytest.raises(SystemExit):  # argparse: not a tiny-model family
+        main(["--family", "mistral3"])
