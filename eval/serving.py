@@ -113,7 +113,8 @@ def chat_inputs(processor: Any, prompts: Sequence[tuple[Any, str]]) -> Any:
         for _, question in prompts
     ]
     texts = processor.apply_chat_template(conversations, add_generation_prompt=True)
-    return processor(text=texts, images=[image for image, _ in prompts], padding=True, return_tensors="pt")
+    images = [[image] for image, _ in prompts]  # one list per prompt: processors that count images per sample need it
+    return processor(text=texts, images=images, padding=True, return_tensors="pt")
 
 
 def generate(served: ServedModel, prompts: Sequence[tuple[Any, str]], adapters: Sequence[str] | None = None,

@@ -39,3 +39,14 @@ def test_adapter_rows_need_an_adapter(silkie):
     with pytest.raises(ValueError, match="needs an adapter"):
         generate_both(plain, prompts()[:1])
     assert generate(plain, prompts()[:1], [BASE], GenerationSettings(max_new_tokens=2))
+
+
+@pytest.mark.parametrize("family", ["gemma3", "idefics3"])
+def test_compare_base_serves_other_families_through_the_same_loader(family, tmp_path):
+    """The loader training uses (AutoModelForImageTextToText + AutoProcessor) serves any tiny-model family."""
+    base, run = tiny_silkie(tmp_path, family=family)
+    served = load(None, adapter=str(run))
+    settings = GenerationSettings(max_new_tokens=6)
+    silkie_answers, base_answers = generate_both(served, prompts()[:2], settings)
+    assert silkie_answers == [generate(served, [p], [SILKIE], settings)[0] for p in prompts()[:2]]
+    assert base_answers == [generate(served, [p], [BASE], settings)[0] for p in prompts()[:2]]

@@ -7,18 +7,20 @@ import json
 from pathlib import Path
 
 
-def tiny_silkie(root: Path, **run_info: object) -> tuple[Path, Path]:
-    """(base model folder, adapter run dir with processor and run_info.json naming the base)."""
+def tiny_silkie(root: Path, family: str = "qwen2_vl", **run_info: object) -> tuple[Path, Path]:
+    """(base model folder, adapter run dir with processor and run_info.json naming the base), of any tiny-model
+    family; LoRA on the language model's attention only, as the training recipes target it."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    from vlfeedback_kit.training.freeze import language_lora_targets
     from vlfeedback_kit.training.tiny_model import build_tiny_model
 
-    base = build_tiny_model("qwen2_vl", root / "base")
+    base = build_tiny_model(family, root / "base")
     model = get_peft_model(
         AutoModelForImageTextToText.from_pretrained(base),
-        LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj", "o_proj"]),
+        LoraConfig(r=4, lora_alpha=32, target_modules=language_lora_targets(("q_proj", "v_proj", "o_proj"))),
     )
     torch.manual_seed(0)
     for name, param in model.named_parameters():
