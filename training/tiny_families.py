@@ -87,7 +87,7 @@ def qwen3_vl() -> tuple[Any, Any]:
     """Qwen3-VL: 16 px patches merged 2 x 2 (32 px per image token), DeepStack features from vision layer 1."""
     from transformers import Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLProcessor, Qwen3VLVideoProcessor
 
-    from vlfeedback_kit.training.tiny_model import QWEN_SPECIAL_TOKENS, _text_dims
+    from vlfeedback_kit.training.tiny_model import QWEN_SPECIAL_TOKENS, _text_dims, qwen_token_ids
 
     tokenizer = _tokenizer(
         QWEN_SPECIAL_TOKENS,
@@ -105,7 +105,6 @@ def qwen3_vl() -> tuple[Any, Any]:
             "shortest_edge": pixels["min_pixels"], "longest_edge": pixels["max_pixels"]}),
         chat_template=QWEN3_VL_CHAT_TEMPLATE,
     )  # fmt: skip
-    ids = tokenizer.convert_tokens_to_ids
     text = {
         **_text_dims(tokenizer),
         "head_dim": 16,
@@ -117,15 +116,7 @@ def qwen3_vl() -> tuple[Any, Any]:
         "spatial_merge_size": 2, "temporal_patch_size": 2, "out_hidden_size": 64, "num_position_embeddings": 64,
         "deepstack_visual_indexes": [0],
     }  # fmt: skip
-    config = Qwen3VLConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=ids("<|image_pad|>"),
-        video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"),
-        vision_end_token_id=ids("<|vision_end|>"),
-        dtype="float32",
-    )
+    config = Qwen3VLConfig(text_config=text, vision_config=vision, **qwen_token_ids(tokenizer))
     return processor, config
 
 

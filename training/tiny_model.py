@@ -294,16 +294,19 @@ def _qwen_config(family: str, tokenizer):
             "window_size": 112,
             "fullatt_block_indexes": [1],
         }
+    return config_class(text_config=text_config, vision_config=vision_config, **qwen_token_ids(tokenizer))
+
+
+def qwen_token_ids(tokenizer) -> dict:
+    """The image/video token ids every Qwen-VL config names (Qwen2-VL, Qwen2.5-VL, Qwen3-VL), and fp32."""
     ids = tokenizer.convert_tokens_to_ids
-    return config_class(
-        text_config=text_config,
-        vision_config=vision_config,
-        image_token_id=ids("<|image_pad|>"),
-        video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"),
-        vision_end_token_id=ids("<|vision_end|>"),
-        dtype="float32",
-    )
+    return {
+        "image_token_id": ids("<|image_pad|>"),
+        "video_token_id": ids("<|video_pad|>"),
+        "vision_start_token_id": ids("<|vision_start|>"),
+        "vision_end_token_id": ids("<|vision_end|>"),
+        "dtype": "float32",
+    }
 
 
 def _llava_config(tokenizer):
