@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from vlfeedback_kit.eval.pairwise import MIN_BATTLES, Battle, PairwiseSummary, summarize_battles
-from vlfeedback_kit.eval.serving import BASE, SILKIE, GenerationSettings, ServedModel, chat_inputs
+from vlfeedback_kit.eval.serving import BASE, SILKIE, GenerationSettings, ServedModel, twice_over
 
 logger = logging.getLogger(__name__)
 
@@ -168,12 +168,13 @@ def stream_pair(
 
     if len(adapters) != 2:
         raise ValueError("a battle streams exactly two rows")
-    inputs = chat_inputs(served.processor, [(image, question)] * 2).to(served.model.device)
-    kwargs = settings.generate_kwargs()
+    if not served.has_adapter and any(name != BASE for name in adapters):
+        raise ValueError("adapter rows asked of a model loaded without an adapter")
+    inputs, kwargs = twice_over(served, [(image, question)])  # one image, prepared and encoded once for both rows
+    inputs = inputs.to(served.model.device)
+    kwargs |= settings.generate_kwargs()
     if served.has_adapter:
         kwargs["adapter_names"] = list(adapters)
-    elif any(name != BASE for name in adapters):
-        raise ValueError("adapter rows asked of a model loaded without an adapter")
     if max_time:
         kwargs["max_time"] = max_time
     streamer = PairStreamer(served.processor.tokenizer, timeout=(max_time or 600) + 60)

@@ -54,6 +54,9 @@ class ServedModel:
     model_revision: str | None
     adapter_id: str | None
     adapter_revision: str | None
+    vision_adapter_weight: str | None = None
+    """A weight the adapter holds in the vision tower or projector, if any: its rows cannot be mixed with the
+    base's (PEFT switches adapters per row in language layers only), and Silkie's image features differ."""
 
     @property
     def has_adapter(self) -> bool:
@@ -103,7 +106,24 @@ def load(model: str | None, adapter: str | None = None, model_revision: str | No
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     network.to(device).eval()
-    return ServedModel(network, processor, model, model_revision, adapter, adapter_revision)
+    return ServedModel(network, processor, model, model_revision, adapter, adapter_revision,
+                       _vision_adapter_weight(network) if adapter else None)
+
+
+def _vision_adapter_weight(model: Any) -> str | None:
+    from vlfeedback_kit.training.freeze import is_vision_parameter
+
+    return next((n for n, _ in model.named_parameters() if f".{SILKIE}" in n and is_vision_parameter(n)), None)
+
+
+def refuse_mixed_rows(served: ServedModel) -> None:
+    """A one-line error when the adapter cannot be switched per row (its weights reach the vision tower)."""
+    if served.vision_adapter_weight:
+        raise ValueError(
+            f"{served.adapter_id} has LoRA weights in the vision tower ({served.vision_adapter_weight}): PEFT cannot "
+            "switch it on and off per row, which base rows and --compare-base need; evaluate Silkie and the base in "
+            "two runs (the base with --model only), or merge the adapter (PeftModel.merge_and_unload) first"
+        )
 
 
 def chat_inputs(processor: Any, prompts: Sequence[tuple[Any, str]]) -> Any:
@@ -121,16 +141,76 @@ def generate(served: ServedModel, prompts: Sequence[tuple[Any, str]], adapters: 
              settings: GenerationSettings = GenerationSettings(), streamer: Any = None) -> list[str]:
     """Answer every prompt in one batched ``generate``; ``adapters`` names each row's adapter (:data:`SILKIE` or
     :data:`BASE`; default: Silkie when an adapter is loaded)."""
-    import torch
-
     if adapters is not None and len(adapters) != len(prompts):
         raise ValueError(f"{len(adapters)} adapter names for {len(prompts)} prompts")
     if adapters is not None and not served.has_adapter and any(name != BASE for name in adapters):
         raise ValueError("adapter rows asked of a model loaded without an adapter")
-    inputs = chat_inputs(served.processor, prompts).to(served.model.device)
-    kwargs = settings.generate_kwargs()
-    if served.has_adapter:
-        kwargs["adapter_names"] = list(adapters) if adapters is not None else [SILKIE] * len(prompts)
+    inputs = chat_inputs(served.processor, prompts)
+    if not served.has_adapter or adapters is None or set(adapters) == {SILKIE}:
+        return _generate(served, inputs, None, settings, streamer)  # the loaded adapter is active on every row
+    refuse_mixed_rows(served)
+    return _generate(served, inputs, list(adapters), settings, streamer)
+
+
+def generate_both(served: ServedModel, prompts: Sequence[tuple[Any, str]],
+                  settings: GenerationSettings = GenerationSettings()) -> tuple[list[str], list[str]]:
+    """Silkie's and the base's answers to every prompt from one batched pass (adapter on / off per row).
+
+    The rows are the prompts twice (Silkie's half, then the base's). The adapter leaves the vision tower and
+    projector alone (LoRA on the language model, as every kit recipe trains; an adapter with vision weights is
+    refused, as PEFT cannot mix it per row), so both halves see the same image features: the processor prepares
+    each image once and the vision tower encodes it once, handed to ``generate`` as ``mm_encoder_outputs`` (the
+    sharing DPO training does for chosen and rejected)."""
+    if not served.has_adapter:
+        raise ValueError("comparing with the base needs an adapter")
+    inputs, extra = twice_over(served, prompts)
+    return _split(_generate(served, inputs, [SILKIE] * len(prompts) + [BASE] * len(prompts), settings, **extra))
+
+
+def twice_over(served: ServedModel, prompts: Sequence[tuple[Any, str]]) -> tuple[Any, dict]:
+    """Generate inputs for the prompts twice over (all of them, then all again) with each image prepared and
+    encoded once, and the extra ``generate`` keyword (``mm_encoder_outputs``) carrying the shared features; rows
+    may then take any adapter each."""
+    import torch
+
+    from vlfeedback_kit.training.shared_images import PER_IMAGE_KEYS, encoded_twice_over, repeat_rows
+
+    refuse_mixed_rows(served)
+    if not shares_image_features(served.model):
+        return chat_inputs(served.processor, [*prompts, *prompts]), {}
+    once = chat_inputs(served.processor, prompts).to(served.model.device)
+    with torch.inference_mode():
+        encoded = encoded_twice_over(served.model, once)
+    inputs = repeat_rows(once)
+    for key in PER_IMAGE_KEYS & set(inputs.keys()):
+        del inputs[key]
+    return inputs, {"mm_encoder_outputs": encoded}
+
+
+def _split(answers: list[str]) -> tuple[list[str], list[str]]:
+    half = len(answers) // 2
+    return answers[:half], answers[half:]
+
+
+def shares_image_features(model: Any) -> bool:
+    """Whether the inner model accepts precomputed image features (``mm_encoder_outputs``, transformers >= 5.17)."""
+    from vlfeedback_kit.training.shared_images import inner_vlm
+
+    try:
+        inner_vlm(model)
+    except ValueError:
+        return False
+    return True
+
+
+def _generate(served: ServedModel, inputs: Any, adapters: list[str] | None, settings: GenerationSettings,
+              streamer: Any = None, **extra: Any) -> list[str]:
+    import torch
+
+    inputs = inputs.to(served.model.device)
+    kwargs = settings.generate_kwargs() | extra
+    if adapters is not None:
+        kwargs["adapter_names"] = adapters
     if settings.temperature > 0:
         torch.manual_seed(settings.seed)
     with torch.inference_mode():
@@ -138,13 +218,3 @@ def generate(served: ServedModel, prompts: Sequence[tuple[Any, str]], adapters: 
                                        pad_token_id=served.processor.tokenizer.pad_token_id)
     new_tokens = output[:, inputs["input_ids"].shape[1]:]
     return [text.strip() for text in served.processor.batch_decode(new_tokens, skip_special_tokens=True)]
-
-
-def generate_both(served: ServedModel, prompts: Sequence[tuple[Any, str]],
-                  settings: GenerationSettings = GenerationSettings()) -> tuple[list[str], list[str]]:
-    """Silkie's and the base's answers to every prompt from one batched pass (adapter on / off per row)."""
-    if not served.has_adapter:
-        raise ValueError("comparing with the base needs an adapter")
-    doubled = [prompt for prompt in prompts for _ in range(2)]
-    answers = generate(served, doubled, [SILKIE, BASE] * len(prompts), settings)
-    return answers[0::2], answers[1::2]

@@ -31,6 +31,42 @@ def test_both_sides_from_one_batched_pass_equal_separate_models(silkie):
     assert silkie_answers != base_answers  # the adapter does something
 
 
+def vision_calls(served) -> list[int]:
+    """Records the batch of patches each vision-tower forward gets."""
+    from vlfeedback_kit.training.shared_images import inner_vlm
+
+    calls = []
+    tower = next(m for name, m in inner_vlm(served.model).named_children() if name in ("visual", "vision_tower"))
+    tower.register_forward_pre_hook(lambda module, args, kwargs: calls.append(args[0].shape[0]), with_kwargs=True)
+    return calls
+
+
+def test_compare_base_encodes_each_image_once(silkie):
+    """The adapter leaves the vision tower alone, so Silkie's and the base's rows share one encode per image (the
+    processor prepares each image once too)."""
+    served = load(None, adapter=str(silkie[1]))
+    calls = vision_calls(served)
+    generate_both(served, prompts(), GenerationSettings(max_new_tokens=3))
+    patches_once = served.processor(text=["<|image_pad|>"] * 3, images=[[p[0]] for p in prompts()])["pixel_values"]
+    assert calls == [patches_once.shape[0]]
+
+
+def test_an_adapter_in_the_vision_tower_answers_alone_and_refuses_base_rows_in_one_line(tmp_path):
+    """PEFT switches adapters per row in language layers only: an adapter with LoRA in the vision tower answers as
+    Silkie (equal to the merged model), and base rows or --compare-base are refused naming the weight and the fix."""
+    base, run = tiny_silkie(tmp_path, targets=r".*(visual\.blocks\.\d+\.attn\.qkv|language_model.*\.q_proj)")
+    served = load(None, adapter=str(run))
+    assert "visual.blocks" in served.vision_adapter_weight
+    settings = GenerationSettings(max_new_tokens=6)
+    answers = generate(served, prompts()[:2], None, settings)
+    merged = load(str(base))
+    merged.model = served.model.merge_and_unload()
+    assert answers == generate(merged, prompts()[:2], None, settings)
+    for call in (lambda: generate_both(served, prompts()[:1]), lambda: generate(served, prompts()[:1], [BASE])):
+        with pytest.raises(ValueError, match=r"vision tower \(.*visual\.blocks.*merge_and_unload"):
+            call()
+
+
 def test_adapter_rows_need_an_adapter(silkie):
     base, _ = silkie
     plain = load(str(base))

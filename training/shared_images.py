@@ -67,11 +67,16 @@ class ImageOnceProcessor:
         )
         if not repeated:
             return self._processor(images=images, text=text, **kwargs)
-        out = self._processor(images=images[:half], text=text[:half], **kwargs)
-        for key in list(out.keys()):
-            if key not in PER_IMAGE_KEYS and isinstance(out[key], torch.Tensor):
-                out[key] = torch.cat([out[key], out[key]], dim=0)
-        return out
+        return repeat_rows(self._processor(images=images[:half], text=text[:half], **kwargs))
+
+
+def repeat_rows(batch: Any) -> Any:
+    """A processor batch for its rows twice over (first half, then second half), per-image keys left unique: the
+    layout :class:`ImageFeatureSharing` expands inside the model."""
+    for key in list(batch.keys()):
+        if key not in PER_IMAGE_KEYS and isinstance(batch[key], torch.Tensor):
+            batch[key] = torch.cat([batch[key], batch[key]], dim=0)
+    return batch
 
 
 def vision_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -91,6 +96,27 @@ def inner_vlm(model: torch.nn.Module) -> torch.nn.Module:
         f"{type(model).__name__} has no inner model accepting `mm_encoder_outputs` (transformers >= 5.17 VLMs do); "
         "set `share_image_features=False`"
     )
+
+
+def image_features(inner: torch.nn.Module, inputs: Any, grid: torch.Tensor | None = None) -> Any:
+    """``get_image_features`` of the inner VLM on the inputs its signature takes, the config's feature-layer choices
+    included (``grid``: the ``image_grid_thw`` to use instead of the inputs' own)."""
+    parameters = inspect.signature(inner.get_image_features).parameters
+    call = {k: v for k, v in inputs.items() if k in ENCODER_KEYS and k in parameters and v is not None}
+    if grid is not None:
+        call["image_grid_thw"] = grid
+    for name in ("vision_feature_layer", "vision_feature_select_strategy"):
+        if name in parameters and inputs.get(name) is None:
+            call[name] = getattr(inner.config, name, None)
+    return inner.get_image_features(**call, return_dict=True)
+
+
+def encoded_twice_over(model: torch.nn.Module, batch: Any) -> dict:
+    """``mm_encoder_outputs`` for a batch of ``batch``'s rows twice over (see :func:`repeat_rows`), each image
+    encoded once: the features are computed on ``batch`` and repeated, without their hidden states."""
+    features = image_features(inner_vlm(model), batch)
+    return {"image": type(features)(
+        **{k: repeat_halves(v) for k, v in features.items() if k not in _NOT_FOR_THE_LANGUAGE_MODEL})}  # fmt: skip
 
 
 class ImageFeatureSharing:
@@ -122,17 +148,6 @@ class ImageFeatureSharing:
         same = grid.shape[0] == 2 * half and torch.equal(grid[:half], grid[half:])
         return grid[:half] if same and kwargs["pixel_values"].shape[0] == patches else False
 
-    def _features(self, kwargs: dict, grid: torch.Tensor | None) -> Any:
-        """``get_image_features`` on the inputs its signature takes, the config's feature-layer choices included."""
-        parameters = inspect.signature(self.inner.get_image_features).parameters
-        call = {k: v for k, v in kwargs.items() if k in ENCODER_KEYS and k in parameters and v is not None}
-        if grid is not None:
-            call["image_grid_thw"] = grid
-        for name in ("vision_feature_layer", "vision_feature_select_strategy"):
-            if name in parameters and kwargs.get(name) is None:
-                call[name] = getattr(self.inner.config, name, None)
-        return self.inner.get_image_features(**call, return_dict=True)
-
     def _placeholders(self, ids: torch.Tensor) -> int:
         config = self.inner.config
         token = getattr(config, "image_token_id", None)
@@ -152,7 +167,7 @@ class ImageFeatureSharing:
             reused = True
         else:
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-                features = self._features(kwargs, grid)
+                features = image_features(self.inner, kwargs, grid)
             reused = False
             self._memo = (pixel_values, pixel_values._version, features) if self.frozen else None
         # family-agnostic check that these are the first half's images: their features fill half the placeholders

@@ -7,9 +7,11 @@ import json
 from pathlib import Path
 
 
-def tiny_silkie(root: Path, family: str = "qwen2_vl", **run_info: object) -> tuple[Path, Path]:
+def tiny_silkie(root: Path, family: str = "qwen2_vl", targets: str | None = None,
+                **run_info: object) -> tuple[Path, Path]:
     """(base model folder, adapter run dir with processor and run_info.json naming the base), of any tiny-model
-    family; LoRA on the language model's attention only, as the training recipes target it."""
+    family; LoRA on the language model's attention only, as the training recipes target it (``targets``: another
+    PEFT ``target_modules`` pattern)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -18,10 +20,9 @@ def tiny_silkie(root: Path, family: str = "qwen2_vl", **run_info: object) -> tup
     from vlfeedback_kit.training.tiny_model import build_tiny_model
 
     base = build_tiny_model(family, root / "base")
-    model = get_peft_model(
-        AutoModelForImageTextToText.from_pretrained(base),
-        LoraConfig(r=4, lora_alpha=32, target_modules=language_lora_targets(("q_proj", "v_proj", "o_proj"))),
-    )
+    targets = targets or language_lora_targets(("q_proj", "v_proj", "o_proj"))
+    model = get_peft_model(AutoModelForImageTextToText.from_pretrained(base),
+                           LoraConfig(r=4, lora_alpha=32, target_modules=targets))
     torch.manual_seed(0)
     for name, param in model.named_parameters():
         if "lora_B" in name:
