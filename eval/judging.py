@@ -24,6 +24,7 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from vlfeedback_kit.errors import UserError
@@ -64,7 +65,7 @@ class JudgeTask:
     plan: Callable[[list[str | None]], dict | None]
     image: bytes | None = None
 
-    @property
+    @cached_property
     def prompt_sha256(self) -> str:
         return hashlib.sha256(self.prompt.encode("utf-8")).hexdigest()
 

@@ -280,8 +280,21 @@ def closed_port_url() -> str:
     return f"http://127.0.0.1:{port}/v1"
 
 
+@pytest.fixture(params=["aiohttp", "httpx"])
+def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both of openai's transports: aiohttp (the kit's default when installed) reports a refused or dropped
+    connection as a connect timeout, httpx as a connection error; the kit must tell them apart the same way."""
+    from vlfeedback_kit.builders.pipeline import endpoint
+
+    if request.param == "httpx":
+        monkeypatch.setattr(endpoint, "aiohttp_client", lambda base_url, timeout: None)
+    else:
+        assert endpoint.aiohttp_client("http://127.0.0.1:1/v1", 5.0) is not None
+    return request.param
+
+
 def test_a_closed_port_stops_the_run_at_once_naming_host_and_cause(
-    server: OpenAIServer, tmp_path: Path, capsys: pytest.CaptureFixture
+    server: OpenAIServer, tmp_path: Path, capsys: pytest.CaptureFixture, transport: str
 ) -> None:
     items = {f"svit-{i}": (f"Q{i}", ["a", "b"]) for i in range(16)}
     source, out, url = decoded(tmp_path / "in", items), tmp_path / "out", closed_port_url()
@@ -307,7 +320,7 @@ def test_a_base_url_without_v1_gets_the_hint_before_any_call(
 
 
 def test_the_breaker_stops_a_run_whose_connections_keep_dropping(
-    server: OpenAIServer, tmp_path: Path, capsys: pytest.CaptureFixture
+    server: OpenAIServer, tmp_path: Path, capsys: pytest.CaptureFixture, transport: str
 ) -> None:
     from vlfeedback_kit.builders.pipeline.endpoint import BREAKER_LIMIT
 
