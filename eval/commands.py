@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--max-new-tokens", type=int, help="override the benchmark's generation length")
     _judge_flags(run)
     run.add_argument("--out", type=Path, required=True, metavar="DIR")
-    run.set_defaults(func=_run, extras=("eval",))
+    run.set_defaults(func=_run, extras=_run_extras)
 
     score = verbs.add_parser("score", help="score saved responses (ours or the official output layout), no model")
     score.add_argument("benchmark", choices=("mme", "mmhal", "mmvet", "redteam"))
@@ -58,13 +58,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     score.add_argument("--data", action="append", default=[], metavar="NAME=PATH")
     _judge_flags(score)
     score.add_argument("--out", type=Path, required=True, metavar="SCORES.json")
-    score.set_defaults(func=_score, extras=("eval",))
+    score.set_defaults(func=_score, extras=lambda args: () if args.benchmark == "mme" else ("eval",))
 
     report = verbs.add_parser("report", help="results.json, report.md, plots and eval_results.json of eval folders")
     report.add_argument("folders", type=Path, nargs="+", metavar="DIR")
     report.add_argument("--out", type=Path, help="where to write (default: the first DIR)")
     report.add_argument("--label", help="the label whose scores go to eval_results.json (default: silkie)")
     report.set_defaults(func=_report)
+
+
+def _run_extras(args: argparse.Namespace) -> tuple[str, ...]:
+    """A local model needs [train] (torch, transformers, PEFT); judged benchmarks and the openai engine need
+    [eval] (the openai client); MME alone on a server needs neither."""
+    benchmarks = {b.strip() for b in args.benchmark.split(",")}
+    local = ("train",) if args.engine == "transformers" else ()
+    return local + (("eval",) if benchmarks - {"mme"} or args.engine == "openai" else ())
 
 
 def _judge_flags(parser: argparse.ArgumentParser) -> None:

@@ -143,6 +143,28 @@ def test_a_verb_whose_extra_is_missing_says_what_to_install(argv, blocked, extra
     assert not list(tmp_path.iterdir())  # nothing was started
 
 
+def test_eval_asks_for_the_extras_its_arguments_need(tmp_path):
+    """MME needs no judge: scoring its official layout runs without any extra; a judged benchmark asks for [eval],
+    a local model for [train] (the flags decide, not the verb)."""
+    every = ["torch", "torchvision", "transformers", "trl", "peft", "accelerate", "openai", "gradio", "evaluate"]
+    (tmp_path / "mme").mkdir()
+    (tmp_path / "mme" / "OCR.txt").write_text("1.png\tIs it a sign?\tYes\tYes\n1.png\tIs it a cat?\tNo\tyes\n")
+    done = run_python(BLOCKED.format(blocked=every, argv=["eval", "score", "mme", "mme", "--out", "s.json"]),
+                      cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "s.json").read_text())["subtasks"]["OCR"] == 50.0  # acc 50, acc+ 0
+    for argv, blocked, extra in (
+        (["eval", "score", "mmhal", "t.json", "--judge-model", "j", "--out", "h.json"], ["openai"], "eval"),
+        (["eval", "run", "--benchmark", "mme", "--data", "mme=mme", "--model", "m", "--out", "o"], ["torch"], "train"),
+        (["eval", "run", "--benchmark", "mme,winrate", "--engine", "openai", "--base-url", "http://127.0.0.1:9/v1",
+          "--model", "m", "--data", "mme=mme", "--out", "o"], ["openai"], "eval"),
+    ):  # fmt: skip
+        done = run_python(BLOCKED.format(blocked=blocked, argv=argv), cwd=tmp_path)
+        assert done.returncode == 2 and f'pip install "vlfeedback-kit[{extra}]"' in done.stderr, (argv, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mme", "s.json"]  # nothing else was started
+
+
 def test_core_verbs_run_without_any_extra(tmp_path):
     blocked = ["torch", "torchvision", "transformers", "trl", "peft", "accelerate", "openai", "gradio", "evaluate"]
     for argv in (["sample", "--out", "s", "--num-instructions", "12"], ["build", "--source", "s", "--out", "v",

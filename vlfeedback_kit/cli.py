@@ -2,8 +2,8 @@
 
 Every folder that contributes verbs has a ``commands`` module with ``register(subparsers)``; those modules import
 nothing heavy at module level so that ``vlfeedback --help`` stays instant and works on the core install. A verb
-declares the extras it needs (``set_defaults(extras=("train",))``); a missing one is one line naming the
-``pip install`` to run, never an ImportError traceback.
+declares the extras it needs (``set_defaults(extras=("train",))``, or a function of the parsed arguments); a
+missing one is one line naming the ``pip install`` to run, never an ImportError traceback.
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
     try:
-        require(f"vlfeedback {args.verb}", *getattr(args, "extras", ()))
+        extras = getattr(args, "extras", ())
+        require(f"vlfeedback {args.verb}", *(extras(args) if callable(extras) else extras))
         return int(args.func(args) or 0)
     except (UserError, MissingExtra) as err:
         print(f"vlfeedback {args.verb}: error: {err}", file=sys.stderr)
