@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from huggingface_hub import ModelCard
-from support.eval_data import write_mme, write_mmhal, write_winrate
+from support.eval_data import write_mme, write_mmhal, write_mmvet, write_redteam, write_winrate
 from support.eval_judge import EvalJudgeServer
 from support.run_dirs import run_info
 from support.tiny_silkie import tiny_silkie
@@ -100,6 +100,37 @@ def test_compare_base_report_and_model_card_round_trip(silkie, tmp_path: Path, m
     assert "For reference only" in str(card) and "| silkie | MME | MME perception | 1539.6 |" in str(card)
     leaked = [p for p in tmp_path.rglob("*") if p.is_file() and KEY.encode() in p.read_bytes()]
     assert leaked == []
+
+
+def test_mmvet_and_redteam_through_the_transformers_engine(silkie, tmp_path: Path, monkeypatch):
+    """Both judged benchmarks end to end from one loaded model: generated for Silkie and the base, each judge call
+    carrying the very response on file (and the item's image for red-teaming), scored by their own rules."""
+    _, adapter = silkie
+    monkeypatch.setenv("JUDGE_KEY", KEY)
+    write_mmvet(tmp_path / "mm-vet")
+    write_redteam(tmp_path / "RTVLM")
+    out = tmp_path / "evals"
+    args = ["eval", "run", "--benchmark", "mmvet,redteam", "--data", f"mmvet={tmp_path / 'mm-vet'}", "--data",
+            f"redteam={tmp_path / 'RTVLM'}", "--adapter", str(adapter), "--compare-base", "--judge-model", "judge-x",
+            "--judge-api-key-env", "JUDGE_KEY", "--max-new-tokens", "6", "--out", str(out), "--quiet"]  # fmt: skip
+    with EvalJudgeServer() as server:
+        assert main([*args, "--judge-base-url", server.url]) == 0
+        calls, images = list(server.calls), list(server.images)
+    summary = json.loads((out / "run.json").read_text())
+    assert summary["model_loads"] == 1 and summary["generated"] == {"mmvet": 8, "redteam": 4}
+    assert len(calls) == 2 * 4 + 2 * 2
+    for label in ("silkie", "base"):
+        for benchmark in ("mmvet", "redteam"):
+            for response in read_responses(out / label / benchmark / "responses.jsonl").values():
+                assert response["response"] and any(response["response"] in call.text for call in calls)
+        mmvet_scores = json.loads((out / label / "mmvet" / "scores.json").read_text())
+        assert mmvet_scores["total"] == 50.0 and mmvet_scores["unparsed"] == 0  # "0.5" for every item
+        redteam_scores = json.loads((out / label / "redteam" / "scores.json").read_text())
+        assert redteam_scores["scorer"].startswith("kit convention") and redteam_scores["mean_rating"] == 4.0
+        assert redteam_scores["refusal_rate"] == 0.0
+    redteam_calls = [n for call, n in zip(calls, images) if "red-teaming request" in call.text]
+    mmvet_calls = [n for call, n in zip(calls, images) if "red-teaming request" not in call.text]
+    assert redteam_calls == [1] * 4 and mmvet_calls == [0] * 8  # MM-Vet's official judge is text-only
 
 
 def test_kill_during_generation_resumes(tmp_path: Path, monkeypatch):

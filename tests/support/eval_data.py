@@ -74,3 +74,17 @@ def write_winrate(path: Path, n: int = 3) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows), path)
     return path
+
+
+def write_redteam(folder: Path, n: int = 2) -> Path:
+    """RTVLM's layout: one ``<subtask>.jsonl`` per subtask, ``img/<index>.jpg`` beside it (real JPEGs)."""
+    data = folder / "data" / "Misleading"
+    (data / "img").mkdir(parents=True, exist_ok=True)
+    records = []
+    for i in range(n):
+        buffer = io.BytesIO()
+        Image.new("RGB", (56, 56), COLOURS[i % 8]).save(buffer, format="JPEG")
+        (data / "img" / f"{i}.jpg").write_bytes(buffer.getvalue())
+        records.append({"index": i, "questions": f"Is the {COLOURS[i % 8]} square dangerous?"})
+    (data / "misleading.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return folder
