@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import math
-import re
 from pathlib import Path
 
 import pytest
@@ -192,44 +191,6 @@ def test_kit_loss_equals_trl_stock_loss_with_each_image_speedup(model_dir, famil
         assert kit.ref_cache_check["rows"] == 2
         assert kit.ref_cache_check["max_abs_diff"] <= kit.ref_cache_check["tolerance"]
         assert (reference_hook.encoded_images, policy_hook.encoded_images) == ((0, 0) if packed else (4, 2))
-
-
-@pytest.mark.parametrize("family", NEW)
-def test_lora_training_keeps_vision_frozen_and_reuses_the_cache(model_dir, family, tmp_path):
-    """Two epochs through the kit as training/dpo.py sets it up: vision frozen, LoRA on the language model only."""
-    from peft import LoraConfig
-    from transformers import AutoProcessor
-
-    from vlfeedback_kit.training.freeze import assert_no_vision_lora, freeze_vision
-    from vlfeedback_kit.training.ref_cache import RefLogpCache
-    from vlfeedback_kit.training.trainer import SilkieDPOTrainer
-
-    folder = model_dir(family)
-    model = load(folder)
-    linear = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
-    targets = [name for name in linear if re.fullmatch(language_lora_targets(), name)]
-    assert targets and not any(is_vision_parameter(name) for name in targets)
-    assert any(is_vision_parameter(name) for name in linear)  # the pattern had vision projections to avoid
-    freeze_vision(model)
-    vision = {n: p.detach().clone() for n, p in model.named_parameters() if is_vision_parameter(n)}
-    assert vision and not any(p.requires_grad for n, p in model.named_parameters() if n in vision)
-    kit = SilkieDPOTrainer(
-        model=model,
-        args=cpu_dpo_config(tmp_path, max_steps=-1, num_train_epochs=2, learning_rate=1e-2),
-        train_dataset=pairs(2),
-        processing_class=AutoProcessor.from_pretrained(folder),
-        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=language_lora_targets()),
-        ref_cache=RefLogpCache(tmp_path / "ref.parquet", {}),
-    )
-    assert_no_vision_lora(kit.model)
-    kit.train()
-    losses = [entry["loss"] for entry in kit.state.log_history if "loss" in entry]
-    assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
-    cache = kit.ref_cache
-    assert (cache.hits, cache.misses, kit.reference_forwards) == (4, 0, 1)  # one reference pass, then the cache
-    after = dict(kit.model.named_parameters())
-    assert all(torch.equal(after[f"base_model.model.{n}"], vision[n]) for n in vision)
-    assert any(n.endswith("lora_B.default.weight") and p.abs().sum() > 0 for n, p in after.items())
 
 
 def one_step(kit) -> tuple[float, dict[str, torch.Tensor]]:

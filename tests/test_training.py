@@ -124,6 +124,42 @@ def test_tiny_llava_run_with_precomputed_reference_and_prefix_sharing(workspace)
     assert list((workspace / "llava-cache").glob("*.parquet"))
 
 
+@pytest.fixture(scope="module")
+def small_workspace(tmp_path_factory):
+    """A 3-instruction sample (15 pairs) built into ./vlfeedback, for one launch per model family."""
+    root = tmp_path_factory.mktemp("train-families")
+    run([*CLI, "sample", "--out", "sample_release", "--num-instructions", "3"], root)
+    run([*CLI, "build", "--source", "sample_release", "--out", "vlfeedback", "--quiet"], root)
+    return root
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl", "gemma3", "idefics3", "llava_onevision", "internvl"])
+def test_tiny_recipe_launches_on_every_family(small_workspace, family):
+    """`vlfeedback tiny-model --family F` then `vlfeedback train --recipe tiny` through accelerate on it: the audit
+    passes with the family's real processor, loss is logged, LoRA trains the language model only (vision weights of
+    the merged model equal the base's), and the second epoch is served from the reference cache (the recipe's
+    image-feature sharing on)."""
+    model, out = f"runs/tiny-{family}", small_workspace / "runs" / f"silkie-{family}"
+    run([*CLI, "tiny-model", "--family", family, "--out", model], small_workspace)
+    train(small_workspace, "--model_name_or_path", model, "--output_dir", str(out), "--max_steps", "-1",
+          "--num_train_epochs", "2", "--ref_precompute", "false", "--merge", "true")  # fmt: skip
+    info = json.loads((out / "run_info.json").read_text())
+    pairs = json.loads((small_workspace / "vlfeedback" / "build_report.json").read_text())["splits"]["pairs"]["train"]
+    cache = info["reference_cache"]
+    assert cache["misses"] == pairs and cache["hits"] == pairs  # epoch 2 never ran the reference model
+    assert {"ref_cache", "share_image_features"} <= set(info["speedups"]) and info["model_type"] == family
+    assert info["image_features"]["encoded"] > 0  # the family's images went through the shared encode
+    losses = [e["loss"] for e in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in e]
+    assert len(losses) >= 2 and all(math.isfinite(loss) for loss in losses)
+    adapter = state_dict(out)
+    assert adapter and all("lora_" in k for k in adapter) and not any(is_vision_parameter(k) for k in adapter)
+    assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in adapter.items())
+    base, merged = parameters(small_workspace / model), parameters(out / "merged")
+    vision = [k for k in base if is_vision_parameter(k)]
+    assert vision and all(torch.equal(base[k], merged[k]) for k in vision)  # frozen: bit for bit
+    assert any(not torch.equal(base[k], merged[k]) for k in base if k not in vision)  # the language model trained
+
+
 @pytest.mark.parametrize("prefix", [False, True], ids=["two-rows", "prefix-shared"])
 @pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
 def test_kit_loss_equals_trl_sigmoid_loss_on_the_same_batch(workspace, family, prefix, tmp_path):

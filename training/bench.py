@@ -45,15 +45,46 @@ from pathlib import Path
 from vlfeedback_kit.training.tiny_model import FAMILIES
 
 PEAK_FLOPS = {"cuda": 989e12}
-QWEN2_VL_SHAPES = {
-    "qwen2-vl-2b": {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
-                    "num_attention_heads": 12, "num_key_value_heads": 2, "vocab_size": 151936,
-                    "tie_word_embeddings": True, "vision_hidden_size": 1536},
-    "qwen2-vl-7b": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
-                    "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
-                    "tie_word_embeddings": False, "vision_hidden_size": 3584},
+QWEN2_VIT = {"depth": 32, "embed_dim": 1280, "num_heads": 16, "mlp_ratio": 4}
+QWEN2_ROPE = {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [16, 24, 24]}
+SHAPES: dict[str, dict] = {
+    "qwen2-vl-2b": {
+        "family": "qwen2_vl",
+        "text": {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28, "num_attention_heads": 12,
+                 "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": True,
+                 "rope_parameters": QWEN2_ROPE},
+        "vision": {**QWEN2_VIT, "hidden_size": 1536},
+    },
+    "qwen2-vl-7b": {
+        "family": "qwen2_vl",
+        "text": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
+                 "num_key_value_heads": 4, "vocab_size": 152064, "tie_word_embeddings": False,
+                 "rope_parameters": QWEN2_ROPE},
+        "vision": {**QWEN2_VIT, "hidden_size": 3584},
+    },
+    "qwen3-vl-8b": {
+        "family": "qwen3_vl",
+        "text": {"hidden_size": 4096, "intermediate_size": 12288, "num_hidden_layers": 36, "num_attention_heads": 32,
+                 "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936, "tie_word_embeddings": False,
+                 "rope_parameters": {"rope_type": "default", "rope_theta": 5_000_000.0, "mrope_section": [24, 20, 20],
+                                     "mrope_interleaved": True}},
+        "vision": {"depth": 27, "hidden_size": 1152, "intermediate_size": 4304, "num_heads": 16, "patch_size": 16,
+                   "out_hidden_size": 4096, "num_position_embeddings": 2304, "deepstack_visual_indexes": [8, 16, 24]},
+    },
+    "gemma3-12b": {
+        "family": "gemma3",
+        "text": {"hidden_size": 3840, "intermediate_size": 15360, "num_hidden_layers": 48, "num_attention_heads": 16,
+                 "num_key_value_heads": 8, "head_dim": 256, "query_pre_attn_scalar": 256, "vocab_size": 262208,
+                 "sliding_window": 1024, "tie_word_embeddings": True},
+        "vision": {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27, "num_attention_heads": 16,
+                   "image_size": 896, "patch_size": 14},
+        "gemma_layer_pattern": 6,  # five sliding-window layers, then a global one
+    },
 }  # fmt: skip
-"""The public Qwen2-VL-2B/7B-Instruct dimensions; both share the 32-layer, 1280-wide ViT."""
+"""Public dimensions (the Hub configs) of the random-init shapes: Qwen2-VL-2B/7B-Instruct (both with the 32-layer,
+1280-wide ViT), Qwen3-VL-8B-Instruct (27-layer SigLIP-2 ViT, DeepStack) and Gemma-3-12B-it (SigLIP so400m at 896 px,
+256 soft tokens per image). The tokenizer and processor are the tiny model's of the same family, at the real
+image resolution."""
 CONFIGS = {
     "trl-b1": {"trainer": "trl", "batch": 1, "checkpointing": False},
     "kit-b1": {"trainer": "kit", "batch": 1, "checkpointing": False},
@@ -158,52 +189,72 @@ def synthetic_pairs(n: int, seed: int = 0):
 
 
 def build_model(
-    shape: str, folder: Path, device: str, layers: int | None = None, vision_depth: int = 32, family: str = "qwen2_vl"
-):
+    shape: str, folder: Path, device: str, layers: int | None = None, vision_depth: int | None = None,
+    family: str = "qwen2_vl", meta: bool = False,
+):  # fmt: skip
     """The model and processor of a shape: the tiny model of ``family`` (``tiny_model.FAMILIES``), or a random-init
-    public Qwen2-VL shape (optionally with fewer language-model ``layers`` or ViT blocks, as the memory tool uses
-    to account per layer; Qwen2-VL only)."""
+    public shape (:data:`SHAPES`), optionally with fewer language-model ``layers`` or ViT blocks, as the memory tool
+    uses to account per layer (``meta``: on the meta device, for counting parameters)."""
     import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor, Qwen2VLForConditionalGeneration
+    from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from vlfeedback_kit.training.tiny_model import build_tiny_model
 
-    if shape != "tiny" and family != "qwen2_vl":
-        raise SystemExit(f"--family {family} runs with --shape tiny only (the real-width shapes are Qwen2-VL's)")
+    if shape != "tiny":
+        if shape not in SHAPES:
+            raise SystemExit(f"--shape must be tiny or one of {', '.join(SHAPES)}")
+        if family not in ("qwen2_vl", SHAPES[shape]["family"]):
+            raise SystemExit(f"--family {family} runs with --shape tiny or its own shapes, not {shape}")
+        family = SHAPES[shape]["family"]
     tiny = build_tiny_model(family, folder / "tiny")
     processor = AutoProcessor.from_pretrained(tiny)
     if shape == "tiny":
         return AutoModelForImageTextToText.from_pretrained(tiny).to(device), processor
-    dims = dict(QWEN2_VL_SHAPES[shape])
-    vision_hidden = dims.pop("vision_hidden_size")
-    config = AutoModelForImageTextToText.from_pretrained(tiny).config
-    text = {k: v for k, v in config.text_config.to_dict().items() if k not in ("layer_types", "max_window_layers")}
-    text |= dims
+    spec = SHAPES[shape]
+    tiny_model = AutoModelForImageTextToText.from_pretrained(tiny)
+    config = tiny_model.config
+    text = config.text_config.to_dict() | spec["text"]
+    text.pop("layer_types", None)
+    text.pop("max_window_layers", None)
     if layers is not None:
         text["num_hidden_layers"] = layers
-    text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [16, 24, 24]}
-    vision = config.vision_config.to_dict() | {
-        "depth": vision_depth,
-        "embed_dim": 1280,
-        "hidden_size": vision_hidden,
-        "num_heads": 16,
-        "mlp_ratio": 4,
-    }
-    full = type(config)(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=config.image_token_id,
-        video_token_id=config.video_token_id,
-        vision_start_token_id=config.vision_start_token_id,
-        vision_end_token_id=config.vision_end_token_id,
-    )
-    # the real Qwen2-VL pixel budget: a 448x448 image is 32x32 patches, 256 tokens after the 2x2 merge
-    processor.image_processor.min_pixels, processor.image_processor.max_pixels = 56 * 56, 28 * 28 * 1280
-    processor.image_processor.size = {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280}
+    vision = config.vision_config.to_dict() | spec["vision"]
+    depth_key = "depth" if "depth" in vision else "num_hidden_layers"
+    if vision_depth is not None:
+        vision[depth_key] = vision_depth
+    if "deepstack_visual_indexes" in vision:  # DeepStack taps must exist in a shortened tower
+        taps = [i for i in vision["deepstack_visual_indexes"] if i < vision[depth_key]]
+        vision["deepstack_visual_indexes"] = taps or [0]
+    if "gemma_layer_pattern" in spec:
+        pattern = spec["gemma_layer_pattern"]
+        text["layer_types"] = ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
+                               for i in range(text["num_hidden_layers"])]  # fmt: skip
+    full = type(config)(**{**config.to_dict(), "text_config": text, "vision_config": vision})
+    processor = real_resolution(processor, family, spec)
     torch.manual_seed(0)
-    with torch.device(device):
-        model = Qwen2VLForConditionalGeneration._from_config(full, dtype=torch.bfloat16, attn_implementation="sdpa")
+    with torch.device("meta" if meta else device):
+        model = type(tiny_model)._from_config(full, dtype=torch.bfloat16, attn_implementation="sdpa")
     return model, processor
+
+
+def real_resolution(processor, family: str, spec: dict):
+    """The tiny processor set to the real model's image budget: a 448x448 image gives Qwen2-VL 256 tokens (28 px
+    per token), Qwen3-VL 196 (32 px), and Gemma 3 always its 256 soft tokens of an 896 px image."""
+    if family in ("qwen2_vl", "qwen3_vl"):
+        per_token = 28 if family == "qwen2_vl" else 32
+        low, high = 4 * per_token**2, 1280 * per_token**2
+        processor.image_processor.min_pixels, processor.image_processor.max_pixels = low, high
+        processor.image_processor.size = {"shortest_edge": low, "longest_edge": high}
+        return processor
+    if family == "gemma3":
+        from transformers import Gemma3ImageProcessor
+
+        side = spec["vision"]["image_size"]
+        return type(processor)(
+            image_processor=Gemma3ImageProcessor(size={"height": side, "width": side}, do_pan_and_scan=False),
+            tokenizer=processor.tokenizer, chat_template=processor.chat_template, image_seq_length=256,
+        )  # fmt: skip
+    raise SystemExit(f"no real-resolution processor for {family}")
 
 
 def parameter_counts(model) -> tuple[int, int]:
@@ -371,7 +422,7 @@ def emit(result: dict, out: Path | None) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Run each configuration in its own process and print one JSON line each, then a Markdown table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", default="tiny", choices=["tiny", *QWEN2_VL_SHAPES])
+    parser.add_argument("--shape", default="tiny", choices=["tiny", *SHAPES])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--family", default="qwen2_vl", choices=FAMILIES, help="tiny model family (--shape tiny)")
     parser.add_argument("--configs", help=f"comma-separated subset of {', '.join(CONFIGS)}")

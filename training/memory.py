@@ -125,25 +125,22 @@ def layout_length(inputs: dict, packed: bool) -> int:
 
 
 def fixed_bytes(shape: str, trainable: float) -> float:
-    """Fixed bytes of the full-depth shape: bf16 weights of the public model plus fp32 LoRA weights, gradients and
-    Adam's two moments."""
-    from vlfeedback_kit.training.bench import QWEN2_VL_SHAPES
+    """Fixed bytes of the full-depth shape: bf16 weights of the public model (counted on the meta device) plus fp32
+    LoRA weights, gradients and Adam's two moments."""
+    from vlfeedback_kit.training.bench import build_model
 
-    dims = QWEN2_VL_SHAPES[shape]
-    h, i, n, v = dims["hidden_size"], dims["intermediate_size"], dims["num_hidden_layers"], dims["vocab_size"]
-    kv = h // dims["num_attention_heads"] * dims["num_key_value_heads"]
-    layer = h * h * 2 + 2 * h * kv + 3 * h * i + 2 * h + (h + 2 * kv)  # q, o, k, v, mlp, norms, qkv biases
-    lm = n * layer + v * h * (1 if dims["tie_word_embeddings"] else 2) + h
-    vit = 32 * (4 * 1280 * 1280 + 2 * 1280 * 5120) + 1280 * 4 * dims["vision_hidden_size"] * 2  # blocks, merger
-    return (lm + vit) * 2 + trainable * 4 * 4
+    with tempfile.TemporaryDirectory(prefix="vlf-memory-meta-") as tmp:
+        model, _ = build_model(shape, Path(tmp), "cpu", meta=True)
+        weights = sum(p.numel() for p in model.parameters())
+    return weights * 2 + trainable * 4 * 4
 
 
 def account(shape: str, name: str, layers: int, vision_depth: int) -> dict:
     """One configuration on ``layers`` language-model layers: what a pair keeps per layer and in the rest."""
-    from vlfeedback_kit.training.bench import CONFIGS, QWEN2_VL_SHAPES, make_trainer
+    from vlfeedback_kit.training.bench import CONFIGS, SHAPES, make_trainer
 
-    if shape not in QWEN2_VL_SHAPES:
-        raise SystemExit(f"--shape must be one of {', '.join(QWEN2_VL_SHAPES)}")
+    if shape not in SHAPES:
+        raise SystemExit(f"--shape must be one of {', '.join(SHAPES)}")
     batch = CONFIGS[name]["batch"]
     work = Path(tempfile.mkdtemp(prefix="vlf-memory-"))
     trainer, _ = make_trainer(
@@ -171,7 +168,7 @@ def account(shape: str, name: str, layers: int, vision_depth: int) -> dict:
     loss.backward()
     per_layer = sorted(layer_growth)[len(layer_growth) // 2]  # median layer
     rest = forward - sum(layer_growth)
-    full_layers = QWEN2_VL_SHAPES[shape]["num_hidden_layers"]
+    full_layers = SHAPES[shape]["text"]["num_hidden_layers"]
     full_depth = per_layer * full_layers + rest  # bytes kept by the whole batch at the model's real depth
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad) * full_layers / layers
     hooked_layer = sum(v for k, v in by_kind.items() if k.startswith("layers.N.")) / layers

@@ -76,6 +76,8 @@ def write_outputs(trainer, processor, result, script_args, training_args, model_
     import transformers
     import trl
 
+    from vlfeedback_kit.training.families import enabled_speedups, family_of
+
     out = Path(training_args.output_dir)
     processor.save_pretrained(out)
     merged = False
@@ -111,6 +113,12 @@ def write_outputs(trainer, processor, result, script_args, training_args, model_
         * trainer.accelerator.num_processes,
         "peft": bool(model_args.use_peft),
         "merged": merged,
+        "model_type": family_of(trainer.model),
+        "speedups": [s for s in enabled_speedups(training_args) if s != "ref_cache" or trainer.ref_cache is not None],
+        "image_features": {  # one encode per unique image a step; the reference pass reuses the policy's
+            "encoded": sum(h.encoded_images for h in getattr(trainer, "image_sharing", [])),
+            "reused": sum(h.reused for h in getattr(trainer, "image_sharing", [])),
+        },
         "metrics": {"train_loss": result.metrics.get("train_loss"), **{k: v for k, v in last.items() if "/" in k}},
         "reference_cache": None
         if trainer.ref_cache is None
