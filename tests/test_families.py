@@ -8,6 +8,7 @@ Run: pytest tests/test_families.py
 from __future__ import annotations
 
 import io
+import json
 import math
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 from support.dpo import cpu_dpo_config
+from support.launch import CLI, parameters, run, state_dict, train
 
 from vlfeedback_kit.training.families import FAMILIES, SPEEDUPS, check_speedups, support_table
 from vlfeedback_kit.training.freeze import is_vision_parameter, language_lora_targets
@@ -301,10 +303,65 @@ def test_readme_support_table_is_the_family_table():
                              "share_lora_inputs"}  # fmt: skip
 
 
-def test_bench_family_flag_is_for_tiny_shapes_only(tmp_path):
+@pytest.mark.parametrize(("shape", "billions"), [("qwen2-vl-7b", 8.29), ("qwen3-vl-8b", 8.77), ("gemma3-12b", 12.2)])
+def test_real_width_shapes_have_the_public_parameter_counts(shape, billions, tmp_path):
+    """The shapes the step benchmark and the memory tool build (meta device: no memory) match the published model
+    sizes, and their processors give the real number of image tokens for a 448 px image."""
+    from vlfeedback_kit.training.bench import SHAPES, build_model
+
+    model, processor = build_model(shape, tmp_path, "cpu", meta=True)
+    assert model.config.model_type == SHAPES[shape]["family"]
+    assert abs(sum(p.numel() for p in model.parameters()) / 1e9 - billions) < 0.01 * billions
+    image = Image.new("RGB", (448, 448), "white")
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]}], add_generation_prompt=True
+    )
+    ids = processor(text=[text], images=[[image]], return_tensors="pt")["input_ids"]
+    image_tokens = int((ids == model.config.image_token_id).sum())
+    assert image_tokens == {"qwen2_vl": 256, "qwen3_vl": 196, "gemma3": 256}[SHAPES[shape]["family"]]
+
+
+def test_bench_family_flag_is_for_tiny_or_its_own_shapes(tmp_path):
     from vlfeedback_kit.training.bench import build_model, main
 
-    with pytest.raises(SystemExit, match="--family gemma3 runs with --shape tiny only"):
+    with pytest.raises(SystemExit, match="--family gemma3 runs with --shape tiny or its own shapes"):
         build_model("qwen2-vl-7b", tmp_path, "cpu", family="gemma3")
     with pytest.raises(SystemExit):  # argparse: not a tiny-model family
         main(["--family", "mistral3"])
+
+
+@pytest.fixture(scope="module")
+def small_workspace(tmp_path_factory):
+    """A 3-instruction sample (15 pairs) built into ./vlfeedback, for one launch per model family."""
+    root = tmp_path_factory.mktemp("train-families")
+    run([*CLI, "sample", "--out", "sample_release", "--num-instructions", "3"], root)
+    run([*CLI, "build", "--source", "sample_release", "--out", "vlfeedback", "--quiet"], root)
+    return root
+
+
+@pytest.mark.parametrize("family", NEW)
+def test_tiny_recipe_launches_on_every_family(small_workspace, family):
+    """`vlfeedback tiny-model --family F` then `vlfeedback train --recipe tiny` through accelerate on it: the audit
+    passes with the family's real processor, loss is logged, LoRA trains the language model only (vision weights of
+    the merged model equal the base's), and the second epoch is served from the reference cache (the recipe's
+    image-feature sharing on)."""
+    model, out = f"runs/tiny-{family}", small_workspace / "runs" / f"silkie-{family}"
+    run([*CLI, "tiny-model", "--family", family, "--out", model], small_workspace)
+    train(small_workspace, "--model_name_or_path", model, "--output_dir", str(out), "--max_steps", "-1",
+          "--num_train_epochs", "2", "--ref_precompute", "false", "--merge", "true")  # fmt: skip
+    info = json.loads((out / "run_info.json").read_text())
+    report = json.loads((small_workspace / "vlfeedback" / "build_report.json").read_text())
+    pairs = report["splits"]["pairs"]["train"]
+    cache = info["reference_cache"]
+    assert cache["misses"] == pairs and cache["hits"] == pairs  # epoch 2 never ran the reference model
+    assert {"ref_cache", "share_image_features"} <= set(info["speedups"]) and info["model_type"] == family
+    assert info["image_features"]["encoded"] > 0  # the family's images went through the shared encode
+    losses = [e["loss"] for e in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in e]
+    assert len(losses) >= 2 and all(math.isfinite(loss) for loss in losses)
+    adapter = state_dict(out)
+    assert adapter and all("lora_" in k for k in adapter) and not any(is_vision_parameter(k) for k in adapter)
+    assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in adapter.items())
+    base, merged = parameters(small_workspace / model), parameters(out / "merged")
+    vision = [k for k in base if is_vision_parameter(k)]
+    assert vision and all(torch.equal(base[k], merged[k]) for k in vision)  # frozen: bit for bit
+    assert any(not torch.equal(base[k], merged[k]) for k in base if k not in vision)  # the language model trained

@@ -4,7 +4,6 @@ import io
 import json
 import math
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,22 +11,10 @@ import pytest
 import torch
 import yaml
 from support.dpo import cpu_dpo_config
+from support.launch import CLI, attempt, parameters, run, state_dict, train
 
 from vlfeedback_kit.training.commands import ACCELERATE, RECIPES, launch_command
 from vlfeedback_kit.training.freeze import is_vision_parameter
-
-CLI = [sys.executable, "-m", "vlfeedback_kit.cli"]
-
-
-def attempt(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env)
-
-
-def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    done = attempt(command, cwd)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
 
 
 @pytest.fixture(scope="module")
@@ -39,23 +26,6 @@ def workspace(tmp_path_factory):
     for family in ("qwen2_vl", "llava"):
         run([*CLI, "tiny-model", "--family", family, "--out", f"runs/tiny-{family.replace('_', '-')}"], root)
     return root
-
-
-def train(workspace: Path, *overrides: str) -> subprocess.CompletedProcess:
-    """`vlfeedback train --recipe tiny` (an accelerate launch on the CPU) with TRL flag overrides."""
-    return run([*CLI, "train", "--recipe", "tiny", "--accelerate", "cpu", *overrides], workspace)
-
-
-def state_dict(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(f).items()}
-
-
-def parameters(folder: Path) -> dict[str, torch.Tensor]:
-    from transformers import AutoModelForImageTextToText
-
-    return {k: v.detach() for k, v in AutoModelForImageTextToText.from_pretrained(folder).named_parameters()}
 
 
 def test_tiny_qwen2_vl_run_caches_reference_resumes_and_keeps_vision_frozen(workspace):
@@ -122,42 +92,6 @@ def test_tiny_llava_run_with_precomputed_reference_and_prefix_sharing(workspace)
     adapter = state_dict(out)
     assert adapter and not any("vision_tower" in k or "multi_modal_projector" in k for k in adapter)
     assert list((workspace / "llava-cache").glob("*.parquet"))
-
-
-@pytest.fixture(scope="module")
-def small_workspace(tmp_path_factory):
-    """A 3-instruction sample (15 pairs) built into ./vlfeedback, for one launch per model family."""
-    root = tmp_path_factory.mktemp("train-families")
-    run([*CLI, "sample", "--out", "sample_release", "--num-instructions", "3"], root)
-    run([*CLI, "build", "--source", "sample_release", "--out", "vlfeedback", "--quiet"], root)
-    return root
-
-
-@pytest.mark.parametrize("family", ["qwen3_vl", "gemma3", "idefics3", "llava_onevision", "internvl"])
-def test_tiny_recipe_launches_on_every_family(small_workspace, family):
-    """`vlfeedback tiny-model --family F` then `vlfeedback train --recipe tiny` through accelerate on it: the audit
-    passes with the family's real processor, loss is logged, LoRA trains the language model only (vision weights of
-    the merged model equal the base's), and the second epoch is served from the reference cache (the recipe's
-    image-feature sharing on)."""
-    model, out = f"runs/tiny-{family}", small_workspace / "runs" / f"silkie-{family}"
-    run([*CLI, "tiny-model", "--family", family, "--out", model], small_workspace)
-    train(small_workspace, "--model_name_or_path", model, "--output_dir", str(out), "--max_steps", "-1",
-          "--num_train_epochs", "2", "--ref_precompute", "false", "--merge", "true")  # fmt: skip
-    info = json.loads((out / "run_info.json").read_text())
-    pairs = json.loads((small_workspace / "vlfeedback" / "build_report.json").read_text())["splits"]["pairs"]["train"]
-    cache = info["reference_cache"]
-    assert cache["misses"] == pairs and cache["hits"] == pairs  # epoch 2 never ran the reference model
-    assert {"ref_cache", "share_image_features"} <= set(info["speedups"]) and info["model_type"] == family
-    assert info["image_features"]["encoded"] > 0  # the family's images went through the shared encode
-    losses = [e["loss"] for e in json.loads((out / "trainer_state.json").read_text())["log_history"] if "loss" in e]
-    assert len(losses) >= 2 and all(math.isfinite(loss) for loss in losses)
-    adapter = state_dict(out)
-    assert adapter and all("lora_" in k for k in adapter) and not any(is_vision_parameter(k) for k in adapter)
-    assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in adapter.items())
-    base, merged = parameters(small_workspace / model), parameters(out / "merged")
-    vision = [k for k in base if is_vision_parameter(k)]
-    assert vision and all(torch.equal(base[k], merged[k]) for k in vision)  # frozen: bit for bit
-    assert any(not torch.equal(base[k], merged[k]) for k in base if k not in vision)  # the language model trained
 
 
 @pytest.mark.parametrize("prefix", [False, True], ids=["two-rows", "prefix-shared"])
