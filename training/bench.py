@@ -45,23 +45,23 @@ from pathlib import Path
 from vlfeedback_kit.training.tiny_model import FAMILIES
 
 PEAK_FLOPS = {"cuda": 989e12}
-QWEN2_VIT = {"depth": 32, "embed_dim": 1280, "num_heads": 16, "mlp_ratio": 4}
-QWEN2_ROPE = {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [16, 24, 24]}
+
+
+def _qwen2_vl(hidden: int, intermediate: int, heads: int, kv_heads: int, vocab: int, tied: bool) -> dict:
+    """A Qwen2-VL shape: 28 decoder layers, the 32-layer 1280-wide ViT whose merger projects to ``hidden``."""
+    rope = {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [16, 24, 24]}
+    return {
+        "family": "qwen2_vl",
+        "text": {"hidden_size": hidden, "intermediate_size": intermediate, "num_hidden_layers": 28,
+                 "num_attention_heads": heads, "num_key_value_heads": kv_heads, "vocab_size": vocab,
+                 "tie_word_embeddings": tied, "rope_parameters": rope},
+        "vision": {"depth": 32, "embed_dim": 1280, "num_heads": 16, "mlp_ratio": 4, "hidden_size": hidden},
+    }  # fmt: skip
+
+
 SHAPES: dict[str, dict] = {
-    "qwen2-vl-2b": {
-        "family": "qwen2_vl",
-        "text": {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28, "num_attention_heads": 12,
-                 "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": True,
-                 "rope_parameters": QWEN2_ROPE},
-        "vision": {**QWEN2_VIT, "hidden_size": 1536},
-    },
-    "qwen2-vl-7b": {
-        "family": "qwen2_vl",
-        "text": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
-                 "num_key_value_heads": 4, "vocab_size": 152064, "tie_word_embeddings": False,
-                 "rope_parameters": QWEN2_ROPE},
-        "vision": {**QWEN2_VIT, "hidden_size": 3584},
-    },
+    "qwen2-vl-2b": _qwen2_vl(1536, 8960, 12, 2, 151936, tied=True),
+    "qwen2-vl-7b": _qwen2_vl(3584, 18944, 28, 4, 152064, tied=False),
     "qwen3-vl-8b": {
         "family": "qwen3_vl",
         "text": {"hidden_size": 4096, "intermediate_size": 12288, "num_hidden_layers": 36, "num_attention_heads": 32,
