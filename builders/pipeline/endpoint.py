@@ -137,7 +137,6 @@ def connection_cause(err: Exception) -> str:
     """Why a connection failed, in words: refused, DNS, dropped, timed out — or the underlying error's text."""
     import socket
 
-
     if is_timeout(err):
         return "no reply before the timeout"
     chain = _chain(err)
