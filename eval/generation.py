@@ -120,12 +120,31 @@ def generate(
 
 
 def transformers_answerer(served, settings) -> Callable[[list[tuple[Item, str, Side]]], list[str]]:
-    """Batches answered by :func:`vlfeedback_kit.eval.serving.generate` (one pass for both sides' rows)."""
+    """Batches answered in one pass for both sides' rows: items asked of Silkie and the base in the same batch go
+    through :func:`~vlfeedback_kit.eval.serving.generate_both` (each image prepared and encoded once for both), the
+    other rows (a resumed run's leftovers, single-side runs) through :func:`~vlfeedback_kit.eval.serving.generate`."""
+    from vlfeedback_kit.eval.serving import BASE, SILKIE, generate_both
     from vlfeedback_kit.eval.serving import generate as serve
 
     def answer(batch: list[tuple[Item, str, Side]]) -> list[str]:
-        routes = [side.route for _, _, side in batch] if served.has_adapter else None
-        return serve(served, [(item.image(), prompt) for item, prompt, _ in batch], routes, settings)
+        answers: list[str | None] = [None] * len(batch)
+        if served.has_adapter:
+            rows_of: dict[str, dict[str, int]] = {}
+            for index, (item, _, side) in enumerate(batch):
+                rows_of.setdefault(item.id, {})[side.route] = index
+            pairs = [rows for rows in rows_of.values() if set(rows) == {SILKIE, BASE}]
+            if pairs:
+                firsts = [batch[rows[SILKIE]] for rows in pairs]
+                silkie, base = generate_both(served, [(item.image(), prompt) for item, prompt, _ in firsts], settings)
+                for rows, silkie_answer, base_answer in zip(pairs, silkie, base):
+                    answers[rows[SILKIE]], answers[rows[BASE]] = silkie_answer, base_answer
+        rest = [i for i, text in enumerate(answers) if text is None]
+        if rest:
+            routes = [batch[i][2].route for i in rest] if served.has_adapter else None
+            texts = serve(served, [(batch[i][0].image(), batch[i][1]) for i in rest], routes, settings)
+            for i, text in zip(rest, texts):
+                answers[i] = text
+        return answers  # type: ignore[return-value]
 
     return answer
 

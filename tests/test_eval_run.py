@@ -119,10 +119,12 @@ def test_mmvet_and_redteam_through_the_transformers_engine(silkie, tmp_path: Pat
     summary = json.loads((out / "run.json").read_text())
     assert summary["model_loads"] == 1 and summary["generated"] == {"mmvet": 8, "redteam": 4}
     assert len(calls) == 2 * 4 + 2 * 2
+    texts = [call.text for call in calls]
     for label in ("silkie", "base"):
-        for benchmark in ("mmvet", "redteam"):
+        for benchmark, framed in (("mmvet", "| {} | "), ("redteam", "### Answer to evaluate\n{}")):
             for response in read_responses(out / label / benchmark / "responses.jsonl").values():
-                assert response["response"] and any(response["response"] in call.text for call in calls)
+                # the response as the official query / the kit's rubric frames it, in one of the judge requests
+                assert response["response"] and any(framed.format(response["response"]) in text for text in texts)
         mmvet_scores = json.loads((out / label / "mmvet" / "scores.json").read_text())
         assert mmvet_scores["total"] == 50.0 and mmvet_scores["unparsed"] == 0  # "0.5" for every item
         redteam_scores = json.loads((out / label / "redteam" / "scores.json").read_text())

@@ -145,7 +145,9 @@ def test_outcomes_are_recorded_and_every_row_is_accounted_for(server: OpenAIServ
     assert json.loads((tmp_path / "built" / "judge.json").read_text())["judges"] == judges
 
 
-def test_rate_limits_server_errors_and_timeouts_are_retried(server: OpenAIServer, tmp_path: Path) -> None:
+def test_rate_limits_server_errors_and_timeouts_are_retried(
+    server: OpenAIServer, tmp_path: Path, transport: str
+) -> None:
     good = [marked((4, 4, 4), "a"), marked((1, 2, 3), "b")]
     items = {
         "lrv-0": ("Rate limited [[status:429]]", good),

@@ -51,6 +51,33 @@ def test_compare_base_encodes_each_image_once(silkie):
     assert calls == [patches_once.shape[0]]
 
 
+def test_eval_run_batches_encode_each_image_once_for_both_sides(silkie):
+    """`eval run --compare-base`'s answerer sends items asked of both sides through one shared encode, and the rest
+    (a resumed run's leftover rows) through a plain pass, with the answers of separate generation."""
+    import io
+
+    from vlfeedback_kit.eval.generation import Side, transformers_answerer
+    from vlfeedback_kit.eval.items import Item
+
+    served = load(None, adapter=str(silkie[1]))
+    settings = GenerationSettings(max_new_tokens=5)
+    silkie_side, base_side = Side("silkie", SILKIE, {}), Side("base", BASE, {})
+    items = []
+    for i, (image, question) in enumerate(prompts()):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        items.append((Item(f"q{i}", question, image_bytes=buffer.getvalue()), question))
+    batch = [(item, q, side) for item, q in items[:2] for side in (silkie_side, base_side)] + [
+        (items[2][0], items[2][1], base_side)]  # fmt: skip
+    calls = vision_calls(served)
+    answers = transformers_answerer(served, settings)(batch)
+    pair_patches = served.processor(text=["<|image_pad|>"] * 2, images=[[i.image()] for i, _ in items[:2]])
+    assert calls[:2] == [pair_patches["pixel_values"].shape[0], calls[1]]  # the two paired items' images once each
+    assert len(calls) == 2  # ... then the leftover row in a plain pass
+    expected = [generate(served, [(item.image(), q)], [side.route], settings)[0] for item, q, side in batch]
+    assert answers == expected
+
+
 def test_an_adapter_in_the_vision_tower_answers_alone_and_refuses_base_rows_in_one_line(tmp_path):
     """PEFT switches adapters per row in language layers only: an adapter with LoRA in the vision tower answers as
     Silkie (equal to the merged model), and base rows or --compare-base are refused naming the weight and the fix."""

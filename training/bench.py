@@ -79,6 +79,7 @@ SHAPES: dict[str, dict] = {
         "vision": {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27, "num_attention_heads": 16,
                    "image_size": 896, "patch_size": 14},
         "gemma_layer_pattern": 6,  # five sliding-window layers, then a global one
+        "config": {"mm_tokens_per_image": 256},
     },
 }  # fmt: skip
 """Public dimensions (the Hub configs) of the random-init shapes: Qwen2-VL-2B/7B-Instruct (both with the 32-layer,
@@ -229,7 +230,7 @@ def build_model(
         pattern = spec["gemma_layer_pattern"]
         text["layer_types"] = ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
                                for i in range(text["num_hidden_layers"])]  # fmt: skip
-    full = type(config)(**{**config.to_dict(), "text_config": text, "vision_config": vision})
+    full = type(config)(**{**config.to_dict(), **spec.get("config", {}), "text_config": text, "vision_config": vision})
     processor = real_resolution(processor, family, spec)
     torch.manual_seed(0)
     with torch.device("meta" if meta else device):

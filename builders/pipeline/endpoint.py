@@ -120,17 +120,12 @@ def _chain(err: BaseException) -> list[BaseException]:
 
 
 def is_timeout(err: Exception) -> bool:
-    """Whether a failed call timed out — not a connection refused or dropped that the transport reported as a
-    timeout (openai's aiohttp transport maps every aiohttp connection error to ``ConnectTimeout``)."""
+    """Whether a failed call timed out — a ``TimeoutError`` somewhere in its chain (both transports raise one under
+    their own exceptions) — and not a connection refused or dropped that the transport reported as a timeout
+    (openai's aiohttp transport maps every aiohttp connection error to ``ConnectTimeout``)."""
     import openai
 
-    if not isinstance(err, openai.APITimeoutError):
-        return False
-    root = _chain(err)[-1]
-    return isinstance(root, TimeoutError) or type(root).__module__.partition(".")[0] in TRANSPORT_MODULES
-
-
-TRANSPORT_MODULES = frozenset({"openai", "httpx", "httpx2", "httpcore", "httpcore2"})
+    return isinstance(err, openai.APITimeoutError) and any(isinstance(e, TimeoutError) for e in _chain(err))
 
 
 def connection_cause(err: Exception) -> str:
@@ -254,9 +249,10 @@ def aiohttp_client(base_url: str, timeout: float) -> Any:
     try:
         import aiohttp  # noqa: F401 - only whether it is installed
         from openai import DefaultAioHttpClient
-    except ImportError:
+
+        return DefaultAioHttpClient(timeout=timeout)
+    except (ImportError, RuntimeError):  # openai 1.x without httpx_aiohttp raises RuntimeError on construction
         return None
-    return DefaultAioHttpClient(timeout=timeout)
 
 
 def completion_of(body: Mapping) -> Completion:
