@@ -34,7 +34,14 @@ from pathlib import Path
 from typing import Any
 
 from vlfeedback_kit.eval.pairwise import MIN_BATTLES, Battle, PairwiseSummary, summarize_battles
-from vlfeedback_kit.eval.serving import BASE, SILKIE, GenerationSettings, ServedModel, twice_over
+from vlfeedback_kit.eval.serving import (
+    BASE,
+    SILKIE,
+    GenerationSettings,
+    ServedModel,
+    generate_from_inputs,
+    twice_over,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -164,28 +171,20 @@ def stream_pair(
     """Both answers to one prompt, growing together, from one batched ``generate`` (row i uses ``adapters[i]``).
 
     Yields ``(answer_0, answer_1)`` after every token; the last pair is the final answers."""
-    import torch
 
     if len(adapters) != 2:
         raise ValueError("a battle streams exactly two rows")
     if not served.has_adapter and any(name != BASE for name in adapters):
         raise ValueError("adapter rows asked of a model loaded without an adapter")
     inputs, kwargs = twice_over(served, [(image, question)])  # one image, prepared and encoded once for both rows
-    inputs = inputs.to(served.model.device)
-    kwargs |= settings.generate_kwargs()
-    if served.has_adapter:
-        kwargs["adapter_names"] = list(adapters)
     if max_time:
         kwargs["max_time"] = max_time
     streamer = PairStreamer(served.processor.tokenizer, timeout=(max_time or 600) + 60)
+    names = list(adapters) if served.has_adapter else None
 
     def run() -> None:
         try:
-            if settings.temperature > 0:
-                torch.manual_seed(settings.seed)
-            with torch.inference_mode():
-                served.model.generate(**inputs, **kwargs, streamer=streamer,
-                                      pad_token_id=served.processor.tokenizer.pad_token_id)  # fmt: skip
+            generate_from_inputs(served, inputs, names, settings, streamer, **kwargs)
         except BaseException as err:  # noqa: BLE001 - handed to the consumer, which re-raises it
             streamer.fail(err)
 

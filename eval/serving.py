@@ -147,9 +147,9 @@ def generate(served: ServedModel, prompts: Sequence[tuple[Any, str]], adapters: 
         raise ValueError("adapter rows asked of a model loaded without an adapter")
     inputs = chat_inputs(served.processor, prompts)
     if not served.has_adapter or adapters is None or set(adapters) == {SILKIE}:
-        return _generate(served, inputs, None, settings, streamer)  # the loaded adapter is active on every row
+        return generate_from_inputs(served, inputs, None, settings, streamer)  # the adapter is on for every row
     refuse_mixed_rows(served)
-    return _generate(served, inputs, list(adapters), settings, streamer)
+    return generate_from_inputs(served, inputs, list(adapters), settings, streamer)
 
 
 def generate_both(served: ServedModel, prompts: Sequence[tuple[Any, str]],
@@ -164,7 +164,8 @@ def generate_both(served: ServedModel, prompts: Sequence[tuple[Any, str]],
     if not served.has_adapter:
         raise ValueError("comparing with the base needs an adapter")
     inputs, extra = twice_over(served, prompts)
-    return _split(_generate(served, inputs, [SILKIE] * len(prompts) + [BASE] * len(prompts), settings, **extra))
+    adapters = [SILKIE] * len(prompts) + [BASE] * len(prompts)
+    return _split(generate_from_inputs(served, inputs, adapters, settings, **extra))
 
 
 def twice_over(served: ServedModel, prompts: Sequence[tuple[Any, str]]) -> tuple[Any, dict]:
@@ -203,8 +204,10 @@ def shares_image_features(model: Any) -> bool:
     return True
 
 
-def _generate(served: ServedModel, inputs: Any, adapters: list[str] | None, settings: GenerationSettings,
-              streamer: Any = None, **extra: Any) -> list[str]:
+def generate_from_inputs(served: ServedModel, inputs: Any, adapters: list[str] | None,
+                         settings: GenerationSettings, streamer: Any = None, **extra: Any) -> list[str]:
+    """One seeded, gradient-free ``generate`` on a processor batch (``adapters``: PEFT's per-row names, or None for
+    the loaded adapter on every row); ``extra`` goes to ``generate`` as is. Returns the decoded new text per row."""
     import torch
 
     inputs = inputs.to(served.model.device)
