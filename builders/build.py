@@ -48,6 +48,7 @@ from vlfeedback_kit.builders.writer import (
     ShardWriter,
 )
 from vlfeedback_kit.errors import UserError
+from vlfeedback_kit.files import write_json
 
 REPORT_FILE = "build_report.json"
 REJECTS_FILE = "rejects.jsonl"
@@ -353,6 +354,3 @@ def _keep_report_only(staging: Path, out: Path) -> None:
 def _add(counts: dict[str, int], split: str, n: int) -> None:
     counts[split] = counts.get(split, 0) + n
 
-
-def write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -9,6 +9,7 @@ from PIL import Image, UnidentifiedImageError
 
 from vlfeedback_kit.builders.features import ASPECTS, source_of
 from vlfeedback_kit.builders.ratings import parse_rating
+from vlfeedback_kit.files import name_problem
 
 REJECT_REASONS: dict[str, str] = {
     "invalid_utf8": "the line is not valid UTF-8; re-export the file as UTF-8",
@@ -72,8 +73,9 @@ def check_id(row: object) -> str:
     if not isinstance(row, dict):
         raise Reject("invalid_json", f"expected a JSON object, got {type(row).__name__}")
     row_id = _require(row, "id", str)
-    if not row_id.strip() or "/" in row_id or "\\" in row_id or row_id.startswith("."):
-        raise Reject("invalid_id", f"id {row_id!r} cannot name an image file")
+    problem = name_problem(row_id)
+    if problem is not None:
+        raise Reject("invalid_id", f"id {row_id!r} cannot name an image file: it {problem}")
     return row_id
 
 

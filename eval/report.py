@@ -13,8 +13,9 @@ from pathlib import Path
 
 from vlfeedback_kit.errors import UserError
 from vlfeedback_kit.eval.generation import BASE_LABEL, SILKIE_LABEL
-from vlfeedback_kit.eval.scoring import BENCHMARKS, SCORES, write_json
+from vlfeedback_kit.eval.scoring import BENCHMARKS, SCORES
 from vlfeedback_kit.eval.spec import load_spec
+from vlfeedback_kit.files import write_json
 
 RESULTS, REPORT, EVAL_RESULTS = "results.json", "report.md", "eval_results.json"
 HEALTH_ROWS: dict[str, list[str]] = {

@@ -16,8 +16,9 @@ from vlfeedback_kit.eval import generation, mme, mmhal, mmvet, redteam, winrate
 from vlfeedback_kit.eval.generation import BASE_LABEL, SILKIE_LABEL, ResponseLog, Side
 from vlfeedback_kit.eval.items import Item
 from vlfeedback_kit.eval.judging import JudgeConfig
-from vlfeedback_kit.eval.scoring import BENCHMARKS, JUDGED, score_judged, score_mme, write_json
+from vlfeedback_kit.eval.scoring import BENCHMARKS, JUDGED, score_judged, score_mme
 from vlfeedback_kit.eval.spec import build_prompt, family_of, generation_settings, load_spec
+from vlfeedback_kit.files import write_json
 
 LOADERS = {"mme": mme.load, "mmhal": mmhal.load, "mmvet": mmvet.load, "redteam": redteam.load,
            "winrate": winrate.load}  # fmt: skip

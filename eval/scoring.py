@@ -17,18 +17,12 @@ from vlfeedback_kit.errors import UserError
 from vlfeedback_kit.eval import mme, mmhal, mmvet, redteam, winrate
 from vlfeedback_kit.eval.items import Item
 from vlfeedback_kit.eval.judging import JudgeConfig, Judgement, JudgeTask, judge
+from vlfeedback_kit.files import write_json
 
 BENCHMARKS: tuple[str, ...] = ("mme", "mmhal", "mmvet", "redteam", "winrate")
 JUDGED: frozenset[str] = frozenset({"mmhal", "mmvet", "redteam", "winrate"})
 JUDGEMENTS = "judgements.jsonl"
 SCORES = "scores.json"
-
-
-def write_json(path: Path, data: object) -> None:
-    """A JSON file written atomically (temp file, then rename)."""
-    from vlfeedback_kit.builders.pipeline.layout import write_json as atomic
-
-    atomic(path, data)
 
 
 def _single(request: dict, replies: list) -> dict | None:

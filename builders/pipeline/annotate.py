@@ -38,9 +38,10 @@ from vlfeedback_kit.builders.pipeline.endpoint import (
 from vlfeedback_kit.builders.pipeline.items import plan
 from vlfeedback_kit.builders.pipeline.judge import RESPONSE_FORMATS, JudgeSettings, Template, load_template
 from vlfeedback_kit.builders.pipeline.judging import STAGE_DIR, JudgeJob, Judging
-from vlfeedback_kit.builders.pipeline.layout import StageInput, check_out, open_input, write_json
+from vlfeedback_kit.builders.pipeline.layout import StageInput, check_out, open_input
 from vlfeedback_kit.builders.pipeline.store import Store
 from vlfeedback_kit.errors import UserError
+from vlfeedback_kit.files import write_json
 
 if TYPE_CHECKING:
     pass

@@ -26,10 +26,11 @@ from pathlib import Path
 
 from vlfeedback_kit.builders.pipeline.items import Plan, load, plan
 from vlfeedback_kit.builders.pipeline.judge import JudgeSettings, Template
-from vlfeedback_kit.builders.pipeline.layout import JsonlWriter, LayoutWriter, check_out, open_input, write_json
+from vlfeedback_kit.builders.pipeline.layout import JsonlWriter, LayoutWriter, check_out, open_input
 from vlfeedback_kit.builders.pipeline.store import Result, Store
 from vlfeedback_kit.builders.sources import ReleaseFolder
 from vlfeedback_kit.errors import UserError
+from vlfeedback_kit.files import write_json
 
 OUTPUT_JSONL = "vlfeedback.jsonl"
 JUDGE_FILE = "judge.json"

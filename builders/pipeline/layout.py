@@ -104,14 +104,6 @@ def check_out(input_dir: Path, out_dir: Path) -> None:
         raise UserError(f"--out {out_dir} is the --input folder; write each stage to its own folder")
 
 
-def write_json(path: Path, data: object) -> None:
-    """Write a JSON file (atomically: a temp file, then a rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(path.name + ".tmp")
-    temp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(temp, path)
-
-
 class JsonlWriter:
     """A JSON-lines file that appears under its name only when closed complete; as a context manager, a failure
     inside removes the partial ``*.tmp`` file."""
