@@ -31,6 +31,7 @@ from vlfeedback_kit.builders.pairing import (
     select_pairs,
 )
 from vlfeedback_kit.errors import UserError
+from vlfeedback_kit.files import UnsafeName, child, write_bytes, write_text
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
@@ -79,7 +80,11 @@ def resolve_policy(path: str, pairing: str, revision: str | None = None) -> Pair
 
 
 def _write_images(path: str, split: str, revision: str | None, folder: Path) -> None:
-    """Each instruction's image bytes, once, as ``folder/<id>.jpg``; streamed, never cached as Arrow."""
+    """Each instruction's image bytes, once, as ``folder/<id>.jpg``; streamed, never cached as Arrow.
+
+    Every id is checked before anything is written: an id that is not a file name (``../x``, an absolute path) is
+    a UserError naming its row, and no file (not even a ``.partial``) is written outside ``folder``.
+    """
     from datasets import load_dataset
 
     if (folder / IMAGES_DONE).is_file():
@@ -89,25 +94,26 @@ def _write_images(path: str, split: str, revision: str | None, folder: Path) -> 
     written = 0
     for batch in stream.with_format("arrow").iter(batch_size=BATCH_ROWS):
         ids, images = batch.column("id").to_pylist(), batch.column("image").combine_chunks().field("bytes")
-        for row_id, image in zip(ids, images):
-            target = folder / _image_name(row_id)
+        for number, (row_id, image) in enumerate(zip(ids, images), start=written):
+            target = _image_path(folder, row_id, f"{path} raw/{split} row {number}")
             if not target.is_file():
-                partial = target.with_name(target.name + ".partial")
-                partial.write_bytes(image.as_py())
-                os.replace(partial, target)
+                write_bytes(target, image.as_py())
         written += len(ids)
-    (folder / IMAGES_DONE).write_text(f"{written}\n")
+    write_text(folder / IMAGES_DONE, f"{written}\n")
 
 
-def _image_name(row_id: str) -> str:
-    """An image's file name: its instruction id (ids are checked file names) and .jpg (PIL decodes by content)."""
-    return f"{row_id}.jpg"
+def _image_path(folder: Path, row_id: object, where: str) -> Path:
+    """``folder/<id>.jpg`` for a checked id; a UserError naming the row for an id that cannot name a file."""
+    try:
+        return child(folder, row_id, ".jpg", what="id")
+    except UnsafeName as err:
+        raise UserError(f"{where}: {err}; this is not a folder `vlfeedback build` wrote (it checks every id)") from err
 
 
 def _pair_rows(raw: pa.Table, policy: PairingPolicy, images_dir: str) -> pa.Table:
     """TRL pair rows for a batch of ``raw`` text rows; ``images`` points at the instruction's image file."""
     names = raw.column("id").to_pylist()
-    paths = pa.array([os.path.join(images_dir, _image_name(i)) for i in names], pa.string())
+    paths = pa.array([os.path.join(images_dir, f"{i}.jpg") for i in names], pa.string())  # ids checked on write
     image = pa.StructArray.from_arrays([pa.nulls(len(names), pa.binary()), paths], names=["bytes", "path"])
     pairs = materialize_pairs(
         raw.append_column("image", image), select_pairs(response_table(raw, policy.seed), policy)
@@ -135,7 +141,7 @@ def load_pairs(
     for name, dataset in text.items():
         if split is not None and name != split:
             continue
-        folder = Path(dataset.cache_files[0]["filename"]).parent / f"images-{name}"
+        folder = child(Path(dataset.cache_files[0]["filename"]).parent, f"images-{name}", what="split")
         _write_images(path, name, revision, folder)
         out[name] = (
             dataset.with_format("arrow")

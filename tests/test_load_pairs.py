@@ -89,3 +89,53 @@ def test_from_a_hub_release_at_a_tag(folder: Path, hub, tmp_path: Path, monkeypa
     api.create_tag("org/vlf", tag="v1.0.0", repo_type="dataset")
     train = load_pairs("org/vlf", "best-vs-worst", revision="v1.0.0", split="train", cache_dir=str(tmp_path))
     assert train.num_rows == 10 and train[0]["images"][0].format == "JPEG"
+
+
+def crafted_copy(folder: Path, target: Path, evil_id: str) -> Path:
+    """A copy of the built folder whose ``raw`` train shard names its first row ``evil_id`` (what a hand-edited or
+    malicious release could hold: the kit's build refuses such ids, a Hub repo need not have been built by it)."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shutil.copytree(folder, target)
+    (shard,) = (target / "data" / "raw").glob("train-*.parquet")
+    table = pq.read_table(shard)
+    ids = table.column("id").to_pylist()
+    table = table.set_column(table.schema.get_field_index("id"), "id", pa.array([evil_id, *ids[1:]]))
+    pq.write_table(table, shard)
+    return target
+
+
+def escapes(outside: Path) -> list[str]:
+    """``../`` far enough to reach the file system's root, then down to ``outside/x``; and ``outside/y`` as is."""
+    return ["../" * 40 + str(outside / "x").lstrip("/"), str(outside / "y")]
+
+
+@pytest.mark.parametrize("kind", ["relative", "absolute"])
+def test_a_raw_id_that_is_a_path_is_refused_and_nothing_is_written_outside(folder: Path, tmp_path: Path, kind) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    evil = escapes(outside)[kind == "absolute"]
+    crafted = crafted_copy(folder, tmp_path / "root" / "vlf", evil)
+    with pytest.raises(UserError, match=r"raw/train row 0: id .* cannot name a file"):
+        load_pairs(str(crafted), "pairs", cache_dir=str(tmp_path / "root" / "cache"))
+    assert list(outside.iterdir()) == []
+
+
+def test_a_hub_release_with_a_path_id_is_refused(folder: Path, hub, tmp_path: Path, monkeypatch) -> None:
+    import datasets.config
+    from huggingface_hub import HfApi
+
+    monkeypatch.setattr(datasets.config, "HF_ENDPOINT", hub.url)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    api = HfApi(endpoint=hub.url, token="hf_test")
+    for n, evil in enumerate(escapes(outside)):
+        crafted = crafted_copy(folder, tmp_path / f"crafted-{n}", evil)
+        api.create_repo(f"org/evil-{n}", repo_type="dataset")
+        api.upload_folder(folder_path=crafted, repo_id=f"org/evil-{n}", repo_type="dataset")
+        with pytest.raises(UserError, match=r"org/evil-\d raw/train row 0: id .* cannot name a file"):
+            load_pairs(f"org/evil-{n}", "pairs", cache_dir=str(tmp_path / "root" / f"cache-{n}"))
+    assert list(outside.iterdir()) == []
