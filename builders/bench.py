@@ -8,7 +8,9 @@ and 12 rationales; JPEGs of ~40 KB), runs ``vlfeedback build`` in a child proces
 and the child's peak RSS — comparing two sizes shows whether memory grows with the input. Then it times the
 ``all-pairs`` selection (and the materialisation of TRL rows, images excluded) for ``--pair-instructions``
 instructions × 4 responses. First it measures the local ``datasets`` cache that loading ``raw``, ``pairs`` and
-``load_pairs`` leaves, on the built sample. Prints Markdown tables for BENCHMARKS.md.
+``load_pairs`` leaves, on the built sample. Prints Markdown tables for BENCHMARKS.md and appends the results, with
+the commit, versions, device and command, to ``benchmarks/results/builders.bench.jsonl``
+(:mod:`vlfeedback_kit.benchlog`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from vlfeedback_kit.benchlog import Log, add_results_dir_argument
 
 WORDS = [
     "the",
@@ -247,8 +251,8 @@ def bench_cache(instructions: int, workdir: Path) -> dict:
     return result
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the benchmark and print the results as JSON and a Markdown table."""
+def make_parser() -> argparse.ArgumentParser:
+    """The benchmark's flags."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, action="append", help="release sizes to build (default 5000 and 20000)")
     parser.add_argument("--distinct-images", type=int, default=400, help="distinct JPEGs cycled through the rows")
@@ -264,7 +268,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--build-args", default="", help="extra flags for `vlfeedback build`, e.g. '--verify-images decode'"
     )
-    args = parser.parse_args(argv)
+    add_results_dir_argument(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark, print the results as JSON and a Markdown table, and append them to the results log."""
+    args = make_parser().parse_args(argv)
+    log = Log("vlfeedback_kit.builders.bench", argv, args.results_dir)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vlf-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"machine: {os.cpu_count()} CPUs; workdir {workdir}")
@@ -276,6 +287,7 @@ def main(argv: list[str] | None = None) -> None:
             ratio = cache["over_raw_cache"].get(way, 1.0)
             print(f"| {way} | {cache[way]['cache_MB']} | {ratio} | {cache[way]['seconds']} |")
     if args.cache_only:
+        log.append({"cache": cache})
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
         return
@@ -283,6 +295,7 @@ def main(argv: list[str] | None = None) -> None:
     results = [bench_build(rows, images, workdir, args.build_args.split()) for rows in (args.rows or [5000, 20000])]
     pairs = bench_pairs(args.pair_instructions)
     print(json.dumps({"build": results, "pairs": pairs}, indent=2))
+    log.append({"cache": cache, "build": results, "pairs": pairs})
     print("\n| rows | build s | rows/s | input MB/s | peak RSS MiB | raw MB | pairs MB | pairs/raw |")
     print("|---|---|---|---|---|---|---|---|")
     for r in results:

@@ -4,7 +4,9 @@ generated one after the other, the time to the first streamed token, and 8 concu
     python -m vlfeedback_kit.eval.arena_bench                       # a tiny Qwen2-VL + random LoRA, built in-process
     python -m vlfeedback_kit.eval.arena_bench --adapter runs/silkie-tiny --tokens 64 --repeats 5 --threads 1
 
-Target (issue #12): battle ≤ 0.7 × the two sequential answers. Numbers go to BENCHMARKS.md.
+Target (issue #12): battle ≤ 0.7 × the two sequential answers. Numbers go to BENCHMARKS.md; each run appends them,
+with the commit, versions, device and command, to ``benchmarks/results/eval.arena_bench.jsonl``
+(:mod:`vlfeedback_kit.benchlog`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from vlfeedback_kit.benchlog import Log, add_results_dir_argument
 
 
 def tiny_silkie(root: Path, seed: int = 0) -> tuple[Path, Path]:
@@ -104,7 +108,8 @@ def concurrent_compare(served, image_path: Path, calls: int, tokens: int) -> dic
     return {"calls": calls, "succeeded": done, "wall_s": wall, "per_call_s": wall / calls}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def make_parser() -> argparse.ArgumentParser:
+    """The benchmark's flags."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--adapter", help="a Silkie run dir (default: a tiny random one, built in a temp dir)")
     parser.add_argument("--model", help="base model (default: the run dir's)")
@@ -113,7 +118,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--concurrent", type=int, default=8)
     parser.add_argument("--json", type=Path, help="also write the results here")
-    args = parser.parse_args(argv)
+    add_results_dir_argument(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Time battles and concurrent compare calls, print them and append them to the results log."""
+    args = make_parser().parse_args(argv)
+    log = Log("vlfeedback_kit.eval.arena_bench", argv, args.results_dir)
 
     import torch
     from PIL import Image
@@ -142,6 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"{compare['wall_s']:.2f} s ({compare['per_call_s']:.2f} s per call, one generate at a time)")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
+    log.append(results)
     return results
 
 

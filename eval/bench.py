@@ -6,7 +6,8 @@ tiny Qwen2-VL + LoRA, and judge throughput against the loopback OpenAI-compatibl
 
 Targets: batched ≥ 3× batch 1 responses/s; one mixed Silkie+base pass ≥ 1.5× the throughput of two separate
 passes; judging ≥ 0.8 of the ideal ``concurrency / latency`` at 64 in flight. The judge server is the test suite's
-(``tests/support/openai_server.py``, its own process): run from a checkout.
+(``tests/support/openai_server.py``, its own process): run from a checkout. The JSON is also appended, with the
+commit, versions, device and command, to ``benchmarks/results/eval.bench.jsonl`` (:mod:`vlfeedback_kit.benchlog`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from vlfeedback_kit.benchlog import Log, add_results_dir_argument
 
 SERVER = Path(__file__).resolve().parents[1] / "tests" / "support" / "openai_server.py"
 
@@ -119,8 +122,8 @@ def bench_judge(args: argparse.Namespace) -> dict:
             "cached_rerun_s": round(again, 3)}  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark and print one JSON object."""
+def make_parser() -> argparse.ArgumentParser:
+    """The benchmark's flags."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="a base model (default: a tiny Qwen2-VL built here)")
     parser.add_argument("--adapter", help="its LoRA adapter (default: a tiny LoRA built here)")
@@ -135,7 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--skip-generation", action="store_true")
     parser.add_argument("--skip-judge", action="store_true")
-    args = parser.parse_args(argv)
+    add_results_dir_argument(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark, print one JSON object and append it to the results log."""
+    args = make_parser().parse_args(argv)
+    log = Log("vlfeedback_kit.eval.bench", argv, args.results_dir)
     result: dict = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
@@ -147,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_judge:
         result["judge"] = bench_judge(args)
     print(json.dumps(result, indent=1))
+    log.append(result)
     return 0
 
 

@@ -27,6 +27,10 @@ MFU = useful FLOPs / (time x peak FLOP/s). Useful FLOPs per pair = 6 N_lm T + 2 
 policy forward and backward (4 N_lm) and a reference forward (2 N_lm), plus one ViT forward over the image's P
 patches. The same useful work is counted for every configuration, so MFU is proportional to pairs/s. Peak:
 989 TFLOP/s (H100/H200 bf16 dense) on CUDA; on the CPU MFU is not reported.
+
+Each configuration's result is appended as it finishes, with the commit, versions, device and command, to
+``benchmarks/results/training.bench.jsonl`` (:mod:`vlfeedback_kit.benchlog`; ``--results-dir`` to send it elsewhere),
+so a run cut short keeps what it measured.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from vlfeedback_kit.benchlog import Log, add_results_dir_argument
 from vlfeedback_kit.training.tiny_model import FAMILIES
 
 PEAK_FLOPS = {"cuda": 989e12}
@@ -412,16 +417,18 @@ def child_result(command: list[str], env: dict[str, str]) -> tuple[dict | None, 
     return json.loads(lines[-1][len("RESULT ") :]), done.stderr
 
 
-def emit(result: dict, out: Path | None) -> None:
-    """Print one result as a JSON line, and append it to ``out`` when given."""
+def emit(result: dict, out: Path | None, log: Log) -> None:
+    """Print one result as a JSON line, append it to ``out`` when given, and to the results log with its
+    provenance."""
     print(json.dumps(result), flush=True)
     if out:
         with out.open("a") as file:
             file.write(json.dumps(result) + "\n")
+    log.append(result)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run each configuration in its own process and print one JSON line each, then a Markdown table."""
+def make_parser() -> argparse.ArgumentParser:
+    """The benchmark's flags."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="tiny", choices=["tiny", *SHAPES])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -433,13 +440,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ref-factor", type=int, default=2, help="reference-pass batch = this x the training batch")
     parser.add_argument("--out", type=Path, help="append the JSON lines to this file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    add_results_dir_argument(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run each configuration in its own process and print one JSON line each, then a Markdown table."""
+    args = make_parser().parse_args(argv)
     if args.child:
         result = run_config(
             args.shape, args.child, args.device, args.steps, args.warmup, args.ref_factor, args.workers, args.family
         )
         print("RESULT " + json.dumps(result))
         return
+    log = Log("vlfeedback_kit.training.bench", argv, args.results_dir)
     results = []
     for name in args.configs.split(",") if args.configs else DEFAULT_CONFIGS[args.device]:
         command = [
@@ -468,7 +482,7 @@ def main(argv: list[str] | None = None) -> None:
             result = {"config": name, "shape": args.shape, "family": args.family,
                       "error": stderr.strip().splitlines()[-1:]}  # fmt: skip
         results.append(result)
-        emit(result, args.out)
+        emit(result, args.out, log)
     print("\n| config | batch | ckpt | step s | pairs/s | pairs/s 3 ep | LM tokens/s | peak GiB | MFU |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:

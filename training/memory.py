@@ -22,6 +22,9 @@ Per-layer bytes are scaled to the full depth and to the batch::
 language model really runs, padding included (2 padded rows per pair, or one packed row with prompt-prefix
 sharing). It predicts the peaks measured on a GPU on 2026-11-26 within 1-4% (BENCHMARKS.md). Transient
 buffers of the backward pass (one layer at a time) are not counted.
+
+Each configuration's result is appended, with the commit, versions, device and command, to
+``benchmarks/results/training.memory.jsonl`` (:mod:`vlfeedback_kit.benchlog`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+from vlfeedback_kit.benchlog import Log, add_results_dir_argument
 
 LAYER = re.compile(r"\.layers\.(\d+)\.")
 WRAPPERS = re.compile(r"^(base_model\.model\.)?(model\.)?(language_model\.)?")
@@ -187,8 +192,8 @@ def account(shape: str, name: str, layers: int, vision_depth: int) -> dict:
     }  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Account each configuration in its own process; print JSON lines and predicted peaks."""
+def make_parser() -> argparse.ArgumentParser:
+    """The tool's flags."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="qwen2-vl-7b")
     parser.add_argument("--configs", default="kit-b1,kit-b1-prefix")
@@ -197,7 +202,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", default="2,4,8,16", help="batch sizes to predict peaks for")
     parser.add_argument("--out", type=Path, help="append the JSON lines to this file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    add_results_dir_argument(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Account each configuration in its own process; print JSON lines and predicted peaks."""
+    args = make_parser().parse_args(argv)
     if args.child:
         print("RESULT " + json.dumps(account(args.shape, args.child, args.layers, args.vision_depth)))
         return
@@ -211,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"{name}: a mix of fully and selectively checkpointed layers cannot be measured on {args.layers} "
                 "layers; account the -sac and -ckpt configurations and combine them per layer (BENCHMARKS.md)"
             )
+    log = Log("vlfeedback_kit.training.memory", argv, args.results_dir)
     env = {**os.environ, "TQDM_DISABLE": "1", "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
     results = []
     for name in args.configs.split(","):
@@ -221,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
         if result is None:
             raise SystemExit(f"{name} failed:\n{stderr[-3000:]}")
         results.append(result)
-        emit(result, args.out)
+        emit(result, args.out, log)
     batches = [int(b) for b in args.batches.split(",")]
     head = " | ".join(f"peak B={b}" for b in batches)
     print(f"\n| config | layout tokens/pair | KiB/token | MiB/pair/layer | GiB/pair | fixed GiB | {head} |")
