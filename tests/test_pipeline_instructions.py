@@ -304,3 +304,56 @@ def test_help_and_list_adapters_name_every_adapter_and_its_fields(capsys: pytest
     for name, adapter in load_adapters().items():
         assert adapter.describe() in listed and f"  {name} (" in helped
     assert "lrv (LRV, quota 12357): prompt '{question}'; image 'image_id' (path as '{}.jpg')" in listed
+
+
+def secret_outside(tmp_path: Path) -> tuple[Path, bytes]:
+    """A private file outside every folder the kit is given, that would decode as an image if it were read."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = jpeg((1, 2, 3), size=24)
+    (outside / "id_rsa.jpg").write_bytes(secret)
+    return outside, secret
+
+
+def assert_not_published(out: Path, outside: Path, secret: bytes) -> None:
+    assert sorted(p.name for p in outside.iterdir()) == ["id_rsa.jpg"]  # nothing written beside it
+    assert all(secret not in p.read_bytes() for p in out.rglob("*") if p.is_file())
+
+
+def test_an_image_path_that_leads_outside_the_images_root_is_skipped_never_read(tmp_path: Path) -> None:
+    """A record may not point at a file outside ``--images``: ``../``, an absolute path, or a symlink in the root."""
+    outside, secret = secret_outside(tmp_path)
+    root = tmp_path / "root"
+    images = root / "images"
+    images.mkdir(parents=True)
+    (images / "ok.jpg").write_bytes(image(1))
+    (images / "link.jpg").symlink_to(outside / "id_rsa.jpg")
+    values = ["ok.jpg", "../../outside/id_rsa.jpg", str(outside / "id_rsa.jpg"), "link.jpg"]
+    records = [{"image": v, "conversations": [{"from": "human", "value": f"Q{n}?"}]} for n, v in enumerate(values)]
+    (root / "llava.json").write_text(json.dumps(records))
+    out = root / "out"
+    report = collect({"llava": str(root / "llava.json")}, out, images={"llava": str(images)}, quotas={"llava": "all"})
+    counts = report["sources"]["llava"]
+    assert (counts["drawn"], counts["unsafe_path"], counts["no_image"]) == (1, 3, 0)
+    assert "3/4 rows' image paths lead outside" in counts["notes"][0]
+    assert [u.split(":")[:2] for u in counts["unsafe_paths"]] == [["llava.json", str(n)] for n in (1, 2, 3)]
+    assert [r["prompt"] for r in rows_of(out)] == ["Q0?"]
+    assert_not_published(out, outside, secret)
+
+
+def test_a_hub_record_cannot_point_outside_its_snapshot(hub, tmp_path: Path) -> None:
+    outside, secret = secret_outside(tmp_path)
+    escapes = ["../" * 40 + str(outside / "id_rsa.jpg").lstrip("/"), str(outside / "id_rsa.jpg")]
+    table = pa.table({"question": ["Q0?", "Q1?", "Q2?"], "image_path": ["images/0.jpg", *escapes]})
+    pq.write_table(table, tmp_path / "train.parquet")
+    (tmp_path / "0.jpg").write_bytes(image(5))
+    files = {"data/train.parquet": tmp_path / "train.parquet", "images/0.jpg": tmp_path / "0.jpg"}
+    dataset_repo(hub, "org/paths", files)
+    adapters = tmp_path / "adapters.yaml"
+    adapters.write_text("paths:\n  reader: fields\n  prompt: '{question}'\n  image: {field: image_path}\n")
+    out = tmp_path / "out"
+    report = collect({"paths": "org/paths@main"}, out, adapters_file=adapters, quotas={"paths": "all"})
+    counts = report["sources"]["paths"]
+    assert (counts["drawn"], counts["unsafe_path"]) == (1, 2)  # the repo's own file is read through the HF cache
+    assert (out / "merged_images" / "paths-0.jpg").read_bytes() == image(5)
+    assert_not_published(out, outside, secret)

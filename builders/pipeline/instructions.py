@@ -33,6 +33,7 @@ from pathlib import Path
 import yaml
 
 from vlfeedback_kit.errors import UserError
+from vlfeedback_kit.files import UnsafeName, inside
 
 ADAPTERS_FILE = Path(__file__).with_name("adapters.yaml")
 OUTPUT_JSONL = "instructions.jsonl"
@@ -142,8 +143,13 @@ class Adapter:
             values[name] = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
         return _FIELD.sub(lambda match: values[match.group(1)], self.prompt).strip() or None
 
-    def image_of(self, record: dict, root: Path) -> bytes | None:
-        """The image bytes of a record, or None when it has none (or it cannot be found or decoded)."""
+    def image_of(self, record: dict, root: Path, base: Path | None = None) -> bytes | None:
+        """The image bytes of a record, or None when it has none (or it cannot be found or decoded).
+
+        A path value is read only when it resolves (symlinks followed) inside ``root`` — or ``base``, the Hub cache
+        folder of a downloaded source, whose files link into its ``blobs/`` —; any other is :class:`UnsafeName`:
+        a record from a dataset never names a file elsewhere on the machine (``../../.ssh/id_rsa``, ``/etc/...``).
+        """
         value = record.get(self.image_field)
         if isinstance(value, list):
             value = value[self.image_index] if len(value) > self.image_index else None
@@ -159,7 +165,9 @@ class Adapter:
                 value = value.get("bytes") or value.get("path")
             if isinstance(value, bytes):
                 return value or None
-        path = root / self.image_template.format(value)
+        if not isinstance(value, (str, int)) or isinstance(value, bool) or value == "":
+            return None
+        path = inside(base or root, root / self.image_template.format(value), what=f"image path {value!r}")
         return path.read_bytes() if path.is_file() else None
 
 
@@ -289,11 +297,14 @@ def draw(
     seed: int,
     seen: set[bytes],
     progress: bool = False,
+    base: Path | None = None,
+    unsafe: list[str] | None = None,
 ) -> tuple[list[Drawn], Counter]:
     """The first ``quota`` valid, new records in seeded random order (all in file order without a quota).
 
     Returns (drawn records in source order, counts). Only the candidates' ranks are held while scanning; a second
-    pass reads the chosen ones, widening the candidate pool if skipped records leave the quota short.
+    pass reads the chosen ones, widening the candidate pool if skipped records leave the quota short. A record whose
+    image path leads outside ``root`` (or ``base``) is skipped as ``unsafe_path``, its origin added to ``unsafe``.
     """
     from tqdm.auto import tqdm
 
@@ -316,12 +327,18 @@ def draw(
                 if index in chosen:
                     candidates[index] = (f"{file.name}:{number}", record)
                 index += 1
-        drawn, counts, local = [], Counter(read=total), set()
+        drawn, counts, local, escapes = [], Counter(read=total), set(), []
         for i in tqdm(order, desc=f"instructions {adapter.prefix}", unit=" rows", disable=not progress, leave=False):
             if quota is not None and len(drawn) == quota:
                 break
             origin, record = candidates[i]
-            prompt, image = adapter.prompt_of(record), adapter.image_of(record, root)
+            prompt = adapter.prompt_of(record)
+            try:
+                image = adapter.image_of(record, root, base)
+            except UnsafeName as err:
+                counts["unsafe_path"] += 1
+                escapes.append(f"{origin}: {err}")
+                continue
             reason = "no_prompt" if not prompt else "no_image" if not image else None
             kind = None
             if reason is None:
@@ -337,6 +354,8 @@ def draw(
             drawn.append(Drawn(i, origin, prompt, image, None if kind == "JPEG" else kind))
         if quota is None or len(drawn) == quota or pool == total:
             seen |= local
+            if unsafe is not None:
+                unsafe.extend(escapes)
             counts["drawn"] = len(drawn)
             counts["converted"] = sum(d.converted_from is not None for d in drawn)
             counts.update(dict.fromkeys(SKIPS, 0))  # every reason in the report, 0 included
@@ -344,7 +363,7 @@ def draw(
         pool = min(total, pool * 2)
 
 
-SKIPS = ("no_prompt", "no_image", "bad_image", "duplicate")
+SKIPS = ("no_prompt", "no_image", "bad_image", "duplicate", "unsafe_path")
 
 
 def explain(adapter: Adapter, files: list[Path], root: Path, counts: Counter) -> list[str]:
@@ -370,6 +389,11 @@ def explain(adapter: Adapter, files: list[Path], root: Path, counts: Counter) ->
         notes.append(f"{counts['no_image']}/{looked} rows had no image in '{adapter.image_field}'")
     if counts["bad_image"]:
         notes.append(f"{counts['bad_image']}/{looked} rows' images are not images (the header does not decode)")
+    if counts["unsafe_path"]:
+        notes.append(
+            f"{counts['unsafe_path']}/{looked} rows' image paths lead outside {root} and were not read (a record "
+            "never names a file elsewhere on this machine; see unsafe_paths)"
+        )
     return notes
 
 
@@ -396,11 +420,8 @@ def collect(
     progress: bool = True,
 ) -> dict:
     """Draw every source's instructions into ``out_dir`` in the release layout; returns the report."""
-    from vlfeedback_kit.builders.pipeline.layout import (
-        JsonlWriter,
-        LayoutWriter,
-        write_json,
-    )  # not at import: `--help` lists adapters
+    from vlfeedback_kit.builders.pipeline.layout import JsonlWriter, LayoutWriter  # not at import: `--help`
+    from vlfeedback_kit.files import write_json
 
     adapters = load_adapters(adapters_file)
     images, quotas = images or {}, quotas or {}
@@ -420,12 +441,13 @@ def collect(
         files = source_files(location, adapter)
         if not files:
             raise UserError(f"--source {prefix}={spec}: no files matching {', '.join(adapter.files)}")
-        located[prefix] = (adapter, _quota(quotas.get(prefix), adapter), root, files)
+        located[prefix] = (adapter, _quota(quotas.get(prefix), adapter), root, _hub_cache(root, spec), files)
     seen: set[bytes] = set()
     report = {"seed": seed, "sources": {}}
     with LayoutWriter(out_dir, OUTPUT_JSONL) as writer, JsonlWriter(out_dir / SOURCES_JSONL) as origins:
-        for prefix, (adapter, quota, root, files) in located.items():
-            drawn, counts = draw(adapter, files, root, quota, seed, seen, progress)
+        for prefix, (adapter, quota, root, base, files) in located.items():
+            unsafe: list[str] = []
+            drawn, counts = draw(adapter, files, root, quota, seed, seen, progress, base, unsafe)
             for n, record in enumerate(drawn):
                 row_id = f"{prefix}-{n}"
                 row = {"id": row_id, "source": adapter.name, "prompt": record.prompt, "models": [], "completions": []}
@@ -438,10 +460,18 @@ def collect(
                 **counts,
                 "shortfall": max(0, (quota or 0) - len(drawn)),
                 "notes": explain(adapter, files, root, counts),
+                **({"unsafe_paths": unsafe[:20]} if unsafe else {}),
             }
     report["instructions"] = writer.count
     write_json(out_dir / STAGE_DIR / "report.json", report)
     return report
+
+
+def _hub_cache(root: Path, spec: str) -> Path | None:
+    """The Hub cache folder of a downloaded source read in place (its snapshot's files link into ``blobs/``)."""
+    if Path(spec).expanduser().exists() or root.parent.name != "snapshots":
+        return None
+    return root.parent.parent
 
 
 def _quota(value: str | None, adapter: Adapter) -> int | None:
