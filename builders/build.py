@@ -11,6 +11,11 @@ Layout written (a complete Hub dataset repo)::
     DIR/data/judgements/...          a release made by the pipeline: per id, the judge record and generation settings
     DIR/assets/                      the card's figures: rating distributions, the example row's image
 
+A rebuild (``--overwrite``) replaces only what a build writes (:data:`BUILD_OUTPUTS`); anything else in the old
+folder — the reference log-prob cache ``.ref_logps/`` that training keeps beside a local dataset, a user's notes —
+is moved into the new one. A build that fails leaves ``DIR`` untouched and puts its report and rejects in
+``DIR.failed/``.
+
 Memory stays flat: rows flow in batches of ``batch_size`` through validation, the ``raw`` writer and every pairing
 policy, and nothing but the seen-id set grows with the input.
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -57,6 +63,9 @@ JUDGE_FILE = "judge.json"
 RAW_CONFIG = "raw"
 PAIRS_CONFIG = "pairs"
 JUDGEMENTS_CONFIG = "judgements"
+FAILED_SUFFIX = ".failed"
+BUILD_OUTPUTS = frozenset({"data", "assets", "README.md", REPORT_FILE, REJECTS_FILE, POLICIES_FILE, JUDGE_FILE})
+"""The names a build writes in its folder; a rebuild replaces these and keeps everything else."""
 
 
 @dataclass
@@ -291,17 +300,17 @@ def build(options: BuildOptions) -> dict:
     write_json(staging / REPORT_FILE, result)
     failed = _failure(result, options)
     if failed:
-        _keep_report_only(staging, out)
-        raise UserError(f"{failed} See {out / REPORT_FILE} and {out / REJECTS_FILE}.")
+        where = _keep_report_only(staging, out)
+        kept = f"{out} still holds the previous build; " if (out / REPORT_FILE).is_file() else ""
+        raise UserError(f"{failed} {kept}this attempt's report: {where / REPORT_FILE} and {where / REJECTS_FILE}.")
     write_json(staging / POLICIES_FILE, policies)
     judge = reader.folder / JUDGE_FILE
     if judge.is_file():
         shutil.copyfile(judge, staging / JUDGE_FILE)
     if options.card is not None:
         options.card(staging)
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
+    _replace(out, staging)
+    _drop_failed_report(out)
     return result
 
 
@@ -341,14 +350,37 @@ def _failure(result: dict, options: BuildOptions) -> str | None:
     return None
 
 
-def _keep_report_only(staging: Path, out: Path) -> None:
-    """On failure, leave only the report and the rejects in ``out`` so nothing half-built looks usable."""
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+def _keep_report_only(staging: Path, out: Path) -> Path:
+    """On failure, put the report and the rejects in ``DIR.failed/`` and leave ``out`` (a previous, loadable
+    build) as it was; returns that folder."""
+    failed = out.with_name(out.name + FAILED_SUFFIX)
+    failed.mkdir(parents=True, exist_ok=True)
     for name in (REPORT_FILE, REJECTS_FILE):
-        (staging / name).rename(out / name)
+        (staging / name).replace(failed / name)
     shutil.rmtree(staging)
+    return failed
+
+
+def _replace(out: Path, staging: Path) -> None:
+    """Put the new build at ``out``: what the old folder holds besides a build's own outputs (the reference cache,
+    a user's files) moves into the new one first, then the old build goes."""
+    if not out.exists():
+        staging.rename(out)
+        return
+    for path in out.iterdir():
+        if path.name not in BUILD_OUTPUTS and not (staging / path.name).exists():
+            path.rename(staging / path.name)
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.replaced-", dir=out.parent))
+    out.rename(old / out.name)
+    staging.rename(out)
+    shutil.rmtree(old)
+
+
+def _drop_failed_report(out: Path) -> None:
+    """Remove the report of an earlier failed attempt once a build succeeds (only if it holds nothing else)."""
+    failed = out.with_name(out.name + FAILED_SUFFIX)
+    if failed.is_dir() and {p.name for p in failed.iterdir()} <= {REPORT_FILE, REJECTS_FILE}:
+        shutil.rmtree(failed)
 
 
 def _add(counts: dict[str, int], split: str, n: int) -> None:

@@ -122,9 +122,10 @@ def test_reject_rate_above_limit_fails_and_keeps_only_the_report(tmp_path):
     rel = write_release(tmp_path / "rel", rows, images={f"svit-{i}": jpeg() for i in range(8)})
     with pytest.raises(UserError, match=r"2 of 10 rows rejected \(20.0% > --max-reject-rate 5.0%\)"):
         run_build(tmp_path, rel)
-    out = tmp_path / "vlfeedback"
-    assert sorted(p.name for p in out.iterdir()) == ["build_report.json", "rejects.jsonl"]
-    assert json.loads((out / "build_report.json").read_text())["reasons"] == {"missing_image": 2}
+    failed = tmp_path / "vlfeedback.failed"  # beside --out, which a failed build never creates or touches
+    assert not (tmp_path / "vlfeedback").exists()
+    assert sorted(p.name for p in failed.iterdir()) == ["build_report.json", "rejects.jsonl"]
+    assert json.loads((failed / "build_report.json").read_text())["reasons"] == {"missing_image": 2}
 
 
 @pytest.mark.parametrize(

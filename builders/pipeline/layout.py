@@ -8,6 +8,7 @@ half file under the final name, and a re-run replaces them.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +17,11 @@ from pathlib import Path
 from vlfeedback_kit.builders.sources import IMAGE_DIR, ReleaseFolder
 from vlfeedback_kit.builders.validate import REJECT_REASONS, Reject, check_id
 from vlfeedback_kit.errors import UserError
+from vlfeedback_kit.files import UnsafeName, child, write_bytes, write_json
+
+logger = logging.getLogger(__name__)
+IMAGES_RECORD = ".merged_images.json"
+"""The images a stage's writer put in ``merged_images/`` (the only ones a later run of that stage may remove)."""
 
 
 @dataclass(frozen=True)
@@ -141,7 +147,12 @@ class JsonlWriter:
 
 
 class LayoutWriter(JsonlWriter):
-    """A stage's output in the release layout: ``OUT/<name>.jsonl`` plus ``OUT/merged_images/<id>.jpg``."""
+    """A stage's output in the release layout: ``OUT/<name>.jsonl`` plus ``OUT/merged_images/<id>.jpg``.
+
+    The images it writes are recorded in ``OUT/.merged_images.json``; closing removes only images that an earlier
+    run of the same stage recorded and this run did not write. Any other file in ``merged_images/`` (put there by a
+    user or another tool) stays, with a warning.
+    """
 
     def __init__(self, out_dir: Path, jsonl_name: str, input_dir: Path | None = None) -> None:
         if input_dir is not None and out_dir.resolve() == input_dir.resolve():
@@ -156,21 +167,59 @@ class LayoutWriter(JsonlWriter):
         super().__init__(out_dir / jsonl_name)
         self.images = out_dir / IMAGE_DIR
         self.images.mkdir(parents=True, exist_ok=True)
+        self.record = out_dir / IMAGES_RECORD
+        self.earlier = self._earlier_images(jsonl_name)
         self.written: set[str] = set()
 
+    def _earlier_images(self, jsonl_name: str) -> set[str]:
+        """The images an earlier run of this stage (same jsonl) recorded writing."""
+        try:
+            record = json.loads(self.record.read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return set()
+        if not isinstance(record, dict) or record.get("jsonl") != jsonl_name:
+            return set()
+        return {name for name in record.get("images", []) if isinstance(name, str)}
+
     def add(self, row: dict, image: bytes) -> None:
-        """Append a row and put its image (original bytes) at ``merged_images/<id>.jpg``."""
-        path = self.images / f"{row['id']}.jpg"
+        """Append a row and put its image (original bytes) at ``merged_images/<id>.jpg``; an id that cannot name a
+        file (``../x``, an absolute path) is a UserError naming it, and nothing is written."""
+        try:
+            path = child(self.images, row.get("id"), ".jpg", what="row id")
+        except UnsafeName as err:
+            raise UserError(f"{self.path.name}: {err}; ids must be plain file names") from err
         if not (path.is_file() and path.stat().st_size == len(image) and path.read_bytes() == image):
-            temp = path.with_name(path.name + ".tmp")
-            temp.write_bytes(image)
-            os.replace(temp, path)
+            write_bytes(path, image)
         self.written.add(path.name)
         self.write(row)
 
+    def _save_record(self, images: set[str]) -> None:
+        write_json(self.record, {"jsonl": self.path.name, "images": sorted(images)})
+
     def close(self) -> None:
-        """Finish the jsonl and drop images left from an earlier run whose rows are no longer written."""
+        """Finish the jsonl; drop the images an earlier run of this stage wrote whose rows are no longer written,
+        and keep (with a warning) any file in ``merged_images/`` this stage never wrote."""
         super().close()
-        for path in self.images.iterdir():
-            if path.name not in self.written:
+        foreign = []
+        for path in sorted(self.images.iterdir()):
+            if path.name in self.written:
+                continue
+            if path.name in self.earlier and path.is_file() and not path.is_symlink():
                 path.unlink()
+            else:
+                foreign.append(path.name)
+        self._save_record(self.written)
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (", …" if len(foreign) > 5 else "")
+            logger.warning(
+                "%s/ holds %d file(s) this stage did not write (%s); kept, but they are not part of %s",
+                self.images,
+                len(foreign),
+                shown,
+                self.path.name,
+            )
+
+    def abort(self) -> None:
+        """Drop the partial jsonl; the images written so far are recorded so a later run may replace them."""
+        super().abort()
+        self._save_record(self.earlier | self.written)
