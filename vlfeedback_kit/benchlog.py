@@ -62,13 +62,16 @@ def _git(*args: str) -> str | None:
 
 
 def commit() -> dict[str, Any]:
-    """The checkout's commit and whether tracked files differ from it (the results folder aside: appending to it is
-    not a code change); ``"unknown"`` when the kit does not run from a git checkout."""
+    """The checkout's commit, whether tracked files differ from it and which (the first 20; the results folder
+    aside: appending to it is not a code change); ``"unknown"`` when the kit does not run from a git checkout."""
     head = _git("rev-parse", "HEAD") if (CHECKOUT / "pyproject.toml").is_file() else None
     if not head:
         return {"commit": "unknown", "dirty": None}
-    changed = _git("status", "--porcelain", "--untracked-files=no", "--", ".", f":(exclude){RESULTS.as_posix()}")
-    return {"commit": head, "dirty": None if changed is None else bool(changed)}
+    changed = _git("diff", "HEAD", "--name-only", "--", ".", f":(exclude){RESULTS.as_posix()}")
+    if changed is None:
+        return {"commit": head, "dirty": None}
+    paths = changed.splitlines()
+    return {"commit": head, "dirty": bool(paths), **({"dirty_files": paths[:20]} if paths else {})}
 
 
 def versions() -> dict[str, str]:
