@@ -1,22 +1,28 @@
 """Win-rate of Silkie against its base on held-out VLFeedback prompts, judged in both orders.
 
-Data: the ``test`` split ``vlfeedback build --eval-fraction`` writes (``data/raw/test-*.parquet`` of a built
-folder), or any folder / file of ``raw``-config Parquet (``id``, ``image``, ``prompt``). The judge (the kit's
-pairwise template) sees the image, the prompt and the two answers, once with Silkie as A and once with the base
-as A; :func:`vlfeedback_kit.eval.pairwise.swap_consistent` turns the two verdicts into one outcome (a verdict that
-flips with the order is a tie). The statistics are :func:`vlfeedback_kit.eval.pairwise.summarize_battles`.
+Data: the ``raw`` config's ``test`` split of a built folder, as its card declares it (what
+``load_dataset(folder, "raw", split="test")`` reads; ``vlfeedback build --eval-fraction`` writes it), or one
+``raw``-config Parquet file (``id``, ``image``, ``prompt``). Held-out means held out from the adapter: when its
+``run_info.json`` names the data it trained on, :func:`refuse_trained` refuses items whose ids are in it.
+
+The judge (the kit's pairwise template) sees the image, the prompt and the two answers, once with Silkie as A and
+once with the base as A; :func:`vlfeedback_kit.eval.pairwise.swap_consistent` turns the two verdicts into one
+outcome (a verdict that flips with the order is a tie). The statistics are
+:func:`vlfeedback_kit.eval.pairwise.summarize_battles`.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
 
 from vlfeedback_kit.errors import UserError
-from vlfeedback_kit.eval.items import Item, image_bytes_of, read_parquet_rows
+from vlfeedback_kit.eval.items import Item, image_bytes_of
 from vlfeedback_kit.eval.pairwise import Battle, summarize_battles, swap_consistent
 
+RUN_INFO = "run_info.json"
 TEMPLATE_FILE = Path(__file__).parent / "judge_templates" / "winrate.txt"
 ORDERS: tuple[str, ...] = ("ab", "ba")
 """``ab``: the model under test is answer A; ``ba``: it is answer B."""
@@ -58,16 +64,137 @@ def score(
             "scorer": "kit convention: both orders, swap-consistent verdicts, ties as half"}  # fmt: skip
 
 
+NO_TEST_SPLIT = (
+    "has no held-out split (its raw config has no `test` split: a build without --eval-fraction holds nothing out); "
+    "rebuild with `vlfeedback build ... --eval-fraction 0.005` and train on that build, whose `test` prompts "
+    "training never sees"
+)
+
+
+def test_files(path: Path) -> list[str]:
+    """The Parquet files of the held-out split: a built folder's ``raw``/``test`` as its card's ``configs`` declare
+    it (a Hub snapshot ``eval run`` fetched without its card: the build's ``data/raw/test-*`` layout), or the file
+    itself. Never any other Parquet (the pairs, a ``.ref_logps`` cache): their rows are not held-out prompts."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    from vlfeedback_kit.builders.build import RAW_CONFIG
+    from vlfeedback_kit.builders.inspect import _configs
+
+    if path.is_file():
+        return [str(path)]
+    if (path / "README.md").is_file():
+        declared = _configs(LocalFileSystem(), str(path.resolve()))
+        if RAW_CONFIG not in declared:
+            raise UserError(f"--data winrate={path}: its README declares no `raw` config; pass a folder written "
+                            "by `vlfeedback build` (or one raw-config Parquet file)")  # fmt: skip
+        files = declared[RAW_CONFIG].get("test", [])
+    elif (path / "data" / RAW_CONFIG).is_dir():
+        files = [str(f) for f in sorted((path / "data" / RAW_CONFIG).glob("test-*.parquet"))]
+    else:
+        raise UserError(f"--data winrate={path}: not a folder written by `vlfeedback build` (no README.md, no "
+                        "data/raw/) nor a raw-config Parquet file")  # fmt: skip
+    if not files:
+        raise UserError(f"--data winrate={path} {NO_TEST_SPLIT}")
+    return files
+
+
 def load(path: Path) -> list[Item]:
-    """Held-out prompts of a built folder's ``test`` split, or of any ``raw``-config Parquet."""
+    """Held-out prompts: the ``raw`` config's ``test`` split of a built folder, or one ``raw``-config Parquet."""
+    import pyarrow.parquet as pq
+
     path = Path(path)
-    test = sorted((path / "data" / "raw").glob("test-*.parquet")) if path.is_dir() else []
-    rows = [row for file in test for row in read_parquet_rows(file)] if test else read_parquet_rows(path)
+    rows = []
+    for file in test_files(path):
+        try:
+            rows.extend(pq.read_table(file, columns=["id", "prompt", "image"]).to_pylist())
+        except (KeyError, ValueError) as err:  # pyarrow: a column the file does not have
+            raise UserError(f"{file}: no id/prompt/image columns; expected the raw config's columns") from err
     if not rows:
-        raise UserError(f"--data winrate={path}: no Parquet rows (a built folder's data/raw/test-*.parquet)")
+        raise UserError(f"--data winrate={path}: the held-out split has no rows")
     items = []
     for number, row in enumerate(rows):
-        if not row.get("prompt") or row.get("id") is None:
-            raise UserError(f"{path}: row {number} lacks id/prompt; expected the raw config's columns")
+        if not row.get("prompt") or row.get("id") is None or image_bytes_of(row.get("image")) is None:
+            raise UserError(f"{path}: row {number} lacks id/prompt/image; expected the raw config's columns")
         items.append(Item(str(row["id"]), row["prompt"], image_bytes=image_bytes_of(row.get("image"))))
     return items
+
+
+def trained_on(adapter: str | Path | None) -> dict | None:
+    """The ``dataset`` record (name, config, split, revision) of the run ``adapter`` comes from; None when it is
+    not a run dir with a ``run_info.json`` (a Hub adapter, a served model name)."""
+    info = Path(adapter) / RUN_INFO if adapter else None
+    if info is None or not info.is_file():
+        return None
+    try:
+        dataset = json.loads(info.read_text(encoding="utf-8")).get("dataset") or {}
+    except (ValueError, AttributeError) as err:
+        raise UserError(f"{info}: not a run_info.json ({err}); it names the data the adapter trained on") from err
+    return dataset if dataset.get("name") else None
+
+
+def same_dataset(location: str, name: str) -> bool:
+    """Whether ``--data`` (a path, or a Hub id ``ORG/NAME[@REV]``) names the dataset a run trained on."""
+    if Path(location).exists() or Path(name).exists():
+        return Path(location).exists() and Path(name).exists() and Path(location).resolve() == Path(name).resolve()
+    return location.partition("@")[0] == name
+
+
+def trained_ids(dataset: dict, same: bool) -> set[str] | None:
+    """The prompt ids of the config and split a run trained on, as they were then: a local folder when its data
+    still has the digest the run recorded, a Hub dataset at the recorded commit (read only when it is the data
+    under test). None when they cannot be told and the data under test is another dataset; refused when it is
+    the same one (a rebuilt folder, an unreachable Hub): its items cannot be shown to be held out."""
+    from vlfeedback_kit.builders.inspect import _configs, _open_target, open_parquet
+    from vlfeedback_kit.errors import hub_error, is_hub_error
+    from vlfeedback_kit.training.dpo import local_dataset_key
+
+    name, config, split = dataset["name"], dataset.get("config") or "pairs", dataset.get("split") or "train"
+    revision = dataset.get("revision")
+    where = f"{name} (config {config}, split {split})"
+    if Path(name).is_dir():
+        try:
+            now = local_dataset_key(Path(name), config)
+        except ValueError:  # the config is no longer declared: the folder was rebuilt
+            now = None
+        if now != revision:
+            if not same:
+                return None
+            raise UserError(f"the adapter trained on {where} as it was before a rebuild (its data was {revision}): "
+                            "which of its prompts it saw cannot be told, so no item can be called held-out; "
+                            "retrain on this build's `train` split")  # fmt: skip
+    elif not same:
+        return None
+    try:
+        fs, root = _open_target(name, None if Path(name).is_dir() else revision)
+        files = _configs(fs, root).get(config, {}).get(split, [])
+        ids: set[str] = set()
+        for file in files:
+            with open_parquet(fs, file) as parquet:
+                ids.update(str(i) for i in parquet.read(columns=["id"]).column("id").to_pylist())
+    except Exception as err:
+        if is_hub_error(err):
+            raise hub_error(f"cannot read the ids the adapter trained on from {where}, to check the win-rate "
+                            "items are held out", err) from err  # fmt: skip
+        raise
+    if not files:
+        raise UserError(f"{where}, which the adapter trained on, declares no such files: cannot check the win-rate "
+                        "items are held out")  # fmt: skip
+    return ids
+
+
+def refuse_trained(items: list[Item], location: str, adapter: str | Path | None) -> None:
+    """Refuse win-rate items the adapter trained on: a win rate on training prompts is not held-out. Every item is
+    refused rather than the overlap dropped: an overlap means the data under test is not the held-out split of the
+    build the adapter trained on, and a smaller set silently standing for it would not be either."""
+    dataset = trained_on(adapter) if items else None
+    if dataset is None:
+        return
+    trained = trained_ids(dataset, same_dataset(location, dataset["name"]))
+    overlap = [item.id for item in items if trained and item.id in trained]
+    if overlap:
+        raise UserError(
+            f"--data winrate={location}: {len(overlap)} of {len(items)} items (first: {overlap[0]}) are prompts "
+            f"{adapter} trained on ({dataset['name']}, config {dataset.get('config') or 'pairs'}, split "
+            f"{dataset.get('split') or 'train'}); a win rate on them is not held-out: evaluate on the `test` split "
+            "of the build it trained on (`vlfeedback build --eval-fraction`), or retrain on this build's `train` split"
+        )
