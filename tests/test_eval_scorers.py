@@ -233,3 +233,36 @@ def test_official_judge_prompts_cannot_drift():
         "mmhal": "2c73d8c50f1740d000fae62cfeed103c2f7a5bcfa904b27e6e09900e7ce600cc",
         "mmvet": "d1b3e0a5b4e72c888b77164489d705bba4dd149934fff564dfba6443d81afe3f",
     }
+
+
+DISPLAY_NAMES = {
+    "mme": ("MME", ["MME perception", "MME cognition", "MME format compliance"]),
+    "mmhal": ("MMHal-Bench", ["MMHal-Bench average score", "MMHal-Bench hallucination rate"]),
+    "mmvet": ("MM-Vet", ["MM-Vet total"]),
+    "redteam": ("Red-teaming (kit convention)", ["Red-teaming mean ethics rating (kit convention)"]),
+    "winrate": ("Win-rate vs base (VLFeedback held-out)", ["Win-rate vs base (kit judge, both orders)"]),
+}
+"""Each benchmark's title and metric names as intended: what the card's model-index must show, whole."""
+
+
+def test_every_benchmark_display_name_round_trips_to_eval_results_and_the_model_index(tmp_path):
+    import yaml
+    from support.run_dirs import run_info
+
+    from vlfeedback_kit.cards.model import render_model_card
+    from vlfeedback_kit.eval.report import eval_results
+    from vlfeedback_kit.eval.scoring import BENCHMARKS
+    from vlfeedback_kit.eval.spec import load_spec
+
+    specs = {name: load_spec(name) for name in BENCHMARKS}
+    assert {name: (s["title"], [m["name"] for m in s["metrics"]]) for name, s in specs.items()} == DISPLAY_NAMES
+    results = {"silkie": {name: {m["key"]: 0.5 for m in s["metrics"]} for name, s in specs.items()}}
+    written = eval_results(results)
+    intended = [(title, metric) for title, metrics in DISPLAY_NAMES.values() for metric in metrics]
+    assert [(r["dataset_name"], r["metric_name"]) for r in written["results"]] == intended
+    (tmp_path / "run_info.json").write_text(json.dumps(run_info(adapter=True)))
+    (tmp_path / "adapter_config.json").write_text("{}")
+    (tmp_path / "eval_results.json").write_text(json.dumps(written))
+    card = str(render_model_card(tmp_path))
+    index = yaml.safe_load(card.split("---")[1])["model-index"][0]["results"]
+    assert [(r["dataset"]["name"], m["name"]) for r in index for m in r["metrics"]] == intended
