@@ -71,7 +71,7 @@ NO_TEST_SPLIT = (
 )
 
 
-def test_files(path: Path) -> list[str]:
+def held_out_files(path: Path) -> list[str]:
     """The Parquet files of the held-out split: a built folder's ``raw``/``test`` as its card's ``configs`` declare
     it (a Hub snapshot ``eval run`` fetched without its card: the build's ``data/raw/test-*`` layout), or the file
     itself. Never any other Parquet (the pairs, a ``.ref_logps`` cache): their rows are not held-out prompts."""
@@ -104,7 +104,7 @@ def load(path: Path) -> list[Item]:
 
     path = Path(path)
     rows = []
-    for file in test_files(path):
+    for file in held_out_files(path):
         try:
             rows.extend(pq.read_table(file, columns=["id", "prompt", "image"]).to_pylist())
         except (KeyError, ValueError) as err:  # pyarrow: a column the file does not have
@@ -113,9 +113,10 @@ def load(path: Path) -> list[Item]:
         raise UserError(f"--data winrate={path}: the held-out split has no rows")
     items = []
     for number, row in enumerate(rows):
-        if not row.get("prompt") or row.get("id") is None or image_bytes_of(row.get("image")) is None:
+        image = image_bytes_of(row["image"])
+        if not row["prompt"] or row["id"] is None or image is None:
             raise UserError(f"{path}: row {number} lacks id/prompt/image; expected the raw config's columns")
-        items.append(Item(str(row["id"]), row["prompt"], image_bytes=image_bytes_of(row.get("image"))))
+        items.append(Item(str(row["id"]), row["prompt"], image_bytes=image))
     return items
 
 
