@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw
 from support.dpo import cpu_dpo_config
 from support.launch import CLI, parameters, run, state_dict, train
 
+from vlfeedback_kit.training.audit import ImageTokens
 from vlfeedback_kit.training.families import FAMILIES, SPEEDUPS, check_speedups, support_table
 from vlfeedback_kit.training.freeze import is_vision_parameter, language_lora_targets
 
@@ -64,8 +65,9 @@ def jpeg(count: int, size: tuple[int, int]) -> dict:
     return {"bytes": buffer.getvalue(), "path": None}
 
 
-def pairs(n: int = 2):
-    """``n`` short pair rows in the kit's schema, each with an image of another size (so another token count)."""
+def pairs(n: int = 2, sizes: list[tuple[int, int]] | None = None):
+    """``n`` short pair rows in the kit's schema, each with an image of another size (so another token count), or of
+    the (width, height) ``sizes`` given."""
     from datasets import Dataset
 
     from vlfeedback_kit.builders.features import ASPECTS, PAIR_FEATURES
@@ -78,7 +80,7 @@ def pairs(n: int = 2):
         {
             "id": f"pair-{i}",
             "source": "SVIT",
-            "images": [jpeg(i + 1, (448 - 96 * i, 320 + 64 * i))],
+            "images": [jpeg(i + 1, sizes[i] if sizes else (448 - 96 * i, 320 + 64 * i))],
             "prompt": message("user", "How many circles are there in the image?", image=True),
             "chosen": message("assistant", f"There are {i + 1} red circles in the image." + " Yes." * i),
             "rejected": message("assistant", "No."),
@@ -123,10 +125,13 @@ def test_tiny_model_has_the_real_processor_template_and_image_tokens(model_dir, 
     text = processor.apply_chat_template(message, add_generation_prompt=True)
     assert text.endswith(ASSISTANT_TURN[family]) and "How many circles?" in text
     image = Image.new("RGB", (300, 200), "white")
-    inputs = processor(images=[[image]], text=[text], return_tensors="pt")
-    counted = processor._get_num_multimodal_tokens(image_sizes=[(200, 300)]).num_image_tokens[0]  # what the audit uses
-    wrappers = {"idefics3": 3, "internvl": 2}.get(family, 0)  # <fake_token_around_image><global-img>…, <img>…</img>
-    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == counted - wrappers > 0
+    inputs = processor(images=[[image]], text=[text], return_tensors="pt", add_special_tokens=False)
+    # what the audit counts for an image of this size: every token the processor puts in place of the placeholder
+    # (image tokens and the family's wrappers: <fake_token_around_image><global-img>…, <img>…</img>, newlines)
+    text_tokens = len(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+    expanded = inputs["input_ids"].shape[1] - text_tokens + 1
+    image_tokens = int((inputs["input_ids"] == model.config.image_token_id).sum())
+    assert ImageTokens(processor)((200, 300)) == expanded >= image_tokens > 0
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
     assert out.shape[1] == inputs["input_ids"].shape[1] + 3
@@ -147,6 +152,29 @@ def test_audit_counts_what_trl_builds_and_refuses_truncation(model_dir, family):
         assert report.lengths()[i] == int(batch["attention_mask"].sum(dim=1).max())
     with pytest.raises(ValueError, match="truncate the answers of 1 rows"):
         check_audit(audit_dataset(dataset, processor, max_length=int(report.total_tokens["max"]) - 1))
+
+
+@pytest.mark.parametrize("family", ["idefics3", "internvl"])
+def test_audit_counts_tiled_images_as_the_processor_builds_them(model_dir, family):
+    """With tiling on (SmolVLM's image splitting, InternVL's crop_to_patches) the tokens of an image and around it
+    depend on its tile grid (2 x 2, 1 x 2, 2 x 1 here): a wrapper count measured on one probe size is not right for
+    all, and transformers 5.25 stopped counting the wrappers in ``_get_num_multimodal_tokens``."""
+    from transformers import AutoProcessor
+    from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
+
+    from vlfeedback_kit.training.audit import audit_dataset
+
+    processor = AutoProcessor.from_pretrained(model_dir(family))
+    if family == "idefics3":
+        processor.image_processor.do_image_splitting = True
+        processor.image_processor.max_image_size = {"longest_edge": 64}
+    else:
+        processor.image_processor.crop_to_patches, processor.image_processor.max_patches = True, 6
+    dataset = pairs(3, sizes=[(448, 336), (448, 120), (120, 448)])
+    report = audit_dataset(dataset, processor, max_length=None)
+    built = [int(DataCollatorForVisionPreference(processor)([dataset[i]])["attention_mask"].sum(dim=1).max())
+             for i in range(3)]  # fmt: skip
+    assert report.lengths() == built and report.image_tokens["min"] < report.image_tokens["max"]
 
 
 @pytest.mark.parametrize("family", [name for name in NAMES if name not in COVERED])

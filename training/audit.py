@@ -1,9 +1,11 @@
 """Pre-flight audit: what the real processor will make of every row, before any GPU hour is spent.
 
-Counts image tokens per row from the image *header* (no pixel decoding) and text tokens from the chat template,
-then refuses a dataset whose rows ``max_length`` would truncate — naming the rows and the fix — because a cut inside
-the image tokens is the "Image features and image tokens do not match" crash, and a cut inside the answers silently
-changes what DPO compares. Rows without an image in an image dataset are reported (mixed batches hang some setups).
+Counts image tokens per row with the real processor — each image's size is read from its *header* (its pixels are
+not decoded) and what an image of that size becomes is measured once per distinct size on a blank probe — and text
+tokens from the chat template, then refuses a dataset whose rows ``max_length`` would truncate — naming the rows and
+the fix — because a cut inside the image tokens is the "Image features and image tokens do not match" crash, and a cut
+inside the answers silently changes what DPO compares. Rows without an image in an image dataset are reported (mixed
+batches hang some setups).
 """
 
 from __future__ import annotations
@@ -106,19 +108,30 @@ class _TokenCounter:
         return self._answers[key]
 
 
-def image_token_offset(processor, counter: _TokenCounter | None = None) -> int:
-    """Tokens each image adds beyond what ``processor._get_num_multimodal_tokens`` reports, measured once on a probe
-    image with the real processor (0 for most families; Gemma 3 reports its 256 soft tokens but also inserts two
-    newline pairs and its begin/end-of-image markers). Family-agnostic: the processor itself is the reference."""
-    from PIL import Image as PILImage
+class ImageTokens:
+    """Tokens the processor really builds for one image of a given (height, width): measured by running the processor
+    on a blank probe image of that size inside a rendered prompt, memoised per size (the pairs of an instruction share
+    its image, and datasets repeat sizes). Family- and version-agnostic — wrappers, tile separators, begin/end markers
+    and newlines are counted because the processor itself is the reference; no private API, no per-family table."""
 
-    counter = counter or _TokenCounter(processor)
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is this?"}]}]
-    prompt = counter._render(messages, None, 1)["prompt"]
-    probe = PILImage.new("RGB", (448, 336))
-    real = processor(images=[[probe]], text=[prompt], add_special_tokens=False)["input_ids"][0]
-    counted = processor._get_num_multimodal_tokens(image_sizes=[(336, 448)]).num_image_tokens[0]
-    return len(real) - (counter.prompt(messages, 1) - 1 + counted)
+    def __init__(self, processor, counter: _TokenCounter | None = None) -> None:
+        self.processor = processor
+        counter = counter or _TokenCounter(processor)
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is this?"}]}]
+        self._prompt = counter._render(messages, None, 1)["prompt"]
+        self._text = counter.prompt(messages, 1) - 1  # the rendered prompt without its one image placeholder
+        self._sizes: dict[tuple[int, int], int] = {}
+
+    def __call__(self, size: tuple[int, int]) -> int:
+        """Tokens one image of ``size`` (height, width) adds to the prompt, placeholder included."""
+        if size not in self._sizes:
+            from PIL import Image as PILImage
+
+            height, width = size
+            probe = PILImage.new("RGB", (width, height))
+            real = self.processor(images=[[probe]], text=[self._prompt], add_special_tokens=False)["input_ids"][0]
+            self._sizes[size] = len(real) - self._text
+        return self._sizes[size]
 
 
 def audit_dataset(dataset, processor, max_length: int | None, batch_size: int = 256) -> AuditReport:
@@ -130,7 +143,7 @@ def audit_dataset(dataset, processor, max_length: int | None, batch_size: int = 
     raw = dataset.cast_column(image_column, List(Image(decode=False)) if image_column == "images" else Image(False))
     columns = [c for c in ("id", image_column, "prompt", "chosen", "rejected") if c in raw.column_names]
     counter = _TokenCounter(processor)
-    extra_per_image = image_token_offset(processor, counter)
+    tokens_of = ImageTokens(processor, counter)
     image_sizes: dict[object, tuple[int, int]] = {}
     image_tokens, totals, truncated, image_cut, without_image, row_tokens = [], [], [], [], 0, []
     for start in range(0, len(raw), batch_size):
@@ -146,8 +159,7 @@ def audit_dataset(dataset, processor, max_length: int | None, batch_size: int = 
                     with PILImage.open(io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"]) as opened:
                         image_sizes[key] = (opened.height, opened.width)
                 sizes.append(image_sizes[key])
-            n_image = sum(processor._get_num_multimodal_tokens(image_sizes=sizes).num_image_tokens) if sizes else 0
-            n_image += extra_per_image * len(sizes)
+            n_image = sum(tokens_of(size) for size in sizes)
             without_image += not sizes
             messages = batch["prompt"][offset]
             chosen, rejected = (counter.answer(messages, batch[side][offset], len(sizes)) for side in SIDES)
