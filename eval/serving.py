@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from vlfeedback_kit.errors import UserError, hub_error, is_hub_error
+
 BASE = "__base__"
 """PEFT's adapter name for "no adapter" in ``adapter_names``."""
 
@@ -81,18 +83,79 @@ def base_of_run(adapter: str | Path) -> str | None:
     return None
 
 
+def is_hub_id(name: str) -> bool:
+    """Whether ``name`` reads as a Hub repo id ``ORG/NAME`` (a bare word or a relative path with more parts is a
+    folder name, never a repo)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if name.count("/") != 1 or name.startswith((".", "/", "~")):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def folder_or_hub_problem(name: str, flag: str) -> str | None:
+    """Why ``name`` names nothing — neither a folder here nor a Hub id ``ORG/NAME`` — or None, so that a typo is one
+    line before any load instead of a Hub error after it."""
+    path = Path(name).expanduser()
+    if path.is_dir() or (not path.exists() and is_hub_id(name)):
+        return None
+    return f"{flag} {name}: no folder {name} here, and {name} is not a Hub id (ORG/NAME)"
+
+
+def adapter_base(adapter: str, revision: str | None = None, flag: str = "--adapter") -> str | None:
+    """Check that ``adapter`` is a PEFT adapter — a run dir of ``vlfeedback train`` (its adapter sits at the top,
+    beside ``run_info.json``), an adapter folder, or a Hub id — and return the base model it names (None if none).
+    Anything else is a one-line UserError naming the folder, before a base model is loaded for nothing."""
+    folder = Path(adapter).expanduser()
+    if folder.is_dir():
+        if (folder / "adapter_config.json").is_file():
+            return base_of_run(folder)
+        if (folder / "config.json").is_file():
+            raise UserError(f"{flag} {adapter} holds full model weights, not a LoRA adapter: pass it as --model")
+        checkpoints = [p.parent for p in folder.glob("checkpoint-*/adapter_config.json")]
+        last = max(checkpoints, key=lambda p: int(p.name.rpartition("-")[2] or 0), default=None)
+        unfinished = f"; its run has not finished: pass a checkpoint such as {last}" if last else ""
+        raise UserError(
+            f"{flag} {adapter} is a folder without adapter_config.json (not a run dir of `vlfeedback train` or a PEFT "
+            f"adapter){unfinished}"
+        )
+    problem = folder_or_hub_problem(adapter, flag)
+    if problem:
+        raise UserError(problem)
+    from huggingface_hub import hf_hub_download
+
+    try:
+        config = hf_hub_download(adapter, "adapter_config.json", revision=revision)
+    except Exception as err:
+        if not is_hub_error(err):
+            raise
+        action = f"{flag} {adapter}: no folder {adapter} here, and no adapter_config.json of the Hub repo {adapter}"
+        raise hub_error(action, err) from err
+    return json.loads(Path(config).read_text()).get("base_model_name_or_path")
+
+
 def load(model: str | None, adapter: str | None = None, model_revision: str | None = None,
          adapter_revision: str | None = None, dtype: str = "auto", device: str | None = None) -> ServedModel:
     """Load a base VLM (``AutoModelForImageTextToText``) and, when given, its PEFT adapter as ``"default"``.
 
-    ``model`` may be omitted when ``adapter`` is a run dir (its base is read from it). The processor comes from
-    the adapter's folder when the run saved one there (its chat template is the trained one), else the base's."""
+    ``adapter`` is a run dir, an adapter folder or a Hub id, checked first (:func:`adapter_base`); ``model`` may be
+    omitted when the adapter names its base. The processor comes from the adapter's folder when the run saved one
+    there (its chat template is the trained one), else the base's."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    model = model or (base_of_run(adapter) if adapter else None)
+    base = adapter_base(adapter, adapter_revision) if adapter else None
+    model = model or base
     if not model:
-        raise ValueError("no base model: pass --model, or an --adapter run dir whose run_info.json names its base")
+        raise UserError(
+            f"--adapter {adapter} names no base model (no run_info.json or base_model_name_or_path): pass --model"
+            if adapter
+            else "no base model: pass --model, or an --adapter run dir whose run_info.json names its base"
+        )
     processor_source, processor_revision = model, model_revision
     if adapter and Path(adapter, "preprocessor_config.json").is_file():
         processor_source, processor_revision = adapter, None

@@ -161,6 +161,29 @@ def test_a_local_member_with_a_peft_adapter_answers_a_batch(tmp_path: Path) -> N
     assert member.settings()["adapter"] == str(tmp_path / "adapter")
 
 
+def test_a_run_dir_is_a_pool_members_adapter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The adapter sits at the top of a run dir of `vlfeedback train` (as in the example pool file); its base is read
+    from the run, so a member may name the run dir alone."""
+    import shutil
+
+    from support.tiny_silkie import tiny_silkie
+
+    from vlfeedback_kit.builders.pipeline.pool import EXAMPLE_FILE, LocalModel, adapter_problem
+
+    base, run = tiny_silkie(tmp_path / "tiny")
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(run, tmp_path / "runs" / "silkie")
+    (example,) = [m for m in load_pool(EXAMPLE_FILE).members if m.adapter]
+    assert adapter_problem(example.adapter) is None
+    path = tmp_path / "pool.yaml"
+    member = {"name": "silkie", "kind": "transformers", "adapter": "runs/silkie", "generation": {"max_new_tokens": 3}}
+    path.write_text(yaml.safe_dump({"k": 1, "members": [member]}))
+    (loaded,) = load_pool(path).members
+    assert loaded.model == str(base) and loaded.adapter == "runs/silkie"
+    model = LocalModel(loaded)
+    assert type(model.model).__name__ == "PeftModel" and len(model.answer(["What colour?"], [jpeg()], [0])) == 1
+
+
 def decode_cli(source: Path, pool: Path, out: Path, *extra: str) -> int:
     return cli_main(["decode", "--input", str(source), "--pool", str(pool), "--out", str(out), "--quiet", *extra])
 
@@ -186,12 +209,15 @@ def test_every_member_is_checked_before_the_first_starts(
                 "api_key_env": KEY_ENV,
             },
             {"name": "local", "kind": "transformers", "model": str(tmp_path / "no-such-model")},
+            {"name": "lora", "kind": "transformers", "model": str(tmp_path), "adapter": str(tmp_path / "no-run")},
         ]
         pool = endpoint_pool(tmp_path / "pool.yaml", members, k=3)
         assert decode_cli(source, pool, tmp_path / "out") == 2
         assert server.calls == [] and server.probes == 0
     err = capsys.readouterr().err
-    assert f"{KEY_ENV} is not set" in err and "'local'" in err and "no-such-model: no such model folder" in err
+    assert f"{KEY_ENV} is not set" in err and f"'local': model {tmp_path / 'no-such-model'}: no folder" in err
+    assert f"member 'lora': model {tmp_path} is a folder without config.json" in err
+    assert f"adapter {tmp_path / 'no-run'}: no folder {tmp_path / 'no-run'} here" in err
 
 
 def test_a_dead_endpoint_member_stops_decode_before_any_member_starts(
@@ -267,18 +293,44 @@ def test_a_local_member_samples_each_item_with_its_own_seed(tmp_path: Path) -> N
     assert together == alone
 
 
-def test_a_file_that_is_not_an_image_is_an_invalid_row_not_a_crash(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("content", "detail"),
+    [
+        (b"<html>404</html>", "not a recognised image format"),
+        (jpeg(size=64)[:-400], "image file is truncated"),
+        (b"", "empty image file"),
+    ],
+    ids=["not-an-image", "truncated-jpeg", "empty-file"],
+)
+def test_an_image_that_does_not_decode_is_an_invalid_row_not_a_crash(
+    tmp_path: Path, content: bytes, detail: str
+) -> None:
     source = instructions(tmp_path / "instructions", 3)
-    (source / "merged_images" / "llava-1.jpg").write_bytes(b"<html>404</html>")
+    (source / "merged_images" / "llava-1.jpg").write_bytes(content)
     with OpenAIServer() as server:
         members = [{"name": n, "kind": "openai", "model": n, "base_url": server.url} for n in ("a", "b")]
         assert decode_cli(source, endpoint_pool(tmp_path / "pool.yaml", members), tmp_path / "out") == 0
+        assert len(server.calls) == 4  # the two good rows, two members each: the bad image reached no model
     report = json.loads((tmp_path / "out" / "decode" / "report.json").read_text())
     assert (report["ok"], report["invalid"]) == (2, 1)
     (failure,) = [
         json.loads(line) for line in (tmp_path / "out" / "decode" / "failures.jsonl").read_text().splitlines()
     ]
-    assert failure["id"] == "llava-1" and failure["reason"] == "bad_image"
+    assert failure["id"] == "llava-1" and failure["reason"] == "unreadable_image"
+    assert failure["detail"].startswith("merged_images/llava-1.jpg: ") and detail in failure["detail"]
+
+
+def test_a_truncated_jpeg_never_reaches_a_local_member(tmp_path: Path) -> None:
+    """The crash of the issue: a local model decoding a truncated JPEG mid-run (OSError: image file is truncated)."""
+    tiny = build_tiny_model("llava", tmp_path / "tiny")
+    source = instructions(tmp_path / "instructions", 2)
+    image = source / "merged_images" / "llava-0.jpg"
+    image.write_bytes(image.read_bytes()[:-200])
+    member = {"name": "tiny", "kind": "transformers", "model": str(tiny), "generation": {"max_new_tokens": 2}}
+    pool = endpoint_pool(tmp_path / "pool.yaml", [member], k=1)
+    assert decode_cli(source, pool, tmp_path / "out") == 0
+    report = json.loads((tmp_path / "out" / "decode" / "report.json").read_text())
+    assert (report["ok"], report["invalid"], report["asked_this_run"]) == (1, 1, {"tiny": 1})
 
 
 def test_the_breaker_stops_a_decode_whose_endpoint_keeps_dropping(

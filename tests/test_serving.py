@@ -1,5 +1,7 @@
 """One loaded base model answers as Silkie (adapter on) and as the base (adapter off) in one batched generate."""
 
+import re
+
 import pytest
 from PIL import Image
 from support.tiny_silkie import tiny_silkie
@@ -113,3 +115,41 @@ def test_compare_base_serves_other_families_through_the_same_loader(family, tmp_
     silkie_answers, base_answers = generate_both(served, prompts()[:2], settings)
     assert silkie_answers == [generate(served, [p], [SILKIE], settings)[0] for p in prompts()[:2]]
     assert base_answers == [generate(served, [p], [BASE], settings)[0] for p in prompts()[:2]]
+
+
+def test_an_adapter_that_is_not_there_is_one_line_naming_the_folder(tmp_path):
+    """The shared loader checks the adapter before loading anything: a missing folder, a model folder given as the
+    adapter, an unfinished run dir (its checkpoints named) and a folder of something else are each one line."""
+    from vlfeedback_kit.errors import UserError
+
+    missing = tmp_path / "runs" / "silkie-typo"
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    (merged / "config.json").write_text("{}")
+    unfinished = tmp_path / "unfinished"
+    for step in (2, 10):
+        (unfinished / f"checkpoint-{step}").mkdir(parents=True)
+        (unfinished / f"checkpoint-{step}" / "adapter_config.json").write_text("{}")
+    cases = {
+        missing: f"--adapter {missing}: no folder {missing} here, and {missing} is not a Hub id",
+        merged: "holds full model weights, not a LoRA adapter: pass it as --model",
+        unfinished: f"has not finished: pass a checkpoint such as {unfinished / 'checkpoint-10'}",
+        tmp_path: "is a folder without adapter_config.json",
+    }
+    for adapter, message in cases.items():
+        with pytest.raises(UserError, match=re.escape(message)):
+            load(None, adapter=str(adapter))
+
+
+def test_space_with_a_missing_adapter_says_so_in_one_line(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from vlfeedback_kit.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "spaces", None)  # not ZeroGPU (the repo's spaces/ folder is no `spaces` package)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # ORG/NAME-shaped: the Hub is asked too
+    assert main(["space", "--adapter", "runs/silkie-typo"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("vlfeedback space: error: --adapter runs/silkie-typo: no folder runs/silkie-typo here")
+    assert "offline mode" in line

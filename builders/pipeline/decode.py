@@ -5,7 +5,9 @@
 Each instruction is answered by ``k`` distinct pool members drawn with the pool's seed. Answers are committed to
 ``OUT/decode/state.sqlite`` as they come (keyed by image, prompt and the member's settings), so an interrupted
 decode re-run with the same command redoes only what is missing — and a pool that changes keeps the answers of
-the members that did not. Rows whose answers are not all in yet are listed in ``decode/failures.jsonl``.
+the members that did not. Rows whose answers are not all in yet are listed in ``decode/failures.jsonl``, with the
+rows no member is asked about: every image is decoded in full first, and one that does not decode (truncated,
+empty, not an image) is an invalid row (``unreadable_image``), not a crash mid-run.
 
 Before the first member starts, every member that has work is checked (local model folders or Hub ids, adapters,
 ``api_key_env`` variables) and every endpoint is probed once; a run whose endpoint stops answering is stopped by
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from vlfeedback_kit.builders.pipeline.judge import image_data_url
 from vlfeedback_kit.builders.pipeline.layout import (
     JsonlWriter,
     LayoutWriter,
+    Line,
     StageInput,
     check_out,
     open_input,
@@ -61,6 +63,7 @@ from vlfeedback_kit.builders.pipeline.pool import (
 )
 from vlfeedback_kit.builders.pipeline.store import Store
 from vlfeedback_kit.builders.sources import IMAGE_DIR
+from vlfeedback_kit.builders.validate import Reject, check_image
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -92,15 +95,22 @@ class Row:
     keys: tuple[str, ...]
 
 
-def is_image(data: bytes) -> bool:
-    """Whether the bytes open as an image (the header only; nothing is decoded)."""
-    from PIL import Image, UnidentifiedImageError
-
+def image_problem(
+    folder: StageInput, line: Line, image: bytes | None, problem: tuple[str, str] | None
+) -> tuple[str, str] | None:
+    """Why a line's image cannot reach a model, or None: every image is decoded in full here (a truncated JPEG
+    would otherwise stop a local model mid-run, or reach an endpoint as a broken picture), and an empty file is
+    said to be empty, not missing."""
+    if problem is not None and problem[0] != "missing_image":
+        return problem
+    image = folder.image_bytes(line.row) if problem is not None else image  # b"": an empty file, None: no file
+    if image is None:
+        return problem
     try:
-        with Image.open(io.BytesIO(data)):
-            return True
-    except (UnidentifiedImageError, OSError, ValueError):
-        return False
+        check_image(image, "decode")
+    except Reject as err:
+        return err.reason, f"{IMAGE_DIR}/{line.row['id']}.jpg: {err.detail}"
+    return None
 
 
 def plan_units(
@@ -113,8 +123,7 @@ def plan_units(
     for line in folder.lines():
         bad_prompt = line.row is not None and not isinstance(line.row.get("prompt"), str)
         image, problem = folder.usable(line, "'prompt' is missing or not a string" if bad_prompt else None)
-        if problem is None and not is_image(image):
-            problem = ("bad_image", f"{IMAGE_DIR}/{line.row['id']}.jpg is not an image (its header does not decode)")
+        problem = image_problem(folder, line, image, problem)
         if problem is not None:
             invalid.append(line.invalid(problem))
             continue

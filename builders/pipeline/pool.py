@@ -103,6 +103,8 @@ def load_pool(path: Path, k: int | None = None, seed: int | None = None) -> Pool
 
 
 def _member(spec: dict, defaults: dict, path: Path) -> Member:
+    if isinstance(spec, dict) and spec.get("kind") == "transformers" and spec.get("adapter") and not spec.get("model"):
+        spec = {**spec, "model": _base_of_adapter(spec, path)}
     if not isinstance(spec, dict) or not spec.get("name") or not spec.get("model"):
         raise UserError(f"--pool {path}: every member needs a name and a model ({spec!r})")
     unknown = set(spec) - MEMBER_KEYS
@@ -119,26 +121,49 @@ def _member(spec: dict, defaults: dict, path: Path) -> Member:
     return Member(**{**spec, "generation": generation})
 
 
+def _base_of_adapter(spec: dict, path: Path) -> str | None:
+    """The base model of a member given only an adapter (a run dir names the base it was trained from)."""
+    from vlfeedback_kit.eval.serving import adapter_base
+
+    try:
+        return adapter_base(spec["adapter"], flag="adapter")
+    except UserError as err:
+        raise UserError(f"--pool {path}: member {spec.get('name')!r}: {err}") from err
+
+
 def model_problem(name: str, flag: str) -> str | None:
-    """Why a local model (or adapter) cannot be loaded — a missing folder, a folder without ``config.json`` /
-    ``adapter_config.json``, an id the Hub does not know — or None; checked before any member starts."""
+    """Why a local model cannot be loaded — a missing folder, a folder without ``config.json`` (or an adapter's
+    ``adapter_config.json``), an id the Hub does not know — or None; checked before any member starts."""
+    from vlfeedback_kit.eval.serving import folder_or_hub_problem
+
     path = Path(name).expanduser()
     if path.is_dir():
         if not any((path / f).is_file() for f in ("config.json", "adapter_config.json")):
             return f"{flag} {name} is a folder without config.json or adapter_config.json"
         return None
-    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
-        return f"{flag} {name}: no such model folder (and not a Hub id ORG/NAME)"
+    problem = folder_or_hub_problem(name, flag)
+    if problem:
+        return problem
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    config = "adapter_config.json" if flag == "adapter" else "config.json"
-    if isinstance(try_to_load_from_cache(name, config), str):
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
         return None
     try:
-        hf_hub_download(name, config)
+        hf_hub_download(name, "config.json")
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as err:
         return f"{flag} {name}: not a local folder, and the Hub has no such model ({str(err).splitlines()[0][:150]})"
+    return None
+
+
+def adapter_problem(adapter: str) -> str | None:
+    """Why an adapter cannot be loaded (the loader's own check: a run dir or adapter folder, or a Hub id), or None."""
+    from vlfeedback_kit.eval.serving import adapter_base
+
+    try:
+        adapter_base(adapter, flag="adapter")
+    except UserError as err:
+        return str(err)
     return None
 
 
@@ -149,7 +174,7 @@ def preflight(members: list[Member]) -> None:
     for member in members:
         if member.kind == "transformers":
             found = [model_problem(member.model, "model")]
-            found += [model_problem(member.adapter, "adapter")] if member.adapter else []
+            found += [adapter_problem(member.adapter)] if member.adapter else []
             problems += [f"member {member.name!r}: {p}" for p in found if p]
         elif member.api_key_env and not os.environ.get(member.api_key_env):
             problems.append(f"member {member.name!r}: the environment variable {member.api_key_env} is not set")
