@@ -16,6 +16,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from vlfeedback_kit.errors import UserError
+from vlfeedback_kit.files import UnsafeName, inside, name_problem
 
 RELEASE_JSONL = "vlfeedback_80k.jsonl"
 IMAGE_DIR = "merged_images"
@@ -72,7 +73,10 @@ class ReleaseFolder:
         return f"release folder {self.root} ({self.jsonl.name} + {images})"
 
     def image(self, row_id: str, row: dict) -> tuple[bytes | None, str]:
-        """The image bytes of a row (None when absent) and its file name."""
+        """The image bytes of a row (None when absent) and its file name; an ``img_path`` hint that leads outside
+        the release folder (``..``, an absolute path, a symlink out) is a Reject (``unsafe_path``), never read."""
+        from vlfeedback_kit.builders.validate import Reject
+
         name = f"{row_id}.jpg"
         hinted = row.get("img_path") if isinstance(row.get("img_path"), str) else None
         if self._zip is not None:
@@ -83,8 +87,11 @@ class ReleaseFolder:
         except (FileNotFoundError, IsADirectoryError):
             pass
         if hinted:
-            path = self.root / hinted
-            if path.is_file() and path.resolve().is_relative_to(self.root.resolve()):
+            try:
+                path = inside(self.root, Path(hinted), what="img_path")
+            except UnsafeName as err:
+                raise Reject("unsafe_path", str(err)) from err
+            if path.is_file():
                 return path.read_bytes(), path.name
         return None, name
 
@@ -110,10 +117,10 @@ class ReleaseFolder:
                     continue
                 try:
                     row_id = check_id(row)
+                    image, image_name = self.image(row_id, row)
                 except Reject as err:
                     yield Record(where, number, row=row, error=(err.reason, err.detail))
                     continue
-                image, image_name = self.image(row_id, row)
                 yield Record(where, number, row=row, image=image, image_name=image_name)
 
 
@@ -144,7 +151,8 @@ class ParquetRelease:
                         (image.get("bytes"), image.get("path")) if isinstance(image, dict) else (image, None)
                     )
                     row_id = row.get("id")
-                    name = Path(image_name).name if image_name else f"{row_id}.jpg"
+                    name = Path(image_name).name if image_name else ""
+                    name = name if name_problem(name) is None else f"{row_id}.jpg"  # stored as the image's path
                     yield Record(path.name, number, row=row, image=image_bytes, image_name=name)
 
 

@@ -72,8 +72,11 @@ class StageInput(ReleaseFolder):
         return json.loads(self._handle.readline().decode("utf-8"))
 
     def image_bytes(self, row: dict) -> bytes | None:
-        """A row's image bytes, or None when it has none."""
-        return self.image(row["id"], row)[0]
+        """A row's image bytes, or None when it has none (an ``img_path`` leading outside the folder is none)."""
+        try:
+            return self.image(row["id"], row)[0]
+        except Reject:
+            return None
 
     def usable(self, line: Line, problem: str | None) -> tuple[bytes | None, tuple[str, str] | None]:
         """A scanned line's image, or why the line cannot be worked on: its read error, ``problem``, no image."""
