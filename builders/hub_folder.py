@@ -17,7 +17,6 @@ from vlfeedback_kit.builders.build import (
     RAW_CONFIG,
     REPORT_FILE,
     reserved_config_error,
-    write_json,
 )
 from vlfeedback_kit.builders.features import PAIR_FEATURES
 from vlfeedback_kit.builders.pairing import (
@@ -30,6 +29,7 @@ from vlfeedback_kit.builders.pairing import (
 )
 from vlfeedback_kit.builders.writer import PAIR_ROW_GROUP_ROWS, ShardWriter
 from vlfeedback_kit.errors import UserError
+from vlfeedback_kit.files import write_json
 
 
 def read_records(folder: Path) -> tuple[dict, dict]:
@@ -84,8 +84,12 @@ def add_pairing_config(
         return record
     for writer in writers:
         writer.close()
-    shutil.rmtree(target, ignore_errors=True)
+    replaced = folder / "data" / f".{name}.replaced"
+    shutil.rmtree(replaced, ignore_errors=True)
+    if target.exists():
+        target.rename(replaced)  # the config is never missing: old shards until the new ones are in place
     staging.rename(target)
+    shutil.rmtree(replaced, ignore_errors=True)
     policies[name] = record
     report["splits"][name] = splits
     write_json(folder / POLICIES_FILE, policies)

@@ -121,3 +121,26 @@ def test_training_after_a_rebuild_of_the_same_source_hits_the_reference_cache(tm
     second = train("second")
     assert (second["misses"], second["hits"], second["reference_forwards"]) == (0, first["misses"], 0)
     assert second["file"] == first["file"]
+
+
+def test_a_reference_cache_write_that_fails_keeps_the_cache_it_had(tmp_path: Path, monkeypatch) -> None:
+    """Other runs read the cache file: it is replaced whole or not at all, and a failed write leaves no stray file."""
+    import pyarrow.parquet as pq
+
+    from vlfeedback_kit.training.ref_cache import RefLogpCache
+
+    cache = RefLogpCache.open(tmp_path / ".ref_logps", {"dataset": "d"})
+    cache.add(["a"], [-1.0], [-2.0])
+    cache.save()
+
+    def dies_halfway(table, where, **kwargs):
+        Path(where).write_bytes(b"PAR1 half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pq, "write_table", dies_halfway)
+    cache.add(["b"], [-3.0], [-4.0])
+    with pytest.raises(OSError, match="disk full"):
+        cache.save()
+    monkeypatch.undo()
+    assert [p.name for p in (tmp_path / ".ref_logps").iterdir()] == [cache.path.name]
+    assert RefLogpCache.open(tmp_path / ".ref_logps", {"dataset": "d"}).values == {"a": (-1.0, -2.0)}

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vlfeedback_kit.errors import UserError
+from vlfeedback_kit.files import atomic_write
 
 CACHE_FOLDER = ".ref_logps"
 TOLERANCE = {"float32": 0.01, "float16": 0.1, "bfloat16": 0.25}
@@ -105,7 +106,6 @@ class RefLogpCache:
 
     def save(self) -> None:
         """Write the file atomically, with the namespace parts as metadata for humans."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         keys = list(self.values)
         table = pa.table(
             {
@@ -114,6 +114,5 @@ class RefLogpCache:
                 "ref_rejected_logps": [self.values[k][1] for k in keys],
             }
         ).replace_schema_metadata({"vlfeedback.ref_cache": json.dumps(self.parts, sort_keys=True, default=str)})
-        partial = self.path.with_suffix(f".{os.getpid()}.partial")
-        pq.write_table(table, partial)
-        partial.replace(self.path)
+        with atomic_write(self.path) as temp:
+            pq.write_table(table, temp)
