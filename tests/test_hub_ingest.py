@@ -110,3 +110,25 @@ def test_inspect_a_hub_repo_at_a_revision(hub, tmp_path):
     assert summary["sources"] == {"M3IT": 6}
     assert summary["pairing"]["pairs"]["counts"]["pairs"] == 36
     assert summary["example"]["id"].startswith("m3it-")
+
+
+def test_a_hub_shard_with_path_ids_and_image_paths_writes_nothing_outside(hub, tmp_path):
+    """Ids and image paths from a Hub repo are data: `../`, absolute ones are rejected with their reason, and no file
+    appears outside the output folder."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    rows = [row(f"lrv-{i}", GOOD) for i in range(6)]
+    release = write_release(tmp_path / "root" / "release", rows)
+    image = (release / "merged_images" / "lrv-0.jpg").read_bytes()
+    evil = ["../" * 40 + str(outside / "x").lstrip("/"), str(outside / "y")]
+    records = [r | {"image": {"bytes": image, "path": "../" * 40 + str(outside / "z.jpg")}} for r in rows]
+    records += [row(i, GOOD) | {"image": {"bytes": image, "path": f"{i}.jpg"}} for i in evil]
+    pq.write_table(pa.Table.from_pylist(records), tmp_path / "shard.parquet")
+    dataset_repo(hub, "org/crafted", {"data/train-00000-of-00001.parquet": tmp_path / "shard.parquet"})
+    done, out = build_from_hub(hub, tmp_path / "root", "org/crafted", "--max-reject-rate", "0.5")
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "build_report.json").read_text())
+    assert (report["kept"], report["reasons"]) == (6, {"invalid_id": 2})
+    (shard,) = (out / "data" / "raw").glob("*.parquet")
+    assert {image["path"] for image in pq.read_table(shard).column("image").to_pylist()} == {"z.jpg"}  # a name
+    assert list(outside.iterdir()) == []
