@@ -10,12 +10,14 @@ import email.utils
 import pytest
 
 from vlfeedback_kit.builders.pipeline.cost import (
+    Budget,
     Price,
     call_cost,
     estimate_tokens,
     image_tokens,
     load_prices,
     price_for,
+    request_tokens,
     require_price,
 )
 from vlfeedback_kit.builders.pipeline.endpoint import RetryPolicy, backoff_delay, retry_after_seconds
@@ -83,3 +85,24 @@ def test_backoff_honours_retry_after_and_grows_with_jitter_otherwise() -> None:
     assert 3.0 <= backoff_delay(5, 3.0, policy, 0.999) <= 3.6
     assert [backoff_delay(k, None, policy, 0.999) for k in range(5)] == pytest.approx([1, 2, 4, 8, 8], rel=1e-3)
     assert [backoff_delay(k, None, policy, 0.0) for k in range(5)] == [0.5, 1, 2, 4, 4]
+
+
+def test_the_budget_reserves_for_calls_in_flight() -> None:
+    budget = Budget(limit=10.0, spent=1.0, estimate=lambda item: 1.0, key=lambda item: item)
+    admitted = [item for item in range(16) if budget.admit(item)]  # 16 asked at once, none settled yet
+    assert admitted == list(range(9))  # 1 spent + 9 reserved: a 10th would pass the cap
+    budget.settle(0, 0.5)  # calls that cost less than their estimates free the difference
+    budget.settle(1, 0.5)
+    assert budget.admit(16) and not budget.admit(17)
+    budget.settle(2, None)  # a failed call frees its reservation
+    assert budget.admit(18) and not budget.admit(19)
+    assert budget.spent + sum(budget.reserved.values()) <= 10.0
+    unlimited = Budget(limit=None, spent=0.0, estimate=lambda item: 1e9, key=lambda item: item)
+    assert all(unlimited.admit(item) for item in range(100))
+
+
+def test_a_request_is_estimated_from_its_text_images_and_max_tokens() -> None:
+    request = {"messages": [{"role": "user", "content": "x" * 400}], "max_tokens": 3}
+    assert request_tokens(request, [], Price(1, 1)) == (100 + 10, 3)
+    parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "x" * 40}]}]}
+    assert request_tokens(parts, [(448, 448)], Price(1, 1)) == (10 + 10 + 255, 300)  # no max_tokens: 300

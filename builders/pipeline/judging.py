@@ -1,14 +1,15 @@
 """The judge loops of ``annotate``: the synchronous one here, the Batch API one in ``batch`` (both built on
-:class:`JudgeLoop`), with the ``--max-cost`` budget they share. ``annotate`` plans the work and hands it to one of
-them; neither loop imports ``annotate``, so the modules form no cycle."""
+:class:`JudgeLoop`), with the ``--max-cost`` budget (``cost.Budget``, eval's too) they share. ``annotate`` plans
+the work and hands it to one of them; neither loop imports ``annotate``, so the modules form no cycle."""
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from vlfeedback_kit.builders.pipeline.cost import Price, call_cost, estimate_tokens
+from vlfeedback_kit.builders.pipeline.cost import Budget, Price, call_cost, estimate_tokens
 from vlfeedback_kit.builders.pipeline.endpoint import (
     Breaker,
     GaveUp,
@@ -34,38 +35,10 @@ STAGE_DIR = "annotate"
 MAX_COST_STOP = "--max-cost"
 
 
-class Budget:
-    """``--max-cost``: admit an item only if the spend so far, the estimates in flight and its own fit the limit."""
-
-    def __init__(
-        self, limit: float | None, spent: float, price: Price | None, detail: str, batch: bool = False
-    ) -> None:
-        self.limit, self.spent, self.price, self.detail, self.batch = limit, spent, price, detail, batch
-        self.reserved: dict[str, float] = {}
-
-    def estimate(self, planned: Planned) -> float:
-        """USD one call for this item is expected to cost."""
-        prompt, completion = estimate_tokens(
-            planned.prompt_chars, planned.image_size, planned.n, self.detail, self.price
-        )
-        return call_cost(prompt, completion, self.price, self.batch) or 0.0
-
-    def admit(self, planned: Planned) -> bool:
-        """Reserve the item's estimate, or refuse it when the limit would be passed."""
-        if self.limit is None:
-            return True
-        estimate = self.estimate(planned)
-        if self.spent + sum(self.reserved.values()) + estimate > self.limit:
-            return False
-        self.reserved[planned.key] = estimate
-        return True
-
-    def settle(self, planned: Planned, cost: float | None, again: bool = False) -> None:
-        """Replace an item's reservation by what a call actually cost; ``again`` reserves the next re-ask."""
-        self.spent += cost or 0.0
-        self.reserved.pop(planned.key, None)
-        if again and self.limit is not None:
-            self.reserved[planned.key] = self.estimate(planned)
+def planned_cost(price: Price | None, detail: str, batch: bool, planned: Planned) -> float:
+    """USD one judge call for this item is expected to cost (what ``--max-cost`` reserves for it)."""
+    prompt, completion = estimate_tokens(planned.prompt_chars, planned.image_size, planned.n, detail, price)
+    return call_cost(prompt, completion, price, batch) or 0.0
 
 
 @dataclass(frozen=True)
@@ -91,9 +64,8 @@ class JudgeLoop:
         self.options, self.settings, self.template, self.store = job.options, job.settings, job.template, job.store
         self.price, self.folder, self.bar = job.price, job.folder, job.bar
         self.stats = RunStats(priced=self.price is not None)
-        self.budget = Budget(
-            self.options.max_cost, self.store.totals()[2], self.price, self.settings.image_detail, batch=self.batch
-        )
+        estimate = functools.partial(planned_cost, self.price, self.settings.image_detail, self.batch)
+        self.budget = Budget(self.options.max_cost, self.store.totals()[2], estimate)
 
 
 class Judging(JudgeLoop):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vlfeedback_kit.builders.pipeline.endpoint import Completion
@@ -53,10 +53,12 @@ class Result:
 
 @dataclass(frozen=True)
 class History:
-    """An item's calls in its current round (after its last reset): (attempt, completion, cost); the next number."""
+    """An item's calls in its current round (after its last reset): (attempt, completion, cost), the ``via`` of
+    each (``sync``, a batch id, ``eval:<model>``), and the number the next call gets."""
 
     calls: list[tuple[int, Completion, float | None]]
     next_attempt: int
+    vias: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -137,12 +139,14 @@ class Store:
             (key,),
         ).fetchall()
         calls: list[tuple[int, Completion, float | None]] = []
+        vias: list[str] = []
         for attempt, via, content, refusal, finish, prompt, completion, cost in rows:
             if via == RESET:
-                calls = []
+                calls, vias = [], []
             else:
                 calls.append((attempt, Completion(Reply(content, refusal, finish), prompt, completion), cost))
-        return History(calls, rows[-1][0] + 1 if rows else 1)
+                vias.append(via)
+        return History(calls, rows[-1][0] + 1 if rows else 1, vias)
 
     def record(
         self,
