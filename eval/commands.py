@@ -5,14 +5,20 @@
     vlfeedback eval score mme lmms_eval_mme_output/ --out mme_scores.json
     vlfeedback eval report evals/silkie
 
-Heavy imports stay inside the verbs.
+Heavy imports stay inside the verbs. Exit status as the pipeline's verbs: 2 for a problem found before any work
+(a bad flag, a judge that cannot be reached or refuses the key), 3 for a run that left a benchmark incomplete
+(a judge that stopped answering, ``--max-cost`` reached, failed judge calls), with one line per such benchmark
+on stderr naming it, how many items were judged and why; re-running the same command continues.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+from vlfeedback_kit.builders.pipeline.commands import INCOMPLETE  # one meaning of exit 3 for the whole CLI
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -81,7 +87,12 @@ def _judge_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--judge-api-key-env", default="OPENAI_API_KEY", help="variable holding the judge's API key")
     parser.add_argument("--judge-concurrency", type=int, default=16)
     parser.add_argument("--runs", type=int, default=1, help="MM-Vet gradings per item (mean and std of totals)")
-    parser.add_argument("--max-cost", type=float, help="stop judging at this many USD (needs a price)")
+    parser.add_argument(
+        "--max-cost",
+        type=float,
+        help="USD the judge ledgers of --out may hold, earlier runs included; each call reserves its estimated cost "
+        "before it is sent (needs a price)",
+    )
     parser.add_argument("--prices", type=Path, help="price table (default: the pipeline's prices.yaml)")
     parser.add_argument("--dry-run", action="store_true", help="price the judge calls, make none")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -121,17 +132,26 @@ def _run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     summary = run(options)
     print(json.dumps({"out": str(args.out), "model_loads": summary["model_loads"], "generated": summary["generated"]}))
-    return 0
+    return _incomplete(summary["incomplete"])
 
 
 def _score(args: argparse.Namespace) -> int:
     from vlfeedback_kit.eval.runner import score_file
+    from vlfeedback_kit.eval.scoring import incomplete_line
 
     data = _data(args.data)
     result = score_file(args.benchmark, args.responses, args.out, data.get(args.benchmark), _judge(args), args.runs,
                         progress=not args.quiet)  # fmt: skip
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, (dict, list))}))
-    return 0
+    line = incomplete_line(result, args.benchmark)
+    return _incomplete([line] if line else [])
+
+
+def _incomplete(lines: list[str]) -> int:
+    """Print each incomplete benchmark's line to stderr; the exit status (3 if any)."""
+    for line in lines:
+        print(f"vlfeedback eval: incomplete: {line}", file=sys.stderr)
+    return INCOMPLETE if lines else 0
 
 
 def _report(args: argparse.Namespace) -> int:

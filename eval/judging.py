@@ -15,23 +15,40 @@ snapshots (an alias that moved between runs):
 
 A task describes its calls as a function of the replies so far (:attr:`JudgeTask.plan`), so the benchmark's
 official re-ask rule stays in the benchmark's module.
+
+A dead judge is never a success: :func:`preflight` checks the key and probes the endpoint before any work (a
+closed port, a wrong URL, a refused key: one line, exit 2), and during a run the pipeline's ``Breaker`` stops
+judging after repeated identical connection failures (the benchmark is then incomplete, and the CLI exits 3
+naming it). ``--max-cost`` is the pipeline's reserving :class:`~vlfeedback_kit.builders.pipeline.cost.Budget`:
+each call reserves its estimated cost before it is sent, so calls in flight cannot pass the cap together.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
+import io
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vlfeedback_kit.errors import UserError
+
+if TYPE_CHECKING:
+    from vlfeedback_kit.builders.pipeline.cost import Budget, Price
 
 KEY_VERSION = 1
 VIA_PREFIX = "eval:"
 """The ledger's ``via`` column holds ``eval:<response.model>`` for a judge call of this module."""
+CACHE_FILE = "judge-cache.sqlite"
+STOPPED_BY_JUDGE = "judge"
+"""``stopped_by`` of a run the judge stopped (unreachable, a refused key): the rest is not judged."""
+STOPPED_BY_COST = "--max-cost"
+"""``stopped_by`` of a run the budget stopped."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +63,23 @@ class JudgeConfig:
     prices: Path | None = None
     timeout: float = 120.0
     dry_run: bool = False
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise UserError("--judge-concurrency must be at least 1")
+        if self.max_cost is not None and self.max_cost <= 0:
+            raise UserError("--max-cost must be positive")
+
+    @property
+    def key_flag(self) -> str:
+        """The flag that names the key's variable, with the variable (for messages)."""
+        return f"--judge-api-key-env ({self.api_key_env})"
+
+    def price(self) -> Price | None:
+        """The judge's price from the price table (None: unknown)."""
+        from vlfeedback_kit.builders.pipeline.cost import load_prices, price_for
+
+        return price_for(self.model, load_prices(self.prices))
 
     def record(self) -> dict:
         """What outputs say about the judge (the URL without credentials; never the key)."""
@@ -123,22 +157,106 @@ def _with_image(body: dict, image: bytes | None) -> dict:
     return {**body, "messages": messages}
 
 
-def estimate_cost(tasks: Sequence[JudgeTask], config: JudgeConfig) -> dict:
-    """What judging ``tasks`` would cost at the first call each (``--dry-run``): ~4 characters per token."""
-    from vlfeedback_kit.builders.pipeline.cost import CHARS_PER_TOKEN, call_cost, load_prices, price_for
+@dataclass
+class _Call:
+    """One judge call about to be made: what the budget reserves for (one reservation per grading at a time)."""
 
-    price = price_for(config.model, load_prices(config.prices))
-    prompt_tokens = sum(len(t.prompt) // CHARS_PER_TOKEN + 10 for t in tasks)
-    completion_tokens = sum(int((t.plan([]) or {}).get("max_tokens") or 300) for t in tasks)
+    key: str
+    request: dict
+    image: bytes | None
+
+
+def image_sizes(image: bytes | None) -> list[tuple[int, int]]:
+    """The size of an attached image as the tile rule needs it (unreadable: the largest the rule counts)."""
+    if image is None:
+        return []
+    from PIL import Image, UnidentifiedImageError
+
+    from vlfeedback_kit.builders.pipeline.cost import LARGEST_IMAGE
+
+    try:
+        with Image.open(io.BytesIO(image)) as opened:
+            return [opened.size]
+    except (UnidentifiedImageError, OSError):
+        return [LARGEST_IMAGE]
+
+
+def call_estimate(price: Price, call: _Call) -> float:
+    """USD a judge call is expected to cost at most: its text at ~4 characters a token, its image by the tile rule,
+    its ``max_tokens`` of completion (what ``--max-cost`` reserves before sending it)."""
+    from vlfeedback_kit.builders.pipeline.cost import call_cost, request_tokens
+
+    return call_cost(*request_tokens(call.request, image_sizes(call.image), price), price) or 0.0
+
+
+def unpriced_note(model: str) -> str:
+    """Why a judge run's cost is null: the price table lacks the judge (as ``annotate`` says it)."""
+    return f"no price for {model!r} in the price table; pass --prices FILE"
+
+
+def estimate_cost(tasks: Sequence[JudgeTask], config: JudgeConfig) -> dict:
+    """What judging ``tasks`` would cost at the first call each (``--dry-run``); the cost null without a price."""
+    from vlfeedback_kit.builders.pipeline.cost import Price, call_cost, request_tokens
+
+    price = config.price()
+    tiles = price or Price(input=0.0, output=0.0)  # no price: the default image tile rule still counts tokens
+    prompt_tokens = completion_tokens = 0
+    for task in tasks:
+        prompt, completion = request_tokens(task.plan([]) or {}, image_sizes(task.image), tiles)
+        prompt_tokens, completion_tokens = prompt_tokens + prompt, completion_tokens + completion
+    usd = call_cost(prompt_tokens, completion_tokens, price)
     return {"calls": len(tasks), "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "cost_usd": call_cost(prompt_tokens, completion_tokens, price),
-            "priced": price is not None}  # fmt: skip
+            "cost_usd": round(usd, 6) if usd is not None else None, "priced": price is not None,
+            **({} if price else {"cost_unknown": unpriced_note(config.model)})}  # fmt: skip
+
+
+def preflight(config: JudgeConfig) -> str:
+    """Before any work: a price when ``--max-cost`` is set, the key in its variable, and the endpoint answering
+    (a closed port, a wrong URL, a refused key: a one-line UserError naming the host and the cause). Returns
+    the key."""
+    from vlfeedback_kit.builders.pipeline.cost import load_prices, require_price
+    from vlfeedback_kit.builders.pipeline.endpoint import api_key_from_env, check_endpoint
+
+    prices = load_prices(config.prices)  # a bad --prices file is found now, not after the generation
+    if config.max_cost is not None:
+        require_price(config.model, prices, "--max-cost")
+    api_key = api_key_from_env(config.api_key_env, "--judge-api-key-env")
+    check_endpoint(config.base_url, api_key, config.timeout, "--judge-base-url", config.key_flag)
+    return api_key
+
+
+def ledger_spend(caches: Iterable[Path]) -> float:
+    """USD the judge ledgers at ``caches`` hold (those that exist)."""
+    from vlfeedback_kit.builders.pipeline.store import Store
+
+    spent = 0.0
+    for path in caches:
+        if Path(path).is_file():
+            with Store(Path(path), lock=False) as store:
+                spent += store.totals()[2]
+    return spent
+
+
+def make_budget(config: JudgeConfig, spent: float) -> Budget:
+    """The ``--max-cost`` budget of a judge run that starts with ``spent`` USD in its ledgers."""
+    from vlfeedback_kit.builders.pipeline.cost import Budget
+
+    price = config.price()  # None only without --max-cost (``preflight`` requires a price), so nothing is estimated
+    return Budget(config.max_cost, spent, functools.partial(call_estimate, price) if price else lambda _: 0.0)
 
 
 def judge(
-    tasks: Sequence[JudgeTask], config: JudgeConfig, cache_path: Path, benchmark: str, progress: bool = True
+    tasks: Sequence[JudgeTask],
+    config: JudgeConfig,
+    cache_path: Path,
+    benchmark: str,
+    progress: bool = True,
+    budget: Budget | None = None,
 ) -> tuple[list[Judgement], dict]:
-    """Settle every task from the cache or the judge; returns the judgements (task order) and the run's stats."""
+    """Settle every task from the cache or the judge; returns the judgements (task order) and the run's stats.
+
+    ``budget`` is the ``--max-cost`` budget shared by the benchmarks of one run (default: this cache's own, its
+    ledger counted). With tasks to judge, the endpoint is probed first (``preflight``)."""
     from vlfeedback_kit.builders.pipeline.store import Store
 
     with Store(cache_path) as store:
@@ -152,69 +270,76 @@ def judge(
                                               cached.data["models"], cached.data["replies"])  # fmt: skip
             else:
                 pending.append(index)
+        price = config.price()
         stats: dict = {"cached": len(tasks) - len(pending), "calls": 0, "failed": 0, "cost_usd": 0.0,
-                       "retries": {}, "stopped": None}  # fmt: skip
+                       "retries": {}, "stopped": None, "stopped_by": None}  # fmt: skip
         if pending and config.dry_run:
             stats["dry_run"] = estimate_cost([tasks[i] for i in pending], config)
             for i in pending:
                 judgements[i] = Judgement(tasks[i].item_id, tasks[i].run, tasks[i].prompt_sha256, config.model,
                                           error="not judged (--dry-run)")  # fmt: skip
-            return judgements, stats  # type: ignore[return-value]
-        if pending:
-            asyncio.run(_judge_pending(tasks, pending, judgements, config, store, benchmark, stats, progress))
-        stats["cost_usd"] = round(stats["cost_usd"], 6)
+        elif pending:
+            api_key = preflight(config)
+            budget = budget or make_budget(config, store.totals()[2])
+            asyncio.run(_judge_pending(tasks, pending, judgements, config, store, benchmark, stats, progress,
+                                       budget, api_key))  # fmt: skip
+        stats["cost_usd"] = round(stats["cost_usd"], 6) if price is not None else None
+        if price is None:
+            stats["cost_unknown"] = unpriced_note(config.model)
         return judgements, stats  # type: ignore[return-value]
 
 
-async def _judge_pending(tasks, pending, judgements, config, store, benchmark, stats, progress) -> None:
+async def _judge_pending(tasks, pending, judgements, config, store, benchmark, stats, progress, budget,
+                         api_key) -> None:  # fmt: skip
     from tqdm import tqdm
 
-    from vlfeedback_kit.builders.pipeline.cost import call_cost, load_prices, price_for
+    from vlfeedback_kit.builders.pipeline.cost import call_cost
     from vlfeedback_kit.builders.pipeline.endpoint import (
+        Breaker,
         GaveUp,
         Rejected,
         RetryPolicy,
-        api_key_from_env,
         complete,
+        for_each,
         make_client,
     )  # fmt: skip
 
-    price = price_for(config.model, load_prices(config.prices))
-    if config.max_cost is not None and price is None:
-        raise UserError(f"--max-cost needs a price for judge {config.model!r}; pass --prices FILE with it")
-    client = make_client(config.base_url, api_key_from_env(config.api_key_env), config.timeout)
+    price = config.price()
+    client = make_client(config.base_url, api_key, config.timeout)
+    breaker = Breaker(config.base_url, flag="--judge-base-url")
     policy = RetryPolicy()
-    spent = store.totals()[2]
     bar = tqdm(total=len(pending), desc=f"judge {benchmark}", unit="item", disable=not progress)
 
     def retried(reason: str) -> None:
         stats["retries"][reason] = stats["retries"].get(reason, 0) + 1
 
-    def admit(_: int | None = None) -> bool:
-        if config.max_cost is not None and spent + stats["cost_usd"] >= config.max_cost:
-            stats["stopped"] = f"--max-cost {config.max_cost} reached"
-            return False
-        return True
+    def admit(call: _Call) -> bool:
+        """Reserve the call's estimate, or stop the run's intake once the budget refuses one."""
+        if stats["stopped"] is None and not budget.admit(call):
+            stats["stopped"], stats["stopped_by"] = f"--max-cost {config.max_cost} reached", STOPPED_BY_COST
+        return stats["stopped"] is None
 
     async def handle(index: int) -> None:
         task = tasks[index]
         key = task_key(config.model, benchmark, task)
         history = store.history(key)
         replies = [completion.reply.content for _, completion, _ in history.calls]
-        models = _resolved_models(store, key) if history.calls else []
+        models = [via.removeprefix(VIA_PREFIX) for via in history.vias if via.startswith(VIA_PREFIX)]
         attempt = history.next_attempt
         judgement = Judgement(task.item_id, task.run, task.prompt_sha256, config.model)
+        call = None
         try:
             request = task.plan(replies)
             if request is None:  # settled by calls of an earlier, interrupted run
                 store.put_many([(key, task.item_id, "ok", _settled(task, replies, models))])
             while request is not None:
-                if not admit():  # checked before every call: the intake runs ahead of the spending
+                call = _Call(key, request, task.image)
+                if not admit(call):  # checked before every call, re-asks included
                     judgement.replies, judgement.error = replies, f"not judged ({stats['stopped']})"
                     break
                 recording = _Recording(client)
                 body = _with_image({"model": config.model, **request}, task.image)
-                completion = await complete(recording, body, policy, retried)
+                completion = await complete(recording, body, policy, retried, breaker)
                 resolved = str((recording.body or {}).get("model") or "")
                 cost = call_cost(completion.prompt_tokens, completion.completion_tokens, price)
                 replies.append(completion.reply.content)
@@ -222,6 +347,7 @@ async def _judge_pending(tasks, pending, judgements, config, store, benchmark, s
                 request = task.plan(replies)
                 finish = (task.item_id, "ok", _settled(task, replies, models)) if request is None else None
                 store.record(key, attempt, VIA_PREFIX + resolved, completion, cost, finish)  # one commit
+                budget.settle(call, cost)
                 attempt += 1
                 stats["calls"] += 1
                 stats["cost_usd"] += cost or 0.0
@@ -231,13 +357,16 @@ async def _judge_pending(tasks, pending, judgements, config, store, benchmark, s
         except (GaveUp, Rejected) as err:
             stats["failed"] += 1
             judgement.replies, judgement.error = replies, f"judge call failed: {err}"
+        finally:
+            if call is not None:
+                budget.settle(call, 0.0)  # a call that failed or was cancelled frees its reservation
+            bar.update(1)
         judgements[index] = judgement
-        bar.update(1)
-
-    from vlfeedback_kit.builders.pipeline.endpoint import for_each
 
     try:
-        await for_each(pending, handle, config.concurrency, admit)
+        await for_each(pending, handle, config.concurrency, lambda _: stats["stopped"] is None)
+    except UserError as err:  # the breaker, a refused key, a 404 mid-run: the judge stopped answering
+        stats["stopped"], stats["stopped_by"] = str(err), STOPPED_BY_JUDGE
     finally:
         bar.close()
         await client.close()
@@ -252,11 +381,6 @@ def _settled(task: JudgeTask, replies: list, models: list[str]) -> dict:
     return {"replies": replies, "models": models, "prompt_sha256": task.prompt_sha256}
 
 
-def _resolved_models(store, key: str) -> list[str]:
-    rows = store.db.execute("SELECT via FROM calls WHERE key = ? ORDER BY attempt", (key,)).fetchall()
-    return [via.removeprefix(VIA_PREFIX) for (via,) in rows if via.startswith(VIA_PREFIX)]
-
-
 def cache_path_for(folder: Path) -> Path:
     """Where a benchmark folder's judge cache lives."""
-    return folder / "judge-cache.sqlite"
+    return folder / CACHE_FILE

@@ -1,6 +1,11 @@
 """``vlfeedback eval run`` and ``eval score`` as functions: generate (resumable), judge (cached), score — each
 step on files under ``DIR/<label>/<benchmark>/``.
 
+The judge is checked (key, price for ``--max-cost``, endpoint) before anything is generated. ``--max-cost`` is
+one budget for the whole run: it caps what the judge ledgers under ``DIR`` hold, earlier runs included. A
+benchmark left incomplete is named in ``run.json``'s ``incomplete`` (one line each, which the CLI prints before
+exiting 3); a judge that stops answering stops the run there (the next benchmarks would fail the same way).
+
     vlfeedback eval run --benchmark mme,mmvet --data mme=MME/ --data mmvet=mm-vet/ --adapter runs/silkie \
         --compare-base --judge-model gpt-4-0613 --judge-base-url https://api.openai.com/v1 --out evals/silkie
 """
@@ -10,15 +15,19 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vlfeedback_kit.errors import UserError
 from vlfeedback_kit.eval import generation, mme, mmhal, mmvet, redteam, winrate
 from vlfeedback_kit.eval.generation import BASE_LABEL, SILKIE_LABEL, ResponseLog, Side
 from vlfeedback_kit.eval.items import Item
-from vlfeedback_kit.eval.judging import JudgeConfig
-from vlfeedback_kit.eval.scoring import BENCHMARKS, JUDGED, score_judged, score_mme
+from vlfeedback_kit.eval.judging import CACHE_FILE, STOPPED_BY_JUDGE, JudgeConfig, ledger_spend, make_budget, preflight
+from vlfeedback_kit.eval.scoring import BENCHMARKS, JUDGED, incomplete_line, score_judged, score_mme
 from vlfeedback_kit.eval.spec import build_prompt, family_of, generation_settings, load_spec
 from vlfeedback_kit.files import write_json
+
+if TYPE_CHECKING:
+    from vlfeedback_kit.builders.pipeline.cost import Budget
 
 LOADERS = {"mme": mme.load, "mmhal": mmhal.load, "mmvet": mmvet.load, "redteam": redteam.load,
            "winrate": winrate.load}  # fmt: skip
@@ -137,9 +146,14 @@ def _sides(options: RunOptions) -> list[Side]:
 def run(options: RunOptions) -> dict:
     """Generate, judge and score every benchmark; returns the summary written to ``DIR/run.json``."""
     options.check()
+    budget = None
+    if any(name in JUDGED for name in options.benchmarks):
+        if not options.judge.dry_run:
+            preflight(options.judge)  # a dead judge, a missing key: one line now, not after the generation
+        budget = make_budget(options.judge, ledger_spend(options.out.glob(f"*/*/{CACHE_FILE}")))
     items = {name: load_items(name, options.data[name], options.limit) for name in options.benchmarks}
     sides = _sides(options)
-    summary: dict = {"options": options.record(), "model_loads": 0, "generated": {}, "scores": {}}
+    summary: dict = {"options": options.record(), "model_loads": 0, "generated": {}, "scores": {}, "incomplete": []}
     answer, family, provenance = None, options.prompt_family or "default", {}
     if options.engine == "transformers":
         from vlfeedback_kit.eval import serving
@@ -172,8 +186,13 @@ def run(options: RunOptions) -> dict:
             for log in logs.values():
                 log.close()
         summary["generated"][name] = made
-        summary["scores"][name] = score_labels(name, items[name], options.out, [s.label for s in sides_now],
-                                               options.judge, options.runs, options.progress)  # fmt: skip
+        scores = score_labels(name, items[name], options.out, [s.label for s in sides_now], options.judge,
+                              options.runs, options.progress, budget)  # fmt: skip
+        summary["scores"][name] = scores
+        lines = [incomplete_line(result, f"{name} ({label})") for label, result in scores.items()]
+        summary["incomplete"] += [line for line in lines if line]
+        if any(result.get("stopped_by") == STOPPED_BY_JUDGE for result in scores.values()):
+            break
     write_json(options.out / RUN_FILE, summary)
     return summary
 
@@ -191,8 +210,10 @@ def score_labels(
     judge: JudgeConfig | None,
     runs: int = 1,
     progress: bool = True,
+    budget: Budget | None = None,
 ) -> dict:
-    """Score each label's saved responses of one benchmark (winrate: the first label against the base)."""
+    """Score each label's saved responses of one benchmark (winrate: the first label against the base); stops
+    after a label whose judging the judge stopped (every later label would fail the same way)."""
     results = {}
     for label in labels:
         folder = out / label / name
@@ -204,13 +225,16 @@ def score_labels(
                 continue
             other = responses_of(out / BASE_LABEL / name / generation.RESPONSES)
             results[label] = score_judged(name, items, responses, folder, judge, runs, other, (label, BASE_LABEL),
-                                          progress)  # fmt: skip
+                                          progress, budget=budget)  # fmt: skip
         else:
-            results[label] = score_judged(name, items, responses, folder, judge, runs, progress=progress)
+            results[label] = score_judged(name, items, responses, folder, judge, runs, progress=progress,
+                                          budget=budget)  # fmt: skip
         if name == "mmhal":
             mmhal.write_official(folder / "response_template.json", items, responses)
         elif name == "mmvet":
             mmvet.write_official(folder / "results.json", responses)
+        if results[label].get("stopped_by") == STOPPED_BY_JUDGE:
+            break
     return results
 
 

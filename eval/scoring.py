@@ -3,7 +3,9 @@
 Each judged benchmark turns (item, response) into judge tasks with its official prompt and re-ask rule, settles
 them through :mod:`vlfeedback_kit.eval.judging` (cached), writes every raw reply with its parsed value or the parse
 failure, and scores with the benchmark's pure scorer. A benchmark with any grading left unsettled (a failed call,
-``--max-cost``) gets no numbers: its ``scores.json`` says ``complete: false`` and what is missing.
+``--max-cost``, a judge that stopped answering) gets no numbers: its ``scores.json`` says ``complete: false``, how
+many items were judged and why the rest were not, and :func:`incomplete_line` says it in one line for the CLI
+(which then exits 3).
 """
 
 from __future__ import annotations
@@ -12,12 +14,24 @@ import functools
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vlfeedback_kit.errors import UserError
 from vlfeedback_kit.eval import mme, mmhal, mmvet, redteam, winrate
 from vlfeedback_kit.eval.items import Item
-from vlfeedback_kit.eval.judging import JudgeConfig, Judgement, JudgeTask, judge
+from vlfeedback_kit.eval.judging import (
+    STOPPED_BY_COST,
+    STOPPED_BY_JUDGE,
+    JudgeConfig,
+    Judgement,
+    JudgeTask,
+    cache_path_for,
+    judge,
+)
 from vlfeedback_kit.files import write_json
+
+if TYPE_CHECKING:
+    from vlfeedback_kit.builders.pipeline.cost import Budget
 
 BENCHMARKS: tuple[str, ...] = ("mme", "mmhal", "mmvet", "redteam", "winrate")
 JUDGED: frozenset[str] = frozenset({"mmhal", "mmvet", "redteam", "winrate"})
@@ -107,15 +121,16 @@ def score_judged(
     labels: tuple[str, str] = ("silkie", "base"),
     progress: bool = True,
     cache_path: Path | None = None,
+    budget: Budget | None = None,
 ) -> dict:
     """Judge (cached) and score one label's responses of a judged benchmark; writes judgements.jsonl and
-    scores.json in ``folder`` and returns the scores."""
+    scores.json in ``folder`` and returns the scores (``budget``: the run's shared ``--max-cost``)."""
     _missing(items, responses, benchmark)
     if other is not None:
         _missing(items, other, benchmark)
     tasks = tasks_for(benchmark, items, responses, runs, other)
     folder.mkdir(parents=True, exist_ok=True)
-    judgements, stats = judge(tasks, config, cache_path or folder / "judge-cache.sqlite", benchmark, progress)
+    judgements, stats = judge(tasks, config, cache_path or cache_path_for(folder), benchmark, progress, budget)
     lines, values = [], {}
     for judgement in judgements:
         line = {"benchmark": benchmark, **judgement.to_dict()}
@@ -135,13 +150,36 @@ def score_judged(
         )
     unsettled = [j for j in judgements if j.error is not None]
     if unsettled:
-        result = {**head, "complete": False, "failed": sum("failed" in (j.error or "") for j in unsettled),
-                  "not_judged": len(unsettled), "first_error": unsettled[0].error,
+        open_items = {_item_of(benchmark, j) for j in unsettled}
+        result = {**head, "complete": False, "items": len(items), "items_judged": len(items) - len(open_items),
+                  "failed": sum("failed" in (j.error or "") for j in unsettled), "not_judged": len(unsettled),
+                  "first_error": unsettled[0].error, "stopped": stats["stopped"], "stopped_by": stats["stopped_by"],
                   "note": "no scores: re-run to judge the rest (settled replies are cached)"}  # fmt: skip
     else:
         result = {**head, "complete": True, "failed": 0, **_score(benchmark, items, values, runs, labels)}
     write_json(folder / SCORES, result)
     return result
+
+
+def _item_of(benchmark: str, judgement: Judgement) -> str:
+    """The item a grading is about (a win-rate grading is one order, ``<id>:ab`` or ``<id>:ba``, of an item)."""
+    return judgement.item_id.rpartition(":")[0] if benchmark == "winrate" else judgement.item_id
+
+
+def incomplete_line(result: dict, where: str) -> str | None:
+    """One line for a judged benchmark left incomplete (None when it is complete, or a ``--dry-run``): where,
+    how many items were judged, and why the rest were not, with what to do."""
+    if result.get("complete", True) or (result.get("judge_run") or {}).get("dry_run"):
+        return None
+    head = f"{where}: {result['items_judged']} of {result['items']} items judged"
+    if result.get("stopped_by") == STOPPED_BY_JUDGE:
+        return f"{head}; the judge stopped: {result['stopped']}"
+    if result.get("stopped_by") == STOPPED_BY_COST:
+        return f"{head}; {result['stopped']}: raise --max-cost to judge the rest (judged replies are cached)"
+    return (
+        f"{head}; {result['not_judged']} gradings failed (first: {result['first_error']}); re-run the same command "
+        "to retry them (judged replies are cached)"
+    )
 
 
 def _score(benchmark: str, items: Sequence[Item], values: dict, runs: int, labels: tuple[str, str]) -> dict:

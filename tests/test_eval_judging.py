@@ -44,11 +44,13 @@ def mmvet_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def score_mmvet(tmp_path: Path, server, judge: str = "judge-x", runs: int = 1, out: str = "scores.json") -> dict:
+def score_mmvet(
+    tmp_path: Path, server, judge: str = "judge-x", runs: int = 1, out: str = "scores.json", status: int = 0
+) -> dict:
     code = main(["eval", "score", "mmvet", str(tmp_path / "results.json"), "--data", f"mmvet={tmp_path / 'mm-vet'}",
                  "--judge-model", judge, "--judge-base-url", server.url, "--judge-api-key-env", "JUDGE_KEY",
                  "--runs", str(runs), "--out", str(tmp_path / out), "--quiet"])  # fmt: skip
-    assert code == 0
+    assert code == status  # 3: a benchmark left incomplete
     return json.loads((tmp_path / out).read_text())
 
 
@@ -109,11 +111,14 @@ def test_mmhal_unparsed_replies_are_counted(tmp_path: Path, monkeypatch: pytest.
     assert result["average_score"] == 15 / 8 and result["hallucination_rate"] == 5 / 8
 
 
-def test_failed_judge_calls_give_no_scores_until_rejudged(mmvet_files: Path):
+def test_failed_judge_calls_give_no_scores_until_rejudged(mmvet_files: Path, capsys):
     with EvalJudgeServer(script=SCRIPT) as server:
         server.fail_next(400, 1)
-        failed = score_mmvet(mmvet_files, server)
+        failed = score_mmvet(mmvet_files, server, status=3)
         assert failed["complete"] is False and failed["failed"] == 1 and "total" not in failed
+        line = capsys.readouterr().err.strip()
+        assert line.startswith("vlfeedback eval: incomplete: mmvet: 3 of 4 items judged; 1 gradings failed")
+        assert "HTTP 400" in line and "\n" not in line
         done = score_mmvet(mmvet_files, server)
     assert done["complete"] is True and done["total"] == 57.5
 
@@ -234,15 +239,17 @@ def test_an_alias_that_moves_between_runs_is_flagged(mmvet_files: Path):
     assert "2 judge snapshots" in moved["judge_snapshot_warning"]
 
 
-def test_max_cost_stops_judging_and_leaves_the_rest_pending(mmvet_files: Path, tmp_path: Path):
+def test_max_cost_stops_judging_and_leaves_the_rest_pending(mmvet_files: Path, tmp_path: Path, capsys):
     prices = tmp_path / "prices.yaml"
-    prices.write_text("models:\n  judge-x: {input: 1000000.0, output: 0.0}\n")  # ~$1 per prompt token
+    prices.write_text("models:\n  judge-x: {input: 700.0, output: 0.0}\n")  # ~$0.41 a call: 2 fit in $1
     with EvalJudgeServer(script=SCRIPT) as server:
         code = main(["eval", "score", "mmvet", str(mmvet_files / "results.json"), "--data",
                      f"mmvet={mmvet_files / 'mm-vet'}", "--judge-model", "judge-x", "--judge-base-url", server.url,
                      "--judge-api-key-env", "JUDGE_KEY", "--judge-concurrency", "1", "--max-cost", "1",
                      "--prices", str(prices), "--out", str(mmvet_files / "s.json"), "--quiet"])  # fmt: skip
-        assert code == 0 and len(server.calls) == 1
+        # v1_0 takes one call, v1_1 one and then a re-ask, which would pass the cap: refused before it is sent
+        assert code == 3 and len(server.calls) == 2 and server.usage_totals()[0] * 700.0 / 1e6 <= 1.0
     result = json.loads((mmvet_files / "s.json").read_text())
     assert result["complete"] is False and result["not_judged"] == 3
     assert "--max-cost 1.0 reached" in result["first_error"]
+    assert "mmvet: 1 of 4 items judged; --max-cost 1.0 reached: raise --max-cost" in capsys.readouterr().err

@@ -62,13 +62,12 @@ class Rejected(Exception):
     """The API refused this one request (a 4xx other than auth/not-found/rate-limit): the item fails."""
 
 
-def api_key_from_env(name: str) -> str:
-    """The API key held in the environment variable ``name`` (the flag names the variable, never the key)."""
+def api_key_from_env(name: str, flag: str = "--api-key-env, or api_key_env in a pool file,") -> str:
+    """The API key held in the environment variable ``name`` (``flag`` names the variable, never the key)."""
     key = os.environ.get(name)
     if not key:
         raise UserError(
-            f"the environment variable {name} is not set; put the API key there (--api-key-env, or api_key_env in "
-            "a pool file, names the variable)"
+            f"the environment variable {name} is not set; put the API key there ({flag} names the variable)"
         )
     return key
 
