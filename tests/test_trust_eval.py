@@ -151,6 +151,23 @@ def test_max_cost_holds_with_16_calls_in_flight(tmp_path: Path, keys, capsys):
     assert result["judge_run"]["calls"] == len(calls) and result["judge_run"]["cost_usd"] == pytest.approx(spent)
 
 
+def test_max_cost_is_one_budget_for_the_whole_run(tmp_path: Path, keys, capsys):
+    """Both labels' judging draw on one --max-cost (each label's cache used to get a budget of its own)."""
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("models:\n  judge-x: {input: 1.0, output: 0.0}\n")
+    data, out = write_mmhal(tmp_path / "MMHal"), tmp_path / "evals"
+    with EvalJudgeServer() as generator, EvalJudgeServer() as judge:
+        per_call = 1700 / 1e6  # an MMHal-Bench judge prompt here is ~1,680 tokens
+        cap = 10 * per_call
+        args = [*run_args(data, generator.url, judge.url, out), "--max-cost", repr(cap), "--prices", str(prices)]
+        assert main(args) == 3
+        calls = list(judge.calls)
+    spent = sum(call.prompt_tokens for call in calls) / 1e6
+    assert 8 <= len(calls) <= 10 and spent <= cap  # Silkie's 8, then what is left for the base
+    line = one_line(capsys.readouterr().err)
+    assert re.search(r"mmhal \(base\): [0-2] of 8 items judged; --max-cost \S+ reached: raise --max-cost", line)
+
+
 def test_a_judge_without_a_price_has_an_unknown_cost(tmp_path: Path, keys):
     template = filled_mmhal(tmp_path / "filled.json", 2)
     prices = tmp_path / "prices.yaml"
