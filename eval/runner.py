@@ -152,6 +152,8 @@ def run(options: RunOptions) -> dict:
             preflight(options.judge)  # a dead judge, a missing key: one line now, not after the generation
         budget = make_budget(options.judge, ledger_spend(options.out.glob(f"*/*/{CACHE_FILE}")))
     items = {name: load_items(name, options.data[name], options.limit) for name in options.benchmarks}
+    if "winrate" in items:  # held-out must be true: never a win rate on prompts the adapter trained on
+        winrate.refuse_trained(items["winrate"], options.data["winrate"], options.adapter)
     sides = _sides(options)
     summary: dict = {"options": options.record(), "model_loads": 0, "generated": {}, "scores": {}, "incomplete": []}
     answer, family, provenance = None, options.prompt_family or "default", {}

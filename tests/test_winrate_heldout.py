@@ -129,3 +129,20 @@ def test_a_parquet_file_without_the_raw_columns_is_one_line(tmp_path):
     pq.write_table(pa.table({"question": ["q"]}), tmp_path / "other.parquet")
     with pytest.raises(UserError, match="no id/prompt/image columns"):
         winrate.load(tmp_path / "other.parquet")
+
+
+def test_eval_run_refuses_a_training_set_win_rate_before_loading_the_model(release, tmp_path, monkeypatch):
+    from vlfeedback_kit.eval import runner, serving
+    from vlfeedback_kit.eval.judging import JudgeConfig
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the held-out check")
+
+    monkeypatch.setattr(serving, "load", no_load)
+    folder = built(release, tmp_path / "vlfeedback", eval_fraction=0.25, eval_seed=1)
+    judge = JudgeConfig("judge-x", "http://127.0.0.1:9/v1", dry_run=True)
+    adapter = str(run_dir(tmp_path / "run", folder, split="test"))
+    options = runner.RunOptions(["winrate"], {"winrate": str(folder)}, tmp_path / "out", model="base",
+                                adapter=adapter, compare_base=True, judge=judge, progress=False)  # fmt: skip
+    with pytest.raises(UserError, match="not held-out"):
+        runner.run(options)
