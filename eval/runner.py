@@ -95,6 +95,11 @@ class RunOptions:
         return values
 
 
+_HUB_FILES = {"winrate": ["README.md", "data/raw/test-*"]}
+"""What a benchmark reads of a Hub dataset, where it is not everything (winrate: the card and the raw test split,
+never the pairs and their images)."""
+
+
 def resolve_data(name: str, location: str) -> Path:
     """A local path as is; a Hub dataset id ``ORG/NAME[@REV]`` (e.g. ``lmms-lab/MME``) downloaded at that revision
     (any ``HF_ENDPOINT``; the files the loaders read: Parquet, JSON, JSONL and images)."""
@@ -112,7 +117,7 @@ def resolve_data(name: str, location: str) -> Path:
                 repo_id,
                 repo_type="dataset",
                 revision=revision or None,
-                allow_patterns=["*.parquet", "*.json", "*.jsonl", "*.jpg", "*.png"],
+                allow_patterns=_HUB_FILES.get(name, ["*.parquet", "*.json", "*.jsonl", "*.jpg", "*.png"]),
             )
         )
     except (HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError, OSError) as err:
