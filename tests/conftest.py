@@ -38,6 +38,7 @@ os.environ["XDG_CACHE_HOME"] = os.path.join(_HOME, "xdg")
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["HF_HUB_DISABLE_XET"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ["VLFEEDBACK_BENCH_RESULTS"] = os.path.join(_HOME, "bench-results")  # benchmarks run by tests log here
 os.environ.pop("HF_TOKEN", None)
 
 sys.path.insert(0, str(Path(__file__).parent))
