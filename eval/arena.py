@@ -5,10 +5,12 @@ functions and small classes that tests call directly:
 
 - :func:`stream_pair` streams both sides of one battle from **one** batched ``generate`` (PEFT ``adapter_names``,
   adapter on for Silkie, off for the base) through :class:`PairStreamer` — ``TextIteratorStreamer`` refuses batch 2;
-- :class:`Limits` and :class:`RateLimiter` turn bad input into one-line messages (the UI raises them as ``gr.Error``);
+- :class:`Limits` and :class:`VisitorLimiter` turn bad input and too many requests into one-line messages (the UI
+  raises them as ``gr.Error``); rates are counted per gradio session and per client address, hashed in memory only;
 - :class:`VoteStore` appends one JSON line per vote under the scheduler's lock to a per-process ``votes-<uuid>.jsonl``
   and stores each image once by sha256; ``huggingface_hub.CommitScheduler`` pushes the folder to a dataset repo,
-  or the votes stay local when no repo is configured;
+  **private** unless ``public_votes``; without a repo, a token or permission the votes stay on local disk, and
+  :func:`privacy_notice` tells the visitor which, before the first vote;
 - :func:`board` is the leaderboard (:mod:`vlfeedback_kit.eval.pairwise`), hidden below a minimum number of votes.
 
 Configuration comes from the environment (Space variables and secrets), see :meth:`ArenaConfig.from_env`.
@@ -24,6 +26,7 @@ import math
 import os
 import queue
 import re
+import secrets
 import threading
 import time
 import uuid
@@ -33,6 +36,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from vlfeedback_kit.errors import UserError
 from vlfeedback_kit.eval.pairwise import MIN_BATTLES, Battle, PairwiseSummary, summarize_battles
 from vlfeedback_kit.eval.serving import (
     BASE,
@@ -42,6 +46,7 @@ from vlfeedback_kit.eval.serving import (
     generate_from_inputs,
     twice_over,
 )
+from vlfeedback_kit.files import UnsafeName, inside, safe_name, write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -67,10 +72,14 @@ class ArenaConfig:
     adapter_revision: str | None = None
     votes_repo: str | None = None
     """Dataset repo the votes are pushed to (``ARENA_VOTES_REPO``); None keeps them in ``votes_dir`` only."""
+    public_votes: bool = False
+    """Create the votes repo public (``ARENA_PUBLIC_VOTES=1``); by default it is created private, and votes are
+    never pushed to a repo that is public unless this is set (votes hold each visitor's prompt and image)."""
     votes_dir: str = "arena-votes"
     push_every_minutes: float = 5.0
-    voter_secret: str = "vlfeedback-arena-local"
-    """Encrypts the voter id in the browser; a Space secret (``ARENA_VOTER_SECRET``) keeps ids across restarts."""
+    voter_secret: str | None = None
+    """Encrypts the voter id in the browser (``ARENA_VOTER_SECRET``, a Space secret) so ids survive restarts; None:
+    a random key made at start, and the votes record that their voter ids do not survive a restart."""
     max_new_tokens: int = 128
     max_new_tokens_limit: int = 512
     temperature: float = 0.0
@@ -78,7 +87,13 @@ class ArenaConfig:
     max_image_pixels: int = 4096 * 4096
     max_prompt_chars: int = 2000
     battles_per_minute: int = 6
+    """Battles and ``/compare`` calls (one limit for both) per gradio session a minute."""
     votes_per_minute: int = 12
+    clients_per_address: int = 4
+    """An address (hashed, memory only) may make this many sessions' worth of requests (people behind one NAT)."""
+    proxy_hops: int = 0
+    """Trusted proxies in front of the app: the client address is the ``X-Forwarded-For`` entry this many from the
+    right (``ARENA_PROXY_HOPS``); 0: the connection's address. From the environment, 1 on a Space (``SPACE_ID``)."""
     queue_size: int = 32
     time_limit_s: float = 120.0
     gpu_duration_s: int = 60
@@ -90,14 +105,16 @@ class ArenaConfig:
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> ArenaConfig:
         """The config from ``ARENA_<FIELD>`` variables (``HF_TOKEN`` is never read here: huggingface_hub reads it)."""
         environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
+        values: dict[str, Any] = {"proxy_hops": 1} if environ.get("SPACE_ID") else {}  # behind the Hub's proxy
         for spec in fields(cls):
             raw = environ.get(f"ARENA_{spec.name.upper()}")
             if raw is None or raw == "":
                 continue
-            default = getattr(cls, spec.name)
-            kind = type(default) if default is not None else str
-            values[spec.name] = kind(raw) if kind in (int, float) else raw
+            kind = str(spec.type).split(" | ")[0]
+            if kind == "bool":
+                values[spec.name] = raw.strip().lower() in ("1", "true", "yes", "on")
+            else:
+                values[spec.name] = {"int": int, "float": float}.get(kind, str)(raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -243,7 +260,7 @@ class Limits:
 
 
 class RateLimiter:
-    """At most ``per_minute`` events per key in any sliding 60 s window (thread-safe, in memory)."""
+    """At most ``per_minute`` events per key in any sliding 60 s window (thread-safe, in memory only)."""
 
     def __init__(self, per_minute: int, clock: Any = time.monotonic) -> None:
         self.per_minute = per_minute
@@ -253,15 +270,59 @@ class RateLimiter:
 
     def hit(self, key: str, what: str) -> None:
         """Count one event for ``key``, or raise :class:`LimitError` when it would exceed the rate."""
+        self.hit_all([(key, self.per_minute)], what)
+
+    def hit_all(self, keys: Sequence[tuple[str, int]], what: str) -> None:
+        """Count one event for every ``(key, per_minute)`` when none is at its limit; otherwise count nothing and
+        raise :class:`LimitError` saying to slow down and for how long."""
         now = self.clock()
         with self._lock:
-            events = self._events[key]
-            while events and now - events[0] >= 60.0:
-                events.popleft()
-            if len(events) >= self.per_minute:
-                wait = 60.0 - (now - events[0])
-                raise LimitError(f"Too many {what}: at most {self.per_minute} a minute. Try again in {wait:.0f} s.")
-            events.append(now)
+            if len(self._events) > 10_000:  # forget keys with no event in the window (memory stays bounded)
+                self._events = defaultdict(deque, {k: v for k, v in self._events.items() if v and now - v[-1] < 60})
+            waits = []
+            for key, per_minute in keys:
+                events = self._events[key]
+                while events and now - events[0] >= 60.0:
+                    events.popleft()
+                if len(events) >= per_minute:
+                    waits.append((60.0 - (now - events[0]), per_minute))
+            if waits:
+                wait, per_minute = max(waits)
+                raise LimitError(f"Slow down: at most {per_minute} {what} a minute. Try again in {wait:.0f} s.")
+            for key, _ in keys:
+                self._events[key].append(now)
+
+
+def client_address(request: Any, proxy_hops: int = 0) -> str:
+    """The address a request came from: the ``X-Forwarded-For`` entry ``proxy_hops`` from the right (the one the
+    nearest trusted proxy wrote, which the client cannot choose), or the connection's address."""
+    forwarded = [part.strip() for part in (request.headers.get("x-forwarded-for") or "").split(",") if part.strip()]
+    if proxy_hops > 0 and len(forwarded) >= proxy_hops:
+        return forwarded[-proxy_hops]
+    client = getattr(request, "client", None)
+    return getattr(client, "host", None) or "unknown"
+
+
+class VisitorLimiter:
+    """A rate per visitor, keyed on what the client cannot choose freely: gradio's session, and its address, which
+    is hashed with a key made at start and kept in memory only (never stored, never logged)."""
+
+    def __init__(self, per_minute: int, clients_per_address: int, proxy_hops: int = 0,
+                 clock: Any = time.monotonic) -> None:  # fmt: skip
+        self.rate = RateLimiter(per_minute, clock)
+        self.per_address = per_minute * max(1, clients_per_address)
+        self.proxy_hops = proxy_hops
+        self._salt = secrets.token_bytes(16)
+
+    def keys(self, request: Any) -> list[tuple[str, int]]:
+        """``(key, per_minute)`` of the request's session and address."""
+        address = hashlib.sha256(self._salt + client_address(request, self.proxy_hops).encode()).hexdigest()[:32]
+        session = getattr(request, "session_hash", None) or f"no-session:{address}"
+        return [(f"session:{session}", self.rate.per_minute), (f"address:{address}", self.per_address)]
+
+    def hit(self, request: Any, what: str) -> None:
+        """Count one request, or raise :class:`LimitError` ("Slow down: …") when the session or address is over."""
+        self.rate.hit_all(self.keys(request), what)
 
 
 def names_model(answer: str, extra_words: Sequence[str] = ()) -> bool:
@@ -298,9 +359,12 @@ def vote_record(
     answer_b: str,
     settings: GenerationSettings,
     image_sha256: str,
+    voter_id_survives_restart: bool = False,
     now: float | None = None,
 ) -> dict:
-    """One vote as stored: what was shown, what was chosen, by which anonymous voter (no IP, no token, no image)."""
+    """One vote as stored: what was shown, what was chosen, by which anonymous voter (no IP, no token; the image by
+    its hash). ``voter_id_survives_restart`` is False when the voter key was made at start (no
+    ``ARENA_VOTER_SECRET``): the same visitor then has a new id after a restart."""
     if vote not in VOTES:
         raise ValueError(f"vote must be one of {', '.join(VOTES)}, not {vote!r}")
     leak = names_model(answer_a) or names_model(answer_b)
@@ -315,6 +379,7 @@ def vote_record(
         "model_b_name": model_b.name,
         "winner": VOTES[vote],
         "voter": voter,
+        "voter_id_survives_restart": voter_id_survives_restart,
         "prompt": prompt,
         "answer_a": answer_a,
         "answer_b": answer_b,
@@ -335,22 +400,36 @@ configs:
 # Silkie vs base: arena votes
 
 One JSON line per vote from the Silkie-vs-base Space (blind battles and named side-by-side), written by
-`vlfeedback_kit.eval.arena`. Images are stored once under `images/<sha256>.png`; a vote names its image by
-`image_sha256`. Votes whose answers name a model (`names_model`) are left off the leaderboard.
+`vlfeedback_kit.eval.arena`. **Each vote holds the visitor's prompt and uploaded image**, both answers and the vote,
+with a random voter id (no account, no IP address, no token): keep this repo private unless the Space was
+published with `--public-votes` and tells its visitors so. Images are stored once under `images/<sha256>.png`; a
+vote names its image by `image_sha256`. `voter_id_survives_restart: false` marks votes whose voter ids were made
+with a key generated at start (no `ARENA_VOTER_SECRET`), so one visitor may appear under several ids. Votes whose
+answers name a model (`names_model`) are left off the leaderboard.
 """
+
+
+def token_available() -> bool:
+    """Whether huggingface_hub has a token to write with (``HF_TOKEN``, a Space secret, or a stored login)."""
+    from huggingface_hub import get_token
+
+    return get_token() is not None
 
 
 class VoteStore:
     """Votes as JSON lines in ``folder/data/votes-<uuid>.jsonl`` (one file per process), images in
     ``folder/images/``; with ``repo_id`` a ``CommitScheduler`` pushes the folder to that dataset repo.
 
-    A push that fails (Hub down, 5xx) is retried at the next tick with every vote still on disk; a Hub that is
-    down at start-up is tried again with the next vote (at most every ``retry_seconds``) while the votes stay local;
-    a file is only ever appended to, so a ``kill -9`` loses at most the line being written. Votes pushed by earlier
-    processes are read from the repo at start-up, so the board survives restarts."""
+    The repo is created **private** unless ``public``, and votes are never pushed to a repo that is public unless
+    ``public``: they hold each visitor's prompt and image. Without a token (``HF_TOKEN``) nothing is pushed: the votes
+    stay in ``folder``, lost when a Space restarts, and :meth:`where` and the log say so. A push that fails (Hub down,
+    5xx) is retried at the next tick with every vote still on disk; a Hub that is down at start-up is tried again
+    with the next vote (at most every ``retry_seconds``) while the votes stay local; a file is only ever appended to,
+    so a ``kill -9`` loses at most the line being written. Votes pushed by earlier processes are read from the repo
+    at start-up, so the board survives restarts."""
 
     def __init__(self, folder: str | Path, repo_id: str | None = None, every_minutes: float = 5.0,
-                 private: bool | None = None, retry_seconds: float = 60.0) -> None:  # fmt: skip
+                 public: bool = False, retry_seconds: float = 60.0) -> None:  # fmt: skip
         self.folder = Path(folder)
         (self.folder / "data").mkdir(parents=True, exist_ok=True)
         (self.folder / "images").mkdir(exist_ok=True)
@@ -359,23 +438,46 @@ class VoteStore:
             readme.write_text(DATASET_README, encoding="utf-8")
         self.path = self.folder / "data" / f"votes-{uuid.uuid4()}.jsonl"
         self.repo_id = repo_id
+        self.public = public
+        self.every_minutes = every_minutes
         self.scheduler = None
+        self.private_repo = not public
+        """Whether the repo is private (as found on the Hub, or as it will be created)."""
+        self.kept_local: str | None = None if repo_id else "no votes dataset is configured (ARENA_VOTES_REPO)"
+        """Why votes are not pushed to a repo at all (None when they are, or will be once the Hub answers)."""
         self.earlier: list[dict] = []
         self._lock = threading.Lock()
-        self._scheduler_args = {"every": every_minutes, "private": private}
         self._retry_seconds = retry_seconds
         self._last_try = -math.inf
-        if repo_id:
+        if repo_id and not token_available():
+            self.kept_local = (f"{repo_id} is configured but there is no write token (the Space secret HF_TOKEN), "
+                               "so nothing can be pushed")  # fmt: skip
+        if repo_id and self.kept_local is None:
             self._connect()
+        if self.kept_local is not None:
+            logger.warning("votes are kept only in %s on this machine's disk and are lost when it restarts: %s",
+                           self.folder, self.kept_local)  # fmt: skip
 
     def _connect(self) -> None:
-        """Start the CommitScheduler (it creates the repo) and read earlier votes; on failure, stay local."""
-        from huggingface_hub import CommitScheduler
+        """Check the repo's visibility, start the CommitScheduler (it creates the repo, private unless ``public``)
+        and read earlier votes; if the Hub does not answer, stay local and try again later."""
+        from huggingface_hub import CommitScheduler, HfApi
+        from huggingface_hub.errors import RepositoryNotFoundError
 
         self._last_try = time.monotonic()
         try:
+            try:
+                self.private_repo = bool(HfApi().repo_info(self.repo_id, repo_type="dataset").private)
+            except RepositoryNotFoundError:
+                self.private_repo = not self.public
+            if not self.private_repo and not self.public:
+                self.kept_local = (
+                    f"the dataset {self.repo_id} is public and ARENA_PUBLIC_VOTES is not set; "
+                    "votes hold each visitor's prompt and image, so they are not published there"
+                )
+                return
             self.scheduler = CommitScheduler(repo_id=self.repo_id, repo_type="dataset", folder_path=self.folder,
-                                             **self._scheduler_args)  # fmt: skip
+                                             every=self.every_minutes, private=not self.public)  # fmt: skip
         except Exception as err:  # noqa: BLE001 - any Hub failure: keep the votes local, try again later
             logger.warning("votes stay local for now, the Hub did not answer: %s", type(err).__name__)
             return
@@ -383,6 +485,16 @@ class VoteStore:
             self.earlier = read_votes(self.repo_id)
         except Exception as err:  # noqa: BLE001 - the board then starts from this folder's votes only
             logger.warning("could not read earlier votes from %s: %s", self.repo_id, type(err).__name__)
+
+    def where(self) -> str:
+        """Where the votes go, as the page tells visitors: the repo and whether it is public, or local disk and why."""
+        if self.kept_local is not None:
+            return f"kept only on this server's disk, and **lost when it restarts**: {self.kept_local}"
+        if self.private_repo:
+            return (f"pushed every {self.every_minutes:g} minutes to the **private** Hub dataset `{self.repo_id}`, "
+                    "readable only by the people who run this Space")  # fmt: skip
+        return (f"pushed every {self.every_minutes:g} minutes to the **public** Hub dataset `{self.repo_id}`: "
+                "**anyone can read and download them**")  # fmt: skip
 
     @property
     def lock(self) -> threading.Lock:
@@ -392,14 +504,15 @@ class VoteStore:
         """Append one vote (and store its image once, by sha256) under the scheduler's lock."""
         with self.lock:
             if image_png is not None:
-                image_path = self.folder / "images" / f"{record['image_sha256']}.png"
+                image_path = self.folder / "images" / f"{safe_name(record['image_sha256'], 'image_sha256')}.png"
                 if not image_path.exists():
-                    image_path.write_bytes(image_png)
+                    write_bytes(image_path, image_png)
             with self.path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
                 handle.flush()
                 os.fsync(handle.fileno())
-        if self.repo_id and self.scheduler is None and time.monotonic() - self._last_try >= self._retry_seconds:
+        retry = time.monotonic() - self._last_try >= self._retry_seconds
+        if self.repo_id and self.kept_local is None and self.scheduler is None and retry:
             self._connect()
 
     def push(self) -> None:
@@ -419,24 +532,49 @@ class VoteStore:
             self.scheduler.stop()
 
 
-def read_votes(source: str | Path, revision: str | None = None) -> list[dict]:
-    """Votes from a votes folder (``data/*.jsonl``) or a Hub dataset id; a torn last line (``kill -9``) is skipped."""
-    folder = Path(source)
-    if not folder.exists():
-        from huggingface_hub import snapshot_download
+def privacy_notice(store: VoteStore, voter_id_survives_restart: bool, config: ArenaConfig) -> str:
+    """What a vote stores, where, and whether it is public: shown on the page above every battle (before the first
+    vote), from the store's actual state."""
+    voter = ("a random voter id kept in your browser" if voter_id_survives_restart else
+             "a random voter id kept in your browser (new after each restart of this Space: it has no "
+             "`ARENA_VOTER_SECRET`)")  # fmt: skip
+    return (f"**What a vote stores.** Asking stores nothing; when you **vote**, your question, your uploaded image, "
+            f"both answers and your vote are saved with {voter}: no account, no IP address, no token. Votes are "
+            f"{store.where()}. Uploads sit in the server's temporary cache for at most two hours. Requests are "
+            f"limited to {config.battles_per_minute} battles and {config.votes_per_minute} votes a minute per "
+            "session and per network address (hashed in memory, never stored). Don't upload what you would not "
+            "want stored.")  # fmt: skip
 
-        folder = Path(snapshot_download(str(source), repo_type="dataset", revision=revision,
-                                        allow_patterns=["data/*.jsonl"]))  # fmt: skip
-    records = []
+
+def _vote_lines(folder: Path, base: Path | None = None) -> Iterator[tuple[Path, int, dict]]:
+    """``(file, line number, vote)`` for every vote in ``folder``'s ``data/*.jsonl`` (or ``*.jsonl``); a file that
+    resolves outside ``base`` (default ``folder``; a symlink out) is an UnsafeName, a torn last line is skipped."""
     for path in sorted(folder.glob("data/*.jsonl")) or sorted(folder.glob("*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
+        real = inside(base or folder, path, what="votes file")
+        for number, line in enumerate(real.read_text(encoding="utf-8").splitlines(), 1):
             if not line.strip():
                 continue
             try:
-                records.append(json.loads(line))
+                yield path, number, json.loads(line)
             except json.JSONDecodeError:
                 logger.warning("skipping a torn line in %s", path)
-    return records
+
+
+def _hub_snapshot(repo_id: str, revision: str | None = None, patterns: list[str] | None = None) -> tuple[Path, Path]:
+    """A votes repo downloaded to the HF cache: its snapshot folder and the repo's cache folder, under which the
+    snapshot's files (links into ``blobs/``) must resolve."""
+    from huggingface_hub import snapshot_download
+
+    folder = Path(snapshot_download(repo_id, repo_type="dataset", revision=revision, allow_patterns=patterns))
+    return folder, folder.parent.parent
+
+
+def read_votes(source: str | Path, revision: str | None = None) -> list[dict]:
+    """Votes from a votes folder (``data/*.jsonl``) or a Hub dataset id; a torn last line (``kill -9``) is skipped."""
+    folder, base = Path(source), None
+    if not folder.exists():
+        folder, base = _hub_snapshot(str(source), revision, ["data/*.jsonl"])
+    return [vote for _, _, vote in _vote_lines(folder, base)]
 
 
 @dataclass
@@ -507,24 +645,41 @@ def vote_labels(votes: Sequence[dict]) -> list[dict]:
 
 def votes_to_items(source: str | Path, out: Path) -> int:
     """Write the voted battles in the pipeline's release layout (``responses.jsonl`` + ``merged_images/<id>.jpg``)
-    so ``vlfeedback annotate`` can judge the same answers the voters saw; returns the number of rows."""
+    so ``vlfeedback annotate`` can judge the same answers the voters saw; returns the number of rows.
+
+    A votes repo is data, not a path: a ``battle_id`` must be a plain file name and an ``image_sha256`` a sha256,
+    and each file read must resolve inside the votes folder (or, for a Hub id, its cache folder). Every vote is
+    checked before anything is written; a bad one is a UserError naming its file and line."""
     from vlfeedback_kit.builders.pipeline.layout import LayoutWriter
 
-    folder = Path(source)
+    folder, base = Path(source), None
     if not folder.exists():
-        from huggingface_hub import snapshot_download
-
-        folder = Path(snapshot_download(str(source), repo_type="dataset"))
+        folder, base = _hub_snapshot(str(source))
+    rows = []
+    try:
+        for path, number, vote in _vote_lines(folder, base):
+            if vote.get("names_model") or vote.get("mode") != "battle":
+                continue
+            try:
+                battle_id = safe_name(vote.get("battle_id"), "battle_id")
+                sha = vote.get("image_sha256")
+                if not isinstance(sha, str) or re.fullmatch(r"[0-9a-f]{64}", sha) is None:
+                    raise UnsafeName(f"image_sha256 {sha!r} is not a sha256 (64 lowercase hex digits)")
+                image = inside(base or folder, folder / "images" / f"{sha}.png", what="image")
+            except UnsafeName as err:
+                raise UserError(
+                    f"{source}: {path.relative_to(folder)} line {number}: {err}; this votes folder "
+                    "was not written by the arena or was altered: fix or drop that vote"
+                ) from None
+            if image.is_file():
+                rows.append((vote, battle_id, image))
+    except UnsafeName as err:  # a votes file that is a link out of the folder
+        raise UserError(f"{source}: {err}; votes files must be inside the votes folder") from None
     writer = LayoutWriter(out, "responses.jsonl")
-    count = 0
-    for vote in read_votes(folder):
-        image = folder / "images" / f"{vote['image_sha256']}.png"
-        if vote.get("names_model") or vote.get("mode") != "battle" or not image.is_file():
-            continue
-        writer.add({"id": vote["battle_id"], "prompt": vote["prompt"], "models": [vote["model_a"], vote["model_b"]],
+    for vote, battle_id, image in rows:
+        writer.add({"id": battle_id, "prompt": vote["prompt"], "models": [vote["model_a"], vote["model_b"]],
                     "completions": [{"model": vote["model_a"], "response": vote["answer_a"]},
                                     {"model": vote["model_b"], "response": vote["answer_b"]}]},
                    image.read_bytes())  # fmt: skip
-        count += 1
     writer.close()
-    return count
+    return len(rows)

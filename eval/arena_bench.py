@@ -93,7 +93,7 @@ def concurrent_compare(served, image_path: Path, calls: int, tokens: int) -> dic
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
         sock.close()
-        config = ArenaConfig(max_new_tokens=tokens)
+        config = ArenaConfig(max_new_tokens=tokens, battles_per_minute=calls)  # one client: above the visitor rate
         demo = build_app(served, config, VoteStore(votes))
         demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
         try:

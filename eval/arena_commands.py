@@ -18,8 +18,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     space.add_argument("--model-revision")
     space.add_argument("--adapter-revision")
     space.add_argument(
-        "--votes-repo", metavar="ORG/NAME", help="push votes to this dataset repo (default: local only)"
+        "--votes-repo", metavar="ORG/NAME", help="push votes to this dataset repo (needs HF_TOKEN; default: local)"
     )
+    space.add_argument("--public-votes", action="store_true",
+                       help="create the votes repo public; by default it is private, as votes hold each visitor's "
+                            "prompt and image (ARENA_PUBLIC_VOTES=1)")  # fmt: skip
     space.add_argument("--votes-dir", help="local votes folder (default: arena-votes)")
     space.add_argument("--examples-dir", help="a built VLFeedback folder whose held-out split gives examples")
     space.add_argument("--max-new-tokens", type=int)
@@ -46,11 +49,10 @@ def _space(args: argparse.Namespace) -> int:
     config = ArenaConfig.from_env(
         model=args.model, model_revision=args.model_revision, adapter=args.adapter,
         adapter_revision=args.adapter_revision, votes_repo=args.votes_repo, votes_dir=args.votes_dir,
-        examples_dir=args.examples_dir, max_new_tokens=args.max_new_tokens,
+        examples_dir=args.examples_dir, max_new_tokens=args.max_new_tokens, public_votes=args.public_votes or None,
     )  # fmt: skip
-    demo, _ = create_app(config, gpu=gpu)
-    where = f"pushed to {config.votes_repo}" if config.votes_repo else f"kept in {config.votes_dir}/"
-    print(f"Silkie ({config.adapter}) vs its base; votes {where}")
+    demo, store = create_app(config, gpu=gpu)
+    print(f"Silkie ({config.adapter}) vs its base; votes are {store.where().replace('**', '')}")
     demo.launch(server_name=args.host, server_port=args.port, **launch_options(config))
     return 0
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import random
+import secrets
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,15 +24,17 @@ from vlfeedback_kit.eval.arena import (
     ArenaConfig,
     LimitError,
     Limits,
-    RateLimiter,
+    VisitorLimiter,
     VoteStore,
     board,
     contenders,
     image_sha256,
+    privacy_notice,
     stream_pair,
     vote_record,
 )
 from vlfeedback_kit.eval.serving import BASE, SILKIE, GenerationSettings, ServedModel
+from vlfeedback_kit.files import child
 
 logger = logging.getLogger(__name__)
 
@@ -55,21 +59,32 @@ def build_app(
     store: VoteStore,
     gpu: Callable = no_gpu,
     examples: list[list[Any]] | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> gr.Blocks:
-    """The arena's Blocks, queued (``config.queue_size``); ``gpu`` is ``spaces.GPU`` or :func:`no_gpu`."""
+    """The arena's Blocks, queued (``config.queue_size``); ``gpu`` is ``spaces.GPU`` or :func:`no_gpu`; ``clock``
+    times the rate limits (tests freeze it)."""
     sides = contenders(served)
     limits = Limits.of(config)
-    battle_rate = RateLimiter(config.battles_per_minute)
-    vote_rate = RateLimiter(config.votes_per_minute)
+    battle_rate = VisitorLimiter(config.battles_per_minute, config.clients_per_address, config.proxy_hops, clock)
+    vote_rate = VisitorLimiter(config.votes_per_minute, config.clients_per_address, config.proxy_hops, clock)
+    stable_voters = bool(config.voter_secret)
+    voter_secret = config.voter_secret or secrets.token_urlsafe(32)
+    if not stable_voters:
+        logger.warning(
+            "ARENA_VOTER_SECRET is not set: voter ids use a key made at start and do not survive a "
+            "restart (votes record voter_id_survives_restart: false); set it as a Space secret"
+        )
 
     @gpu(duration=config.gpu_duration_s)
     def generate_pair(image: Any, question: str, adapters: list[str], settings: Any) -> Iterator[tuple[str, str]]:
         yield from stream_pair(served, image, question, adapters, settings, max_time=config.time_limit_s)
 
-    def compare(image_path: str | None, question: str) -> tuple[str, str]:
-        """Stateless: (image, question) → (Silkie's answer, the base's answer), greedy, default length."""
+    def compare(image_path: str | None, question: str, request: gr.Request) -> tuple[str, str]:
+        """Stateless: (image, question) → (Silkie's answer, the base's answer), greedy, default length; the same
+        input limits and the same rate (one battle a call) as the page."""
         try:
             image, question = limits.prompt(image_path, question)
+            battle_rate.hit(request, "battles or /compare calls")
         except LimitError as err:
             raise gr.Error(str(err)) from None
         *_, answers = generate_pair(image, question, [SILKIE, BASE], config.settings())
@@ -81,21 +96,21 @@ def build_app(
     def starter(named: bool) -> Callable:
         def start(image_path: str | None, question: str, tokens: float, temperature: float, voter: str,
                   request: gr.Request) -> tuple:  # fmt: skip
-            return begin(image_path, question, tokens, temperature, voter, named, request.session_hash)
+            return begin(image_path, question, tokens, temperature, voter, named, request)
 
         return start
 
     def voter_for(choice: str) -> Callable:
         def cast(state: dict | None, voter: str, request: gr.Request) -> tuple:
-            return vote(choice, state, voter, request.session_hash)
+            return vote(choice, state, voter, request)
 
         return cast
 
     def begin(image_path: str | None, question: str, tokens: float, temperature: float, voter: str, named: bool,
-              session: str | None) -> tuple:  # fmt: skip
+              request: gr.Request) -> tuple:  # fmt: skip
         try:
             image, question = limits.prompt(image_path, question)
-            battle_rate.hit(voter or session or "anonymous", "battles")
+            battle_rate.hit(request, "battles or /compare calls")
         except LimitError as err:
             raise gr.Error(str(err)) from None
         adapters = [SILKIE, BASE] if named or random.random() < 0.5 else [BASE, SILKIE]
@@ -116,13 +131,13 @@ def build_app(
         yield (done, [*history_a, {"role": "assistant", "content": answers[0]}],
                [*history_b, {"role": "assistant", "content": answers[1]}], *vote_buttons(True))  # fmt: skip
 
-    def vote(choice: str, state: dict | None, voter: str, session: str | None) -> tuple:
+    def vote(choice: str, state: dict | None, voter: str, request: gr.Request) -> tuple:
         if not state or not state.get("done"):
             raise gr.Error("Ask a question first; you can vote once both answers are complete.")
         if state.get("voted"):
             raise gr.Error("This battle already has your vote. Start a new battle.")
         try:
-            vote_rate.hit(voter or session or "anonymous", "votes")
+            vote_rate.hit(request, "votes")
         except LimitError as err:
             raise gr.Error(str(err)) from None
         sha, png = image_sha256(state["image"])
@@ -130,7 +145,8 @@ def build_app(
         record = vote_record(battle_id=state["battle_id"], mode=state["mode"], model_a=model_a, model_b=model_b,
                              vote=choice, voter=voter or "anonymous", prompt=state["question"],
                              answer_a=state["answers"][0], answer_b=state["answers"][1],
-                             settings=GenerationSettings(**state["settings"]), image_sha256=sha)  # fmt: skip
+                             settings=GenerationSettings(**state["settings"]), image_sha256=sha,
+                             voter_id_survives_restart=stable_voters)  # fmt: skip
         store.add(record, png)
         reveal = (f"### Model A: {model_a.name} (`{model_a.record()}`)\n### Model B: {model_b.name} "
                   f"(`{model_b.record()}`)\nThanks — your vote is recorded.")  # fmt: skip
@@ -145,9 +161,10 @@ def build_app(
     def new_battle() -> tuple:
         return (None, [], [], *vote_buttons(False), gr.Button(interactive=True), "", None, "")
 
-    with gr.Blocks(title="Silkie vs base") as demo:
-        voter = gr.BrowserState(None, storage_key=VOTER_STORAGE_KEY, secret=config.voter_secret)
+    with gr.Blocks(title="Silkie vs base", delete_cache=(3600, 3600)) as demo:  # uploads gone within two hours
+        voter = gr.BrowserState(None, storage_key=VOTER_STORAGE_KEY, secret=voter_secret)
         gr.Markdown(INTRO)
+        gr.Markdown(lambda: privacy_notice(store, stable_voters, config), elem_id="privacy")
         with gr.Tabs():
             with gr.Tab("⚔️ Battle (blind)", id="battle"):
                 battle = gr.State(None)
@@ -242,7 +259,8 @@ def create_app(config: ArenaConfig, gpu: Callable = no_gpu) -> tuple[gr.Blocks, 
 
     served = load(config.model, adapter=config.adapter, model_revision=config.model_revision,
                   adapter_revision=config.adapter_revision)  # fmt: skip
-    store = VoteStore(config.votes_dir, config.votes_repo, every_minutes=config.push_every_minutes)
+    store = VoteStore(config.votes_dir, config.votes_repo, every_minutes=config.push_every_minutes,
+                      public=config.public_votes)  # fmt: skip
     return build_app(served, config, store, gpu, examples=examples_from(config.examples_dir)), store
 
 
@@ -271,7 +289,7 @@ def examples_from(folder: str | Path | None, limit: int = 4) -> list[list[Any]]:
     out_dir.mkdir(exist_ok=True)
     examples = []
     for row in rows.select(range(min(limit, len(rows)))):
-        path = out_dir / f"{row['id']}.png"
+        path = child(out_dir, row["id"], ".png", what="example id")
         row["image"].convert("RGB").save(path)
         examples.append([str(path), row["prompt"]])
     return examples

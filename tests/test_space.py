@@ -72,6 +72,7 @@ def space(silkie, tmp_path_factory):
     root = tmp_path_factory.mktemp("arena-space")
     env = {"ARENA_ADAPTER": str(run), "ARENA_VOTES_DIR": str(root / "votes"), "ARENA_MAX_NEW_TOKENS": "16",
            "ARENA_VOTES_REPO": "org/space-votes", "ARENA_VOTER_SECRET": "test-secret", "HF_TOKEN": SECRET,
+           "ARENA_BATTLES_PER_MINUTE": "1000",  # many calls from one loopback client
            "GRADIO_ANALYTICS_ENABLED": "False"}  # fmt: skip
     with HubServer() as hub, pytest.MonkeyPatch.context() as patch:
         point_clients_at(hub, root / "hf_home", patch)
@@ -165,7 +166,7 @@ def test_limits_and_rate_limiter(tmp_path):
     rate.hit("voter", "votes")
     rate.hit("voter", "votes")
     rate.hit("other", "votes")
-    with pytest.raises(LimitError, match="at most 2 a minute"):
+    with pytest.raises(LimitError, match="Slow down: at most 2 votes a minute"):
         rate.hit("voter", "votes")
     now[0] = 60.0
     rate.hit("voter", "votes")
@@ -202,13 +203,15 @@ def load_fresh(repo_id: str, hub: HubServer) -> Any:
         return datasets.load_dataset(repo_id, split="train")
 
 
-def test_votes_reach_the_dataset_repo_and_load_dataset_reads_them(hub, tmp_path):
+def test_votes_reach_the_dataset_repo_and_load_dataset_reads_them(hub, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", SECRET)  # pushing needs a write token (without one the votes stay local)
     store = VoteStore(tmp_path / "votes", "org/arena-votes", every_minutes=60)
     try:
         store.add(record("a", 0), b"png-bytes")
         store.add(record("bothbad", 1), b"png-bytes")
         store.push()
         repo = hub.repo("org/arena-votes")
+        assert repo.private  # votes hold visitors' prompts and images: private unless public_votes
         names = set(repo.resolve("main").files)
         assert f"data/{store.path.name}" in names and f"images/{'0' * 64}.png" in names
         rows = load_fresh("org/arena-votes", hub)
@@ -219,7 +222,8 @@ def test_votes_reach_the_dataset_repo_and_load_dataset_reads_them(hub, tmp_path)
         store.close()
 
 
-def test_a_failing_hub_loses_and_duplicates_no_vote(hub, tmp_path):
+def test_a_failing_hub_loses_and_duplicates_no_vote(hub, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", SECRET)
     store = VoteStore(tmp_path / "votes", "org/arena-votes", every_minutes=60)
     try:
         store.add(record("a", 0))
@@ -236,7 +240,8 @@ def test_a_failing_hub_loses_and_duplicates_no_vote(hub, tmp_path):
         store.close()
 
 
-def test_a_hub_down_at_start_up_keeps_votes_local_then_catches_up(hub, tmp_path):
+def test_a_hub_down_at_start_up_keeps_votes_local_then_catches_up(hub, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", SECRET)
     hub.fail_next(r"/api/repos/create", status=503)
     store = VoteStore(tmp_path / "votes", "org/late-votes", every_minutes=60, retry_seconds=0)
     try:
@@ -265,8 +270,10 @@ def test_a_torn_last_line_is_skipped(tmp_path):
 
 
 def test_config_from_environment():
-    config = ArenaConfig.from_env({"ARENA_MODEL": "org/base", "ARENA_MAX_NEW_TOKENS": "64", "HF_TOKEN": SECRET})
+    config = ArenaConfig.from_env({"ARENA_MODEL": "org/base", "ARENA_MAX_NEW_TOKENS": "64", "HF_TOKEN": SECRET,
+                                   "ARENA_PUSH_EVERY_MINUTES": "2.5"})  # fmt: skip
     assert config.model == "org/base" and config.max_new_tokens == 64 and SECRET not in repr(config)
+    assert config.push_every_minutes == 2.5
     assert config.settings(10_000, -1).max_new_tokens == config.max_new_tokens_limit
 
 
@@ -282,6 +289,8 @@ def test_browser_battle_vote_reveal_and_leaderboard(space, png, tmp_path, caplog
                                     args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"])  # fmt: skip
         page = browser.new_page(viewport={"width": 1280, "height": 1100})
         page.goto(url)
+        expect(page.locator("#privacy")).to_contain_text("your question, your uploaded image")  # before any vote
+        expect(page.locator("#privacy")).to_contain_text("private Hub dataset org/space-votes")
         page.locator("#image input[type=file]").set_input_files(str(png))
         page.locator("#image img").first.wait_for()
         page.locator("#question textarea").fill("What colour is the square?")
@@ -323,6 +332,7 @@ def test_browser_battle_vote_reveal_and_leaderboard(space, png, tmp_path, caplog
     (line,) = [v for v in read_votes(votes) if v["mode"] == "battle"]
     assert line["winner"] == "model_a" and line["prompt"] == "What colour is the square?"
     assert len(line["voter"]) == 32 and (votes / "images" / f"{line['image_sha256']}.png").is_file()
+    assert line["voter_id_survives_restart"] is True  # ARENA_VOTER_SECRET is set
     assert {line["model_a_name"], line["model_b_name"]} == {"Silkie", "Base"}
     text = "".join(p.read_text() for p in (votes / "data").glob("*.jsonl"))
     assert SECRET not in text and "127.0.0.1" not in text and "base64" not in text
@@ -412,8 +422,9 @@ def wait_for(url: str, server, log: Path, timeout: float = 120.0):
     raise AssertionError(f"the Space did not start within {timeout:.0f} s")
 
 
-def test_publish_space_is_one_commit_to_a_gradio_space(hub, silkie, capsys):
+def test_publish_space_is_one_commit_to_a_gradio_space(hub, silkie, capsys, monkeypatch):
     base, run = silkie
+    monkeypatch.setenv("HF_TOKEN", SECRET)  # the publisher's token (it also creates the private votes repo)
     assert publish("--model", "org/base", "--adapter", "org/silkie", "--votes-repo", "org/votes") == 0
     repo = hub.repo("org/silkie-arena", "space")
     head = repo.resolve("main")

@@ -2,8 +2,9 @@
 
 Runs unchanged on a CPU (``vlfeedback space`` or ``python app.py``), on a GPU and on ZeroGPU. Configuration is by
 environment variables (Space variables / secrets): ARENA_MODEL, ARENA_MODEL_REVISION, ARENA_ADAPTER,
-ARENA_ADAPTER_REVISION, ARENA_VOTES_REPO, ARENA_VOTER_SECRET, ARENA_MAX_NEW_TOKENS, ... (all fields of
-vlfeedback_kit.eval.arena.ArenaConfig); HF_TOKEN is read by huggingface_hub only.
+ARENA_ADAPTER_REVISION, ARENA_VOTES_REPO, ARENA_PUBLIC_VOTES, ARENA_VOTER_SECRET, ARENA_MAX_NEW_TOKENS, ... (all
+fields of vlfeedback_kit.eval.arena.ArenaConfig); HF_TOKEN (a write token for the votes repo, as a Space secret) is
+read by huggingface_hub only: without it the votes stay on the Space's disk and are lost at restart.
 """
 
 try:
