@@ -143,6 +143,7 @@ def compare(old: Snapshot, new: Snapshot) -> dict:
             }
     if old.judges != new.judges:
         diff["judges"] = (old.judges, new.judges)
+        diff["reports"] = (old.report, new.report)
     if old.source_name != new.source_name:
         diff["source"] = (old.source_name, new.source_name)
     return diff
@@ -211,8 +212,8 @@ def format_entry(version: str, date: str, diff: dict) -> str:
     else:
         lines.append("- **Pairing policies**: unchanged.")
     if "judges" in diff:
-        before, after = diff["judges"]
-        lines.append(f"- **Judge**: {_judges(before)} → {_judges(after)}.")
+        (before, after), (old_report, new_report) = diff["judges"], diff.get("reports", ({}, {}))
+        lines.append(f"- **Judge**: {_judges(before, old_report)} → {_judges(after, new_report)}.")
     else:
         lines.append("- **Judge**: unchanged.")
     if "source" in diff:

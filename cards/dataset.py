@@ -1,11 +1,21 @@
 """The dataset card of a Hub-ready VLFeedback folder, rendered from the folder's own data and records.
 
 Every number in the card comes from the folder: ``build_report.json`` and ``pairing_policies.json`` (counts,
-policies), the optional ``judge.json`` (judge models and template hashes), the Parquet schema (column types) and
-the ``raw`` Parquet's small columns (rows per source, rating distributions, per-model mean scores; image bytes are
-never read for statistics). The template only words them. Rendering writes the figures the card shows into
-``assets/`` (one rating-distribution PNG per aspect, and the example row's image) and goes through
-``huggingface_hub``'s ``DatasetCard.from_template`` with ``DatasetCardData`` for the metadata.
+policies), the optional ``judge.json`` (judge models and template hashes), the optional ``agreement.json``
+(``vlfeedback agreement --json``: this release's judge-vs-human agreement), the Parquet schema (column types, and
+the ``dataset_info`` metadata) and the ``raw`` Parquet's small columns (rows per source, rating distributions,
+per-model mean scores; image bytes are never read for statistics). The template only words them.
+
+What the card claims about who rated the responses, the licence and the paper's figures follows the release's
+origin (:func:`release_origin`): the kit's synthetic sample, a release judged through the kit's pipeline
+(``judge.json``), the original VLFeedback release (the Hub repo ``MMInstruction/VLFeedback`` or its
+``vlfeedback_80k.jsonl``), or a source that records no judge. Only the original release is said to be judged by
+GPT-4V, gets the paper's figures (labelled as the paper's) and the original's CC BY-NC 4.0 licence by default;
+any other release states the licence given with ``--license``, or none.
+
+Rendering writes the figures the card shows into ``assets/`` (one rating-distribution PNG per aspect, and the
+example row's image) and goes through ``huggingface_hub``'s ``DatasetCard.from_template`` with ``DatasetCardData``
+for the metadata.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ import io
 import json
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -21,15 +32,23 @@ import pyarrow.parquet as pq
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from vlfeedback_kit.builders.features import ASPECTS, PAIR_FEATURES
+from vlfeedback_kit.builders.sources import RELEASE_JSONL
 from vlfeedback_kit.cards.plots import RATING_LABELS, rating_distribution_plot, slug
 from vlfeedback_kit.errors import UserError
+
+if TYPE_CHECKING:
+    from datasets.info import DatasetInfosDict
 
 TEMPLATES = Path(__file__).parent / "templates"
 TEMPLATE = TEMPLATES / "dataset_card.md"
 CITATION = TEMPLATES / "citation.bib"
-LICENSE = "cc-by-nc-4.0"
+ORIGINAL_LICENSE = "cc-by-nc-4.0"
+"""The original release's licence: the card's default for the original release only."""
+ORIGINAL_REPO = "MMInstruction/VLFeedback"
 ASSETS_DIR = "assets"
 JUDGE_FILE = "judge.json"
+AGREEMENT_FILE = "agreement.json"
+"""This release's judge-vs-human agreement, as ``vlfeedback agreement --json`` prints it."""
 JUDGEMENTS_CONFIG = "judgements"
 DEFAULT_CONFIG = "pairs"
 UNPUBLISHED_TARGET = "ORG/NAME"
@@ -40,6 +59,10 @@ SYNTHETIC_JUDGE = (
     "None: this folder was built from the kit's synthetic sample (`vlfeedback sample`{details}); its responses and "
     "ratings are drawn by a procedural generator from each image's known content, not written by the model pool "
     "nor judged by GPT-4V"
+)
+UNKNOWN_JUDGE = (
+    "Not recorded: the source (`{source}`) carries no `judge.json` and is not the original VLFeedback release, so "
+    "who rated these responses is not known to the kit"
 )
 TEXT_PREVIEW_CHARS = 300
 COLUMN_DOCS: dict[str, str] = {
@@ -71,13 +94,39 @@ def size_category(n: int) -> str:
     return "1M<n<10M"
 
 
+def release_origin(report: dict, judges: list[dict] | None = None) -> str:
+    """Where a build's ratings come from, from what the build recorded: ``sample`` (the kit's synthetic sample),
+    ``pipeline`` (judged through the kit's pipeline: ``judge.json``), ``original`` (the original VLFeedback release:
+    the Hub repo, or its ``vlfeedback_80k.jsonl``) or ``unknown``."""
+    if report.get("synthetic_sample") is not None:
+        return "sample"
+    if judges:
+        return "pipeline"
+    source = str(report.get("source") or "")
+    if source.lower() == ORIGINAL_REPO.lower() or f"({RELEASE_JSONL} " in str(report.get("input") or ""):
+        return "original"
+    return "unknown"
+
+
 def judge_statement(report: dict) -> str:
-    """Who rated the responses when the folder has no ``judge.json``: the paper's judge, or the synthetic sample."""
-    sample = report.get("synthetic_sample")
-    if sample is None:
+    """Who rated the responses when the folder has no ``judge.json``: the synthetic sample, the paper's judge (for
+    the original release only), or nobody the kit knows of."""
+    origin = release_origin(report)
+    if origin == "original":
         return PAPER_JUDGE
+    if origin == "unknown":
+        return UNKNOWN_JUDGE.format(source=report.get("source_name") or "unnamed")
+    sample = report["synthetic_sample"]
     details = ", ".join(f"{key} {sample[key]}" for key in ("seed", "instructions") if key in sample)
     return SYNTHETIC_JUDGE.format(details=f", {details}" if details else "")
+
+
+def public_name(value: str | None) -> str | None:
+    """A model, adapter or folder as a card may show it: an absolute local path becomes its folder name marked
+    ``(local)`` — named, never located; anything else (a Hub id, an API model name) is kept."""
+    if not value or not Path(value).is_absolute():
+        return value
+    return f"{Path(value).name} (local)"
 
 
 def policy_description(policy: dict) -> str:
@@ -259,9 +308,60 @@ def read_judge(folder: Path) -> list[dict] | None:
 
 
 def read_pool(folder: Path) -> list[dict] | None:
-    """The model pool with its decoding settings, as ``judge.json`` records it (None when it does not)."""
+    """The model pool with its decoding settings, as ``judge.json`` records it (None when it does not); a local
+    model or adapter is shown by its folder name."""
     path = folder / JUDGE_FILE
-    return json.loads(path.read_text()).get("pool") if path.is_file() else None
+    pool = json.loads(path.read_text()).get("pool") if path.is_file() else None
+    return [
+        member | {key: public_name(member.get(key)) for key in ("model", "adapter")} for member in pool or []
+    ] or None
+
+
+def read_agreement(folder: Path) -> dict | None:
+    """This release's overall judge-vs-human agreement from ``agreement.json`` (``vlfeedback agreement --json``):
+    agreement, 95% interval, decisive pairs and labels; None when it was not measured."""
+    path = folder / AGREEMENT_FILE
+    if not path.is_file():
+        return None
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+        overall = results.get("results", results)["overall"]
+        measured = {
+            "agreement": float(overall["agreement"]),
+            "low": float(overall["ci95"][0]),
+            "high": float(overall["ci95"][1]),
+            "pairs": int(overall["pairs"]),
+            "ties": int(overall["human_ties"]) + int(overall["judge_ties"]),
+        }
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
+        raise UserError(
+            f"{path} is not the output of `vlfeedback agreement --json` with an overall agreement ({err!r}); "
+            "write it again or remove it"
+        ) from err
+    return measured | {"labels": measured["pairs"] + measured["ties"]}
+
+
+def dataset_infos(folder: Path, report: dict) -> DatasetInfosDict:
+    """Per config: features, and rows and bytes per split, as ``datasets``' ``push_to_hub`` records them (bytes:
+    the Parquet data's uncompressed size; download size: the Parquet files' size)."""
+    from datasets import DatasetInfo, Features, SplitDict, SplitInfo
+    from datasets.info import DatasetInfosDict
+
+    infos = {}
+    for config, splits in report["splits"].items():
+        split_dict = SplitDict()
+        files = config_files(folder, config, splits)
+        for split in sorted(splits):
+            metadata = [pq.ParquetFile(p).metadata for p in files if p.name.startswith(f"{split}-")]
+            num_bytes = sum(m.row_group(i).total_byte_size for m in metadata for i in range(m.num_row_groups))
+            split_dict.add(SplitInfo(name=split, num_bytes=num_bytes, num_examples=sum(m.num_rows for m in metadata)))
+        infos[config] = DatasetInfo(
+            features=Features.from_arrow_schema(pq.read_schema(files[0])) if files else None,
+            splits=split_dict,
+            download_size=sum(p.stat().st_size for p in files),
+            dataset_size=sum(s.num_bytes for s in split_dict.values()),
+        )
+    return DatasetInfosDict(infos)
 
 
 def dataset_facts(folder: Path) -> dict:
@@ -271,6 +371,7 @@ def dataset_facts(folder: Path) -> dict:
         raise UserError(f"{folder} is not a folder written by `vlfeedback build` (no {', '.join(missing)})")
     report = json.loads((folder / "build_report.json").read_text())
     policies = json.loads((folder / "pairing_policies.json").read_text())
+    judges = read_judge(folder)
     assets = folder / ASSETS_DIR
     shutil.rmtree(assets, ignore_errors=True)
     assets.mkdir()
@@ -309,48 +410,85 @@ def dataset_facts(folder: Path) -> dict:
         },
         "example_config": example_config,
         "example": example_row(files[example_config], assets),
-        "judges": read_judge(folder),
+        "judges": judges,
+        "judge_models": sorted({judge["model"] for judge in judges or []}),
+        "origin": release_origin(report, judges),
+        "agreement": read_agreement(folder),
         "pool": read_pool(folder),
         "judgements_rows": sum(report["splits"].get(JUDGEMENTS_CONFIG, {}).values()),
     }
 
 
-def card_data(facts: dict) -> DatasetCardData:
-    """The card's YAML metadata: license, tasks, size, tags and the ``configs`` block (``pairs`` is the default)."""
-    return DatasetCardData(
-        license=LICENSE,
+ORIGIN_TAGS: dict[str, tuple[str, ...]] = {
+    "original": ("ai-feedback", "gpt-4v", "silkie"),
+    "pipeline": ("ai-feedback",),
+    "sample": ("synthetic",),
+    "unknown": (),
+}
+"""Tags that are true of a release only given its origin (``gpt-4v``: the original release's judge)."""
+
+
+def default_pretty_name(facts: dict) -> str:
+    """The card's title when ``--pretty-name`` is not given: VLFeedback only for the original release."""
+    if facts["origin"] == "original":
+        return "VLFeedback"
+    if facts["origin"] == "sample":
+        return "VLFeedback kit synthetic sample"
+    return f"{facts['report'].get('source_name') or facts['folder'].name} (VLFeedback format)"
+
+
+def card_data(facts: dict, license: str | None = None, pretty_name: str | None = None) -> DatasetCardData:
+    """The card's YAML metadata: license, tasks, size, tags, the ``configs`` block (``pairs`` is the default) and
+    ``dataset_info`` (features, rows and bytes per config and split), written by ``datasets`` itself."""
+    data = DatasetCardData(
+        license=license,
         language="en",
-        pretty_name="VLFeedback",
+        pretty_name=pretty_name,
         annotations_creators=["machine-generated"],
         language_creators=["machine-generated"],
         multilinguality="monolingual",
         task_categories=["image-text-to-text", "visual-question-answering"],
         size_categories=size_category(facts["largest_config_rows"]),
-        tags=["dpo", "preference", "vision-language", "ai-feedback", "gpt-4v", "vlfeedback", "silkie"],
+        tags=["dpo", "preference", "vision-language", "vlfeedback", *ORIGIN_TAGS[facts["origin"]]],
         configs=configs_block(facts["folder"], facts["report"]),
     )
+    dataset_infos(facts["folder"], facts["report"]).to_dataset_card_data(data)
+    return data
 
 
 def render_dataset_card(
-    folder: Path, repo_id: str | None = None, revision: str | None = None, changelog: str | None = None
+    folder: Path,
+    repo_id: str | None = None,
+    revision: str | None = None,
+    changelog: str | None = None,
+    license: str | None = None,
+    pretty_name: str | None = None,
 ) -> DatasetCard:
     """Render the card of a built folder (README.md content with YAML metadata); writes its figures to ``assets/``.
 
     ``repo_id`` and ``revision`` make the loading snippets point at a Hub release (default: an ``ORG/NAME``
     placeholder, the folder not being published yet);
-    ``changelog`` is the markdown of the changelog entries, newest first (default: a not-published-yet note).
+    ``changelog`` is the markdown of the changelog entries, newest first (default: a not-published-yet note);
+    ``license`` and ``pretty_name`` are the publisher's (``--license``, ``--pretty-name``): by default the original
+    release's licence and name for the original release, and no licence for any other.
     """
     folder = Path(folder)
     facts = dataset_facts(folder)
+    license = license or (ORIGINAL_LICENSE if facts["origin"] == "original" else None)
+    pretty_name = pretty_name or default_pretty_name(facts)
     return DatasetCard.from_template(
-        card_data(facts),
+        card_data(facts, license, pretty_name),
         template_path=str(TEMPLATE),
+        license=license,
+        license_flag=license is not None and not (facts["origin"] == "original" and license == ORIGINAL_LICENSE),
+        pretty_name=pretty_name,
         aspects=ASPECTS,
         repo_id=repo_id,
         load_target=repo_id or UNPUBLISHED_TARGET,
         revision=revision,
         changelog=changelog,
         paper_judge=PAPER_JUDGE,
+        agreement_file=AGREEMENT_FILE,
         preview_chars=TEXT_PREVIEW_CHARS,
         citation=CITATION.read_text(encoding="utf-8").strip(),
         **facts,
