@@ -26,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dataset = card_kinds.add_parser("dataset", help="(re)write DIR/README.md and its figures in DIR/assets/")
     dataset.add_argument("folder", type=Path, metavar="DIR", help="a folder written by `vlfeedback build`")
     dataset.add_argument("--repo", metavar="ORG/NAME", help="Hub repo the loading snippets name (default ORG/NAME)")
+    _dataset_options(dataset)
     dataset.set_defaults(func=_card_dataset)
     model = card_kinds.add_parser("model", help="(re)write RUN_DIR/README.md from run_info.json and the curves")
     model.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a training run dir")
@@ -41,6 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dataset.add_argument(
         "--include-rejects", action="store_true", help="also upload rejects.jsonl (local-only by default)"
     )
+    _dataset_options(dataset)
     dataset.set_defaults(func=_publish_dataset)
     model = publish_kinds.add_parser("model", help="publish a run dir: card, one commit, tag")
     model.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a training run dir")
@@ -60,27 +62,44 @@ def _release_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _dataset_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--license",
+        metavar="ID",
+        help="license id the card states (default: cc-by-nc-4.0 for the original VLFeedback release, none otherwise)",
+    )
+    parser.add_argument(
+        "--pretty-name",
+        metavar="NAME",
+        help="the card's title and pretty_name (default: VLFeedback for the original release, else from the source)",
+    )
+
+
 def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--eval-results", type=Path, metavar="FILE", help="eval-results JSON (default: RUN_DIR/eval_results.json)"
     )
-    parser.add_argument("--license", help="license id of the weights (default cc-by-nc-4.0, the data's license)")
+    parser.add_argument(
+        "--license",
+        metavar="ID",
+        help="license id of the weights (default: cc-by-nc-4.0 when trained on the original VLFeedback release or "
+        "on a dataset whose origin was not recorded; none otherwise)",
+    )
 
 
 def _card_dataset(args: argparse.Namespace) -> int:
     from vlfeedback_kit.cards.dataset import render_dataset_card
 
-    render_dataset_card(args.folder, repo_id=args.repo).save(args.folder / "README.md")
+    card = render_dataset_card(args.folder, repo_id=args.repo, license=args.license, pretty_name=args.pretty_name)
+    card.save(args.folder / "README.md")
     print(f"wrote {args.folder / 'README.md'} and its figures in {args.folder / 'assets'}")
     return 0
 
 
 def _card_model(args: argparse.Namespace) -> int:
-    from vlfeedback_kit.cards.model import LICENSE, render_model_card
+    from vlfeedback_kit.cards.model import render_model_card
 
-    card = render_model_card(
-        args.run_dir, repo_id=args.repo, eval_results=args.eval_results, license=args.license or LICENSE
-    )
+    card = render_model_card(args.run_dir, repo_id=args.repo, eval_results=args.eval_results, license=args.license)
     card.save(args.run_dir / "README.md")
     print(f"wrote {args.run_dir / 'README.md'}")
     return 0
@@ -96,7 +115,12 @@ def _publish_dataset(args: argparse.Namespace) -> int:
     from vlfeedback_kit.cards.publish import publish_dataset
 
     outcome = publish_dataset(
-        args.folder, _release(args, "dataset"), dry_run=args.dry_run, include_rejects=args.include_rejects
+        args.folder,
+        _release(args, "dataset"),
+        dry_run=args.dry_run,
+        include_rejects=args.include_rejects,
+        license=args.license,
+        pretty_name=args.pretty_name,
     )
     return _report(outcome)
 

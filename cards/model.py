@@ -5,9 +5,15 @@ A run dir holds a LoRA adapter (``adapter_config.json``; merged weights optional
 hyperparameters, hardware, global batch, final metrics, library versions), and optionally ``training_curves.png``
 and ``eval_results.json``. The card's metadata is a
 ``huggingface_hub`` ``ModelCardData`` (evaluation results become ``model-index`` through ``EvalResult``); its
-quick start loads the folder by its absolute path (or, once published, the Hub repo at its release tag, and the base
-model at its commit) with the Auto classes and chats about an image, from any working directory. ``base_model`` and
-``datasets`` metadata name Hub repos only; a local base model or dataset is described in the body.
+quick start loads the Hub repo at its release tag (and the base model at its commit) with the Auto classes and
+chats about an image. ``base_model`` and ``datasets`` metadata name Hub repos only.
+
+Nothing here carries an absolute local path: a local base model, dataset or run dir is named by its folder name,
+never located (``run_info.json`` records ``{"name": ..., "local": true}``; :func:`public_files` rewrites what a
+run dir holds from older runs or from PEFT — ``adapter_config.json``'s base path — before it is published).
+What the card says about the training pairs follows the dataset's origin as training recorded it
+(``dataset.origin``: the original VLFeedback release, a release judged through the kit's pipeline, the kit's
+synthetic sample, or unknown).
 """
 
 from __future__ import annotations
@@ -16,9 +22,10 @@ import json
 import os
 from pathlib import Path
 
+import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from vlfeedback_kit.cards.dataset import CITATION, TEMPLATES
+from vlfeedback_kit.cards.dataset import CITATION, ORIGINAL_LICENSE, ORIGINAL_REPO, TEMPLATES
 from vlfeedback_kit.errors import UserError
 
 TEMPLATE = TEMPLATES / "model_card.md"
@@ -26,7 +33,11 @@ RUN_INFO = "run_info.json"
 CURVES = "training_curves.png"
 EVAL_RESULTS = "eval_results.json"
 MERGED_DIR = "merged"
-LICENSE = "cc-by-nc-4.0"
+LICENSE = ORIGINAL_LICENSE
+"""The default licence of the weights: the original release's, for a run on it (or on data of unrecorded origin)."""
+REWRITTEN_RECORDS: tuple[str, ...] = (RUN_INFO, "resolved_config.yaml", "trainer_state.json", "adapter_config.json")
+"""Run-dir records that may hold local paths: published rewritten, each local path replaced by its folder name."""
+TEXT_SUFFIXES: tuple[str, ...] = (".json", ".yaml", ".yml", ".md", ".txt", ".jinja", ".py", ".csv")
 TAGS: tuple[str, ...] = ("dpo", "trl", "vlfeedback", "silkie", "vision")
 EXAMPLE_IMAGE_URL = "https://huggingface.co/datasets/huggingface/documentation-images/resolve/main/p-blog/candy.JPG"
 """The image the quick start describes (the one the transformers docs use for image-text-to-text)."""
@@ -46,16 +57,105 @@ def hub_id(name: str | None) -> str | None:
     return name
 
 
-def local_path(name: str | None, revision: str | None) -> str | None:
-    """The absolute path of a run's base model or dataset when it was a local folder (training records the absolute
-    path and a ``local-`` content digest; an older record may hold a path relative to where training ran), else
-    None for a Hub repo id."""
+def is_local(name: str | None, revision: str | None, local: bool | None = None) -> bool:
+    """Whether a run's base model or dataset was a local folder: recorded as such (``local``), or, in an older
+    record, an absolute path, a folder here, a ``local-`` content digest, or a name that is no Hub id."""
+    if local is not None:
+        return bool(local)
     if not name:
-        return None
+        return False
     path = Path(name).expanduser()
-    if path.is_absolute() or path.exists() or str(revision or "").startswith("local-") or not hub_id(name):
-        return os.path.abspath(path)
-    return None
+    return path.is_absolute() or path.exists() or str(revision or "").startswith("local-") or not hub_id(name)
+
+
+def folder_name(name: str) -> str:
+    """A local folder's name, never its location (``/home/me/runs/tiny-qwen2-vl`` → ``tiny-qwen2-vl``)."""
+    return Path(os.path.normpath(name)).name or name
+
+
+def unlocated(value: object) -> object:
+    """``value`` with every absolute path (a string, or inside lists and dicts) replaced by its folder name."""
+    if isinstance(value, dict):
+        return {key: unlocated(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [unlocated(item) for item in value]
+    if isinstance(value, str) and os.path.isabs(value) and folder_name(value) != value:
+        return folder_name(value)
+    return value
+
+
+def source_record(name: str, local: bool) -> str | dict:
+    """How ``run_info.json`` records a base model: a Hub id as it is, a local folder as ``{"name", "local"}``."""
+    return {"name": folder_name(name), "local": True} if local else name
+
+
+def base_of(run: dict) -> tuple[str, bool]:
+    """A run's base model as ``(name, local)``, from this or an older ``run_info.json``."""
+    base = run.get("base_model")
+    if isinstance(base, dict):
+        name, local = str(base.get("name") or base.get("id") or ""), base.get("local")
+    else:
+        name, local = str(base or ""), None
+    local = is_local(name, run.get("base_model_revision"), local)
+    return (folder_name(name) if local else name), local
+
+
+def dataset_of(run: dict) -> tuple[dict, bool]:
+    """A run's dataset record with its name unlocated, and whether it was a local folder."""
+    dataset = dict(run.get("dataset") or {})
+    local = is_local(dataset.get("name"), dataset.get("revision"), dataset.get("local"))
+    if local and dataset.get("name"):
+        dataset["name"] = folder_name(dataset["name"])
+    return dataset, local
+
+
+def public_run_info(run: dict) -> dict:
+    """``run_info.json`` as it is published: local sources named, not located, and no other absolute path."""
+    base, base_local = base_of(run)
+    dataset, dataset_local = dataset_of(run)
+    return unlocated(
+        run
+        | {"base_model": source_record(base, base_local)}
+        | ({"dataset": dataset | ({"local": True} if dataset_local else {})} if run.get("dataset") else {})
+    )
+
+
+def public_files(run_dir: Path, run: dict) -> dict[str, bytes]:
+    """The run-dir records (``REWRITTEN_RECORDS``, ``merged/`` included) rewritten with no absolute local path:
+    what ``publish model`` uploads in their place. PEFT's ``base_model_name_or_path`` becomes the base's name."""
+    base, base_local = base_of(run)
+    rewritten: dict[str, bytes] = {}
+    for path in sorted(p for name in REWRITTEN_RECORDS for p in (run_dir / name, run_dir / MERGED_DIR / name)):
+        if not path.is_file():
+            continue
+        key = path.relative_to(run_dir).as_posix()
+        if path.name == RUN_INFO:
+            data = public_run_info(run)
+        elif path.suffix == ".yaml":
+            data = unlocated(yaml.safe_load(path.read_text(encoding="utf-8")))
+            rewritten[key] = yaml.safe_dump(data, sort_keys=False).encode("utf-8")
+            continue
+        else:
+            data = unlocated(json.loads(path.read_text(encoding="utf-8")))
+        if path.name == "adapter_config.json" and base_local and data.get("base_model_name_or_path"):
+            data["base_model_name_or_path"] = base
+        rewritten[key] = (json.dumps(data, indent=2) + "\n").encode("utf-8")
+    return rewritten
+
+
+def check_no_local_paths(files: dict[str, Path | bytes], roots: list[Path]) -> None:
+    """Refuse to publish a text file that still names a folder of this machine (one of ``roots``)."""
+    needles = sorted({str(root) for root in roots if len(root.parts) > 2}, key=len)
+    for name, source in files.items():
+        if not name.endswith(TEXT_SUFFIXES):
+            continue
+        text = (source if isinstance(source, bytes) else source.read_bytes()).decode("utf-8", errors="replace")
+        found = next((needle for needle in needles if needle in text), None)
+        if found is not None:
+            raise UserError(
+                f"{name} names a local folder ({found}); the kit publishes no local path — remove it from the file "
+                "(or leave the file out of the run dir) and publish again"
+            )
 
 
 def read_run(run_dir: Path) -> dict:
@@ -101,32 +201,41 @@ def eval_result(result: dict) -> EvalResult:
     return EvalResult(**{key: value for key, value in result.items() if key in fields}, **extra)
 
 
+def data_origin(dataset: dict) -> str | None:
+    """Where the training pairs' ratings come from, as training recorded it (see ``cards.dataset.release_origin``);
+    the original release's Hub repo is known by its id; None when nothing was recorded."""
+    if dataset.get("origin"):
+        return str(dataset["origin"])
+    return "original" if str(dataset.get("name") or "").lower() == ORIGINAL_REPO.lower() else None
+
+
 def render_model_card(
     run_dir: Path,
     repo_id: str | None = None,
     revision: str | None = None,
     eval_results: Path | None = None,
-    license: str = LICENSE,
+    license: str | None = None,
 ) -> ModelCard:
     """Render the card of a run dir; ``repo_id``/``revision`` point the quick start at a Hub release.
 
     Evaluation results come from ``eval_results`` or else the run dir's ``eval_results.json``, when present.
+    ``license`` defaults to the original release's for a run on it or on data of unrecorded origin, else none.
     """
     run_dir = Path(run_dir)
     run = read_run(run_dir)
     is_adapter = (run_dir / "adapter_config.json").is_file()
-    model_id = repo_id or str(run_dir.resolve())
     title = repo_id.split("/")[-1] if repo_id else run_dir.resolve().name
+    model_id = repo_id or title
     results_path = eval_results or (run_dir / EVAL_RESULTS if (run_dir / EVAL_RESULTS).is_file() else None)
     evaluations = read_eval_results(results_path) if results_path else []
     reference = read_reference(results_path) if results_path else []
-    base_revision, dataset = run.get("base_model_revision"), dict(run["dataset"])
-    base_local = local_path(run["base_model"], base_revision)
-    base_model = base_local or run["base_model"]
-    dataset_local = local_path(dataset["name"], dataset.get("revision"))
-    dataset["name"] = dataset_local or dataset["name"]
+    base_revision = run.get("base_model_revision")
+    base_model, base_local = base_of(run)
+    dataset, dataset_local = dataset_of(run)
+    origin = data_origin(dataset)
+    license = license or (LICENSE if origin in ("original", None) else None)
     base_id = None if base_local else hub_id(base_model)
-    dataset_id = None if dataset_local else hub_id(dataset["name"])
+    dataset_id = None if dataset_local else hub_id(dataset.get("name"))
     data = ModelCardData(
         base_model=base_id,
         base_model_relation=("adapter" if is_adapter else "finetune") if base_id else None,
@@ -144,19 +253,23 @@ def render_model_card(
         data,
         template_path=str(TEMPLATE),
         title=title,
-        run=run,
+        run=public_run_info(run),
         is_adapter=is_adapter,
         model_id=model_id,
+        published=repo_id is not None,
         revision=revision,
         pin=f', revision="{revision}"' if revision else "",
         base_pin=f', revision="{base_revision}"' if base_revision and base_id else "",
         base_model=base_model,
-        base_local=bool(base_local),
-        dataset_local=bool(dataset_local),
+        base_local=base_local,
+        dataset_local=dataset_local,
         base_model_url=f"{HUB_URL}/{base_id}" if base_id else None,
         base_model_revision=base_revision,
         dataset=dataset,
         dataset_url=f"{HUB_URL}/datasets/{dataset_id}" if dataset_id else None,
+        origin=origin,
+        judge_models=dataset.get("judges") or [],
+        license=license,
         image_url=EXAMPLE_IMAGE_URL,
         hyperparameters={k: v if isinstance(v, str) else json.dumps(v) for k, v in run["hyperparameters"].items()},
         metrics={k: f"{v:.4g}" if isinstance(v, float) else v for k, v in run.get("metrics", {}).items()},
@@ -169,7 +282,7 @@ def render_model_card(
     )
 
 
-def write_model_card(run_dir: Path, eval_results: Path | None = None, license: str = LICENSE) -> Path:
+def write_model_card(run_dir: Path, eval_results: Path | None = None, license: str | None = None) -> Path:
     """Write ``README.md`` into a run dir (what training calls when it ends); returns its path."""
     path = Path(run_dir) / "README.md"
     render_model_card(Path(run_dir), eval_results=eval_results, license=license).save(path)

@@ -310,9 +310,17 @@ def _today() -> str:
 
 
 def publish_dataset(
-    folder: Path, release: Release, dry_run: Path | None = None, include_rejects: bool = False
+    folder: Path,
+    release: Release,
+    dry_run: Path | None = None,
+    include_rejects: bool = False,
+    license: str | None = None,
+    pretty_name: str | None = None,
 ) -> Outcome:
-    """Publish a built folder as ``release``: changelog against the previous tag, card, one commit, tag."""
+    """Publish a built folder as ``release``: changelog against the previous tag, card, one commit, tag.
+
+    ``license`` and ``pretty_name`` are what the card states (``--license``, ``--pretty-name``; see
+    ``render_dataset_card`` for the defaults)."""
     from fsspec.implementations.local import LocalFileSystem
     from huggingface_hub import HfFileSystem
 
@@ -347,7 +355,14 @@ def publish_dataset(
             raise hub_error(f"could not read the previous release {release.repo_id}@{previous}", err) from err
         entry = format_entry(release.tag, _today(), compare(old, new))
         section = changelog_section(entry, old.card)
-    card = render_dataset_card(folder, repo_id=release.repo_id, revision=release.tag, changelog=section)
+    card = render_dataset_card(
+        folder,
+        repo_id=release.repo_id,
+        revision=release.tag,
+        changelog=section,
+        license=license,
+        pretty_name=pretty_name,
+    )
     validate_card(card, "dataset", hub_unread)
     exclude = tuple(p for p in DATASET_EXCLUDE if not (include_rejects and p == "rejects.jsonl"))
     plan = upload_plan(folder, exclude, str(card).encode("utf-8"))
@@ -363,24 +378,28 @@ def publish_model(
     eval_results: Path | None = None,
     license: str | None = None,
 ) -> Outcome:
-    """Publish a run dir as ``release``: card pointing at the repo and tag, one commit, tag."""
-    from vlfeedback_kit.cards.model import LICENSE, read_run, render_model_card
+    """Publish a run dir as ``release``: card pointing at the repo and tag, one commit, tag.
 
-    read_run(Path(run_dir))
+    What is uploaded names no folder of this machine: the run's records are uploaded rewritten (a local base model
+    or dataset by its folder name, ``cards.model.public_files``), and any other text file that still holds the
+    run dir's, its parent's or the home folder's path is refused, naming the file."""
+    from vlfeedback_kit.cards.model import check_no_local_paths, public_files, read_run, render_model_card
+
+    run_dir = Path(run_dir)
+    run = read_run(run_dir)
     api, state, previous, hub_unread = prepare(release, dry_run)
     card = render_model_card(
-        Path(run_dir),
-        repo_id=release.repo_id,
-        revision=release.tag,
-        eval_results=eval_results,
-        license=license or LICENSE,
+        run_dir, repo_id=release.repo_id, revision=release.tag, eval_results=eval_results, license=license
     )
     validate_card(card, "model", hub_unread)
-    plan = upload_plan(Path(run_dir), MODEL_EXCLUDE, str(card).encode("utf-8"))
+    plan = upload_plan(run_dir, MODEL_EXCLUDE, str(card).encode("utf-8"))
+    plan |= {path: data for path, data in public_files(run_dir, run).items() if path in plan}
+    resolved = run_dir.resolve()
+    check_no_local_paths(plan, [resolved, resolved.parent, Path.home()])
     description = f"Model release {release.tag}" + (f" (previous: {previous})" if previous else " (first release)")
     load = (
         f'PeftModel.from_pretrained(base_model, "{release.repo_id}", revision="{release.tag}")'
-        if (Path(run_dir) / "adapter_config.json").is_file()
+        if (run_dir / "adapter_config.json").is_file()
         else f'AutoModelForImageTextToText.from_pretrained("{release.repo_id}", revision="{release.tag}")'
     )
     outcome = Outcome(release, previous, description, [load], hub_unread=hub_unread)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from vlfeedback_kit.files import write_json, write_text
+
 CURVES = "training_curves.png"
 CURVE_METRICS = (("loss", "DPO loss"), ("rewards/accuracies", "reward accuracy"), ("rewards/margins", "reward margin"))
 HYPERPARAMETERS = (
@@ -57,6 +59,37 @@ def _plain(value):
     return value if isinstance(value, (int, float, str, bool, type(None), list, dict)) else str(value)
 
 
+def dataset_origin(folder: Path) -> dict:
+    """What a local kit-built dataset says about its ratings (``cards.dataset.release_origin``): ``origin``, and
+    the judge models of a release judged through the kit's pipeline; empty for a folder the kit did not build."""
+    from vlfeedback_kit.cards.dataset import read_judge, release_origin
+
+    report = folder / "build_report.json"
+    if not report.is_file():
+        return {}
+    judges = read_judge(folder)
+    origin = {"origin": release_origin(json.loads(report.read_text(encoding="utf-8")), judges)}
+    return origin | ({"judges": sorted({judge["model"] for judge in judges})} if judges else {})
+
+
+def cache_file(path: Path, dataset: Path | None) -> str:
+    """The reference cache's file, relative to the local dataset folder it lives in (else its name): no location."""
+    path = Path(path).resolve()
+    if dataset is not None and path.is_relative_to(dataset.resolve()):
+        return path.relative_to(dataset.resolve()).as_posix()
+    return path.name
+
+
+def locate_local_base(out: Path, base: str) -> None:
+    """Point the adapter's ``base_model_name_or_path`` at the local base's absolute path (PEFT records it as given,
+    maybe relative), so ``eval``/``space --adapter RUN_DIR`` load it from any directory on this machine."""
+    config = out / "adapter_config.json"
+    if config.is_file():
+        data = json.loads(config.read_text(encoding="utf-8"))
+        data["base_model_name_or_path"] = os.path.abspath(base)
+        write_json(config, data)
+
+
 def resolved_config(script_args, training_args, model_args) -> dict:
     """Every parsed field, grouped by dataclass, as plain data."""
     return {
@@ -70,12 +103,15 @@ def write_outputs(trainer, processor, result, script_args, training_args, model_
     """Processor, optional merged weights, run_info.json, metrics, curves, resolved config and audit.
 
     ``data`` and ``model`` are the resolved sources (``dpo.Source``): the exact commit, or a local folder's
-    content digest. A local base model is recorded by its absolute path, so the model card loads it from anywhere.
+    content digest. No record holds an absolute local path: a local base model or dataset is named by its folder
+    name (``{"name": ..., "local": true}``), never located; only PEFT's ``adapter_config.json`` keeps the local
+    base's absolute path, for loading on this machine, and ``publish model`` rewrites it to the name.
     """
     import peft
     import transformers
     import trl
 
+    from vlfeedback_kit.cards.model import folder_name, source_record, unlocated
     from vlfeedback_kit.training.families import enabled_speedups, family_of
 
     out = Path(training_args.output_dir)
@@ -94,15 +130,17 @@ def write_outputs(trainer, processor, result, script_args, training_args, model_
         hyperparameters |= {k: _plain(getattr(model_args, k)) for k in LORA}
     last = next((e for e in reversed(trainer.state.log_history) if "rewards/accuracies" in e), {})
     info = {
-        "base_model": os.path.abspath(model.name) if model.local else model.name,
+        "base_model": source_record(model.name, model.local),
         "base_model_revision": model.key,
         "base_model_requested_revision": model_args.model_revision,
         "dataset": {
-            "name": os.path.abspath(data.name) if data.local else data.name,
+            "name": folder_name(data.name) if data.local else data.name,
+            **({"local": True} if data.local else {}),
             "config": script_args.dataset_config,
             "split": script_args.dataset_train_split,
             "revision": data.key,
             "requested_revision": script_args.dataset_revision,
+            **(dataset_origin(Path(data.name)) if data.local else {}),
         },
         "recipe": script_args.recipe_name,
         "hyperparameters": hyperparameters,
@@ -123,7 +161,7 @@ def write_outputs(trainer, processor, result, script_args, training_args, model_
         "reference_cache": None
         if trainer.ref_cache is None
         else {
-            "file": str(trainer.ref_cache.path),
+            "file": cache_file(trainer.ref_cache.path, Path(data.name) if data.local else None),
             "hits": trainer.ref_cache.hits,
             "misses": trainer.ref_cache.misses,
             "reference_forwards": trainer.reference_forwards,
@@ -137,12 +175,15 @@ def write_outputs(trainer, processor, result, script_args, training_args, model_
         },
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    (out / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
-    (out / "resolved_config.yaml").write_text(
-        yaml.safe_dump(resolved_config(script_args, training_args, model_args), sort_keys=False)
+    write_json(out / "run_info.json", unlocated(info))
+    write_text(
+        out / "resolved_config.yaml",
+        yaml.safe_dump(unlocated(resolved_config(script_args, training_args, model_args)), sort_keys=False),
     )
+    if model.local:
+        locate_local_base(out, model.name)
     if audit is not None:
-        (out / "audit.json").write_text(json.dumps(audit.to_json(), indent=2) + "\n")
+        write_json(out / "audit.json", audit.to_json())
     from vlfeedback_kit.cards.model import write_model_card
 
     write_model_card(out)
