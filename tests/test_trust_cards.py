@@ -94,6 +94,16 @@ def test_sample_card_makes_none_of_the_papers_claims(sample: Path) -> None:
     assert "**Licence** `apache-2.0`, as stated by the publisher" in text and "CC BY-NC" not in text
 
 
+def test_publish_dataset_states_the_licence_and_name_given(sample: Path, hub, tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    command = ["publish", "dataset", str(sample), "--repo", "vlf-org/sample", "--version", "0.1.0", "--dry-run"]
+    assert main([*command, str(tree), "--license", "cc-by-4.0", "--pretty-name", "Kit sample"]) == 0
+    meta = front_matter((tree / "README.md").read_text())
+    assert (meta["license"], meta["pretty_name"]) == ("cc-by-4.0", "Kit sample")
+    assert main([*command, str(tmp_path / "plain")]) == 0
+    assert "license" not in front_matter((tmp_path / "plain" / "README.md").read_text())
+
+
 def test_original_release_states_the_papers_figures_as_the_papers(original: Path) -> None:
     text = (original / "README.md").read_text()
     meta = front_matter(text)
