@@ -133,7 +133,7 @@ def adapter_base(adapter: str, revision: str | None = None, flag: str = "--adapt
     except Exception as err:
         if not is_hub_error(err):
             raise
-        action = f"{flag} {adapter}: no folder {adapter} here, and no adapter_config.json of the Hub repo {adapter}"
+        action = f"{flag} {adapter}: no folder {adapter} here, and no adapter {adapter} could be read from the Hub"
         raise hub_error(action, err) from err
     return json.loads(Path(config).read_text()).get("base_model_name_or_path")
 

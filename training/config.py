@@ -53,7 +53,8 @@ class SilkieDPOConfig(DPOConfig):
     Guards: ``freeze_vision`` freezes the vision tower and projector (LoRA never targets them); ``audit`` checks every
     row against ``max_length`` with the real processor before training.
 
-    Outputs: ``merge`` also saves merged weights; ``plot`` writes the loss / reward curves PNG.
+    Outputs: a non-empty ``output_dir`` is refused unless resuming or ``overwrite_output_dir``; ``merge`` also saves
+    merged weights; ``plot`` writes the loss / reward curves PNG.
     """
 
     ref_cache: bool = field(default=True, metadata={"help": "Cache reference log-probs across epochs and runs."})
@@ -110,6 +111,10 @@ class SilkieDPOConfig(DPOConfig):
     audit: bool = field(default=True, metadata={"help": "Refuse rows that max_length would truncate."})
     audit_allow_response_truncation: bool = field(
         default=False, metadata={"help": "Accept rows whose answers max_length cuts (image tokens are never cut)."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Train into an output_dir that already holds a run, writing over it (default: refuse)."},
     )
     merge: bool = field(default=False, metadata={"help": "Also save the LoRA adapter merged into the base weights."})
     plot: bool = field(default=True, metadata={"help": "Write training_curves.png (loss, reward accuracy, margin)."})

@@ -15,6 +15,7 @@ accelerate launch --config_file training/accelerate/zero2.yaml training/dpo.py \
 Any TRL flag overrides the recipe (``--max_steps 10 --output_dir runs/debug``); ``--resume_from_checkpoint true``
 resumes from the last checkpoint in ``output_dir`` (saved with ``--save_strategy steps`` or ``epoch``).
 ``vlfeedback train --recipe NAME`` runs the same launch after parsing the recipe and flags with this script's parser.
+A non-empty ``output_dir`` is refused unless the run resumes from it or ``--overwrite_output_dir true`` is given.
 
 As in TRL's ``trl/scripts/dpo.py`` the trainer loads the model from ``model_init_kwargs`` (revision,
 ``trust_remote_code``, ``attn_implementation``, ``dtype``, plus the recipe's own ``model_init_kwargs``) with
@@ -43,6 +44,8 @@ RUN_INFO = "run_info.json"
 SHARD_NAME = re.compile(r"-\d{5}-of-\d{5}-[0-9a-f]{12}\.parquet$")
 """A shard written by ``vlfeedback build``: its name ends in a digest of its bytes (``builders/writer.py``)."""
 MODEL_SUFFIXES = (".json", ".safetensors", ".bin", ".model", ".jinja", ".txt", ".py", ".tiktoken")
+PAIR_COLUMNS = ("chosen", "rejected")
+"""The columns a pairing config has and DPO reads (``raw`` has one row per instruction instead)."""
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +57,10 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
     from vlfeedback_kit.training.config import SilkieDPOConfig, SilkieScriptArguments
 
     dataclass_types = (SilkieScriptArguments, SilkieDPOConfig, ModelConfig)
+    # allow_abbrev=False: a shortened or misspelled flag (--max_step) is refused, never taken for another one
     if subparsers is not None:
-        return subparsers.add_parser("dpo", help="Silkie DPO", dataclass_types=dataclass_types)
-    return TrlParser(dataclass_types, prog=prog)
+        return subparsers.add_parser("dpo", help="Silkie DPO", dataclass_types=dataclass_types, allow_abbrev=False)
+    return TrlParser(dataclass_types, prog=prog, allow_abbrev=False)
 
 
 def parse_arguments(argv: list[str] | None = None) -> tuple:
@@ -94,6 +98,75 @@ def resume_checkpoint(training_args) -> str | None:
             "them with --save_strategy steps or epoch; the tiny recipe saves none); drop --resume_from_checkpoint"
         )
     return last
+
+
+def check_output_dir(training_args, resume: str | None) -> None:
+    """Refuse to train over an existing run: a non-empty ``output_dir`` is kept unless the run resumes from it or
+    ``overwrite_output_dir`` says to write over it (as ``build`` and ``tiny-model`` refuse without ``--overwrite``)."""
+    output_dir = Path(training_args.output_dir)
+    if resume is not None or training_args.overwrite_output_dir or not output_dir.is_dir():
+        return
+    if any(output_dir.iterdir()):
+        raise UserError(
+            f"--output_dir {output_dir} already holds a run; resume it with --resume_from_checkpoint true (it needs "
+            "checkpoint-* folders), write over it with --overwrite_output_dir true, or choose another --output_dir"
+        )
+
+
+def check_sources(script_args, model_args, resolve: bool = False) -> None:
+    """Refuse, before anything is loaded, a dataset or model name that is neither a folder here nor a Hub id
+    ``ORG/NAME`` (a typo), and a local dataset config that holds no preference pairs (``raw``). With ``resolve``,
+    a Hub id is also resolved to a commit (before a launch: a missing repo is then one line, not a failed launch)."""
+    from vlfeedback_kit.eval.serving import folder_or_hub_problem
+
+    named = (
+        (script_args.dataset_name, script_args.dataset_revision, "dataset", "--dataset_name"),
+        (model_args.model_name_or_path, model_args.model_revision, "model", "--model_name_or_path"),
+    )
+    for name, revision, repo_type, flag in named:
+        problem = folder_or_hub_problem(name, flag) if name else f"{flag} is required"
+        if problem:
+            raise UserError(problem)
+        if resolve and not Path(name).is_dir():
+            hub_commit(name, revision, repo_type)
+    folder = Path(script_args.dataset_name)
+    if folder.is_dir():
+        check_pair_config(folder, script_args.dataset_config, getattr(script_args, "pairs_from_raw", False))
+
+
+def config_columns(folder: Path) -> dict[str, list[str] | None]:
+    """Each config of a local dataset folder with its columns (None when the folder's metadata does not say)."""
+    from datasets import get_dataset_config_names, load_dataset_builder
+
+    columns = {}
+    for name in get_dataset_config_names(str(folder)):
+        features = load_dataset_builder(str(folder), name).info.features
+        columns[name] = list(features) if features is not None else None
+    return columns
+
+
+def check_pair_config(folder: Path, config: str | None, pairs_from_raw: bool = False) -> None:
+    """Refuse a config of ``folder`` that is not a pairing config (DPO needs ``chosen`` and ``rejected``), naming the
+    folder's pairing configs. With ``pairs_from_raw`` the config may be any pairing policy built from ``raw``."""
+    columns = config_columns(folder)
+    pairs = [name for name, found in columns.items() if found is None or set(PAIR_COLUMNS) <= set(found)]
+    if config in pairs or (pairs_from_raw and config not in columns):
+        return
+    what = "holds no preference pairs" if config in columns else f"is not a config of {folder}"
+    raise UserError(
+        f"--dataset_config {config} {what}; train on one of {folder}'s pairing configs: {', '.join(pairs) or 'none'}"
+        + ("" if pairs else f" (rebuild it with `vlfeedback build --out {folder}`)")
+    )
+
+
+def check_pair_columns(columns: list[str], script_args) -> None:
+    """The loaded split has the pair columns DPO reads (a Hub dataset's config can only be checked once loaded)."""
+    missing = [c for c in PAIR_COLUMNS if c not in columns]
+    if missing:
+        raise UserError(
+            f"--dataset_config {script_args.dataset_config} of {script_args.dataset_name} has no {', '.join(missing)} "
+            f"column (its columns: {', '.join(columns)}); train on a pairing config such as pairs"
+        )
 
 
 def content_digest(paths: list[Path], root: Path) -> str:
@@ -136,8 +209,8 @@ def hub_commit(name: str, revision: str | None, repo_type: str) -> str:
     except Exception as err:  # any failure ends the same way: no commit, no run
         flag = "--dataset_revision" if repo_type == "dataset" else "--model_revision"
         raise UserError(
-            f"cannot resolve {repo_type} {name} at revision {revision or 'main'} to a commit "
-            f"({type(err).__name__}); reach the Hub, or pass {flag} with a commit sha that is in the local cache"
+            f"no folder {name} here, and cannot resolve {repo_type} {name} at revision {revision or 'main'} to a "
+            f"commit ({type(err).__name__}); reach the Hub, or pass {flag} with a commit sha in the local cache"
         ) from err
     return resolved.resolved
 
@@ -268,11 +341,14 @@ def main(script_args, training_args, model_args) -> Path:
     set_up_logging(training_args)
     main_process = PartialState().is_main_process
     resume = resume_checkpoint(training_args)
+    check_output_dir(training_args, resume)
+    check_sources(script_args, model_args)
     transformers.set_seed(training_args.seed)
     output_dir = Path(training_args.output_dir)
 
     dataset, data = load_training_data(script_args)
     train_dataset = dataset[script_args.dataset_train_split]
+    check_pair_columns(train_dataset.column_names, script_args)
     eval_dataset = dataset.get(script_args.dataset_test_split) if training_args.eval_strategy != "no" else None
 
     model = resolve_model(model_args.model_name_or_path, model_args.model_revision)

@@ -25,10 +25,18 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse without abbreviations: a shortened or misspelled flag is refused, never taken for another flag.
+    Every verb's parser (and any nested one) is of this class, since ``add_subparsers`` makes its parent's class."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **{**kwargs, "allow_abbrev": False})
+
+
 def make_parser() -> tuple[argparse.ArgumentParser, set[str], list[str]]:
     """The top-level parser with every verb that could be registered, their names, and the one-line reasons of
     the folders whose verbs could not be (a dependency outside its supported versions)."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="vlfeedback",
         description="Build, train on, evaluate and publish VLFeedback / Silkie.",
     )
