@@ -133,18 +133,12 @@ def trained_on(adapter: str | Path | None) -> dict | None:
     return dataset if dataset.get("name") else None
 
 
-def same_dataset(location: str, name: str) -> bool:
-    """Whether ``--data`` (a path, or a Hub id ``ORG/NAME[@REV]``) names the dataset a run trained on."""
-    if Path(location).exists() or Path(name).exists():
-        return Path(location).exists() and Path(name).exists() and Path(location).resolve() == Path(name).resolve()
-    return location.partition("@")[0] == name
-
-
-def trained_ids(dataset: dict, same: bool) -> set[str] | None:
-    """The prompt ids of the config and split a run trained on, as they were then: a local folder when its data
-    still has the digest the run recorded, a Hub dataset at the recorded commit (read only when it is the data
-    under test). None when they cannot be told and the data under test is another dataset; refused when it is
-    the same one (a rebuilt folder, an unreachable Hub): its items cannot be shown to be held out."""
+def trained_ids(dataset: dict, location: str) -> set[str] | None:
+    """The prompt ids of the config and split a run trained on: a local folder of the recorded name whose data
+    still has the recorded content digest (``run_info.json`` names a local folder, never locates it: ``--data``,
+    its sibling of that name, or one in the working directory), or the same Hub dataset as ``--data`` at the
+    recorded commit. None when they cannot be found; refused when ``--data`` is a folder of that name rebuilt
+    since (which prompts the run saw cannot be told)."""
     from vlfeedback_kit.builders.inspect import _configs, _open_target, open_parquet
     from vlfeedback_kit.errors import hub_error, is_hub_error
     from vlfeedback_kit.training.dpo import local_dataset_key
@@ -152,21 +146,29 @@ def trained_ids(dataset: dict, same: bool) -> set[str] | None:
     name, config, split = dataset["name"], dataset.get("config") or "pairs", dataset.get("split") or "train"
     revision = dataset.get("revision")
     where = f"{name} (config {config}, split {split})"
-    if Path(name).is_dir():
-        try:
-            now = local_dataset_key(Path(name), config)
-        except ValueError:  # the config is no longer declared: the folder was rebuilt
-            now = None
-        if now != revision:
-            if not same:
+    if dataset.get("local") or Path(name).is_absolute():  # older run_info.json located the folder
+        here = Path(location) if Path(location).is_dir() else Path(location).parent
+        found = None
+        for folder in dict.fromkeys((here, here.parent / Path(name).name, Path(name))):  # --data, its sibling, cwd
+            try:
+                if folder.is_dir() and local_dataset_key(folder, config) == revision:
+                    found = folder
+                    break
+            except ValueError:  # the config is not declared there
+                continue
+        if found is None:
+            if here.resolve().name != Path(name).name:
                 return None
             raise UserError(f"the adapter trained on {where} as it was before a rebuild (its data was {revision}): "
                             "which of its prompts it saw cannot be told, so no item can be called held-out; "
                             "retrain on this build's `train` split")  # fmt: skip
-    elif not same:
+        target, at = str(found), None
+    elif location.partition("@")[0] == name:
+        target, at = name, revision
+    else:
         return None
     try:
-        fs, root = _open_target(name, None if Path(name).is_dir() else revision)
+        fs, root = _open_target(target, at)
         files = _configs(fs, root).get(config, {}).get(split, [])
         ids: set[str] = set()
         for file in files:
@@ -190,7 +192,7 @@ def refuse_trained(items: list[Item], location: str, adapter: str | Path | None)
     dataset = trained_on(adapter) if items else None
     if dataset is None:
         return
-    trained = trained_ids(dataset, same_dataset(location, dataset["name"]))
+    trained = trained_ids(dataset, location)
     overlap = [item.id for item in items if trained and item.id in trained]
     if overlap:
         raise UserError(

@@ -40,7 +40,7 @@ def run_dir(path, dataset, config="pairs", split="train", revision=None):
     """A run dir's record of its training data, as ``training/outputs.py`` writes it."""
     path.mkdir(parents=True, exist_ok=True)
     revision = revision or local_dataset_key(dataset, config)
-    record = {"name": str(dataset.resolve()), "config": config, "split": split, "revision": revision}
+    record = {"name": dataset.name, "local": True, "config": config, "split": split, "revision": revision}
     (path / "run_info.json").write_text(json.dumps({"base_model": "base", "dataset": record}))
     return path
 
