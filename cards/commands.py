@@ -12,8 +12,11 @@ Heavy imports stay inside the verbs.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from vlfeedback_kit.errors import UserError
 
 if TYPE_CHECKING:
     from vlfeedback_kit.cards.publish import Outcome, Release
@@ -179,6 +182,11 @@ def _register_publish_space(publish_kinds: argparse._SubParsersAction) -> None:
     space.add_argument("--model-revision", help="base model revision (default: main)")
     space.add_argument("--adapter-revision", help="adapter revision (default: main)")
     space.add_argument("--votes-repo", metavar="ORG/NAME", help="dataset repo the votes are pushed to")
+    space.add_argument("--public-votes", action="store_true",
+                       help="create the votes repo public (default private: votes hold prompts and images)")
+    space.add_argument("--votes-token-env", metavar="VAR",
+                       help="set the Space secret HF_TOKEN from this environment variable: a write token for "
+                            "--votes-repo (best fine-grained to that repo only); without it votes are not kept")
     space.add_argument("--hardware", metavar="FLAVOR", help="hardware to request, e.g. zero-a10g, t4-small")
     space.add_argument("--private", action="store_true", help="create the Space private")
     space.add_argument("--dry-run", type=Path, metavar="OUT", help="write the Space's tree to OUT, upload nothing")
@@ -188,8 +196,16 @@ def _register_publish_space(publish_kinds: argparse._SubParsersAction) -> None:
 def _publish_space(args: argparse.Namespace) -> int:
     from vlfeedback_kit.cards.space import SpaceRelease, publish_space
 
+    token = None
+    if args.votes_token_env:
+        if not args.votes_repo:
+            raise UserError("--votes-token-env gives the Space a token to push votes: add --votes-repo ORG/NAME")
+        token = os.environ.get(args.votes_token_env)
+        if not token:
+            raise UserError(f"--votes-token-env {args.votes_token_env}: that variable is not set; export a write "
+                            "token for the votes repo in it")  # fmt: skip
     release = SpaceRelease(args.repo, args.model, args.adapter, args.votes_repo, args.hardware, args.model_revision,
-                           args.adapter_revision, args.private or None)  # fmt: skip
+                           args.adapter_revision, args.private or None, args.public_votes, token)  # fmt: skip
     url, files = publish_space(release, args.dry_run)
     if args.dry_run is not None:
         print(

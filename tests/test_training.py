@@ -85,7 +85,11 @@ def test_tiny_llava_run_with_precomputed_reference_and_prefix_sharing(workspace)
     cache = info["reference_cache"]
     # one batched pass (reference batch 4 = 2x the training batch) before training, then only cache hits
     assert cache["reference_forwards"] == math.ceil(pairs / 4) and cache["misses"] == 0 and cache["hits"] == pairs
-    assert info["base_model"] == str(workspace / "runs" / "tiny-llava")  # absolute: the card loads it from anywhere
+    assert info["base_model"] == {"name": "tiny-llava", "local": True}  # named, never located (it is published)
+    # only PEFT's local config locates the base, so `eval`/`space --adapter RUN_DIR` load it from anywhere
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
+        workspace / "runs" / "tiny-llava"
+    )
     assert math.isfinite(info["metrics"]["train_loss"])
     check = cache["self_check"]  # the first cached batch, recomputed live before it trained the model
     assert check["rows"] == 2 and check["dtype"] == "float32" and check["max_abs_diff"] <= check["tolerance"] == 0.01

@@ -347,3 +347,20 @@ def test_publish_space_with_public_votes_and_a_token_says_where_votes_go(hub, mo
     assert {s["key"] for s in created["secrets"]} == {"ARENA_VOTER_SECRET", "HF_TOKEN"}
     assert "votes: pushed to the public dataset org/votes with the Space's HF_TOKEN secret" in capsys.readouterr().out
     assert "only if the Space has the secret HF_TOKEN" in release.votes_note(constants.ENDPOINT, None)
+
+
+def test_publish_space_flags_make_public_votes_and_set_the_token_secret(hub, monkeypatch, capsys):
+    from vlfeedback_kit.cards import space
+
+    monkeypatch.setattr(space, "build_wheel", fake_wheel)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.delenv("VOTES_WRITE", raising=False)
+    assert publish("--votes-repo", "org/votes", "--votes-token-env", "VOTES_WRITE") == 2
+    assert "--votes-token-env VOTES_WRITE: that variable is not set" in capsys.readouterr().err
+    monkeypatch.setenv("VOTES_WRITE", "hf_votes_write")
+    assert publish("--votes-repo", "org/votes", "--public-votes", "--votes-token-env", "VOTES_WRITE") == 0
+    assert not hub.repo("org/votes").private
+    (created,) = [json.loads(r.body) for r in hub.calls("/api/repos/create") if b'"space"' in r.body]
+    assert {s["key"] for s in created["secrets"]} == {"ARENA_VOTER_SECRET", "HF_TOKEN"}
+    out = capsys.readouterr().out
+    assert "votes: pushed to the public dataset org/votes" in out and "hf_votes_write" not in out
