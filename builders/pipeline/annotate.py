@@ -19,7 +19,6 @@ import asyncio
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from vlfeedback_kit.builders.pipeline.cost import (
     Price,
@@ -42,9 +41,6 @@ from vlfeedback_kit.builders.pipeline.layout import StageInput, check_out, open_
 from vlfeedback_kit.builders.pipeline.store import Store
 from vlfeedback_kit.errors import UserError
 from vlfeedback_kit.files import write_json
-
-if TYPE_CHECKING:
-    pass
 
 STATE_FILE = "state.sqlite"
 SETTINGS_FLAGS = (

@@ -1,8 +1,9 @@
 """Judge items: which rows of a stage's input are judged, under which content key, and what a finished item records.
 
-``plan`` scans the input once (hashing each image, keeping no image in memory) into the list of items of this
-shard; ``load`` reads one item's row and image back when it is judged; ``settle`` turns the calls of an item's
-current round into its final result — or None while another attempt is due.
+``plan`` scans the input once (decoding and hashing each image, keeping no image in memory: one that does not decode
+in full is an invalid row, never sent to the judge) into the list of items of this shard; ``load`` reads one item's
+row and image back when it is judged; ``settle`` turns the calls of an item's current round into its final result —
+or None while another attempt is due.
 """
 
 from __future__ import annotations

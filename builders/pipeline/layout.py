@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vlfeedback_kit.builders.sources import IMAGE_DIR, ReleaseFolder
-from vlfeedback_kit.builders.validate import REJECT_REASONS, Reject, check_id
+from vlfeedback_kit.builders.validate import REJECT_REASONS, Reject, check_id, check_image
 from vlfeedback_kit.errors import UserError
 from vlfeedback_kit.files import UnsafeName, child, write_bytes, write_json
 
@@ -73,19 +73,39 @@ class StageInput(ReleaseFolder):
 
     def image_bytes(self, row: dict) -> bytes | None:
         """A row's image bytes, or None when it has none (an ``img_path`` leading outside the folder is none)."""
+        return self._image_file(row)[0]
+
+    def _image_file(self, row: dict) -> tuple[bytes | None, str]:
+        """A row's image bytes (None: no file, b"": an empty one) and the name of the file they come from."""
         try:
-            return self.image(row["id"], row)[0]
+            return self.image(row["id"], row)
         except Reject:
-            return None
+            return None, f"{row['id']}.jpg"
 
     def usable(self, line: Line, problem: str | None) -> tuple[bytes | None, tuple[str, str] | None]:
-        """A scanned line's image, or why the line cannot be worked on: its read error, ``problem``, no image."""
+        """A scanned line's image, or why the line cannot be worked on: its read error, ``problem``, no image, or an
+        image that does not decode in full (an empty file, a truncated JPEG, not an image). Every pixel is decoded
+        here, so that no stage sends a model or a judge a broken picture, nor dies on one mid-run."""
         if line.error:
             return None, line.error
         if problem:
             return None, ("invalid_row", problem)
-        image = self.image_bytes(line.row)
-        return (image, None) if image else (None, ("missing_image", REJECT_REASONS["missing_image"]))
+        image, name = self._image_file(line.row)
+        if image is None:
+            return None, ("missing_image", REJECT_REASONS["missing_image"])
+        try:
+            check_image(image, "decode")
+        except Reject as err:
+            return None, (err.reason, f"{self._where(line.row, name)}: {err.detail}")
+        return image, None
+
+    def _where(self, row: dict, name: str) -> str:
+        """Where a row's image file ``name`` was read from, as a report names it (relative to the folder)."""
+        if self._zip is not None:
+            return f"{self.zip_path.name} member {name}"
+        if (self.image_dir / name).is_file():
+            return f"{IMAGE_DIR}/{name}"
+        return f"img_path {row.get('img_path')}"
 
     def close(self) -> None:
         """Close the read handle."""
