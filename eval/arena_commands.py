@@ -7,6 +7,7 @@ vlfeedback space --adapter ORG/silkie --model Qwen/Qwen2-VL-2B-Instruct --votes-
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -36,13 +37,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     items.set_defaults(func=_space_votes)
 
 
-def _space(args: argparse.Namespace) -> int:
-    try:
-        import spaces  # before torch touches CUDA, as on ZeroGPU (a no-op decorator elsewhere)
+def gpu_decorator() -> Callable:
+    """``spaces.GPU`` where Hugging Face's ``spaces`` package is installed (ZeroGPU), else the no-op ``no_gpu``.
 
-        gpu = spaces.GPU
+    Imported before torch touches CUDA, as ZeroGPU needs. Run from the kit's checkout, ``import spaces`` finds its
+    ``spaces/`` folder of Space apps instead (a namespace package, without ``GPU``): that is not the package either.
+    """
+    try:
+        import spaces
     except ImportError:
+        spaces = None
+    gpu = getattr(spaces, "GPU", None)
+    if gpu is None:
         from vlfeedback_kit.eval.arena_ui import no_gpu as gpu
+    return gpu
+
+
+def _space(args: argparse.Namespace) -> int:
+    gpu = gpu_decorator()
     from vlfeedback_kit.eval.arena import ArenaConfig
     from vlfeedback_kit.eval.arena_ui import create_app, launch_options
 
