@@ -7,7 +7,6 @@ its image bytes or the reason it could not be read — so the build can account 
 from __future__ import annotations
 
 import json
-import re
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,10 +16,10 @@ import pyarrow.parquet as pq
 
 from vlfeedback_kit.errors import UserError
 from vlfeedback_kit.files import UnsafeName, inside, name_problem
+from vlfeedback_kit.hub_ids import is_hub_id
 
 RELEASE_JSONL = "vlfeedback_80k.jsonl"
 IMAGE_DIR = "merged_images"
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass
@@ -179,7 +178,7 @@ def open_source(source: str, revision: str | None = None) -> ReleaseFolder | Par
                 return ParquetRelease(parquet)
             return ReleaseFolder(path)
         raise UserError(f"{source} is neither a release folder, a .jsonl file nor a .parquet file")
-    if _REPO_ID.match(source):
+    if is_hub_id(source):
         return open_source(str(download_hub_source(source, revision)))
     raise UserError(
         f"source path does not exist: {source}. Pass a folder in the original release layout "

@@ -27,6 +27,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from vlfeedback_kit.cards.dataset import CITATION, ORIGINAL_LICENSE, ORIGINAL_REPO, TEMPLATES
 from vlfeedback_kit.errors import UserError
+from vlfeedback_kit.hub_ids import is_hub_id
 
 TEMPLATE = TEMPLATES / "model_card.md"
 RUN_INFO = "run_info.json"
@@ -44,19 +45,6 @@ EXAMPLE_IMAGE_URL = "https://huggingface.co/datasets/huggingface/documentation-i
 HUB_URL = "https://huggingface.co"
 
 
-def hub_id(name: str | None) -> str | None:
-    """``name`` when it is a Hub repo id of the form ``org/name`` (not a local path), else None."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    if not name or name.count("/") != 1:
-        return None
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return None
-    return name
-
-
 def is_local(name: str | None, revision: str | None, local: bool | None = None) -> bool:
     """Whether a run's base model or dataset was a local folder: recorded as such (``local``), or, in an older
     record, an absolute path, a folder here, a ``local-`` content digest, or a name that is no Hub id."""
@@ -65,7 +53,7 @@ def is_local(name: str | None, revision: str | None, local: bool | None = None) 
     if not name:
         return False
     path = Path(name).expanduser()
-    return path.is_absolute() or path.exists() or str(revision or "").startswith("local-") or not hub_id(name)
+    return path.is_absolute() or path.exists() or str(revision or "").startswith("local-") or not is_hub_id(name)
 
 
 def folder_name(name: str) -> str:
@@ -234,8 +222,8 @@ def render_model_card(
     dataset, dataset_local = dataset_of(run)
     origin = data_origin(dataset)
     license = license or (LICENSE if origin in ("original", None) else None)
-    base_id = None if base_local else hub_id(base_model)
-    dataset_id = None if dataset_local else hub_id(dataset.get("name"))
+    base_id = base_model if not base_local and is_hub_id(base_model) else None
+    dataset_id = dataset.get("name") if not dataset_local and is_hub_id(dataset.get("name")) else None
     data = ModelCardData(
         base_model=base_id,
         base_model_relation=("adapter" if is_adapter else "finetune") if base_id else None,

@@ -25,6 +25,7 @@ from vlfeedback_kit.eval.judging import CACHE_FILE, STOPPED_BY_JUDGE, JudgeConfi
 from vlfeedback_kit.eval.scoring import BENCHMARKS, JUDGED, incomplete_line, score_judged, score_mme
 from vlfeedback_kit.eval.spec import build_prompt, family_of, generation_settings, load_spec
 from vlfeedback_kit.files import write_json
+from vlfeedback_kit.hub_ids import is_hub_id, split_revision
 
 if TYPE_CHECKING:
     from vlfeedback_kit.builders.pipeline.cost import Budget
@@ -105,18 +106,18 @@ def resolve_data(name: str, location: str) -> Path:
     (any ``HF_ENDPOINT``; the files the loaders read: Parquet, JSON, JSONL and images)."""
     if Path(location).exists():
         return Path(location)
-    repo_id, _, revision = location.partition("@")
-    if repo_id.count("/") != 1 or repo_id.startswith((".", "/")):
+    if not is_hub_id(location, revision=True):
         raise UserError(f"--data {name}={location}: no such file or folder, and not a Hub dataset id ORG/NAME[@REV]")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
+    repo_id, revision = split_revision(location)
     try:
         return Path(
             snapshot_download(
                 repo_id,
                 repo_type="dataset",
-                revision=revision or None,
+                revision=revision,
                 allow_patterns=_HUB_FILES.get(name, ["*.parquet", "*.json", "*.jsonl", "*.jpg", "*.png"]),
             )
         )

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vlfeedback_kit.errors import UserError, hub_error, is_hub_error
+from vlfeedback_kit.hub_ids import folder_or_hub_problem
 
 BASE = "__base__"
 """PEFT's adapter name for "no adapter" in ``adapter_names``."""
@@ -81,29 +82,6 @@ def base_of_run(adapter: str | Path) -> str | None:
             if value:
                 return str(value)
     return None
-
-
-def is_hub_id(name: str) -> bool:
-    """Whether ``name`` reads as a Hub repo id ``ORG/NAME`` (a bare word or a relative path with more parts is a
-    folder name, never a repo)."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    if name.count("/") != 1 or name.startswith((".", "/", "~")):
-        return False
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return True
-
-
-def folder_or_hub_problem(name: str, flag: str) -> str | None:
-    """Why ``name`` names nothing — neither a folder here nor a Hub id ``ORG/NAME`` — or None, so that a typo is one
-    line before any load instead of a Hub error after it."""
-    path = Path(name).expanduser()
-    if path.is_dir() or (not path.exists() and is_hub_id(name)):
-        return None
-    return f"{flag} {name}: no folder {name} here, and {name} is not a Hub id (ORG/NAME)"
 
 
 def adapter_base(adapter: str, revision: str | None = None, flag: str = "--adapter") -> str | None:

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vlfeedback_kit.errors import UserError
+from vlfeedback_kit.hub_ids import folder_or_hub_problem
 
 RUN_INFO = "run_info.json"
 SHARD_NAME = re.compile(r"-\d{5}-of-\d{5}-[0-9a-f]{12}\.parquet$")
@@ -117,8 +118,6 @@ def check_sources(script_args, model_args, resolve: bool = False) -> None:
     """Refuse, before anything is loaded, a dataset or model name that is neither a folder here nor a Hub id
     ``ORG/NAME`` (a typo), and a local dataset config that holds no preference pairs (``raw``). With ``resolve``,
     a Hub id is also resolved to a commit (before a launch: a missing repo is then one line, not a failed launch)."""
-    from vlfeedback_kit.eval.serving import folder_or_hub_problem
-
     named = (
         (script_args.dataset_name, script_args.dataset_revision, "dataset", "--dataset_name"),
         (model_args.model_name_or_path, model_args.model_revision, "model", "--model_name_or_path"),

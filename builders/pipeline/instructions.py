@@ -34,6 +34,7 @@ import yaml
 
 from vlfeedback_kit.errors import UserError
 from vlfeedback_kit.files import UnsafeName, inside
+from vlfeedback_kit.hub_ids import is_hub_id, split_revision
 
 ADAPTERS_FILE = Path(__file__).with_name("adapters.yaml")
 OUTPUT_JSONL = "instructions.jsonl"
@@ -43,7 +44,6 @@ DEFAULT_FILES = ("*.json", "*.jsonl", "*.csv", "*.parquet")
 READERS = ("conversations", "fields")
 IMAGE_KINDS = ("path", "base64", "bytes")
 _FIELD = re.compile(r"\{([^{}]+)\}")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(?:@[\w./-]+)?$")
 DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
 
 
@@ -256,14 +256,14 @@ def resolve_location(spec: str, prefix: str) -> Path:
     local = spec.startswith((".", "/", "~")) or path.suffix.lower() in DATA_SUFFIXES or path.parent.is_dir()
     if local and path.parent != Path("."):
         raise UserError(f"--source {prefix}={spec}: no such file or folder")
-    if not _HUB_ID.match(spec):
+    if not is_hub_id(spec, revision=True):
         raise UserError(f"--source {prefix}={spec}: no such file or folder, and not a Hub dataset id ORG/NAME[@REV]")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError
 
-    repo_id, _, revision = spec.partition("@")
+    repo_id, revision = split_revision(spec)
     try:
-        return Path(snapshot_download(repo_id, repo_type="dataset", revision=revision or None))
+        return Path(snapshot_download(repo_id, repo_type="dataset", revision=revision))
     except (HfHubHTTPError, OSError, ValueError) as err:
         raise UserError(f"--source {prefix}={spec}: cannot fetch it from the Hub ({err})") from err
 

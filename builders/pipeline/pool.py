@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from vlfeedback_kit.errors import UserError
+from vlfeedback_kit.hub_ids import folder_or_hub_problem
 
 EXAMPLE_FILE = Path(__file__).with_name("pool.example.yaml")
 KINDS = ("transformers", "openai")
@@ -134,8 +135,6 @@ def _base_of_adapter(spec: dict, path: Path) -> str | None:
 def model_problem(name: str, flag: str) -> str | None:
     """Why a local model cannot be loaded — a missing folder, a folder without ``config.json`` (or an adapter's
     ``adapter_config.json``), an id the Hub does not know — or None; checked before any member starts."""
-    from vlfeedback_kit.eval.serving import folder_or_hub_problem
-
     path = Path(name).expanduser()
     if path.is_dir():
         if not any((path / f).is_file() for f in ("config.json", "adapter_config.json")):
