@@ -35,6 +35,18 @@ class Record:
     raw_text: str | None = None
 
 
+def member_problem(member: str) -> str | None:
+    """Why an archive member may not be read as an image (None when it may): its name is data, so every part of
+    it must be a safe file name (no ``..``, no absolute or drive path, no backslash)."""
+    if member.startswith("/"):
+        return "it is an absolute name"
+    for part in member.split("/"):
+        problem = name_problem(part)
+        if problem is not None:
+            return f"its part {part!r} {problem}"
+    return None
+
+
 class ReleaseFolder:
     """The original layout: one ``*.jsonl`` plus ``merged_images/<id>.jpg`` or ``merged_images.zip``."""
 
@@ -45,9 +57,13 @@ class ReleaseFolder:
         self.zip_path = root / f"{IMAGE_DIR}.zip"
         self._zip: zipfile.ZipFile | None = None
         self._zip_names: dict[str, str] = {}
+        self._unsafe_members: dict[str, str] = {}
         if self.zip_path.is_file() and not self.image_dir.is_dir():
             self._zip = zipfile.ZipFile(self.zip_path)
-            self._zip_names = {Path(n).name: n for n in self._zip.namelist() if not n.endswith("/")}
+            for member in self._zip.namelist():
+                if not member.endswith("/"):
+                    names = self._unsafe_members if member_problem(member) else self._zip_names
+                    names[member.replace("\\", "/").rpartition("/")[2]] = member
         elif not self.image_dir.is_dir():
             raise UserError(
                 f"{root} has no {IMAGE_DIR}/ folder and no {IMAGE_DIR}.zip; the original release keeps the images "
@@ -79,8 +95,7 @@ class ReleaseFolder:
         name = f"{row_id}.jpg"
         hinted = row.get("img_path") if isinstance(row.get("img_path"), str) else None
         if self._zip is not None:
-            member = self._zip_names.get(name) or (self._zip_names.get(Path(hinted).name) if hinted else None)
-            return (self._zip.read(member), Path(member).name) if member else (None, name)
+            return self._zip_image(name, Path(hinted).name if hinted else None)
         try:  # ids are validated file names, so this path cannot leave the image folder
             return (self.image_dir / name).read_bytes(), name
         except (FileNotFoundError, IsADirectoryError):
@@ -92,6 +107,20 @@ class ReleaseFolder:
                 raise Reject("unsafe_path", str(err)) from err
             if path.is_file():
                 return path.read_bytes(), path.name
+        return None, name
+
+    def _zip_image(self, name: str, hinted: str | None) -> tuple[bytes | None, str]:
+        """A member's bytes read into memory, never extracted: only a member whose every part is a safe name is
+        read; one that would be this row's image but is not (``../``, an absolute name) is a Reject naming it."""
+        from vlfeedback_kit.builders.validate import Reject
+
+        member = self._zip_names.get(name) or self._zip_names.get(hinted or "")
+        if member:
+            return self._zip.read(member), member.rpartition("/")[2]
+        unsafe = self._unsafe_members.get(name) or self._unsafe_members.get(hinted or "")
+        if unsafe:
+            detail = f"{self.zip_path.name} member {unsafe!r} is not read: {member_problem(unsafe)}"
+            raise Reject("unsafe_path", detail)
         return None, name
 
     def records(self) -> Iterator[Record]:
