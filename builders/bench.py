@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from vlfeedback_kit.benchlog import Log, add_results_dir_argument
+from vlfeedback_kit.cli import Parser
 
 WORDS = [
     "the",
@@ -253,7 +254,7 @@ def bench_cache(instructions: int, workdir: Path) -> dict:
 
 def make_parser() -> argparse.ArgumentParser:
     """The benchmark's flags."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, action="append", help="release sizes to build (default 5000 and 20000)")
     parser.add_argument("--distinct-images", type=int, default=400, help="distinct JPEGs cycled through the rows")
     parser.add_argument("--pair-instructions", type=int, default=80_000)

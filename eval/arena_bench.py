@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from vlfeedback_kit.benchlog import Log, add_results_dir_argument
+from vlfeedback_kit.cli import Parser
 
 
 def tiny_silkie(root: Path, seed: int = 0) -> tuple[Path, Path]:
@@ -110,7 +111,7 @@ def concurrent_compare(served, image_path: Path, calls: int, tokens: int) -> dic
 
 def make_parser() -> argparse.ArgumentParser:
     """The benchmark's flags."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--adapter", help="a Silkie run dir (default: a tiny random one, built in a temp dir)")
     parser.add_argument("--model", help="base model (default: the run dir's)")
     parser.add_argument("--tokens", type=int, default=128, help="max new tokens per answer (default 128, the Space's)")

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from vlfeedback_kit.benchlog import Log, add_results_dir_argument
+from vlfeedback_kit.cli import Parser
 
 SERVER = Path(__file__).resolve().parents[1] / "tests" / "support" / "openai_server.py"
 
@@ -124,7 +125,7 @@ def bench_judge(args: argparse.Namespace) -> dict:
 
 def make_parser() -> argparse.ArgumentParser:
     """The benchmark's flags."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="a base model (default: a tiny Qwen2-VL built here)")
     parser.add_argument("--adapter", help="its LoRA adapter (default: a tiny LoRA built here)")
     parser.add_argument("--prompts", type=int, default=32)

@@ -53,6 +53,16 @@ def test_every_benchmark_takes_a_results_dir(bench, tmp_path):
     assert parser.parse_args(["--results-dir", str(tmp_path)]).results_dir == tmp_path
 
 
+@pytest.mark.parametrize("bench", BENCHES)
+def test_every_benchmark_refuses_an_abbreviated_flag(bench, tmp_path, capsys):
+    """A shortened flag is refused, never taken for the flag it starts (as in the ``vlfeedback`` parsers)."""
+    parser = importlib.import_module(f"vlfeedback_kit.{bench}").make_parser()
+    for argv in (["--results-d", str(tmp_path)], [f"--results-d={tmp_path}"]):
+        with pytest.raises(SystemExit) as refused:
+            parser.parse_args(argv)
+        assert refused.value.code == 2 and f"unrecognized arguments: {argv[0]}" in capsys.readouterr().err
+
+
 def test_the_default_results_dir_is_the_checkouts_and_the_command_is_the_process_own(monkeypatch):
     monkeypatch.delenv(benchlog.ENV, raising=False)
     assert benchlog.results_dir() == ROOT / "benchmarks" / "results"

@@ -47,6 +47,7 @@ import time
 from pathlib import Path
 
 from vlfeedback_kit.benchlog import Log, add_results_dir_argument
+from vlfeedback_kit.cli import Parser
 from vlfeedback_kit.training.tiny_model import FAMILIES
 
 PEAK_FLOPS = {"cuda": 989e12}
@@ -429,7 +430,7 @@ def emit(result: dict, out: Path | None, log: Log) -> None:
 
 def make_parser() -> argparse.ArgumentParser:
     """The benchmark's flags."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="tiny", choices=["tiny", *SHAPES])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--family", default="qwen2_vl", choices=FAMILIES, help="tiny model family (--shape tiny)")

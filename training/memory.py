@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from vlfeedback_kit.benchlog import Log, add_results_dir_argument
+from vlfeedback_kit.cli import Parser
 
 LAYER = re.compile(r"\.layers\.(\d+)\.")
 WRAPPERS = re.compile(r"^(base_model\.model\.)?(model\.)?(language_model\.)?")
@@ -194,7 +195,7 @@ def account(shape: str, name: str, layers: int, vision_depth: int) -> dict:
 
 def make_parser() -> argparse.ArgumentParser:
     """The tool's flags."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="qwen2-vl-7b")
     parser.add_argument("--configs", default="kit-b1,kit-b1-prefix")
     parser.add_argument("--layers", type=int, default=2, help="language-model layers to run (scaled to full depth)")

@@ -27,7 +27,8 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 class Parser(argparse.ArgumentParser):
     """argparse without abbreviations: a shortened or misspelled flag is refused, never taken for another flag.
-    Every verb's parser (and any nested one) is of this class, since ``add_subparsers`` makes its parent's class."""
+    Every verb's parser (and any nested one) is of this class, since ``add_subparsers`` makes its parent's class;
+    so is each benchmark's ``make_parser()`` (this module imports nothing heavy at load time)."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **{**kwargs, "allow_abbrev": False})

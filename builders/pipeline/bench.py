@@ -23,13 +23,14 @@ import time
 from pathlib import Path
 
 from vlfeedback_kit.benchlog import Log, add_results_dir_argument
+from vlfeedback_kit.cli import Parser
 
 SERVER = Path(__file__).resolve().parents[2] / "tests" / "support" / "openai_server.py"
 
 
 def make_parser() -> argparse.ArgumentParser:
     """The benchmark's flags."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=2000, help="instructions to judge (default 2000)")
     parser.add_argument("--latency", type=float, default=0.2, help="server seconds per reply (default 0.2)")
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight (default 64)")
