@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from vlfeedback_kit.builders.features import ASPECTS, IMAGE_COLUMNS
 from vlfeedback_kit.errors import UserError, hub_error, is_hub_error
+from vlfeedback_kit.hub_ids import is_hub_id
 
 MARGIN_BINS = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.01)
 
@@ -29,7 +30,7 @@ def _open_target(target: str, revision: str | None):
         from fsspec.implementations.local import LocalFileSystem
 
         return LocalFileSystem(), str(Path(target).resolve())
-    if Path(target).exists() or target.count("/") != 1:
+    if Path(target).exists() or not is_hub_id(target):
         raise UserError(f"{target} is neither a built folder nor a Hub dataset id ORG/NAME")
     from urllib.parse import quote
 

@@ -35,6 +35,10 @@ class Record:
     raw_text: str | None = None
 
 
+MAX_MEMBER_BYTES = 64 << 20
+"""The most an image in ``merged_images.zip`` may inflate to (the original release's largest is a few MB)."""
+
+
 def member_problem(member: str) -> str | None:
     """Why an archive member may not be read as an image (None when it may): its name is data, so every part of
     it must be a safe file name (no ``..``, no absolute or drive path, no backslash)."""
@@ -116,6 +120,11 @@ class ReleaseFolder:
 
         member = self._zip_names.get(name) or self._zip_names.get(hinted or "")
         if member:
+            size = self._zip.getinfo(member).file_size  # zipfile reads no more than this: a bomb is refused here
+            if size > MAX_MEMBER_BYTES:
+                detail = (f"{self.zip_path.name} member {member!r} is {size:,} bytes uncompressed, over the "
+                          f"{MAX_MEMBER_BYTES >> 20} MiB an image may be; it is not read")  # fmt: skip
+                raise Reject("unreadable_image", detail)
             return self._zip.read(member), member.rpartition("/")[2]
         unsafe = self._unsafe_members.get(name) or self._unsafe_members.get(hinted or "")
         if unsafe:

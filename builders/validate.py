@@ -21,8 +21,8 @@ REJECT_REASONS: dict[str, str] = {
     "too_few_completions": "fewer than 2 completions: no preference pair can be formed",
     "models_mismatch": "`models` differs from the models of the completions; regenerate the row",
     "missing_image": "no image for this id; put it at merged_images/<id>.jpg (or in merged_images.zip)",
-    "unsafe_path": "img_path leads outside the release folder ('..', an absolute path or a symlink out) and is "
-    "never read; put the image at merged_images/<id>.jpg",
+    "unsafe_path": "img_path or a merged_images.zip member name leads outside the release folder ('..', an absolute "
+    "path or a symlink out) and is never read; put the image at merged_images/<id>.jpg",
     "unreadable_image": "the image bytes are not a readable image; re-extract or re-download it",
 }
 """Every reason a row can be rejected for, with what to do about it (written into the report)."""

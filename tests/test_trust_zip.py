@@ -92,3 +92,26 @@ def test_crafted_zip_members_are_rejects_naming_them_and_nothing_is_written_outs
         lines = {line.row["id"]: line for line in folder.lines()}
         assert all(folder.usable(lines[row_id], None)[0] is None for row_id in crafted)
         assert folder.usable(lines["svit-0"], None)[0] is not None
+
+
+def test_a_member_that_inflates_past_the_image_cap_is_rejected_unread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vlfeedback_kit.builders import sources
+
+    monkeypatch.setattr(sources, "MAX_MEMBER_BYTES", 4096)  # the cap, scaled down: a real bomb is gigabytes
+    rows = [row(f"svit-{i}", GOOD) for i in range(3)]
+    release = write_release(tmp_path / "release", rows, images={r["id"]: jpeg() for r in rows})
+    with zipfile.ZipFile(release / "merged_images.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted((release / "merged_images").iterdir()):
+            archive.write(path, f"merged_images/{path.name}")
+            path.unlink()
+        archive.writestr("merged_images/svit-2.jpg", b"\0" * 100_000)  # 100 KB that deflates to ~100 bytes
+    (release / "merged_images").rmdir()
+    read = []
+    monkeypatch.setattr(zipfile.ZipFile, "read", lambda self, name, pwd=None: read.append(name) or jpeg())
+    report = build(BuildOptions(source=str(release), out_dir=tmp_path / "out", progress=False, max_reject_rate=0.5))
+    assert (report["kept"], report["reasons"]) == (2, {"unreadable_image": 1})
+    (rejected,) = map(json.loads, (tmp_path / "out" / "rejects.jsonl").read_text().splitlines())
+    assert rejected["id"] == "svit-2" and "100,000 bytes uncompressed" in rejected["detail"]
+    assert "merged_images/svit-2.jpg" not in read
