@@ -90,7 +90,10 @@ class StageInput(ReleaseFolder):
             return None, line.error
         if problem:
             return None, ("invalid_row", problem)
-        image, name = self._image_file(line.row)
+        try:
+            image, name = self.image(line.row["id"], line.row)
+        except Reject as err:  # an img_path or zip member leading out, a zip bomb: its own reason, never read
+            return None, (err.reason, err.detail)
         if image is None:
             return None, ("missing_image", REJECT_REASONS["missing_image"])
         try:
