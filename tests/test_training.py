@@ -453,10 +453,11 @@ def test_train_refuses_bad_flags_in_one_line_before_the_launch(workspace, flags,
     assert line.startswith("vlfeedback train: error: ") and message in line
 
 
-def test_readme_resume_example_runs_as_written(workspace):
-    """The README's two resume lines: train 4 steps saving checkpoints, then resume from the last to the recipe's 6."""
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    lines = [line.split("#")[0].split() for line in readme.splitlines() if "--save_steps 2" in line]
+def test_docs_resume_example_runs_as_written(workspace):
+    """The training page's two resume lines: train 4 steps saving checkpoints, then resume from the last to the
+    recipe's 6."""
+    page = (Path(__file__).parents[1] / "docs" / "training.md").read_text()
+    lines = [line.split("#")[0].split() for line in page.splitlines() if "--save_steps 2" in line]
     assert len(lines) == 2 and "--resume_from_checkpoint" in lines[1], lines
     for words in lines:
         assert words[:4] == ["vlfeedback", "train", "--recipe", "tiny"]
@@ -475,7 +476,7 @@ def tiny_script_args(*flags: str) -> tuple:
 def test_local_model_key_follows_content_not_place_or_mtime(workspace, tmp_path):
     import shutil
 
-    from vlfeedback_kit.training.dpo import resolve_model
+    from vlfeedback_kit.training.resolve import resolve_model
 
     original = workspace / "runs" / "tiny-qwen2-vl"
     copy = tmp_path / "copy"
@@ -493,7 +494,7 @@ def test_local_model_key_follows_content_not_place_or_mtime(workspace, tmp_path)
 def test_hub_model_key_is_its_commit_online_and_offline(workspace, hub, tmp_path, monkeypatch):
     from huggingface_hub import HfApi, constants
 
-    from vlfeedback_kit.training.dpo import resolve_model
+    from vlfeedback_kit.training.resolve import resolve_model
 
     api = HfApi(endpoint=hub.url, token="hf_test")
     api.create_repo("org/tiny-vlm")
@@ -541,7 +542,7 @@ def test_local_dataset_key_is_the_config_data_not_the_folder(workspace, tmp_path
     import shutil
 
     from vlfeedback_kit.cli import main as cli_main
-    from vlfeedback_kit.training.dpo import resolve_dataset
+    from vlfeedback_kit.training.resolve import resolve_dataset
 
     original = resolve_dataset(str(workspace / "vlfeedback"), "pairs", None).key
     copy = tmp_path / "vlfeedback"
@@ -559,7 +560,7 @@ def test_local_dataset_key_is_the_config_data_not_the_folder(workspace, tmp_path
     ids=["autocast", "dtype", "attention", "quantization"],
 )
 def test_cache_key_holds_precision_attention_and_quantization(flags):
-    from vlfeedback_kit.training.dpo import Source, cache_parts
+    from vlfeedback_kit.training.resolve import Source, cache_parts
     from vlfeedback_kit.training.ref_cache import namespace
 
     data, model = Source("d", None, "local-d"), Source("m", None, "local-m")
