@@ -324,9 +324,9 @@ def test_current_base_recipes_keep_the_papers_hyperparameters(recipe, family, ba
     check_speedups(family, enabled_speedups(args))  # the recipe turns on nothing its family refuses
 
 
-def test_readme_support_table_is_the_family_table():
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    assert support_table() in readme
+def test_docs_support_table_is_the_family_table():
+    page = (Path(__file__).parents[1] / "docs" / "families.md").read_text()
+    assert support_table() in page
     assert set(SPEEDUPS) == {"ref_cache", "share_image_features", "share_prompt_prefix", "save_matmuls",
                              "share_lora_inputs"}  # fmt: skip
 
