@@ -130,10 +130,24 @@ def space_tree(release: SpaceRelease, out: Path) -> list[str]:
         wheel = build_wheel(Path(scratch))
         (out / "wheels").mkdir(exist_ok=True)
         shutil.copyfile(wheel, out / "wheels" / wheel.name)
-    (out / "requirements.txt").write_text(
-        "# gradio comes from the README's sdk_version; the kit (not on PyPI) is the wheel in this tree\n"
-        f"./wheels/{wheel.name}[train]\nspaces\n", encoding="utf-8")  # fmt: skip
+    (out / "requirements.txt").write_text(space_requirements(wheel.name), encoding="utf-8")
     return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+
+
+SERVING_LIBRARIES: tuple[str, ...] = ("torch", "torchvision", "transformers", "peft", "accelerate")
+"""What :mod:`vlfeedback_kit.serving` runs on: the ``[train]`` extra without TRL (the Space serves, never trains)."""
+
+
+def space_requirements(wheel: str) -> str:
+    """The Space's ``requirements.txt``: the kit's wheel (no extra) and the serving libraries at this release's
+    ``[train]`` pins (read from the installed metadata, so they cannot drift from pyproject.toml); no TRL."""
+    from vlfeedback_kit.extras import pinned_ranges
+
+    ranges = pinned_ranges("train")
+    libraries = "".join(f"{name}{ranges.get(name, '')}\n" for name in SERVING_LIBRARIES)
+    return ("# gradio comes from the README's sdk_version; the kit (not on PyPI) is the wheel in this tree; the\n"
+            "# serving libraries at the kit's pins, without TRL (the Space serves with vlfeedback_kit.serving)\n"
+            f"./wheels/{wheel}\n{libraries}spaces\n")  # fmt: skip
 
 
 def space_url(endpoint: str, repo_id: str) -> str:

@@ -38,15 +38,16 @@ from typing import Any
 
 from vlfeedback_kit.errors import UserError
 from vlfeedback_kit.eval.pairwise import MIN_BATTLES, Battle, PairwiseSummary, summarize_battles
-from vlfeedback_kit.eval.serving import (
+from vlfeedback_kit.files import UnsafeName, inside, safe_name, write_bytes
+from vlfeedback_kit.serving import (
     BASE,
     SILKIE,
     GenerationSettings,
     ServedModel,
     generate_from_inputs,
-    twice_over,
+    repeated_inputs,
+    row_routes,
 )
-from vlfeedback_kit.files import UnsafeName, inside, safe_name, write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -191,13 +192,11 @@ def stream_pair(
 
     if len(adapters) != 2:
         raise ValueError("a battle streams exactly two rows")
-    if not served.has_adapter and any(name != BASE for name in adapters):
-        raise ValueError("adapter rows asked of a model loaded without an adapter")
-    inputs, kwargs = twice_over(served, [(image, question)])  # one image, prepared and encoded once for both rows
+    names = row_routes(served, adapters)  # checked here, not in the generating thread
+    inputs, kwargs = repeated_inputs(served, [(image, question)], 2)  # one image, prepared and encoded once
     if max_time:
         kwargs["max_time"] = max_time
     streamer = PairStreamer(served.processor.tokenizer, timeout=(max_time or 600) + 60)
-    names = list(adapters) if served.has_adapter else None
 
     def run() -> None:
         try:

@@ -3,9 +3,9 @@
 Each line is written (flushed and fsynced) as soon as its batch is answered; a re-run reads the file, skips the
 finished items and drops a torn last line, so a ``kill -9`` loses only the batch in flight. Two engines:
 
-- ``transformers`` (:mod:`vlfeedback_kit.eval.serving`): the base loaded once, the adapter on; with
+- ``transformers`` (:mod:`vlfeedback_kit.serving`): the base loaded once, the adapter on; with
   ``--compare-base`` each batch mixes Silkie and base rows (PEFT ``adapter_names``), so both sides cost one model
-  in memory and one ``generate`` per batch;
+  in memory and one ``generate`` per batch; a sampled answer is seeded by the run's seed and the item's id only;
 - ``openai``: any OpenAI-compatible server (vLLM, TGI, SGLang), the image sent as a data URL; vLLM serves a base
   and its LoRA adapter as two model names (``--model`` and ``--adapter``).
 """
@@ -121,10 +121,11 @@ def generate(
 
 def transformers_answerer(served, settings) -> Callable[[list[tuple[Item, str, Side]]], list[str]]:
     """Batches answered in one pass for both sides' rows: items asked of Silkie and the base in the same batch go
-    through :func:`~vlfeedback_kit.eval.serving.generate_both` (each image prepared and encoded once for both), the
-    other rows (a resumed run's leftovers, single-side runs) through :func:`~vlfeedback_kit.eval.serving.generate`."""
-    from vlfeedback_kit.eval.serving import BASE, SILKIE, generate_both
-    from vlfeedback_kit.eval.serving import generate as serve
+    through :func:`~vlfeedback_kit.serving.generate_both` (each image prepared and encoded once for both), the
+    other rows (a resumed run's leftovers, single-side runs) through :func:`~vlfeedback_kit.serving.generate`; each
+    item samples with :func:`~vlfeedback_kit.serving.item_seed` of its id, whatever its batch."""
+    from vlfeedback_kit.serving import BASE, SILKIE, generate_both, item_seed
+    from vlfeedback_kit.serving import generate as serve
 
     def answer(batch: list[tuple[Item, str, Side]]) -> list[str]:
         answers: list[str | None] = [None] * len(batch)
@@ -135,13 +136,15 @@ def transformers_answerer(served, settings) -> Callable[[list[tuple[Item, str, S
             pairs = [rows for rows in rows_of.values() if set(rows) == {SILKIE, BASE}]
             if pairs:
                 firsts = [batch[rows[SILKIE]] for rows in pairs]
-                silkie, base = generate_both(served, [(item.image(), prompt) for item, prompt, _ in firsts], settings)
+                silkie, base = generate_both(served, [(item.image(), prompt) for item, prompt, _ in firsts], settings,
+                                             [item_seed(settings.seed, item.id) for item, _, _ in firsts])
                 for rows, silkie_answer, base_answer in zip(pairs, silkie, base):
                     answers[rows[SILKIE]], answers[rows[BASE]] = silkie_answer, base_answer
         rest = [i for i, text in enumerate(answers) if text is None]
         if rest:
             routes = [batch[i][2].route for i in rest] if served.has_adapter else None
-            texts = serve(served, [(batch[i][0].image(), batch[i][1]) for i in rest], routes, settings)
+            texts = serve(served, [(batch[i][0].image(), batch[i][1]) for i in rest], routes, settings,
+                          seeds=[item_seed(settings.seed, batch[i][0].id) for i in rest])
             for i, text in zip(rest, texts):
                 answers[i] = text
         return answers  # type: ignore[return-value]

@@ -135,7 +135,7 @@ def load_items(name: str, location: str, limit: int | None = None) -> list[Item]
 
 
 def _sides(options: RunOptions) -> list[Side]:
-    from vlfeedback_kit.eval.serving import BASE, SILKIE
+    from vlfeedback_kit.serving import BASE, SILKIE
 
     openai = options.engine == "openai"
     base_route = options.model if openai else BASE
@@ -164,7 +164,7 @@ def run(options: RunOptions) -> dict:
     summary: dict = {"options": options.record(), "model_loads": 0, "generated": {}, "scores": {}, "incomplete": []}
     answer, family, provenance = None, options.prompt_family or "default", {}
     if options.engine == "transformers":
-        from vlfeedback_kit.eval import serving
+        from vlfeedback_kit import serving
 
         served = serving.load(options.model, options.adapter, options.model_revision, options.adapter_revision)
         summary["model_loads"] += 1

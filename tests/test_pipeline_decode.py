@@ -6,6 +6,7 @@ Run: pytest tests/test_pipeline_decode.py
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -134,11 +135,27 @@ def test_the_example_pool_file_loads() -> None:
     assert len({tuple(m.name for m in assign(f"svit-{i}", pool)) for i in range(20)}) > 10
 
 
+def local_answers(served, member, prompts: list[str], images: list[bytes], seeds: list[int]) -> list[str]:
+    """What decode's local member answers for one batch: the serving layer with the member's settings."""
+    from PIL import Image
+
+    from vlfeedback_kit import serving
+
+    rows = [(Image.open(io.BytesIO(b)).convert("RGB"), p) for p, b in zip(prompts, images, strict=True)]
+    return serving.generate(served, rows, None, member.decoding(), seeds=seeds)
+
+
+def serve(member):
+    from vlfeedback_kit import serving
+
+    return serving.load(member.model, member.adapter, dtype=member.dtype, device=member.device)
+
+
 def test_a_local_member_with_a_peft_adapter_answers_a_batch(tmp_path: Path) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText
 
-    from vlfeedback_kit.builders.pipeline.pool import LocalModel, Member
+    from vlfeedback_kit.builders.pipeline.pool import Member
 
     tiny = build_tiny_model("llava", tmp_path / "tiny")
     lora = get_peft_model(
@@ -152,12 +169,12 @@ def test_a_local_member_with_a_peft_adapter_answers_a_batch(tmp_path: Path) -> N
         {"max_new_tokens": 4, "temperature": 0.0, "top_p": 1.0},
         adapter=str(tmp_path / "adapter"),
     )
-    model = LocalModel(member)
-    answers = model.answer(
-        ["What colour?", "How many shapes are there in this picture?"], [jpeg(), jpeg(size=40)], [0, 1]
+    served = serve(member)
+    answers = local_answers(
+        served, member, ["What colour?", "How many shapes are there in this picture?"], [jpeg(), jpeg(size=40)], [0, 1]
     )
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
-    assert type(model.model).__name__ == "PeftModel"
+    assert type(served.model).__name__ == "PeftModel"
     assert member.settings()["adapter"] == str(tmp_path / "adapter")
 
 
@@ -168,7 +185,7 @@ def test_a_run_dir_is_a_pool_members_adapter(tmp_path: Path, monkeypatch: pytest
 
     from support.tiny_silkie import tiny_silkie
 
-    from vlfeedback_kit.builders.pipeline.pool import EXAMPLE_FILE, LocalModel, adapter_problem
+    from vlfeedback_kit.builders.pipeline.pool import EXAMPLE_FILE, adapter_problem
 
     base, run = tiny_silkie(tmp_path / "tiny")
     monkeypatch.chdir(tmp_path)
@@ -180,8 +197,9 @@ def test_a_run_dir_is_a_pool_members_adapter(tmp_path: Path, monkeypatch: pytest
     path.write_text(yaml.safe_dump({"k": 1, "members": [member]}))
     (loaded,) = load_pool(path).members
     assert loaded.model == str(base) and loaded.adapter == "runs/silkie"
-    model = LocalModel(loaded)
-    assert type(model.model).__name__ == "PeftModel" and len(model.answer(["What colour?"], [jpeg()], [0])) == 1
+    served = serve(loaded)
+    assert type(served.model).__name__ == "PeftModel"
+    assert len(local_answers(served, loaded, ["What colour?"], [jpeg()], [0])) == 1
 
 
 def decode_cli(source: Path, pool: Path, out: Path, *extra: str) -> int:
@@ -282,15 +300,19 @@ def test_a_resumed_decode_samples_with_the_seeds_of_an_uninterrupted_one(tmp_pat
 
 
 def test_a_local_member_samples_each_item_with_its_own_seed(tmp_path: Path) -> None:
-    from vlfeedback_kit.builders.pipeline.pool import LocalModel, Member
+    """Sampled rows of one padded batch equal the same items answered alone in another order: each row's sample
+    depends on its seed and its item only (one batch, where the old member generated one item at a time)."""
+    from vlfeedback_kit.builders.pipeline.pool import Member
 
     tiny = build_tiny_model("llava", tmp_path / "tiny")
     member = Member("tiny", "transformers", str(tiny), {"max_new_tokens": 8, "temperature": 1.0, "top_p": 1.0})
-    model = LocalModel(member)
+    served = serve(member)
     prompts, images = ["What colour?", "How many shapes are there in this picture?"], [jpeg(), jpeg(size=40)]
-    together = model.answer(prompts, images, [11, 22])
-    alone = [model.answer([p], [i], [s])[0] for p, i, s in zip(prompts[::-1], images[::-1], [22, 11])][::-1]
+    together = local_answers(served, member, prompts, images, [11, 22])
+    alone = [local_answers(served, member, [p], [i], [s])[0]
+             for p, i, s in zip(prompts[::-1], images[::-1], [22, 11])][::-1]  # fmt: skip
     assert together == alone
+    assert local_answers(served, member, prompts, images, [12, 23]) != together  # the seed is what samples
 
 
 @pytest.mark.parametrize(

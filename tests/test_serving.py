@@ -1,4 +1,5 @@
-"""One loaded base model answers as Silkie (adapter on) and as the base (adapter off) in one batched generate."""
+"""The serving layer: one loaded base model answers as Silkie (adapter on) and as the base (adapter off) in one
+batched generate; n samples per prompt from one encode, each seeded by its item alone."""
 
 import re
 
@@ -6,7 +7,17 @@ import pytest
 from PIL import Image
 from support.tiny_silkie import tiny_silkie
 
-from vlfeedback_kit.eval.serving import BASE, SILKIE, GenerationSettings, base_of_run, generate, generate_both, load
+from vlfeedback_kit.serving import (
+    BASE,
+    SILKIE,
+    GenerationSettings,
+    base_of_run,
+    draw_seed,
+    generate,
+    generate_both,
+    load,
+    sample,
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +46,7 @@ def test_both_sides_from_one_batched_pass_equal_separate_models(silkie):
 
 def vision_calls(served) -> list[int]:
     """Records the batch of patches each vision-tower forward gets."""
-    from vlfeedback_kit.training.shared_images import inner_vlm
+    from vlfeedback_kit.serving import inner_vlm
 
     calls = []
     tower = next(m for name, m in inner_vlm(served.model).named_children() if name in ("visual", "vision_tower"))
@@ -153,3 +164,50 @@ def test_space_with_a_missing_adapter_says_so_in_one_line(tmp_path, monkeypatch,
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("vlfeedback space: error: --adapter runs/silkie-typo: no folder runs/silkie-typo here")
     assert "offline mode" in line
+
+
+SAMPLED = GenerationSettings(max_new_tokens=8, temperature=1.0, seed=5)
+
+
+def test_a_prompts_samples_do_not_depend_on_the_batch(silkie):
+    """n = 4 samples of a prompt alone equal its 4 samples inside a batch of 3 prompts (in another place), and each
+    draw equals one separate generate with that draw's seed: a sample depends on (seed, item) only."""
+    served = load(None, adapter=str(silkie[1]))
+    red, blue, green = prompts()
+    alone = sample(served, [blue], 4, SAMPLED, seeds=[7])
+    together = sample(served, [green, blue, red], 4, SAMPLED, seeds=[3, 7, 9])
+    assert together[1] == alone[0] and len(alone[0]) == 4
+    assert len(set(alone[0])) > 1  # the draws differ
+    assert alone[0] == [generate(served, [blue], None, SAMPLED, seeds=[draw_seed(7, j)])[0] for j in range(4)]
+    assert sample(served, [blue], 4, SAMPLED, seeds=[8])[0] != alone[0]  # the seed is what samples
+
+
+def test_sampled_rows_of_a_batch_equal_each_item_alone(silkie):
+    """Batched sampling with a seed per item (decode, eval) answers each row as that item alone, on both sides."""
+    served = load(None, adapter=str(silkie[1]))
+    seeds = [11, 22, 33]
+    together = generate(served, prompts(), None, SAMPLED, seeds=seeds)
+    assert together == [generate(served, [p], None, SAMPLED, seeds=[s])[0] for p, s in zip(prompts(), seeds)]
+    silkie_answers, base_answers = generate_both(served, prompts(), SAMPLED, seeds)
+    assert silkie_answers == together
+    assert base_answers == [generate(served, [p], [BASE], SAMPLED, seeds=[s])[0] for p, s in zip(prompts(), seeds)]
+
+
+def test_n_samples_prepare_and_encode_each_image_once(silkie):
+    """sample(n=4) runs the vision tower once on each image's patches (the features repeated for the 4 rows)."""
+    served = load(None, adapter=str(silkie[1]))
+    calls = vision_calls(served)
+    answers = sample(served, prompts(), 4, GenerationSettings(max_new_tokens=3, temperature=1.0))
+    patches_once = served.processor(text=["<|image_pad|>"] * 3, images=[[p[0]] for p in prompts()])["pixel_values"]
+    assert calls == [patches_once.shape[0]] and [len(a) for a in answers] == [4, 4, 4]
+    greedy = sample(served, prompts(), 2, GenerationSettings(max_new_tokens=5))
+    assert greedy == [[a, a] for a in generate(served, prompts(), None, GenerationSettings(max_new_tokens=5))]
+
+
+def test_the_old_eval_serving_import_still_works():
+    """vlfeedback_kit.eval.serving is a deprecated re-export of vlfeedback_kit.serving for one release."""
+    from vlfeedback_kit import serving
+    from vlfeedback_kit.eval import serving as old
+
+    assert old.load is serving.load and old.generate_both is serving.generate_both and old.BASE == serving.BASE
+    assert "Deprecated" in old.__doc__

@@ -12,15 +12,17 @@ empty, not an image) is an invalid row (``unreadable_image``), not a crash mid-r
 Before the first member starts, every member that has work is checked (local model folders or Hub ids, adapters,
 ``api_key_env`` variables) and every endpoint is probed once; a run whose endpoint stops answering is stopped by
 the breaker with the host and the cause. With temperature > 0 each answer is sampled with a seed drawn from the
-pool seed and its content key (sent as ``seed`` to endpoints; a local member then generates one item at a time), so
-a resumed decode samples exactly what an uninterrupted one would. ``decode/report.json`` counts the run's work per
-member: calls and tokens for endpoints, items, seconds and items/s for local models.
+pool seed and its content key (sent as ``seed`` to endpoints; a local member, served by :mod:`vlfeedback_kit.serving`,
+samples each row of a batch with its own seed), so a resumed decode samples exactly what an uninterrupted one
+would. ``decode/report.json`` counts the run's work per member: calls and tokens for endpoints, items, seconds and
+items/s for local models.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -51,7 +53,6 @@ from vlfeedback_kit.builders.pipeline.layout import (
     write_json,
 )
 from vlfeedback_kit.builders.pipeline.pool import (
-    LocalModel,
     Member,
     Pool,
     assign,
@@ -140,16 +141,20 @@ def plan_units(
 
 
 def run_local(member: Member, units: list[Unit], folder: StageInput, store: Store, bar: tqdm) -> dict:
-    """Answer ``units`` with a local model, one padded batch at a time, committing each batch; returns the work
-    done (items, seconds, items/s)."""
+    """Answer ``units`` with a local model, one padded batch at a time (each row sampled with its unit's seed),
+    committing each batch; returns the work done (items, seconds, items/s)."""
+    from PIL import Image
+
+    from vlfeedback_kit import serving
+
     started = time.perf_counter()
-    model = LocalModel(member)
+    served = serving.load(member.model, member.adapter, dtype=member.dtype, device=member.device)
+    decoding, settings = member.decoding(), member.settings()
     for start in range(0, len(units), member.batch_size):
         batch = units[start : start + member.batch_size]
         rows = [folder.row(unit.offset) for unit in batch]
-        seeds = [unit.seed for unit in batch]
-        texts = model.answer([r["prompt"] for r in rows], [folder.image_bytes(r) for r in rows], seeds)
-        settings = member.settings()
+        prompts = [(Image.open(io.BytesIO(folder.image_bytes(r))).convert("RGB"), r["prompt"]) for r in rows]
+        texts = serving.generate(served, prompts, None, decoding, seeds=[unit.seed for unit in batch])
         store.put_many(
             [
                 (u.key, u.item_id, "ok", {"response": t, "generation": settings})

@@ -1,6 +1,6 @@
 """The model pool of ``decode``: its YAML config, which members answer which instruction, and the members themselves.
 
-A member is a local transformers VLM (``AutoModelForImageTextToText`` + ``AutoProcessor``, batched generation,
+A member is a local transformers VLM (served by :mod:`vlfeedback_kit.serving`: batched generation, a seed per item,
 optional PEFT adapter) or any OpenAI-compatible endpoint (OpenAI, vLLM, TGI) reached with the ``openai`` client.
 See ``pool.example.yaml``.
 """
@@ -8,17 +8,20 @@ See ``pool.example.yaml``.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from vlfeedback_kit.errors import UserError
 from vlfeedback_kit.hub_ids import folder_or_hub_problem
+
+if TYPE_CHECKING:
+    from vlfeedback_kit.serving import GenerationSettings
 
 EXAMPLE_FILE = Path(__file__).with_name("pool.example.yaml")
 KINDS = ("transformers", "openai")
@@ -62,6 +65,13 @@ class Member:
             else {"endpoint": _host(self.base_url)}
         )
         return {"kind": self.kind, "model": self.model, **where, **self.generation}
+
+    def decoding(self) -> GenerationSettings:
+        """A local member's decoding settings for :mod:`vlfeedback_kit.serving` (each row's seed comes per call)."""
+        from vlfeedback_kit.serving import GenerationSettings
+
+        generation = self.generation
+        return GenerationSettings(generation["max_new_tokens"], generation["temperature"], generation["top_p"])
 
     def fingerprint(self) -> str:
         """A hash of everything that changes this member's answers."""
@@ -124,7 +134,7 @@ def _member(spec: dict, defaults: dict, path: Path) -> Member:
 
 def _base_of_adapter(spec: dict, path: Path) -> str | None:
     """The base model of a member given only an adapter (a run dir names the base it was trained from)."""
-    from vlfeedback_kit.eval.serving import adapter_base
+    from vlfeedback_kit.serving import adapter_base
 
     try:
         return adapter_base(spec["adapter"], flag="adapter")
@@ -157,7 +167,7 @@ def model_problem(name: str, flag: str) -> str | None:
 
 def adapter_problem(adapter: str) -> str | None:
     """Why an adapter cannot be loaded (the loader's own check: a run dir or adapter folder, or a Hub id), or None."""
-    from vlfeedback_kit.eval.serving import adapter_base
+    from vlfeedback_kit.serving import adapter_base
 
     try:
         adapter_base(adapter, flag="adapter")
@@ -216,64 +226,3 @@ def chat_request(member: Member, prompt: str, image_url: str) -> dict:
         "top_p": generation["top_p"],
     }
 
-
-class LocalModel:
-    """A local transformers VLM (optionally with a PEFT adapter) that answers batches of instructions."""
-
-    def __init__(self, member: Member) -> None:
-        import torch
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
-        self.member = member
-        self.device = member.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.processor = AutoProcessor.from_pretrained(member.model)
-        self.processor.tokenizer.padding_side = "left"
-        model = AutoModelForImageTextToText.from_pretrained(member.model, dtype=member.dtype)
-        if member.adapter:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, member.adapter)
-        self.model = model.to(self.device).eval()
-
-    def answer(self, prompts: list[str], images: list[bytes], seeds: list[int]) -> list[str]:
-        """One response per (prompt, image); sampled with each item's own seed (greedy when temperature is 0),
-        one padded batch when greedy."""
-        import torch
-        from PIL import Image
-
-        generation = self.member.generation
-        sampling = generation["temperature"] > 0
-        kwargs = {"max_new_tokens": generation["max_new_tokens"], "do_sample": sampling}
-        if sampling:
-            kwargs |= {"temperature": generation["temperature"], "top_p": generation["top_p"]}
-        groups = [list(range(len(prompts)))] if not sampling else [[i] for i in range(len(prompts))]
-        texts: list[str] = [""] * len(prompts)
-        for group in groups:
-            conversations = [
-                [
-                    {
-                        "role": "user",
-                        "content": [
-                            {"type": "image", "image": Image.open(io.BytesIO(images[i])).convert("RGB")},
-                            {"type": "text", "text": prompts[i]},
-                        ],
-                    }
-                ]
-                for i in group
-            ]
-            inputs = self.processor.apply_chat_template(
-                conversations,
-                add_generation_prompt=True,
-                tokenize=True,
-                return_dict=True,
-                return_tensors="pt",
-                processor_kwargs={"padding": True},
-            ).to(self.device)
-            if sampling:
-                torch.manual_seed(seeds[group[0]])
-            with torch.inference_mode():
-                output = self.model.generate(**inputs, **kwargs)
-            new_tokens = output[:, inputs["input_ids"].shape[1] :]
-            for i, text in zip(group, self.processor.batch_decode(new_tokens, skip_special_tokens=True), strict=True):
-                texts[i] = text.strip()
-        return texts
