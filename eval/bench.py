@@ -1,13 +1,17 @@
-"""Eval benchmark: generation throughput (batch 1 vs batched; ``--compare-base`` one mixed pass vs two passes) on a
-tiny Qwen2-VL + LoRA, and judge throughput against the loopback OpenAI-compatible server.
+"""Eval benchmark: generation throughput (batch 1 vs batched; ``--compare-base`` one mixed pass vs two passes; n
+samples per prompt in one call vs n calls) on a tiny Qwen2-VL + LoRA, and judge throughput against the loopback
+OpenAI-compatible server.
 
-    python -m vlfeedback_kit.eval.bench                       # CPU, tiny model, all three measurements
+    python -m vlfeedback_kit.eval.bench                       # CPU, tiny model, all four measurements
     python -m vlfeedback_kit.eval.bench --skip-judge --prompts 64 --batch 32 --max-new-tokens 32
+    python -m vlfeedback_kit.eval.bench --skip-judge --skip-generation --samples 4 --repeats 5   # n samples only
 
 Targets: batched ≥ 3× batch 1 responses/s; one mixed Silkie+base pass ≥ 1.5× the throughput of two separate
-passes; judging ≥ 0.8 of the ideal ``concurrency / latency`` at 64 in flight. The judge server is the test suite's
-(``tests/support/openai_server.py``, its own process): run from a checkout. The JSON is also appended, with the
-commit, versions, device and command, to ``benchmarks/results/eval.bench.jsonl`` (:mod:`vlfeedback_kit.benchlog`).
+passes; ``serving.sample`` of n = 4 (one processor call, one vision encode per image) ≥ 2× four separate seeded
+``generate`` calls, with the same answers; judging ≥ 0.8 of the ideal ``concurrency / latency`` at 64 in flight.
+The judge server is the test suite's (``tests/support/openai_server.py``, its own process): run from a checkout.
+The JSON is also appended, with the commit, versions, device and command, to
+``benchmarks/results/eval.bench.jsonl`` (:mod:`vlfeedback_kit.benchlog`).
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ def bench_generation(args: argparse.Namespace, model: str | None, adapter: str |
     """responses/s at batch 1, batched, and Silkie+base in one mixed pass vs two passes."""
     from PIL import Image
 
-    from vlfeedback_kit.eval.serving import BASE, SILKIE, GenerationSettings, generate, generate_both, load
+    from vlfeedback_kit.serving import BASE, SILKIE, GenerationSettings, generate, generate_both, load
 
     served = load(model, adapter)
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
@@ -86,6 +90,46 @@ def bench_generation(args: argparse.Namespace, model: str | None, adapter: str |
         "image_px": args.image_size, "responses_per_s": {k: round(v, 2) for k, v in rates.items()},
         "batched_over_batch1": round(rates["batched"] / rates["batch1"], 2),
         "one_pass_over_two_passes": round(rates["one_pass"] / rates["two_passes"], 2),
+    }  # fmt: skip
+
+
+def bench_samples(args: argparse.Namespace, model: str | None, adapter: str | None) -> dict:
+    """n sampled answers per prompt: one ``serving.sample`` call vs n separate ``generate`` calls (each with the
+    draw's seeds, so both produce the same answers and the same tokens); the median of ``--repeats`` interleaved
+    timings of each."""
+    import statistics
+
+    from PIL import Image
+
+    from vlfeedback_kit.serving import GenerationSettings, draw_seed, generate, load, sample
+
+    served = load(model, adapter)
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=1.0)
+    colours = ("red", "green", "blue", "white")
+    prompts = [(Image.new("RGB", (args.image_size, args.image_size), colours[i % 4]), f"Describe picture {i}.")
+               for i in range(args.sample_prompts)]  # fmt: skip
+    seeds, n = list(range(len(prompts))), args.samples
+    sample(served, prompts[:1], 2, settings, seeds[:1])  # warm-up
+
+    def one_call() -> list[list[str]]:
+        return sample(served, prompts, n, settings, seeds)
+
+    def separate() -> list[list[str]]:
+        draws = [generate(served, prompts, None, settings, seeds=[draw_seed(s, j) for s in seeds]) for j in range(n)]
+        return [list(answers) for answers in zip(*draws)]
+
+    times: dict[str, list[float]] = {"one_call": [], "separate_calls": []}
+    for _ in range(args.repeats):  # interleaved: a load spike on a shared machine hits one repeat, not one mode
+        for name, run in (("one_call", one_call), ("separate_calls", separate)):
+            times[name].append(_timed(run))
+    median = {name: statistics.median(values) for name, values in times.items()}
+    return {
+        "device": str(served.model.device), "prompts": len(prompts), "n": n, "repeats": args.repeats,
+        "max_new_tokens": args.max_new_tokens, "image_px": args.image_size,
+        "seconds": {name: [round(t, 3) for t in values] for name, values in times.items()},
+        "median_s": {name: round(value, 3) for name, value in median.items()},
+        "one_call_over_separate": round(median["separate_calls"] / median["one_call"], 2),
+        "same_answers": one_call() == separate(),
     }  # fmt: skip
 
 
@@ -134,10 +178,13 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3, help="generation timings: best of N, interleaved")
     parser.add_argument("--image-size", type=int, default=112)
+    parser.add_argument("--samples", type=int, default=4, help="n sampled answers per prompt (the n-samples bench)")
+    parser.add_argument("--sample-prompts", type=int, default=8, help="prompts of the n-samples bench")
     parser.add_argument("--judge-items", type=int, default=2000)
     parser.add_argument("--latency", type=float, default=0.2)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--skip-generation", action="store_true")
+    parser.add_argument("--skip-samples", action="store_true")
     parser.add_argument("--skip-judge", action="store_true")
     add_results_dir_argument(parser)
     return parser
@@ -151,10 +198,13 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
-    if not args.skip_generation:
+    if not (args.skip_generation and args.skip_samples):
         with tempfile.TemporaryDirectory(prefix="vlf-eval-bench-") as tmp:
             adapter = args.adapter or (None if args.model else str(tiny_silkie(Path(tmp))))
-            result["generation"] = bench_generation(args, args.model, adapter)
+            if not args.skip_generation:
+                result["generation"] = bench_generation(args, args.model, adapter)
+            if not args.skip_samples:
+                result["samples"] = bench_samples(args, args.model, adapter)
     if not args.skip_judge:
         result["judge"] = bench_judge(args)
     print(json.dumps(result, indent=1))
