@@ -69,6 +69,10 @@ def test_site_builds_strict_with_the_generated_cli_reference(tmp_path):
         assert f"usage: vlfeedback {verb}" in reference, verb
     for nested in ("vlfeedback eval run", "vlfeedback card model", "vlfeedback publish space"):
         assert f"usage: {nested}" in reference, nested
+    for module_name in hook().TOOLS:
+        assert f"usage: python -m {module_name}" in reference, module_name
+    flags = (site / "training-flags" / "index.html").read_text()
+    assert "usage: training/dpo.py" in flags and "--share_prompt_prefix" in flags and "--beta" in flags
     assert (site / "assets" / "arena-screenshot.png").read_bytes() == (
         ROOT / "spaces" / "silkie-vs-base" / "screenshot.png"
     ).read_bytes()
@@ -77,7 +81,9 @@ def test_site_builds_strict_with_the_generated_cli_reference(tmp_path):
 def test_every_page_is_in_the_nav_once():
     pages = nav()
     written = {p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md") if "hooks" not in p.parts}
-    generated = {hook().CLI_PAGE, *(p for p in hook().FROM_REPOSITORY if p.endswith(".md"))}
+    module = hook()
+    served = {page for page in module.FROM_REPOSITORY if page.endswith(".md")}
+    generated = {module.CLI_PAGE, module.TRAINING_FLAGS_PAGE, *served}
     assert len(pages) == len(set(pages))
     assert set(pages) == written | generated
 

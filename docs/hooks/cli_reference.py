@@ -1,20 +1,32 @@
-"""MkDocs hook: the command-line reference page, rendered from the ``vlfeedback`` argparse parsers at build time.
+"""MkDocs hook: the command-line reference pages, rendered from the kit's argparse parsers at build time.
 
-The page is never written by hand, so it cannot drift from the code: each verb's (and sub-verb's) usage and options
-are what ``vlfeedback VERB --help`` prints. The hook also serves two repository files as site pages without copying
-them into ``docs/``: BENCHMARKS.md and the arena's screenshot.
+The pages are never written by hand, so they cannot drift from the code: each verb's (and sub-verb's) usage and
+options are what ``vlfeedback VERB --help`` prints, each benchmark's what ``python -m MODULE --help`` prints, and the
+training script's flags what ``training/dpo.py --help`` prints. The hook also serves two repository files as site
+pages without copying them into ``docs/``: BENCHMARKS.md and the arena's screenshot.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 from pathlib import Path
 
 from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.structure.files import File, Files
 
 CLI_PAGE = "cli.md"
+TRAINING_FLAGS_PAGE = "training-flags.md"
+TOOLS = (
+    "vlfeedback_kit.builders.bench",
+    "vlfeedback_kit.builders.pipeline.bench",
+    "vlfeedback_kit.training.bench",
+    "vlfeedback_kit.training.memory",
+    "vlfeedback_kit.eval.bench",
+    "vlfeedback_kit.eval.arena_bench",
+)
+"""Modules run as ``python -m MODULE``, each with a ``make_parser()``."""
 WIDTH = 110
 """Help text width, fixed so the page does not depend on the terminal that runs the build."""
 FROM_REPOSITORY = {
@@ -58,7 +70,7 @@ def render() -> str:
         "",
         "Generated from the `vlfeedback` parsers (`vlfeedback_kit.cli.make_parser`) when the site is built: each",
         "block is what `vlfeedback VERB --help` prints. `vlfeedback train` passes any further flag to",
-        "`training/dpo.py` (TRL's `DPOConfig`, `ModelConfig` and the kit's fields; see [Training](training.md)).",
+        "`training/dpo.py`: [Training script flags](training-flags.md). The benchmarks' flags close the page.",
         "",
         "| verb | what it does |",
         "|---|---|",
@@ -70,13 +82,45 @@ def render() -> str:
     lines += ["```text", help_text(parser), "```", ""]
     for name, summary, sub in verbs:
         lines += verb_section(f"vlfeedback {name}", summary, sub, 2)
+    lines += [
+        "## Benchmarks and tools",
+        "",
+        "Each measures or counts one thing; results: [Performance](performance.md).",
+        "",
+    ]
+    for module_name in TOOLS:
+        tool = importlib.import_module(module_name).make_parser()
+        tool.prog = f"python -m {module_name}"
+        lines += ["```text", help_text(tool), "```", ""]
     return "\n".join(lines)
+
+
+def render_training_flags() -> str:
+    """The training script's page: TRL's parser over the script's dataclasses, every flag a recipe may set."""
+    from vlfeedback_kit.training.dpo import make_parser
+
+    return "\n".join(
+        [
+            "# Training script flags",
+            "",
+            "Generated from `training/dpo.py`'s parser (TRL's `TrlParser` over `SilkieScriptArguments`,",
+            "`SilkieDPOConfig` and `ModelConfig`) when the site is built. A recipe YAML sets these fields, and any",
+            "of them overrides the recipe on the command line of `accelerate launch training/dpo.py` or",
+            "`vlfeedback train` (see [Train Silkie](training.md)); no flag may be abbreviated.",
+            "",
+            "```text",
+            help_text(make_parser(prog="training/dpo.py")),
+            "```",
+            "",
+        ]
+    )
 
 
 def on_files(files: Files, config: MkDocsConfig) -> Files:
     """Add the generated CLI page and the repository files the docs link to."""
     root = Path(config.config_file_path).parent
     files.append(File.generated(config, CLI_PAGE, content=render()))
+    files.append(File.generated(config, TRAINING_FLAGS_PAGE, content=render_training_flags()))
     for site_path, repository_path in FROM_REPOSITORY.items():
         files.append(File.generated(config, site_path, abs_src_path=str(root / repository_path)))
     return files
