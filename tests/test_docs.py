@@ -45,7 +45,7 @@ def runnable_blocks(path: Path) -> list[tuple[int, str, str]]:
     """(line, language, code) of each fenced block marked runnable in a Markdown file."""
     text = path.read_text()
     blocks = []
-    for match in re.finditer(re.escape(MARKER) + r"\n", text):
+    for match in re.finditer("^" + re.escape(MARKER) + r"\n", text, re.M):  # a line of its own, not inline code
         line = text.count("\n", 0, match.start()) + 1
         fence = FENCE.match(text, match.end())
         assert fence and fence.group(1) in RUNNERS, f"{path.name}:{line}: {MARKER} must precede a bash or python fence"
