@@ -5,7 +5,7 @@ Layout written (a complete Hub dataset repo)::
     DIR/README.md                    card whose YAML declares every config (raw, pairs, extra pairing configs)
     DIR/data/<config>/<split>-0000k-of-0000n-<digest>.parquet   (content-addressed, listed in the card)
     DIR/pairing_policies.json        each pairing config's policy, fingerprint and counts
-    DIR/build_report.json            read = kept + rejected, reasons, nulled ratings, throughput
+    DIR/build_report.json            read = kept + rejected, reasons, nulled ratings, throughput; the input by name
     DIR/rejects.jsonl                every rejected input row with its line, id, reason and the fix
     DIR/judge.json                   the judges of an annotated release (copied from the source when it has one)
     DIR/data/judgements/...          a release made by the pipeline: per id, the judge record and generation settings
@@ -15,6 +15,10 @@ A rebuild (``--overwrite``) replaces only what a build writes (:data:`BUILD_OUTP
 folder — the reference log-prob cache ``.ref_logps/`` that training keeps beside a local dataset, a user's notes —
 is moved into the new one. A build that fails leaves ``DIR`` untouched and puts its report and rejects in
 ``DIR.failed/``.
+
+Nothing a build records locates a folder of this machine (the folder is published as it is): a local source is
+recorded by its name with ``"local": true``, the input's description names its folder, not its path, and a
+pipeline's ``judge.json`` is copied with each local pool model or adapter named (``provenance.unlocated_judge``).
 
 Memory stays flat: rows flow in batches of ``batch_size`` through validation, the ``raw`` writer and every pairing
 policy, and nothing but the seen-id set grows with the input.
@@ -43,9 +47,9 @@ from vlfeedback_kit.builders.pairing import (
     response_table,
     select_pairs,
 )
-from vlfeedback_kit.builders.provenance import judgement_of
+from vlfeedback_kit.builders.provenance import folder_name, judgement_of, unlocated_judge
 from vlfeedback_kit.builders.sample import SAMPLE_RECORD
-from vlfeedback_kit.builders.sources import Record, open_source
+from vlfeedback_kit.builders.sources import ParquetRelease, Record, ReleaseFolder, open_source
 from vlfeedback_kit.builders.validate import REJECT_REASONS, Reject, RowStats, canonical_row, check_image
 from vlfeedback_kit.builders.writer import (
     DEFAULT_MAX_SHARD_BYTES,
@@ -265,10 +269,13 @@ def build(options: BuildOptions) -> dict:
     }
     elapsed = time.perf_counter() - started
 
+    local = Path(options.source).exists()
     result = {
-        "source": options.source,
+        "source": folder_name(str(Path(options.source).resolve())) if local else options.source,
+        "local": local,
         "source_name": _source_name(options.source, options.revision),
-        "input": reader.describe(),
+        "input": describe_input(reader),
+        "input_file": input_file(reader),
         "revision": options.revision,
         "read": report.read,
         "kept": report.kept,
@@ -306,7 +313,7 @@ def build(options: BuildOptions) -> dict:
     write_json(staging / POLICIES_FILE, policies)
     judge = reader.folder / JUDGE_FILE
     if judge.is_file():
-        shutil.copyfile(judge, staging / JUDGE_FILE)
+        write_json(staging / JUDGE_FILE, unlocated_judge(read_judge_file(judge)))
     if options.card is not None:
         options.card(staging)
     _replace(out, staging)
@@ -327,6 +334,29 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
         )
     if not overwrite:
         raise UserError(f"{out} holds an earlier build; pass --overwrite to replace it or choose another --out")
+
+
+def read_judge_file(path: Path) -> dict:
+    """A source's ``judge.json`` (written by ``vlfeedback assemble``), or a one-line error naming it."""
+    try:
+        judge = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{path} cannot be read as JSON ({err}); write it again with `vlfeedback assemble`") from err
+    if not isinstance(judge, dict):
+        raise UserError(f"{path} is not a JSON object; write it again with `vlfeedback assemble`")
+    return judge
+
+
+def describe_input(reader: ReleaseFolder | ParquetRelease) -> str:
+    """The input's one-line description with its folder named, not located (the report is published)."""
+    folder = Path(reader.folder)
+    return reader.describe().replace(str(folder), folder.name or str(folder))
+
+
+def input_file(reader: ReleaseFolder | ParquetRelease) -> str | None:
+    """The input jsonl's file name (``vlfeedback_80k.jsonl`` for the original release); None for Parquet."""
+    jsonl = getattr(reader, "jsonl", None)
+    return jsonl.name if jsonl is not None else None
 
 
 def _source_name(source: str, revision: str | None) -> str:
@@ -385,4 +415,3 @@ def _drop_failed_report(out: Path) -> None:
 
 def _add(counts: dict[str, int], split: str, n: int) -> None:
     counts[split] = counts.get(split, 0) + n
-

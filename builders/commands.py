@@ -51,7 +51,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--batch-size", type=int, default=256, help="rows per processing batch (default 256)")
     build.add_argument("--max-shard-mb", type=int, default=500, help="Parquet shard size limit in MB (default 500)")
     build.add_argument(
-        "--overwrite", action="store_true", help="replace an earlier build in --out (a folder with build_report.json)"
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier build in --out (a folder with build_report.json); files a build does not write, "
+        "such as .ref_logps/, are kept",
     )
     build.add_argument("--quiet", action="store_true", help="no progress bar")
     build.set_defaults(func=_build)

@@ -309,6 +309,33 @@ def _today() -> str:
     return datetime.datetime.now(datetime.timezone.utc).date().isoformat()
 
 
+def local_roots(folder: Path) -> list[Path]:
+    """The folders of this machine that nothing published may name: the folder's, its parent's and the home
+    folder's absolute paths."""
+    resolved = Path(folder).resolve()
+    return [resolved, resolved.parent, Path.home()]
+
+
+BUILD_RECORDS: tuple[str, ...] = ("build_report.json", "judge.json")
+"""A built folder's records that a build before 2026-12 wrote with local paths (the source, the pool's adapters)."""
+
+
+def check_dataset_paths(folder: Path, plan: dict[str, Path | bytes]) -> None:
+    """Refuse to publish a built folder whose text files name a folder of this machine (one line naming the file);
+    for a build's own records, written so by an older ``vlfeedback build``, the fix is to rebuild."""
+    from vlfeedback_kit.cards.model import check_no_local_paths
+
+    roots = local_roots(folder)
+    try:
+        check_no_local_paths({name: plan[name] for name in BUILD_RECORDS if name in plan}, roots)
+    except UserError as err:
+        raise UserError(
+            f"{err}. An older `vlfeedback build` recorded local paths there: rebuild the folder (`vlfeedback build "
+            f"--source SOURCE --out {folder} --overwrite`), which records names only"
+        ) from err
+    check_no_local_paths(plan, roots)
+
+
 def publish_dataset(
     folder: Path,
     release: Release,
@@ -320,7 +347,8 @@ def publish_dataset(
     """Publish a built folder as ``release``: changelog against the previous tag, card, one commit, tag.
 
     ``license`` and ``pretty_name`` are what the card states (``--license``, ``--pretty-name``; see
-    ``render_dataset_card`` for the defaults)."""
+    ``render_dataset_card`` for the defaults). Like ``publish model``, it uploads no text file that names the
+    folder's, its parent's or the home folder's absolute path (:func:`check_dataset_paths`)."""
     from fsspec.implementations.local import LocalFileSystem
     from huggingface_hub import HfFileSystem
 
@@ -366,6 +394,7 @@ def publish_dataset(
     validate_card(card, "dataset", hub_unread)
     exclude = tuple(p for p in DATASET_EXCLUDE if not (include_rejects and p == "rejects.jsonl"))
     plan = upload_plan(folder, exclude, str(card).encode("utf-8"))
+    check_dataset_paths(folder, plan)
     usage = [f'load_dataset("{release.repo_id}", "{config}", revision="{release.tag}")' for config in new.splits]
     outcome = Outcome(release, previous, entry, usage, hub_unread=hub_unread)
     return deliver(api, state, plan, outcome, dry_run)
@@ -394,8 +423,7 @@ def publish_model(
     validate_card(card, "model", hub_unread)
     plan = upload_plan(run_dir, MODEL_EXCLUDE, str(card).encode("utf-8"))
     plan |= {path: data for path, data in public_files(run_dir, run).items() if path in plan}
-    resolved = run_dir.resolve()
-    check_no_local_paths(plan, [resolved, resolved.parent, Path.home()])
+    check_no_local_paths(plan, local_roots(run_dir))
     description = f"Model release {release.tag}" + (f" (previous: {previous})" if previous else " (first release)")
     load = (
         f'PeftModel.from_pretrained(base_model, "{release.repo_id}", revision="{release.tag}")'
