@@ -2,7 +2,8 @@
 
 Every number in the card comes from the folder: ``build_report.json`` and ``pairing_policies.json`` (counts,
 policies), the optional ``judge.json`` (judge models and template hashes), the optional ``agreement.json``
-(``vlfeedback agreement --json``: this release's judge-vs-human agreement), the Parquet schema (column types, and
+(``vlfeedback agreement --out``: this release's judge-vs-human agreement, with the labels it was measured
+against), the Parquet schema (column types, and
 the ``dataset_info`` metadata) and the ``raw`` Parquet's small columns (rows per source, rating distributions,
 per-model mean scores; image bytes are never read for statistics). The template only words them.
 
@@ -48,7 +49,8 @@ ORIGINAL_REPO = "MMInstruction/VLFeedback"
 ASSETS_DIR = "assets"
 JUDGE_FILE = "judge.json"
 AGREEMENT_FILE = "agreement.json"
-"""This release's judge-vs-human agreement, as ``vlfeedback agreement --json`` prints it."""
+"""This release's judge-vs-human agreement, as ``vlfeedback agreement --out`` writes it (results, judged folder,
+label file name, sha256 and count)."""
 JUDGEMENTS_CONFIG = "judgements"
 DEFAULT_CONFIG = "pairs"
 UNPUBLISHED_TARGET = "ORG/NAME"
@@ -97,13 +99,18 @@ def size_category(n: int) -> str:
 def release_origin(report: dict, judges: list[dict] | None = None) -> str:
     """Where a build's ratings come from, from what the build recorded: ``sample`` (the kit's synthetic sample),
     ``pipeline`` (judged through the kit's pipeline: ``judge.json``), ``original`` (the original VLFeedback release:
-    the Hub repo, or its ``vlfeedback_80k.jsonl``) or ``unknown``."""
+    the Hub repo, or an input jsonl named ``vlfeedback_80k.jsonl``: ``input_file``, or an older build's ``input``
+    description) or ``unknown``."""
     if report.get("synthetic_sample") is not None:
         return "sample"
     if judges:
         return "pipeline"
     source = str(report.get("source") or "")
-    if source.lower() == ORIGINAL_REPO.lower() or f"({RELEASE_JSONL} " in str(report.get("input") or ""):
+    if not report.get("local") and source.lower() == ORIGINAL_REPO.lower():
+        return "original"
+    if "input_file" in report:  # recorded by the build since it has the field
+        return "original" if report["input_file"] == RELEASE_JSONL else "unknown"
+    if f"({RELEASE_JSONL} " in str(report.get("input") or ""):  # an older build: only the description names it
         return "original"
     return "unknown"
 
@@ -121,9 +128,13 @@ def judge_statement(report: dict) -> str:
     return SYNTHETIC_JUDGE.format(details=f", {details}" if details else "")
 
 
-def public_name(value: str | None) -> str | None:
-    """A model, adapter or folder as a card may show it: an absolute local path becomes its folder name marked
-    ``(local)`` — named, never located; anything else (a Hub id, an API model name) is kept."""
+def public_name(value: str | dict | None) -> str | None:
+    """A model, adapter or folder as a card may show it: a local one (``{"name", "local": true}`` as a build
+    records it, or an absolute path in an older ``judge.json``) becomes its folder name marked ``(local)`` — named,
+    never located; anything else (a Hub id, an API model name) is kept."""
+    if isinstance(value, dict):
+        name = str(value.get("name") or "")
+        return f"{name} (local)" if value.get("local") else name or None
     if not value or not Path(value).is_absolute():
         return value
     return f"{Path(value).name} (local)"
@@ -317,15 +328,20 @@ def read_pool(folder: Path) -> list[dict] | None:
     ] or None
 
 
-def read_agreement(folder: Path) -> dict | None:
-    """This release's overall judge-vs-human agreement from ``agreement.json`` (``vlfeedback agreement --json``):
-    agreement, 95% interval, decisive pairs and labels; None when it was not measured."""
+def read_agreement(folder: Path, report: dict | None = None) -> dict | None:
+    """This release's overall judge-vs-human agreement from ``agreement.json`` (``vlfeedback agreement --out``):
+    agreement, 95% interval, decisive pairs and matched labels, and what it was measured on — the judged folder,
+    the label file's name, sha256 and count — which the card cites; None when it was not measured.
+
+    The card states only agreement measured on this release: a file that does not say what it was measured on (the
+    bare ``--json`` output) or that names another judged folder than this local build's source is refused."""
     path = folder / AGREEMENT_FILE
     if not path.is_file():
         return None
+    remeasure = f"measure it with `vlfeedback agreement --judge ANNOTATED --human LABELS --out {path.name}`"
     try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-        overall = results.get("results", results)["overall"]
+        record = json.loads(path.read_text(encoding="utf-8"))
+        overall = record["results"]["overall"] if "results" in record else record["overall"]
         measured = {
             "agreement": float(overall["agreement"]),
             "low": float(overall["ci95"][0]),
@@ -335,10 +351,34 @@ def read_agreement(folder: Path) -> dict | None:
         }
     except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
         raise UserError(
-            f"{path} is not the output of `vlfeedback agreement --json` with an overall agreement ({err!r}); "
-            "write it again or remove it"
+            f"{path} is not the output of `vlfeedback agreement --out` with an overall agreement ({err!r}); "
+            f"{remeasure} or remove it"
         ) from err
-    return measured | {"labels": measured["pairs"] + measured["ties"]}
+    try:
+        labels, judged = record["labels"], record["judged"]
+        cited = {
+            "labels_file": str(labels["file"]),
+            "labels_sha256": str(labels["sha256"]),
+            "labels_count": int(labels["count"]),
+            "judged_folder": str(judged["folder"]),
+            "judged_file": str(judged["file"]),
+        }
+    except (KeyError, TypeError, ValueError) as err:
+        raise UserError(
+            f"{path} does not say which labels and judged folder it was measured on (missing {err}), so the card "
+            f"cannot cite it: {remeasure} (or remove it)"
+        ) from err
+    source = (report or {}).get("source")
+    if (report or {}).get("local") and source not in (cited["judged_folder"], cited["judged_file"]):
+        raise UserError(
+            f"{path} was measured on the judged folder {cited['judged_folder']!r}, but this release was built from "
+            f"{source!r}: {remeasure.replace('ANNOTATED', str(source))} (or remove it)"
+        )
+    cited["citation"] = (
+        f"labels `{cited['labels_file']}` (sha256 {cited['labels_sha256'][:12]}…, "
+        f"{cited['labels_count']:,} labels) against `{cited['judged_folder']}/{cited['judged_file']}`"
+    )
+    return measured | cited | {"labels": measured["pairs"] + measured["ties"]}
 
 
 def dataset_infos(folder: Path, report: dict) -> DatasetInfosDict:
@@ -413,7 +453,7 @@ def dataset_facts(folder: Path) -> dict:
         "judges": judges,
         "judge_models": sorted({judge["model"] for judge in judges or []}),
         "origin": release_origin(report, judges),
-        "agreement": read_agreement(folder),
+        "agreement": read_agreement(folder, report),
         "pool": read_pool(folder),
         "judgements_rows": sum(report["splits"].get(JUDGEMENTS_CONFIG, {}).values()),
     }

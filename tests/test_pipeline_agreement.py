@@ -109,3 +109,37 @@ def test_a_folder_without_ratings_is_refused_and_unmatched_ids_are_listed(
     assert cli_main(["agreement", "--judge", str(judged), "--human", str(strangers)]) == 2
     err = capsys.readouterr().err
     assert "none of the 2 labels matches a judged row" in err and "(ids: x1, x2)" in err
+
+
+def test_out_records_what_was_measured_and_the_card_cites_it(judged: Path, tmp_path: Path, capsys) -> None:
+    """``--out`` writes the results with the judged folder's name and the label file's name, sha256 and count (no
+    path); as the built folder's ``agreement.json`` the card cites them; a rebuild from another folder refuses it."""
+    import hashlib
+
+    from vlfeedback_kit.builders.build import BuildOptions, build
+    from vlfeedback_kit.cards.dataset import dataset_facts
+
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps(label) + "\n" for label in LABELS))
+    built = tmp_path / "built"
+    build(BuildOptions(source=str(judged), out_dir=built, progress=False))
+    out = built / "agreement.json"
+    args = ["agreement", "--judge", str(judged), "--human", str(labels), "--bootstrap", "200"]
+    assert cli_main([*args, "--json", "--out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)  # --json prints what it printed before
+    record = json.loads(out.read_text())
+    assert record["results"] == printed and str(tmp_path) not in out.read_text()
+    sha256 = hashlib.sha256(labels.read_bytes()).hexdigest()
+    assert record["judged"] == {"folder": "judged", "file": "vlfeedback_80k.jsonl"}
+    assert record["labels"] == {"file": "labels.jsonl", "sha256": sha256, "sha256_of": "file", "count": len(LABELS)}
+    measured = dataset_facts(built)["agreement"]
+    assert (measured["agreement"], measured["pairs"], measured["labels_count"]) == (0.75, 4, len(LABELS))
+    assert measured["citation"] == (
+        f"labels `labels.jsonl` (sha256 {sha256[:12]}…, {len(LABELS)} labels) against `judged/vlfeedback_80k.jsonl`"
+    )
+
+    other = write_release(tmp_path / "other", JUDGED)
+    build(BuildOptions(source=str(other), out_dir=built, progress=False, overwrite=True))
+    assert (built / "agreement.json").is_file()  # kept across the rebuild, but not this release's measurement
+    with pytest.raises(UserError, match="measured on the judged folder 'judged', but this release was built from"):
+        dataset_facts(built)

@@ -25,6 +25,7 @@ from support.run_dirs import write_run_dir
 from vlfeedback_kit.builders.build import BuildOptions, build
 from vlfeedback_kit.cards.dataset import (
     PAPER_JUDGE,
+    dataset_facts,
     judge_statement,
     release_origin,
     render_dataset_card,
@@ -130,14 +131,28 @@ def test_pipeline_release_names_its_judge_and_its_measured_agreement(original: P
     assert "No judge-vs-human agreement has been measured for this release" in text
     overall = {"human_labels": "overall", "pairs": 400, "agree": 324, "agreement": 0.81, "ci95": [0.772, 0.848],
                "human_ties": 12, "judge_ties": 8, "unmatched": 0, "unmatched_ids": []}  # fmt: skip
-    (folder / "agreement.json").write_text(json.dumps({"overall": overall}))
+    measured = {
+        "judged": {"folder": "release", "file": "vlfeedback_80k.jsonl"},  # the folder this release was built from
+        "labels": {"file": "labels.csv", "sha256": "0123456789ab" + "f" * 52, "sha256_of": "file", "count": 425},
+        "results": {"overall": overall},
+    }
+    (folder / "agreement.json").write_text(json.dumps(measured))
     text = str(render_dataset_card(folder))
     assert (
         "the judge agrees with the human\n  preference on 81.0% of 400 decisive pairs (95% CI 77.2–84.8%;\n"
         "  420 human labels matched, 20 of them ties)"
     ) in text
-    (folder / "agreement.json").write_text(json.dumps({"overall": {"pairs": 3}}))
-    assert main(["card", "dataset", str(folder)]) == 2
+    facts = dataset_facts(folder)["agreement"]
+    cited = "labels `labels.csv` (sha256 0123456789ab…, 425 labels) against `release/vlfeedback_80k.jsonl`"
+    assert facts["citation"] == cited
+    assert (facts["labels_file"], facts["labels_count"]) == ("labels.csv", 425)
+    for stale in (
+        {"overall": overall},  # the bare `--json` output: what was it measured on?
+        measured | {"judged": {"folder": "another-release", "file": "vlfeedback.jsonl"}},  # kept from another build
+        {"overall": {"pairs": 3}},
+    ):
+        (folder / "agreement.json").write_text(json.dumps(stale))
+        assert main(["card", "dataset", str(folder)]) == 2
 
 
 def test_pool_table_shows_each_members_adapter_by_name(original: Path, tmp_path: Path) -> None:

@@ -10,13 +10,18 @@ Human labels (CSV or JSONL), one pairwise judgement per row::
 the paper's pairing). Agreement counts the pairs where neither side is a tie — the usual convention, and how the
 paper's 76% reads — and ties are reported beside it. A per-aspect line uses that aspect's human labels when the
 file has them, else the overall labels (how well that one aspect predicts the human preference).
+
+``--out FILE`` writes the results (atomically) with what they were measured on — the judged folder's name and the
+label file's name, sha256 and number of labels (:func:`agreement_record`), never a path — which is what the dataset
+card cites when the file is the built folder's ``agreement.json``.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -184,3 +189,36 @@ def format_table(results: dict) -> str:
         shown = ", ".join(unmatched[:20]) + (f" and {len(unmatched) - 20} more" if len(unmatched) > 20 else "")
         lines.append(f"unmatched (id not judged, or a model without ratings): {shown}")
     return "\n".join(lines)
+
+
+def labels_digest(path: Path, labels: list[Label]) -> tuple[str, str]:
+    """``(sha256, of what)``: the label file's bytes, or, for labels read from a votes folder or Hub votes repo,
+    the labels themselves (sorted JSON), which is what was compared."""
+    if path.is_file():
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest(), "file"
+    canonical = json.dumps(sorted((asdict(label) for label in labels), key=json.dumps), sort_keys=True)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest(), "labels"
+
+
+def judged_names(judge: Path) -> dict[str, str]:
+    """The judged release by name, never by path: its folder's name and its jsonl's file name."""
+    from vlfeedback_kit.builders.pipeline.layout import open_input
+
+    judge = judge.resolve()
+    jsonl = judge if judge.is_file() else open_input(judge, "--judge").jsonl
+    return {"folder": jsonl.parent.name, "file": jsonl.name}
+
+
+def agreement_record(results: dict, judge: Path, human: Path, labels: list[Label]) -> dict:
+    """What ``--out`` writes: the results and what they were measured on (names and a hash, no path)."""
+    sha256, of = labels_digest(human, labels)
+    name = human.resolve().name if human.exists() else str(human)  # a Hub votes repo is named by its id
+    return {
+        "judged": judged_names(judge),
+        "labels": {"file": name, "sha256": sha256, "sha256_of": of, "count": len(labels)},
+        "results": results,
+    }

@@ -142,6 +142,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     agreement.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CI (default 1000)")
     agreement.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     agreement.add_argument("--json", action="store_true", help="machine-readable output")
+    agreement.add_argument(
+        "--out",
+        type=Path,
+        metavar="FILE",
+        help="also write the results as JSON with the judged folder's name and the label file's name, sha256 and "
+        "count (no paths); as a built folder's agreement.json, the dataset card cites it",
+    )
     agreement.set_defaults(func=_agreement)
 
 
@@ -330,14 +337,18 @@ def _assemble(args: argparse.Namespace) -> int:
 def _agreement(args: argparse.Namespace) -> int:
     from vlfeedback_kit.builders.pipeline.agreement import (
         agreement,
+        agreement_record,
         check_matched,
         format_table,
         read_judged,
         read_labels,
     )
+    from vlfeedback_kit.files import write_json
 
     labels = read_labels(args.human)
     results = agreement(labels, read_judged(args.judge), args.bootstrap, args.seed)
     check_matched(labels, results)
+    if args.out is not None:
+        write_json(args.out, agreement_record(results, args.judge, args.human, labels))
     print(json.dumps(results, indent=2) if args.json else format_table(results))
     return 0
