@@ -211,3 +211,29 @@ def test_the_old_eval_serving_import_still_works():
 
     assert old.load is serving.load and old.generate_both is serving.generate_both and old.BASE == serving.BASE
     assert "Deprecated" in old.__doc__
+
+
+def test_rows_may_name_any_loaded_adapter(silkie, tmp_path):
+    """Several adapters over one base: rows naming Silkie, a second adapter and the base share one batch, each
+    answering as it does alone; a row naming an adapter that is not loaded is refused."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    base, run = silkie
+    other = get_peft_model(AutoModelForImageTextToText.from_pretrained(base),
+                           LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj"]))  # fmt: skip
+    torch.manual_seed(1)
+    for name, param in other.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.5)
+    other.save_pretrained(tmp_path / "other")
+    served = load(None, adapter=str(run), more_adapters={"other": str(tmp_path / "other")})
+    assert served.adapters == (SILKIE, "other")
+    settings = GenerationSettings(max_new_tokens=8)
+    rows = [SILKIE, "other", BASE]
+    together = generate(served, [prompts()[0]] * 3, rows, settings)
+    assert together == [generate(served, [prompts()[0]], [name], settings)[0] for name in rows]
+    assert len(set(together)) == 3
+    with pytest.raises(ValueError, match=r"\['missing'\] name no loaded adapter"):
+        generate(served, prompts()[:1], ["missing"])
