@@ -47,7 +47,7 @@ from vlfeedback_kit.builders.pairing import (
     response_table,
     select_pairs,
 )
-from vlfeedback_kit.builders.provenance import folder_name, judgement_of, unlocated_judge
+from vlfeedback_kit.builders.provenance import judgement_of, unlocated_judge
 from vlfeedback_kit.builders.sample import SAMPLE_RECORD
 from vlfeedback_kit.builders.sources import ParquetRelease, Record, ReleaseFolder, open_source
 from vlfeedback_kit.builders.validate import REJECT_REASONS, Reject, RowStats, canonical_row, check_image
@@ -58,7 +58,7 @@ from vlfeedback_kit.builders.writer import (
     ShardWriter,
 )
 from vlfeedback_kit.errors import UserError
-from vlfeedback_kit.files import write_json
+from vlfeedback_kit.files import folder_name, write_json
 
 REPORT_FILE = "build_report.json"
 REJECTS_FILE = "rejects.jsonl"

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from vlfeedback_kit.builders.features import GENERATION, JUDGEMENT_FEATURES
+from vlfeedback_kit.files import folder_name
 
 _JUDGE_FIELDS = tuple(JUDGEMENT_FEATURES["judge"])
 
@@ -43,11 +44,6 @@ def _generation(settings: object) -> dict | None:
         return None
     record = {name: settings.get(name) for name in GENERATION}
     return record | {key: local_name(record[key]) for key in ("model", "adapter")}
-
-
-def folder_name(name: str) -> str:
-    """A local folder's name, never its location (``/home/me/runs/silkie`` → ``silkie``)."""
-    return Path(os.path.normpath(name)).name or name
 
 
 def is_local_path(value: object) -> bool:

@@ -27,6 +27,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from vlfeedback_kit.cards.dataset import CITATION, ORIGINAL_LICENSE, ORIGINAL_REPO, TEMPLATES
 from vlfeedback_kit.errors import UserError
+from vlfeedback_kit.files import folder_name
 from vlfeedback_kit.hub_ids import is_hub_id
 
 TEMPLATE = TEMPLATES / "model_card.md"
@@ -38,7 +39,7 @@ LICENSE = ORIGINAL_LICENSE
 """The default licence of the weights: the original release's, for a run on it (or on data of unrecorded origin)."""
 REWRITTEN_RECORDS: tuple[str, ...] = (RUN_INFO, "resolved_config.yaml", "trainer_state.json", "adapter_config.json")
 """Run-dir records that may hold local paths: published rewritten, each local path replaced by its folder name."""
-TEXT_SUFFIXES: tuple[str, ...] = (".json", ".yaml", ".yml", ".md", ".txt", ".jinja", ".py", ".csv")
+TEXT_SUFFIXES: tuple[str, ...] = (".json", ".jsonl", ".yaml", ".yml", ".md", ".txt", ".jinja", ".py", ".csv")
 TAGS: tuple[str, ...] = ("dpo", "trl", "vlfeedback", "silkie", "vision")
 EXAMPLE_IMAGE_URL = "https://huggingface.co/datasets/huggingface/documentation-images/resolve/main/p-blog/candy.JPG"
 """The image the quick start describes (the one the transformers docs use for image-text-to-text)."""
@@ -54,11 +55,6 @@ def is_local(name: str | None, revision: str | None, local: bool | None = None) 
         return False
     path = Path(name).expanduser()
     return path.is_absolute() or path.exists() or str(revision or "").startswith("local-") or not is_hub_id(name)
-
-
-def folder_name(name: str) -> str:
-    """A local folder's name, never its location (``/home/me/runs/tiny-qwen2-vl`` → ``tiny-qwen2-vl``)."""
-    return Path(os.path.normpath(name)).name or name
 
 
 def unlocated(value: object) -> object:
@@ -142,7 +138,7 @@ def check_no_local_paths(files: dict[str, Path | bytes], roots: list[Path]) -> N
         if found is not None:
             raise UserError(
                 f"{name} names a local folder ({found}); the kit publishes no local path — remove it from the file "
-                "(or leave the file out of the run dir) and publish again"
+                "(or leave the file out of the folder) and publish again"
             )
 
 

@@ -111,7 +111,8 @@ def write_outputs(trainer, processor, result, script_args, training_args, model_
     import transformers
     import trl
 
-    from vlfeedback_kit.cards.model import folder_name, source_record, unlocated
+    from vlfeedback_kit.cards.model import source_record, unlocated
+    from vlfeedback_kit.files import folder_name
     from vlfeedback_kit.training.families import enabled_speedups, family_of
 
     out = Path(training_args.output_dir)

@@ -63,6 +63,12 @@ def inside(root: Path, path: Path, what: str = "path") -> Path:
     return resolved
 
 
+def folder_name(name: str) -> str:
+    """A local folder's name, never its location (``/home/me/runs/silkie`` → ``silkie``): what records and cards
+    that may be published say of a local path."""
+    return Path(os.path.normpath(name)).name or name
+
+
 def child(root: Path, name: object, suffix: str = "", what: str = "name") -> Path:
     """``root / (name + suffix)`` for a name from data, after :func:`safe_name` and :func:`inside`."""
     return inside(root, Path(safe_name(name, what) + suffix), what)
