@@ -26,6 +26,16 @@ from functools import partial
 import torch
 import torch.utils.checkpoint
 
+from vlfeedback_kit.training.compat import (
+    checkpointing_enable,
+    checkpointing_on,
+    disable_input_casting,
+    lora_dropout_rates,
+    lora_ranks,
+    selective_checkpointing,
+    set_checkpoint_function,
+)
+
 CHECKPOINT_POLICIES = ("full", "save_attention", "save_matmuls")
 
 
@@ -46,12 +56,7 @@ _ATTENTION_OPS = _packets(
 
 def lora_dropout_active(model: torch.nn.Module) -> bool:
     """Whether any LoRA layer applies dropout (TRL's ``disable_dropout`` sets them all to 0)."""
-    return any(
-        getattr(dropout, "p", 0) > 0
-        for module in model.modules()
-        if isinstance(getattr(module, "lora_dropout", None), torch.nn.ModuleDict)
-        for dropout in module.lora_dropout.values()
-    )
+    return any(rate > 0 for rate in lora_dropout_rates(model))
 
 
 class LoraInputSharing:
@@ -68,10 +73,8 @@ class LoraInputSharing:
 
     def on(self) -> None:
         if self._context is None:
-            from peft.helpers import disable_input_dtype_casting
-
             context = ExitStack()
-            context.enter_context(disable_input_dtype_casting(self.model))
+            context.enter_context(disable_input_casting(self.model))
             self._context = context
 
     def off(self) -> None:
@@ -102,8 +105,7 @@ def save_matmuls_policy(recompute_reduction: int = 0):
 
 def lora_rank(model: torch.nn.Module) -> int:
     """The largest LoRA rank in ``model`` (0 without LoRA)."""
-    layers = [module.r for module in model.modules() if isinstance(getattr(module, "r", None), dict)]
-    return max((rank for ranks in layers for rank in ranks.values()), default=0)
+    return max(lora_ranks(model), default=0)
 
 
 def enable_checkpoint_policy(model: torch.nn.Module, policy: str, full_layers: int = 0) -> None:
@@ -121,10 +123,8 @@ def enable_checkpoint_policy(model: torch.nn.Module, policy: str, full_layers: i
         _wrap_enable(_pretrained(model))  # only reads every_n_layers / offload back out of the kwargs
         return
     if policy == "save_attention":
-        from trl.models import enable_selective_activation_checkpointing
-
         # transformers 5 routes activation_checkpointing_enable through this wrapped deprecated alias
-        enable_selective_activation_checkpointing(_pretrained(model))
+        selective_checkpointing()(_pretrained(model))
         return
     from torch.utils.checkpoint import create_selective_checkpoint_contexts
 
@@ -138,7 +138,7 @@ def _wrap_enable(target: torch.nn.Module, context_fn=None, full_layers: int = 0)
     ``context_fn``, move ``full_layers`` layers to plain checkpointing, and read ``every_n_layers`` / ``offload`` out
     of the kwargs dict, where TRL's ``disable_gradient_checkpointing`` passes them back when it re-enables
     checkpointing after a reference forward (``torch.utils.checkpoint`` would otherwise swallow them)."""
-    enable = target.activation_checkpointing_enable
+    enable = checkpointing_enable(target)
     original = getattr(enable, "_kit_original", enable)
 
     def activation_checkpointing_enable(activation_checkpointing_kwargs=None, **kwargs):
@@ -158,7 +158,7 @@ def _wrap_enable(target: torch.nn.Module, context_fn=None, full_layers: int = 0)
         result = original(activation_checkpointing_kwargs=checkpoint_kwargs or None, **kwargs)
         if context_fn is not None:
             for layer in _spread(checkpointed_language_layers(target), full_layers):
-                layer._gradient_checkpointing_func = plain
+                set_checkpoint_function(layer, plain)
         return result
 
     activation_checkpointing_enable._kit_original = original
@@ -175,7 +175,7 @@ def checkpointed_language_layers(model: torch.nn.Module) -> list[torch.nn.Module
         module
         for name, module in model.named_modules()
         if isinstance(module, GradientCheckpointingLayer)
-        and getattr(module, "gradient_checkpointing", False)
+        and checkpointing_on(module)
         and not is_vision_parameter(name)
     ]
 

@@ -187,11 +187,11 @@ def main(script_args, training_args, model_args) -> Path:
     """Train, save the adapter/processor/run records, and return the output folder."""
     import transformers
     from accelerate import PartialState
-    from packaging.version import Version
     from transformers import AutoProcessor
     from trl import get_peft_config, get_quantization_config
 
     from vlfeedback_kit.training.audit import audit_dataset, check_audit
+    from vlfeedback_kit.training.compat import end_training, ignore_ddp_buffers
     from vlfeedback_kit.training.freeze import language_lora_targets
     from vlfeedback_kit.training.outputs import write_outputs
     from vlfeedback_kit.training.trainer import SilkieDPOTrainer
@@ -246,9 +246,8 @@ def main(script_args, training_args, model_args) -> Path:
     if script_args.ignore_bias_buffers:
         import torch
 
-        trainer.model._ddp_params_and_buffers_to_ignore = [
-            name for name, buffer in trainer.model.named_buffers() if buffer.dtype == torch.bool
-        ]
+        bias_buffers = [name for name, buffer in trainer.model.named_buffers() if buffer.dtype == torch.bool]
+        ignore_ddp_buffers(trainer.model, bias_buffers)
     if model_args.use_peft and model_args.lora_dropout and training_args.disable_dropout and main_process:
         logger.warning(
             "lora_dropout=%s has no effect: TRL's disable_dropout (default true) sets every dropout to 0, LoRA's "
@@ -266,8 +265,7 @@ def main(script_args, training_args, model_args) -> Path:
             f"{output_dir} --repo ORG/NAME --version 0.1.0"
         )
     trainer.accelerator.wait_for_everyone()
-    if Version(transformers.__version__) >= Version("5.18.0"):
-        trainer.end()  # finish the trackers and destroy the process group, as TRL's script does
+    end_training(trainer)  # finish the trackers and destroy the process group, as TRL's script does
     return output_dir
 
 

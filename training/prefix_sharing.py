@@ -17,14 +17,18 @@ from typing import Any
 
 import torch
 
+from vlfeedback_kit.training.compat import attn_implementation, fused_log_probs, inner_vlm, rope_index
+
 PER_ROW_IMAGE_INPUTS = ("pixel_attention_mask", "image_sizes", "batch_num_images")
 PER_TOKEN_OUTPUTS = ("log_probs", "entropy", "mean_logits", "is_top1", "log_sum_sq_probs")
 
 
-def _positions(inner: torch.nn.Module, kwargs: dict, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Position ids of the unpacked rows: Qwen's M-RoPE when the model has one, else 0..n-1 per row."""
-    if kwargs.get("image_grid_thw") is not None and hasattr(inner, "get_rope_index"):
-        positions, _ = inner.get_rope_index(
+def _positions(rope_index: Any, kwargs: dict, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of the unpacked rows: the model's M-RoPE (``rope_index``) for Qwen-VL rows, else 0..n-1 per row."""
+    if kwargs.get("image_grid_thw") is not None:
+        if rope_index is None:
+            raise ValueError("share_prompt_prefix: image_grid_thw given to a model without M-RoPE (get_rope_index)")
+        positions, _ = rope_index(
             input_ids,
             mm_token_type_ids=kwargs.get("mm_token_type_ids"),
             image_grid_thw=kwargs["image_grid_thw"],
@@ -38,11 +42,10 @@ class PrefixSharing:
     """Callable standing in for the model in TRL's DPO forward (see the module docstring)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
-        from vlfeedback_kit.training.shared_images import inner_vlm
-
         self.model = model
         self.inner = inner_vlm(model)
-        attention = getattr(self.inner.config, "_attn_implementation", None)
+        self.rope_index = rope_index(self.inner)  # Qwen-VL's M-RoPE; a family that has it and lost it is refused
+        attention = attn_implementation(self.inner.config)
         if attention not in ("sdpa", "eager"):
             raise ValueError(
                 f"share_prompt_prefix needs a custom 4-D attention mask, which attn_implementation={attention!r} "
@@ -66,7 +69,7 @@ class PrefixSharing:
         completion = labels != -100
         lengths = valid.sum(-1)
         prompt = torch.where(completion.any(-1), completion.float().argmax(-1), lengths)
-        positions = _positions(self.inner, kwargs, input_ids, attention_mask)
+        positions = _positions(self.rope_index, kwargs, input_ids, attention_mask)
         chosen_len = lengths[:pairs] - prompt[:pairs]
         rejected_len = lengths[pairs:] - prompt[pairs:]
         packed_len = int((prompt[:pairs] + chosen_len + 1 + rejected_len).max())
@@ -119,6 +122,7 @@ class PrefixSharing:
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos if pos.shape[0] > 1 else pos[0],
                          labels=packed_labels, **forward)  # fmt: skip
 
+        fused_log_probs(out)  # TRL reads log_probs: a model output without them is a changed internal
         unpacked = {}
         for name in PER_TOKEN_OUTPUTS:
             value = getattr(out, name, None)

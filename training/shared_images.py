@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from vlfeedback_kit.training.compat import image_token_id, inner_vlm, pooled_features, repeated_half
+
 PER_IMAGE_KEYS = frozenset({"pixel_values", "pixel_attention_mask", "image_sizes", "batch_num_images"})
 """Processor outputs that only the vision encoder reads (pixels, Idefics3's pixel mask, LLaVA-OneVision's anyres
 sizes): prepared once per unique image. Everything else (token ids, Qwen's ``image_grid_thw`` that M-RoPE needs) is
@@ -58,14 +60,8 @@ class ImageOnceProcessor:
         return getattr(self._processor, name)
 
     def __call__(self, images: list | None = None, text: list | None = None, **kwargs: Any) -> Any:
-        half = len(text) // 2 if text is not None else 0
-        repeated = (
-            images is not None
-            and text is not None
-            and len(images) == len(text) == 2 * half > 0
-            and all(images[i] is images[i + half] and text[i] is text[i + half] for i in range(half))
-        )
-        if not repeated:
+        half = repeated_half(images, text)  # a call with images in another layout is a CompatError, never a no-op
+        if not half:
             return self._processor(images=images, text=text, **kwargs)
         return repeat_rows(self._processor(images=images[:half], text=text[:half], **kwargs))
 
@@ -84,18 +80,6 @@ def vision_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     from vlfeedback_kit.training.freeze import is_vision_parameter
 
     return [p for name, p in model.named_parameters() if is_vision_parameter(name)]
-
-
-def inner_vlm(model: torch.nn.Module) -> torch.nn.Module:
-    """The module that owns ``get_image_features`` and accepts ``mm_encoder_outputs`` (e.g. ``Qwen2VLModel``)."""
-    for module in model.modules():
-        is_inner = hasattr(module, "get_image_features") and not hasattr(module, "lm_head")
-        if is_inner and "mm_encoder_outputs" in inspect.signature(module.forward).parameters:
-            return module
-    raise ValueError(
-        f"{type(model).__name__} has no inner model accepting `mm_encoder_outputs` (transformers >= 5.17 VLMs do); "
-        "set `share_image_features=False`"
-    )
 
 
 def image_features(inner: torch.nn.Module, inputs: Any, grid: torch.Tensor | None = None) -> Any:
@@ -124,6 +108,7 @@ class ImageFeatureSharing:
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.inner = inner_vlm(model)
+        self.image_token = image_token_id(self.inner.config)
         self.frozen = not any(p.requires_grad for p in vision_parameters(model))
         self.encoded_images = 0
         self.reused = 0
@@ -149,10 +134,7 @@ class ImageFeatureSharing:
         return grid[:half] if same and kwargs["pixel_values"].shape[0] == patches else False
 
     def _placeholders(self, ids: torch.Tensor) -> int:
-        config = self.inner.config
-        token = getattr(config, "image_token_id", None)
-        token = getattr(config, "image_token_index", None) if token is None else token
-        return int((ids == token).sum())
+        return int((ids == self.image_token).sum())
 
     def _hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         pixel_values, ids = kwargs.get("pixel_values"), kwargs.get("input_ids")
@@ -171,9 +153,10 @@ class ImageFeatureSharing:
             reused = False
             self._memo = (pixel_values, pixel_values._version, features) if self.frozen else None
         # family-agnostic check that these are the first half's images: their features fill half the placeholders
-        if 2 * feature_tokens(features.pooler_output) != self._placeholders(ids):
-            return None  # not a repeated batch: the model encodes pixel_values itself
-        images = len(features.pooler_output)
+        pooled = pooled_features(features)
+        if 2 * feature_tokens(pooled) != self._placeholders(ids):
+            return None  # not a repeated batch (e.g. prefix sharing's packed rows): the model encodes pixel_values
+        images = len(pooled)
         if reused:
             self.reused += images
         else:

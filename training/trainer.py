@@ -23,6 +23,7 @@ import torch
 from transformers import TrainerCallback
 from trl import DPOTrainer
 
+from vlfeedback_kit.training import compat
 from vlfeedback_kit.training.activations import LoraInputSharing, enable_checkpoint_policy, lora_dropout_active
 from vlfeedback_kit.training.families import check_speedups, enabled_speedups, family_of
 from vlfeedback_kit.training.freeze import assert_no_vision_lora, freeze_vision
@@ -131,12 +132,13 @@ class SilkieDPOTrainer(DPOTrainer):
             assert_no_vision_lora(self.model)
         speedups = [name for name in enabled_speedups(self.args) if name != "ref_cache" or ref_cache is not None]
         check_speedups(family_of(self.model), speedups)  # a refused speedup is an error, never a silent no-op
+        self._check_internals(ref_cache is not None)
         self.ref_cache = ref_cache
         self.reference_forwards = 0
         self.ref_cache_check: dict | None = None  # the step-0 self-check's measurement, once it has run
         self.image_sharing: list[ImageFeatureSharing] = []
-        if getattr(self.args, "share_image_features", True) and self._is_vision_dataset:
-            self.data_collator.processor = ImageOnceProcessor(self.data_collator.processor)
+        if getattr(self.args, "share_image_features", True) and compat.is_vision_dataset(self, "share_image_features"):
+            compat.wrap_collator_processor(self.data_collator, ImageOnceProcessor)
             self.image_sharing = [ImageFeatureSharing(m) for m in (self.model, self.ref_model) if m is not None]
         self._reduce_activation_memory()
         if ref_cache is not None or self._grouped:
@@ -145,12 +147,30 @@ class SilkieDPOTrainer(DPOTrainer):
         if ref_cache is not None:
             self.add_callback(_ShareCacheEachEpoch(self))
 
+    def _check_internals(self, cached: bool) -> None:
+        """Refuse, before any step, a TRL / transformers version whose internals an enabled speedup needs and lacks
+        (:mod:`.compat`), and prompt-prefix sharing where it would do nothing (rows without images)."""
+        prefix = getattr(self.args, "share_prompt_prefix", False)
+        if cached or prefix:
+            compat.dpo_loss_methods("ref_cache" if cached else "share_prompt_prefix")
+        if cached:
+            compat.check_reference_switch(self)
+        if cached or self._grouped:
+            compat.trainer_columns_hooks("ref_cache" if cached else "train_sampling_strategy")
+        if prefix:
+            if not compat.is_vision_dataset(self, "share_prompt_prefix"):
+                raise ValueError(
+                    "share_prompt_prefix packs pairs that share one image, and this dataset has no image or images "
+                    "column; set share_prompt_prefix false"
+                )
+            self._packed(self.model)  # the wrapper's own checks (attention kernel, M-RoPE) now, not at step 1
+
     def _reduce_activation_memory(self) -> None:
         """Apply ``share_lora_inputs`` (under autocast, without LoRA dropout) and the ``checkpoint_policy``
         (vlfeedback_kit.training.activations)."""
         self._share_inputs = (
             getattr(self.args, "share_lora_inputs", True)
-            and getattr(self.accelerator, "native_amp", False)  # the forward runs under torch autocast
+            and compat.autocast_active(self.accelerator)  # the forward runs under torch autocast
             and not self.is_deepspeed_enabled
             and not lora_dropout_active(self.model)
         )
@@ -179,10 +199,11 @@ class SilkieDPOTrainer(DPOTrainer):
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
-        if self.ref_cache is not None and PAIR_KEY not in self._signature_columns:
-            self._signature_columns.append(PAIR_KEY)
-        if self._grouped and self.args.length_column_name not in self._signature_columns:
-            self._signature_columns.append(self.args.length_column_name)
+        columns = compat.signature_columns(self)
+        if self.ref_cache is not None and PAIR_KEY not in columns:
+            columns.append(PAIR_KEY)
+        if self._grouped and self.args.length_column_name not in columns:
+            columns.append(self.args.length_column_name)
 
     def train(self, *args: Any, **kwargs: Any):
         """Fill the reference cache in one batched pass (when enabled), then train as TRL does."""
@@ -235,7 +256,7 @@ class SilkieDPOTrainer(DPOTrainer):
         if self.accelerator.num_processes > 1:
             # strided after the longest-first sort, so every rank gets an even share of long rows
             subset = subset.shard(self.accelerator.num_processes, self.accelerator.process_index, contiguous=False)
-        subset = self._remove_unused_columns(subset, description="reference pass")
+        subset = compat.remove_unused_columns(self, subset, "reference pass")
         batch_size = getattr(self.args, "ref_batch_size", None) or 2 * self.args.per_device_train_batch_size
         loader = DataLoader(
             subset,
@@ -247,9 +268,11 @@ class SilkieDPOTrainer(DPOTrainer):
         )
         self.model.eval()
         for batch in tqdm(loader, desc="reference log-probs", disable=not self.accelerator.is_local_main_process):
+            if "pair_keys" not in batch:
+                raise compat.pair_keys_lost()
             batch_keys = batch.pop("pair_keys")
             reference = self._packed(self._reference(self.model))
-            chosen, rejected = self.compute_ref_log_probs(reference, self._prepare_inputs(batch))
+            chosen, rejected = self.compute_ref_log_probs(reference, compat.prepare_inputs(self, batch))
             self.reference_forwards += 1
             self.ref_cache.add(batch_keys, chosen.float().tolist(), rejected.float().tolist())
         self.model.train()
@@ -328,7 +351,7 @@ class SilkieDPOTrainer(DPOTrainer):
 
     def _packed(self, model):
         """``model`` itself, or its prompt-prefix-sharing stand-in when ``share_prompt_prefix`` is on."""
-        if not getattr(self.args, "share_prompt_prefix", False) or not self._is_vision_dataset:
+        if not getattr(self.args, "share_prompt_prefix", False):
             return model
         wrappers = self.__dict__.setdefault("_prefix_wrappers", {})
         if id(model) not in wrappers:
@@ -336,9 +359,12 @@ class SilkieDPOTrainer(DPOTrainer):
         return wrappers[id(model)]
 
     def _compute_loss(self, model, inputs: dict, return_outputs: bool):
+        """TRL's loss on the packed model (prefix sharing), with reference log-probs from the cache when it is on."""
         keys = inputs.pop("pair_keys", None)
-        if self.ref_cache is None or keys is None:
+        if self.ref_cache is None:
             return super()._compute_loss(self._packed(model), inputs, return_outputs)
+        if keys is None:  # a silent live reference forward each step would be the cache switched off
+            raise compat.pair_keys_lost()
         cached = self.ref_cache.lookup(keys)
         if self.accelerator.num_processes > 1:
             # decide together: a sharded model (ZeRO-3, FSDP) needs every rank in each reference forward
@@ -355,8 +381,5 @@ class SilkieDPOTrainer(DPOTrainer):
             if self.ref_cache_check is None:
                 self._check_cached_reference(model, inputs, keys, chosen, rejected)
         inputs["ref_chosen_logps"], inputs["ref_rejected_logps"] = chosen, rejected
-        self.precompute_ref_logps = True
-        try:
+        with compat.reference_from_inputs(self):
             return super()._compute_loss(self._packed(model), inputs, return_outputs)
-        finally:
-            self.precompute_ref_logps = False
