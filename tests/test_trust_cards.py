@@ -144,7 +144,7 @@ def test_pipeline_release_names_its_judge_and_its_measured_agreement(original: P
     ) in text
     facts = dataset_facts(folder)["agreement"]
     cited = "labels `labels.csv` (sha256 0123456789ab…, 425 labels) against `release/vlfeedback_80k.jsonl`"
-    assert facts["citation"] == cited
+    assert facts["citation"] == cited and f"measured with {cited}." in " ".join(text.split())
     assert (facts["labels_file"], facts["labels_count"]) == ("labels.csv", 425)
     for stale in (
         {"overall": overall},  # the bare `--json` output: what was it measured on?
