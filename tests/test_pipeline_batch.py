@@ -101,3 +101,23 @@ def test_batch_files_are_split_by_request_count_and_bytes() -> None:
     assert [len(group) for group in chunks(lines, max_requests=2, max_bytes=1000)] == [2, 2, 2]
     assert [len(group) for group in chunks(lines, max_requests=5, max_bytes=1000)] == [5, 1]
     assert parse_custom_id(custom_id("ab:cd", 3)) == ("ab:cd", 3)
+
+
+def test_the_batch_client_comes_from_the_endpoint_factory_with_the_run_settings(
+    server: OpenAIServer, source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One client set-up: the Batch API's sync client and the calls' async client share their settings code."""
+    from vlfeedback_kit.builders.pipeline import batch, endpoint
+
+    made = []
+
+    def recording(*args):
+        made.append(endpoint.make_sync_client(*args))
+        return made[-1]
+
+    monkeypatch.setattr(batch, "make_sync_client", recording)
+    assert annotate(server, source, tmp_path / "out", "--timeout", "33", "--max-retries", "2") == 0
+    check_output(tmp_path / "out")
+    sync, calls = made[0], endpoint.make_client(server.url, "sk-test-batch", 33.0)
+    assert (str(sync.base_url), sync.api_key, sync.timeout) == (str(calls.base_url), calls.api_key, calls.timeout)
+    assert (str(sync.base_url), sync.timeout, sync.max_retries, calls.max_retries) == (f"{server.url}/", 33.0, 2, 0)

@@ -18,7 +18,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from vlfeedback_kit.builders.pipeline.cost import call_cost
-from vlfeedback_kit.builders.pipeline.endpoint import RunStats, completion_of
+from vlfeedback_kit.builders.pipeline.endpoint import RunStats, completion_of, make_sync_client
 from vlfeedback_kit.builders.pipeline.items import Plan, Planned, build_request, load, settle
 from vlfeedback_kit.builders.pipeline.judge import permutation, read_reply
 from vlfeedback_kit.builders.pipeline.judging import STAGE_DIR, JudgeJob, JudgeLoop
@@ -223,13 +223,6 @@ class BatchRun(JudgeLoop):
 
 def run_batches(job: JudgeJob, work: Plan, api_key: str) -> RunStats:
     """Judge the plan's unfinished items through the Batch API."""
-    from openai import OpenAI
-
     options = job.options
-    client = OpenAI(
-        base_url=options.base_url, api_key=api_key, timeout=options.timeout, max_retries=options.max_retries
-    )
-    try:
+    with make_sync_client(options.base_url, api_key, options.timeout, options.max_retries) as client:
         return BatchRun(job, work, client).run()
-    finally:
-        client.close()

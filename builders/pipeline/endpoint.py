@@ -27,7 +27,7 @@ from vlfeedback_kit.builders.pipeline.judge import Reply
 from vlfeedback_kit.errors import UserError
 
 if TYPE_CHECKING:
-    from openai import AsyncOpenAI
+    from openai import AsyncOpenAI, OpenAI
 
 
 BREAKER_LIMIT = 5
@@ -226,6 +226,12 @@ def check_endpoint(
     asyncio.run(run())
 
 
+def _client_options(base_url: str, api_key: str, timeout: float, max_retries: int = 0) -> dict[str, Any]:
+    """What every OpenAI client of the kit is built with: the endpoint, the key (handed to the client only, never
+    printed), the per-request timeout, and openai's own retries (0 where ``complete`` retries)."""
+    return {"base_url": base_url, "api_key": api_key, "timeout": timeout, "max_retries": max_retries}
+
+
 def make_client(base_url: str, api_key: str, timeout: float) -> AsyncOpenAI:
     """An ``AsyncOpenAI`` client for ``base_url`` with the client's own retries off.
 
@@ -235,8 +241,16 @@ def make_client(base_url: str, api_key: str, timeout: float) -> AsyncOpenAI:
     (BENCHMARKS.md), which is what bounds a judge run on a small machine."""
     from openai import AsyncOpenAI
 
-    return AsyncOpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0,
-                       http_client=aiohttp_client(base_url, timeout))  # fmt: skip
+    return AsyncOpenAI(**_client_options(base_url, api_key, timeout), http_client=aiohttp_client(base_url, timeout))
+
+
+def make_sync_client(base_url: str, api_key: str, timeout: float, max_retries: int) -> OpenAI:
+    """A synchronous ``OpenAI`` client for ``base_url`` (the Batch API's few file and batch calls), with the same
+    settings as ``make_client`` but openai's own retries (``max_retries``): these calls do not go through
+    ``complete``."""
+    from openai import OpenAI
+
+    return OpenAI(**_client_options(base_url, api_key, timeout, max_retries))
 
 
 def aiohttp_client(base_url: str, timeout: float) -> Any:
