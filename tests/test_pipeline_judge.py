@@ -17,7 +17,6 @@ from vlfeedback_kit.builders.pipeline.judge import (
     Reply,
     item_key,
     load_template,
-    parse_rating_value,
     parse_reply,
     permutation,
     read_reply,
@@ -109,31 +108,6 @@ def test_the_original_sectioned_format_parses_with_judge_noise() -> None:
     assert second["Helpfulness"] == (2, "It misses the question.")
     assert first["Visual Faithfulness"][0] == 5 and second["Visual Faithfulness"] == (3, "One invented object.")
     assert first["Ethical Considerations"] == (5, "Safe.") and second["Ethical Considerations"][0] == 5
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        (4, 4),
-        ("4", 4),
-        ("4 (Helpful)", 4),
-        ("**5**", 5),
-        ("4/5", 4),
-        (4.0, 4),
-        ("3 - moderately faithful", 3),
-        ("4.5", None),
-        (4.5, None),
-        ("0", None),
-        ("6", None),
-        ("10/10", None),
-        ("N/A", None),
-        ("", None),
-        (True, None),
-        (None, None),
-    ],
-)
-def test_rating_values(value: object, expected: int | None) -> None:
-    assert parse_rating_value(value) == expected
 
 
 def test_validation_names_every_problem() -> None:

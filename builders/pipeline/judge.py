@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from vlfeedback_kit.builders.features import ASPECTS, RATING_RANGE
+from vlfeedback_kit.builders.ratings import MARKUP, parse_rating
 from vlfeedback_kit.errors import UserError
 
 TEMPLATE_FILE = Path(__file__).with_name("rubric.md")
@@ -223,7 +224,6 @@ def conversation(first: dict, previous: list[tuple[Reply, str]], n: int) -> list
 # --- reading replies --------------------------------------------------------------------------------------------
 
 _ASPECT_KEYS = {re.sub(r"[^a-z]", "", aspect.lower()): aspect for aspect in ASPECTS}
-_NOISE = re.compile(r"[*_`#>]+")
 _HEADING = re.compile(
     r"^(?:\d+[.)]\s*)?(helpfulness|visual faithfulness|ethical considerations)"
     r"(?:\s+(?:assessment|evaluation|ratings?))?(?:\s*\(.*\))?\s*:?$",
@@ -233,7 +233,6 @@ _TEXT_LINE = re.compile(r"^(?:output\s+for\s+)?text\s*(\d+)\s*(?:[:.\-–]\s*(.*
 _FIELD = re.compile(r"^(rating|rationale)\s*[:：-]\s*(.*)$", re.IGNORECASE)
 _BULLET = re.compile(r"^[-–•+]\s*")
 _RATIONALE_SPLIT = re.compile(r"[,;|]?\s*(?=\brationale\s*[:：-])", re.IGNORECASE)
-_RATING_VALUE = re.compile(r"^(\d+)(?:\s*/\s*5)?(?![\d.,]\d)(?:\s*\(.*\))?\s*[.:]?(?:\s.*)?$")
 _TRAILING_COMMA = re.compile(r",(\s*[}\]])")
 _JSON_ANSWER = re.compile(r'\{\s*"(?:helpfulness|visual[ _]faithfulness|ethical[ _]considerations)"', re.IGNORECASE)
 _REFUSAL = re.compile(
@@ -256,19 +255,6 @@ class Entry:
 def aspect_of(name: str) -> str | None:
     """The canonical aspect for a spelling such as ``visual_faithfulness`` or ``Ethical Considerations``."""
     return _ASPECT_KEYS.get(re.sub(r"[^a-z]", "", name.lower()))
-
-
-def parse_rating_value(value: object) -> int | None:
-    """A rating as an int 1–5 (``4``, ``"4"``, ``"4 (Helpful)"``, ``"4/5"``, ``4.0``), else None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, str):
-        match = _RATING_VALUE.match(_NOISE.sub("", value).strip())
-        value = int(match.group(1)) if match else None
-    low, high = RATING_RANGE
-    return value if isinstance(value, int) and low <= value <= high else None
 
 
 def _decode_object(text: str) -> tuple[object, str | None]:
@@ -330,7 +316,7 @@ def _sectioned_entries(text: str) -> list[Entry]:
         rating, rationale = None, None
 
     for raw_line in text.splitlines():
-        line = _BULLET.sub("", " ".join(_NOISE.sub("", raw_line).split()))
+        line = _BULLET.sub("", " ".join(MARKUP.sub("", raw_line).split()))
         if not line:
             continue
         heading, text_line = _HEADING.match(line), _TEXT_LINE.match(line)
@@ -389,11 +375,11 @@ def validate(entries: list[Entry], n: int) -> tuple[list[dict[str, tuple[int, st
     for number in range(1, n + 1):
         for aspect in ASPECTS:
             given = found.get((number, aspect), [])
-            values = {parse_rating_value(e.rating) for e in given}
+            values = {parse_rating(e.rating, labelled=True) for e in given}
             if not given:
                 problems.append(f"Text {number} has no {aspect} rating")
             elif None in values:
-                bad = next(e.rating for e in given if parse_rating_value(e.rating) is None)
+                bad = next(e.rating for e in given if parse_rating(e.rating, labelled=True) is None)
                 problems.append(f"Text {number} {aspect} rating {bad!r} is not an integer from 1 to 5")
             elif len(values) > 1:
                 problems.append(f"Text {number} has conflicting {aspect} ratings {sorted(values)}")
