@@ -83,7 +83,7 @@ class JudgeConfig:
 
     def record(self) -> dict:
         """What outputs say about the judge (the URL without credentials; never the key)."""
-        from vlfeedback_kit.builders.pipeline.annotate import redact_url
+        from vlfeedback_kit.builders.pipeline.endpoint import redact_url
 
         return {"judge_model_requested": self.model, "judge_base_url": redact_url(self.base_url)}
 
@@ -189,17 +189,12 @@ def call_estimate(price: Price, call: _Call) -> float:
     return call_cost(*request_tokens(call.request, image_sizes(call.image), price), price) or 0.0
 
 
-def unpriced_note(model: str) -> str:
-    """Why a judge run's cost is null: the price table lacks the judge (as ``annotate`` says it)."""
-    return f"no price for {model!r} in the price table; pass --prices FILE"
-
-
 def estimate_cost(tasks: Sequence[JudgeTask], config: JudgeConfig) -> dict:
     """What judging ``tasks`` would cost at the first call each (``--dry-run``); the cost null without a price."""
-    from vlfeedback_kit.builders.pipeline.cost import Price, call_cost, request_tokens
+    from vlfeedback_kit.builders.pipeline.cost import DEFAULT_TILES, call_cost, request_tokens, unpriced_note
 
     price = config.price()
-    tiles = price or Price(input=0.0, output=0.0)  # no price: the default image tile rule still counts tokens
+    tiles = price or DEFAULT_TILES
     prompt_tokens = completion_tokens = 0
     for task in tasks:
         prompt, completion = request_tokens(task.plan([]) or {}, image_sizes(task.image), tiles)
@@ -257,6 +252,7 @@ def judge(
 
     ``budget`` is the ``--max-cost`` budget shared by the benchmarks of one run (default: this cache's own, its
     ledger counted). With tasks to judge, the endpoint is probed first (``preflight``)."""
+    from vlfeedback_kit.builders.pipeline.cost import unpriced_note
     from vlfeedback_kit.builders.pipeline.store import Store
 
     with Store(cache_path) as store:
@@ -379,8 +375,3 @@ async def _judge_pending(tasks, pending, judgements, config, store, benchmark, s
 
 def _settled(task: JudgeTask, replies: list, models: list[str]) -> dict:
     return {"replies": replies, "models": models, "prompt_sha256": task.prompt_sha256}
-
-
-def cache_path_for(folder: Path) -> Path:
-    """Where a benchmark folder's judge cache lives."""
-    return folder / CACHE_FILE

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from vlfeedback_kit.errors import UserError
 from vlfeedback_kit.eval.items import Item
+from vlfeedback_kit.files import write_json
 
 TEMPLATE_FILE = Path(__file__).parent / "judge_templates" / "mmhal.txt"
 QUESTION_TYPES: tuple[str, ...] = (
@@ -124,7 +125,7 @@ def load(path: Path) -> list[Item]:
 def write_official(path: Path, items: Sequence[Item], responses: dict[str, str]) -> None:
     """The template with ``model_answer`` filled, in record order (what ``eval_gpt4.py --response`` reads)."""
     records = [{**item.meta["record"], "model_answer": responses.get(item.id, "")} for item in items]
-    path.write_text(json.dumps(records, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(path, records)
 
 
 def read_official(path: Path) -> tuple[list[Item], dict[str, str]]:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from vlfeedback_kit.errors import UserError
 from vlfeedback_kit.eval.items import Item, image_bytes_of, read_parquet_rows
+from vlfeedback_kit.files import write_json
 
 TEMPLATE_FILE = Path(__file__).parent / "judge_templates" / "mmvet.txt"
 REASK_SUFFIX = "\nPredict the correctness of the answer (digit): "
@@ -161,4 +162,4 @@ def read_official(path: Path) -> dict[str, str]:
 
 def write_official(path: Path, responses: Mapping[str, str]) -> None:
     """The official results dict."""
-    path.write_text(json.dumps(dict(responses), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(path, dict(responses))

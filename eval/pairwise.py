@@ -58,16 +58,6 @@ def swap_consistent(first: str, second: str) -> str:
     return "tie"
 
 
-def wilson_interval(successes: float, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score interval of a proportion (ties counted as half successes)."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
 def elo_gap(p: float) -> float:
     """Elo difference that makes a win probability of ``p`` (ties as half): 400·log10(p / (1 − p))."""
     if not 0.0 < p < 1.0:

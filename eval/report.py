@@ -8,6 +8,7 @@ as the paper's — never as ours, and never in ``model-index``.
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from vlfeedback_kit.errors import UserError
 from vlfeedback_kit.eval.generation import BASE_LABEL, SILKIE_LABEL
 from vlfeedback_kit.eval.scoring import BENCHMARKS, SCORES
 from vlfeedback_kit.eval.spec import load_spec
-from vlfeedback_kit.files import write_json
+from vlfeedback_kit.files import write_bytes, write_json, write_text
 
 RESULTS, REPORT, EVAL_RESULTS = "results.json", "report.md", "eval_results.json"
 HEALTH_ROWS: dict[str, list[str]] = {
@@ -48,11 +49,6 @@ def _fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4g}" if abs(value) < 10 else f"{value:.1f}"
     return "—" if value is None else str(value)
-
-
-def headline(benchmark: str, scores: dict) -> dict[str, object]:
-    """The benchmark's card metrics (from its YAML) read from a scores.json."""
-    return {metric["key"]: scores.get(metric["key"]) for metric in load_spec(benchmark)["metrics"]}
 
 
 def markdown(results: dict[str, dict[str, dict]]) -> str:
@@ -166,7 +162,9 @@ def plots(results: dict[str, dict[str, dict]], folder: Path) -> list[Path]:
         ax.legend()
         fig.tight_layout()
         path = folder / f"{benchmark}_{key}.png"
-        fig.savefig(path, dpi=100)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, dpi=100, format="png")
+        write_bytes(path, buffer.getvalue())
         plt.close(fig)
         written.append(path)
     return written
@@ -179,7 +177,7 @@ def report(folders: list[Path], out: Path | None = None, label: str | None = Non
     out.mkdir(parents=True, exist_ok=True)
     results = collect(folders)
     write_json(out / RESULTS, results)
-    (out / REPORT).write_text(markdown(results) + "\n", encoding="utf-8")
+    write_text(out / REPORT, markdown(results) + "\n")
     written = plots(results, out)
     write_json(out / EVAL_RESULTS, eval_results(results, label))
     return {"results": str(out / RESULTS), "report": str(out / REPORT), "plots": [str(p) for p in written],

@@ -20,15 +20,15 @@ from vlfeedback_kit.errors import UserError
 from vlfeedback_kit.eval import mme, mmhal, mmvet, redteam, winrate
 from vlfeedback_kit.eval.items import Item
 from vlfeedback_kit.eval.judging import (
+    CACHE_FILE,
     STOPPED_BY_COST,
     STOPPED_BY_JUDGE,
     JudgeConfig,
     Judgement,
     JudgeTask,
-    cache_path_for,
     judge,
 )
-from vlfeedback_kit.files import write_json
+from vlfeedback_kit.files import write_json, write_text
 
 if TYPE_CHECKING:
     from vlfeedback_kit.builders.pipeline.cost import Budget
@@ -130,7 +130,7 @@ def score_judged(
         _missing(items, other, benchmark)
     tasks = tasks_for(benchmark, items, responses, runs, other)
     folder.mkdir(parents=True, exist_ok=True)
-    judgements, stats = judge(tasks, config, cache_path or cache_path_for(folder), benchmark, progress, budget)
+    judgements, stats = judge(tasks, config, cache_path or folder / CACHE_FILE, benchmark, progress, budget)
     lines, values = [], {}
     for judgement in judgements:
         line = {"benchmark": benchmark, **judgement.to_dict()}
@@ -139,7 +139,7 @@ def score_judged(
             line.update(parsed=value, parse_failure=failure)
             values[(judgement.item_id, judgement.run)] = (value, failure)
         lines.append(line)
-    (folder / JUDGEMENTS).write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), "utf-8")
+    write_text(folder / JUDGEMENTS, "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines))
     resolved = sorted({m for j in judgements for m in j.judge_models_resolved if m})
     head = {"benchmark": benchmark, **config.record(), "judge_models_resolved": resolved, "judge_run": stats}
     if len(resolved) > 1:  # an alias moved between runs: the cache, keyed by the requested name, mixes snapshots

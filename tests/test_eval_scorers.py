@@ -266,3 +266,34 @@ def test_every_benchmark_display_name_round_trips_to_eval_results_and_the_model_
     card = str(render_model_card(tmp_path))
     index = yaml.safe_load(card.split("---")[1])["model-index"][0]["results"]
     assert [(r["dataset"]["name"], m["name"]) for r in index for m in r["metrics"]] == intended
+
+
+def test_official_files_and_the_report_are_written_through_the_one_atomic_writer(tmp_path, monkeypatch):
+    """Every file eval writes goes through ``vlfeedback_kit.files`` (a killed run never leaves half a file)."""
+    import contextlib
+
+    from support.eval_data import write_mmhal
+
+    from vlfeedback_kit import files
+    from vlfeedback_kit.eval.report import report
+
+    written, atomic = [], files.atomic_write
+
+    @contextlib.contextmanager
+    def recording(path):
+        written.append(path.name)
+        with atomic(path) as temp:
+            yield temp
+
+    monkeypatch.setattr(files, "atomic_write", recording)
+    items = mmhal.load(write_mmhal(tmp_path / "MMHal"))
+    mmhal.write_official(tmp_path / "filled.json", items, {i.id: "an answer" for i in items})
+    mmvet.write_official(tmp_path / "results.json", {"v1_0": "an answer"})
+    scores = {"benchmark": "mmhal", "complete": True, "average_score": 3.0, "per_type": {"attribute": 3.0}}
+    (tmp_path / "eval" / "silkie" / "mmhal").mkdir(parents=True)
+    (tmp_path / "eval" / "silkie" / "mmhal" / "scores.json").write_text(json.dumps(scores))
+    report([tmp_path / "eval"], tmp_path / "out")
+    assert written == ["filled.json", "results.json", "results.json", "report.md", "mmhal_per_type.png",
+                       "eval_results.json"]  # fmt: skip
+    assert json.loads((tmp_path / "results.json").read_text()) == {"v1_0": "an answer"}
+    assert (tmp_path / "out" / "mmhal_per_type.png").read_bytes().startswith(b"\x89PNG")

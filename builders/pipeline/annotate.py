@@ -21,12 +21,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from vlfeedback_kit.builders.pipeline.cost import (
+    DEFAULT_TILES,
     Price,
     call_cost,
     estimate_tokens,
     load_prices,
     price_for,
     require_price,
+    unpriced_note,
 )
 from vlfeedback_kit.builders.pipeline.endpoint import (
     RetryPolicy,
@@ -47,7 +49,6 @@ SETTINGS_FLAGS = (
     "--judge-model, --template, --shuffle, --seed, --temperature, --max-tokens, --image-detail and --response-format"
 )
 IMAGE_DETAILS = ("low", "high", "auto")
-"""How ``RunStats.stopped`` starts when the budget stopped the intake."""
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -160,14 +161,12 @@ def estimate(
             finished = store.finished()
     todo = [p for p in items if p.key not in finished]
     prompt = completion = 0
-    tiles = price or Price(input=0.0, output=0.0)  # no price: the default image tile rule still counts tokens
+    tiles = price or DEFAULT_TILES
     for planned in todo:
         p, c = estimate_tokens(planned.prompt_chars, planned.image_size, planned.n, settings.image_detail, tiles)
         prompt, completion = prompt + p, completion + c
     usd = call_cost(prompt, completion, price, batch=options.batch)
-    unpriced = (
-        {} if price else {"cost_unknown": f"no price for {settings.model!r} in the price table; pass --prices FILE"}
-    )
+    unpriced = {} if price else {"cost_unknown": unpriced_note(settings.model)}
     return {
         "dry_run": True,
         "judge_model": settings.model,

@@ -43,6 +43,16 @@ class Price:
     image_tile_tokens: int = 170
 
 
+DEFAULT_TILES = Price(input=0.0, output=0.0)
+"""What an estimate counts images by when the table has no price for the model: the default tile rule (tokens, no
+dollars)."""
+
+
+def unpriced_note(model: str) -> str:
+    """Why a run's cost is null: the price table lacks the model (``annotate --dry-run`` and eval say it alike)."""
+    return f"no price for {model!r} in the price table; pass --prices FILE"
+
+
 def load_prices(path: Path | None = None) -> dict[str, Price]:
     """The price table: the kit's ``prices.yaml`` or a user's file of the same layout."""
     table_path = path or PRICES_FILE
