@@ -1,6 +1,7 @@
 """Judged benchmarks end to end against the loopback judge: the official re-ask rule, the durable cache (zero calls
 on re-run, only run 2 for --runs 2, another judge never reuses it), failures counted, kill -9 resume, no key leaks."""
 
+import ast
 import json
 import os
 import signal
@@ -253,3 +254,57 @@ def test_max_cost_stops_judging_and_leaves_the_rest_pending(mmvet_files: Path, t
     assert result["complete"] is False and result["not_judged"] == 3
     assert "--max-cost 1.0 reached" in result["first_error"]
     assert "mmvet: 1 of 4 items judged; --max-cost 1.0 reached: raise --max-cost" in capsys.readouterr().err
+
+
+KIT_FOLDERS = ("builders", "eval", "cards", "training", "vlfeedback_kit")
+DEFINING = ("builders/pipeline/endpoint.py", "builders/pipeline/cost.py", "builders/pipeline/store.py",
+            "builders/ratings.py")  # fmt: skip
+"""Where the endpoint mechanisms (client set-up, retries, breaker, redaction), the budget, the ledger and the rating
+parser are written, once."""
+
+
+def _kit_modules() -> dict[str, ast.Module]:
+    root = Path(__file__).resolve().parents[1]
+    return {
+        str(path.relative_to(root)): ast.parse(path.read_text(encoding="utf-8"))
+        for folder in KIT_FOLDERS
+        for path in (root / folder).rglob("*.py")
+    }
+
+
+def test_eval_takes_the_endpoint_mechanisms_from_their_defining_modules() -> None:
+    """Not through ``annotate``'s imports: eval depends on the mechanisms, not on the annotate verb."""
+    offenders = [
+        name
+        for name, tree in _kit_modules().items()
+        if name.startswith("eval/")
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module == "vlfeedback_kit.builders.pipeline.annotate"
+    ]
+    assert offenders == []
+
+
+def test_each_shared_mechanism_is_written_once() -> None:
+    """No second definition of a public name of the defining modules, and SQL only in the ledger (store.py)."""
+    modules = _kit_modules()
+    defined = {
+        node.name
+        for name in DEFINING
+        for node in modules[name].body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and not node.name.startswith("_")
+    }
+    again = {
+        f"{name}: {node.name}"
+        for name, tree in modules.items()
+        if name not in DEFINING
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and node.name in defined
+    }
+    assert again == {"eval/mmhal.py: parse_rating"}  # MMHal-Bench's official rule for a judge's reply, not a 1-5 value
+    sql = {
+        name
+        for name, tree in modules.items()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import) and any(alias.name == "sqlite3" for alias in node.names)
+    }
+    assert sql == {"builders/pipeline/store.py"}
