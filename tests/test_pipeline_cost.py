@@ -20,7 +20,7 @@ from vlfeedback_kit.builders.pipeline.cost import (
     request_tokens,
     require_price,
 )
-from vlfeedback_kit.builders.pipeline.endpoint import RetryPolicy, backoff_delay, retry_after_seconds
+from vlfeedback_kit.builders.pipeline.endpoint import RetryPolicy, backoff_delay, is_transient, retry_after_seconds
 from vlfeedback_kit.errors import UserError
 
 
@@ -85,6 +85,16 @@ def test_backoff_honours_retry_after_and_grows_with_jitter_otherwise() -> None:
     assert 3.0 <= backoff_delay(5, 3.0, policy, 0.999) <= 3.6
     assert [backoff_delay(k, None, policy, 0.999) for k in range(5)] == pytest.approx([1, 2, 4, 8, 8], rel=1e-3)
     assert [backoff_delay(k, None, policy, 0.0) for k in range(5)] == [0.5, 1, 2, 4, 4]
+
+
+
+@pytest.mark.parametrize(
+    ("status", "transient"),
+    [(408, True), (409, True), (429, True), (500, True), (503, True), (400, False), (404, False), (422, False)],
+)
+def test_one_rule_says_which_http_errors_are_asked_again(status: int, transient: bool) -> None:
+    """The calls' retries and the Batch API's rounds classify a failed request alike."""
+    assert is_transient(status) is transient
 
 
 def test_the_budget_reserves_for_calls_in_flight() -> None:

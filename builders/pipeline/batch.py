@@ -18,7 +18,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from vlfeedback_kit.builders.pipeline.cost import call_cost
-from vlfeedback_kit.builders.pipeline.endpoint import RunStats, completion_of, make_sync_client
+from vlfeedback_kit.builders.pipeline.endpoint import RunStats, completion_of, is_transient, make_sync_client
 from vlfeedback_kit.builders.pipeline.items import Plan, Planned, build_request, load, settle
 from vlfeedback_kit.builders.pipeline.judge import permutation, read_reply
 from vlfeedback_kit.builders.pipeline.judging import STAGE_DIR, JudgeJob, JudgeLoop
@@ -33,7 +33,6 @@ ENDPOINT = "/v1/chat/completions"
 MAX_REQUESTS = 50_000
 MAX_BYTES = 190 * 1024**2
 TERMINAL = ("completed", "failed", "expired", "cancelled")
-TRANSIENT_STATUS = (408, 409, 429)
 
 
 def custom_id(key: str, attempt: int) -> str:
@@ -190,7 +189,7 @@ class BatchRun(JudgeLoop):
         if status != 200:
             body = response.get("body") or entry.get("error") or {}
             reason = f"HTTP {status}: {json.dumps(body)[:300]}"
-            if status is not None and status < 500 and status not in TRANSIENT_STATUS:
+            if status is not None and not is_transient(status):
                 self.store.put_many([(key, planned.item_id, "failed", {"reason": reason, "attempts": 0})])
                 self.stats.finished["failed"] += 1
                 self.bar.update(1)

@@ -34,6 +34,8 @@ BREAKER_LIMIT = 5
 """Consecutive connection failures with the same cause after which a run stops."""
 PROBE_TIMEOUT = 20.0
 """Seconds the endpoint probe waits (at most; less when --timeout is shorter)."""
+TRANSIENT_STATUS = (408, 409, 429)
+"""HTTP statuses below 500 that are retried (timeout, conflict, rate limit); every 5xx is retried too."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,11 @@ def backoff_delay(retry: int, retry_after: float | None, policy: RetryPolicy, ji
     if retry_after is not None:
         return retry_after * (1.0 + 0.2 * jitter)
     return min(policy.max_delay, policy.base_delay * 2**retry) * (0.5 + 0.5 * jitter)
+
+
+def is_transient(status: int) -> bool:
+    """Whether an HTTP error status is worth asking again (a later call may succeed) rather than failing the item."""
+    return status in TRANSIENT_STATUS or status >= 500
 
 
 def redact_url(url: str) -> str:
@@ -306,7 +313,7 @@ async def complete(
         except openai.APIStatusError as err:
             if breaker is not None:
                 breaker.answered()
-            if err.status_code not in (408, 409, 429) and err.status_code < 500:
+            if not is_transient(err.status_code):
                 raise Rejected(f"HTTP {err.status_code}: {_message(err)}") from err
             last, headers = f"HTTP {err.status_code}", err.response.headers
         except (openai.APITimeoutError, openai.APIConnectionError) as err:
