@@ -132,19 +132,6 @@ def task_key(judge_model: str, benchmark: str, task: JudgeTask) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-class _Recording:
-    """A client whose ``post`` keeps the response body, so ``response.model`` is seen (endpoint.complete keeps
-    only the reply and usage)."""
-
-    def __init__(self, client: object) -> None:
-        self._client = client
-        self.body: dict | None = None
-
-    async def post(self, *args, **kwargs):
-        self.body = await self._client.post(*args, **kwargs)
-        return self.body
-
-
 def _with_image(body: dict, image: bytes | None) -> dict:
     if image is None:
         return body
@@ -333,10 +320,9 @@ async def _judge_pending(tasks, pending, judgements, config, store, benchmark, s
                 if not admit(call):  # checked before every call, re-asks included
                     judgement.replies, judgement.error = replies, f"not judged ({stats['stopped']})"
                     break
-                recording = _Recording(client)
                 body = _with_image({"model": config.model, **request}, task.image)
-                completion = await complete(recording, body, policy, retried, breaker)
-                resolved = str((recording.body or {}).get("model") or "")
+                completion = await complete(client, body, policy, retried, breaker)
+                resolved = str(completion.model or "")
                 cost = call_cost(completion.prompt_tokens, completion.completion_tokens, price)
                 replies.append(completion.reply.content)
                 models.append(resolved)

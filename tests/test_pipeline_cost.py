@@ -20,7 +20,13 @@ from vlfeedback_kit.builders.pipeline.cost import (
     request_tokens,
     require_price,
 )
-from vlfeedback_kit.builders.pipeline.endpoint import RetryPolicy, backoff_delay, is_transient, retry_after_seconds
+from vlfeedback_kit.builders.pipeline.endpoint import (
+    RetryPolicy,
+    backoff_delay,
+    completion_of,
+    is_transient,
+    retry_after_seconds,
+)
 from vlfeedback_kit.errors import UserError
 
 
@@ -95,6 +101,16 @@ def test_backoff_honours_retry_after_and_grows_with_jitter_otherwise() -> None:
 def test_one_rule_says_which_http_errors_are_asked_again(status: int, transient: bool) -> None:
     """The calls' retries and the Batch API's rounds classify a failed request alike."""
     assert is_transient(status) is transient
+
+
+
+def test_a_completion_keeps_the_model_that_answered() -> None:
+    """What eval records as the resolved judge comes with the completion (no second client wrapper to see it)."""
+    body = {"model": "gpt-4o-2024-08-06", "choices": [{"message": {"content": "Rating: 4"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 12, "completion_tokens": 3}}  # fmt: skip
+    completion = completion_of(body)
+    assert (completion.model, completion.prompt_tokens, completion.completion_tokens) == ("gpt-4o-2024-08-06", 12, 3)
+    assert completion.reply.content == "Rating: 4" and completion_of({**body, "model": None}).model is None
 
 
 def test_the_budget_reserves_for_calls_in_flight() -> None:

@@ -49,11 +49,13 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class Completion:
-    """One successful chat completion: the reply and the usage the API reported."""
+    """One successful chat completion: the reply, the usage the API reported, and the model that answered (the
+    response's ``model``, which eval records; the ledger does not keep it)."""
 
     reply: Reply
     prompt_tokens: int
     completion_tokens: int
+    model: str | None = None
 
 
 class GaveUp(Exception):
@@ -281,7 +283,8 @@ def completion_of(body: Mapping) -> Completion:
     message = choice.get("message") or {}
     usage = body.get("usage") or {}
     reply = Reply(message.get("content"), message.get("refusal"), choice.get("finish_reason"))
-    return Completion(reply, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+    tokens = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    return Completion(reply, *tokens, body.get("model"))
 
 
 async def complete(
