@@ -158,13 +158,18 @@ def connection_cause(err: Exception) -> str:
     return text[:200]
 
 
+def _ends_in_v1(base_url: str) -> bool:
+    """Whether a base URL has the ``/v1`` path OpenAI-compatible servers serve under (a 404 without it is a hint)."""
+    return urlsplit(str(base_url)).path.rstrip("/").endswith("/v1")
+
+
 def not_found_message(base_url: str, path: str, err: Exception) -> str:
     """One line for a 404: the URL asked and, when the base URL lacks ``/v1``, the hint to add it."""
     base_url = redact_url(str(base_url))
     url = f"{base_url.rstrip('/')}{path}"
     hint = (
         f"; OpenAI-compatible base URLs end in /v1 (e.g. {base_url.rstrip('/')}/v1)"
-        if not urlsplit(str(base_url)).path.rstrip("/").endswith("/v1")
+        if not _ends_in_v1(base_url)
         else ""
     )
     return f"{host_of(str(base_url))} answered 404 Not Found for {urlsplit(url).path} ({_message(err)}){hint}"
@@ -206,7 +211,7 @@ async def probe(client: AsyncOpenAI, base_url: str, flag: str = "--base-url", ke
             await client.get("/models", cast_to=dict, options={"timeout": min(client.timeout, PROBE_TIMEOUT)})
             return
         except openai.NotFoundError as err:
-            if urlsplit(str(base_url)).path.rstrip("/").endswith("/v1"):
+            if _ends_in_v1(base_url):
                 return  # a /v1 server without a model list: the calls themselves will tell
             raise UserError(f"{flag} {redact_url(base_url)}: {not_found_message(base_url, '/models', err)}") from err
         except (openai.AuthenticationError, openai.PermissionDeniedError) as err:
