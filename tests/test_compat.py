@@ -153,6 +153,7 @@ def test_prefix_sharing_refuses_a_config_without_attn_implementation(tiny, tmp_p
 
 def test_share_prompt_prefix_without_images_is_refused(tiny, tmp_path):
     """On rows without images the kit used to leave the model unwrapped, quietly training without the packing."""
+
     def text_only(prompt: list) -> list:
         return [{**turn, "content": [part for part in turn["content"] if part["type"] == "text"]} for turn in prompt]
 
@@ -193,3 +194,67 @@ def test_reference_cache_stops_when_pair_keys_no_longer_reach_the_batch(tiny, tm
         trainer.train()
     assert_names(error, "transformers", "Trainer._remove_unused_columns", "ref_cache")
     assert re.search(r"pair_key column did not reach the batch", str(error.value))
+
+
+def peft_model(tiny):
+    """The tiny model with a rank-4 LoRA adapter on its language model."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    from vlfeedback_kit.training.freeze import language_lora_targets
+
+    base = AutoModelForImageTextToText.from_pretrained(tiny[0])
+    return get_peft_model(base, LoraConfig(r=4, lora_dropout=0.1, target_modules=language_lora_targets()))
+
+
+def test_lora_levers_need_pefts_per_layer_rank_and_dropout(tiny):
+    """PEFT's ``r`` / ``lora_dropout`` gone used to read as rank 0 and no dropout: save_matmuls then saved LoRA's
+    up-projections, and share_lora_inputs ran with dropout (no longer exact), both without a word."""
+    from peft.tuners.lora import LoraLayer
+
+    from vlfeedback_kit.training.activations import lora_dropout_active, lora_rank
+
+    model = peft_model(tiny)
+    assert lora_rank(model) == 4 and lora_dropout_active(model)
+    layer = next(m for m in model.modules() if isinstance(m, LoraLayer))
+    del layer.r
+    with pytest.raises(CompatError) as error:
+        lora_rank(model)
+    assert_names(error, "peft", "LoraLayer.r", "checkpoint_policy")
+    del layer.lora_dropout
+    with pytest.raises(CompatError) as error:
+        lora_dropout_active(model)
+    assert_names(error, "peft", "LoraLayer.lora_dropout", "share_lora_inputs")
+
+
+def test_full_checkpoint_layers_need_the_layers_checkpointing_attributes(tiny, monkeypatch):
+    """Without ``GradientCheckpointingLayer.gradient_checkpointing`` the kit used to find no checkpointed layer, so
+    ``full_checkpoint_layers`` applied to none; a layer without ``_gradient_checkpointing_func`` is refused too."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    from vlfeedback_kit.training.activations import checkpointed_language_layers
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny[0])
+    assert checkpointed_language_layers(model) == []  # checkpointing is off
+    with pytest.raises(CompatError) as error:
+        compat.set_checkpoint_function(torch.nn.Linear(1, 1), torch.utils.checkpoint.checkpoint)
+    assert_names(
+        error, "transformers", "GradientCheckpointingLayer._gradient_checkpointing_func", "full_checkpoint_layers"
+    )
+    monkeypatch.delattr(GradientCheckpointingLayer, "gradient_checkpointing")
+    with pytest.raises(CompatError) as error:
+        checkpointed_language_layers(model)
+    assert_names(error, "transformers", "GradientCheckpointingLayer.gradient_checkpointing", "full_checkpoint_layers")
+
+
+def test_save_matmuls_names_an_aten_op_this_torch_lacks(monkeypatch):
+    """A renamed attention kernel used to drop out of the saved set, so save_matmuls recomputed attention quietly."""
+    from vlfeedback_kit.training import activations
+
+    assert activations.save_matmuls_policy(4) is not None
+    monkeypatch.setattr(activations, "ATTENTION_OPS", (*activations.ATTENTION_OPS, "_no_such_attention"))
+    with pytest.raises(CompatError) as error:
+        activations.save_matmuls_policy(4)
+    assert_names(error, "torch", "torch.ops.aten._no_such_attention", "checkpoint_policy")

@@ -27,6 +27,7 @@ import torch
 import torch.utils.checkpoint
 
 from vlfeedback_kit.training.compat import (
+    aten_ops,
     checkpointing_enable,
     checkpointing_on,
     disable_input_casting,
@@ -39,14 +40,9 @@ from vlfeedback_kit.training.compat import (
 CHECKPOINT_POLICIES = ("full", "save_attention", "save_matmuls")
 
 
-def _packets(*names: str) -> set:
-    """The default overloads of the aten ops named (those this torch build has)."""
-    return {packet.default for name in names if (packet := getattr(torch.ops.aten, name, None)) is not None}
-
-
-_MATMUL_OPS = _packets("mm", "addmm", "bmm", "baddbmm")
-_BIASED = _packets("addmm", "baddbmm")  # (bias, left, right): the left operand is the second argument
-_ATTENTION_OPS = _packets(
+MATMUL_OPS = ("mm", "addmm", "bmm", "baddbmm")
+BIASED_OPS = ("addmm", "baddbmm")  # (bias, left, right): the left operand is the second argument
+ATTENTION_OPS = (
     "_scaled_dot_product_flash_attention",
     "_scaled_dot_product_efficient_attention",
     "_scaled_dot_product_cudnn_attention",
@@ -89,15 +85,16 @@ def save_matmuls_policy(recompute_reduction: int = 0):
     from torch.utils.checkpoint import CheckpointPolicy
 
     save, recompute = CheckpointPolicy.MUST_SAVE, CheckpointPolicy.PREFER_RECOMPUTE
+    matmuls, biased, attention = aten_ops(*MATMUL_OPS), aten_ops(*BIASED_OPS), aten_ops(*ATTENTION_OPS)
     by_op: dict = {}  # every other op's decision depends on the op alone: decide it once (this runs for every op)
 
     def policy(ctx, op, *args, **kwargs):
-        if op in _MATMUL_OPS:
-            left = args[1] if op in _BIASED else args[0]
+        if op in matmuls:
+            left = args[1] if op in biased else args[0]
             return save if left.shape[-1] > recompute_reduction else recompute
         decision = by_op.get(op)
         if decision is None:
-            decision = by_op[op] = save if op in _ATTENTION_OPS or "flash_attn" in str(op) else recompute
+            decision = by_op[op] = save if op in attention or "flash_attn" in str(op) else recompute
         return decision
 
     return policy

@@ -26,6 +26,14 @@ CHECKED = {"trl": "1.16.0", "transformers": "5.25.0", "peft": "0.21.2", "acceler
 """The library versions every internal below was read in (transformers' also in 5.24)."""
 
 
+OFF = {
+    "checkpoint_policy": "use checkpoint_policy full",
+    "full_checkpoint_layers": "set full_checkpoint_layers 0",
+    "train_sampling_strategy": "use train_sampling_strategy random",
+}
+"""How to turn off a feature that is not a boolean flag (the others: ``set FEATURE false``)."""
+
+
 class CompatError(UserError):
     """An internal of TRL / transformers / PEFT / accelerate / torch that a kit feature needs is missing or changed."""
 
@@ -40,7 +48,7 @@ def installed(library: str) -> str:
 
 def incompatible(library: str, internal: str, feature: str, change: str = "is missing") -> CompatError:
     """The one-line error for an ``internal`` of ``library`` that ``feature`` needs and that ``change``d."""
-    off = f"set {feature} false" if feature.isidentifier() else f"turn {feature} off"
+    off = OFF.get(feature, f"set {feature} false")
     return CompatError(
         f"{feature} needs {library} {internal}, which {change} in {library} {installed(library)} (the kit checked "
         f"it against {library} {CHECKED[library]}); install {library}=={CHECKED[library]}, or {off}"
@@ -349,6 +357,17 @@ def ignore_ddp_buffers(model: Any, names: list[str]) -> None:
             "torch", "DistributedDataParallel._set_params_and_buffers_to_ignore_for_model", "ignore_bias_buffers"
         )
     ignore(model, names)
+
+
+def aten_ops(*names: str) -> set:
+    """torch 2.14.1: the default overloads of the aten ops named (the matrix products and fused attention kernels
+    whose outputs ``checkpoint_policy save_matmuls`` keeps; a renamed one would quietly be recomputed instead)."""
+    import torch
+
+    missing = [name for name in names if getattr(torch.ops.aten, name, None) is None]
+    if missing:
+        raise incompatible("torch", f"torch.ops.aten.{missing[0]}", "checkpoint_policy")
+    return {getattr(torch.ops.aten, name).default for name in names}
 
 
 @dataclass(frozen=True)
