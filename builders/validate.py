@@ -15,7 +15,7 @@ REJECT_REASONS: dict[str, str] = {
     "invalid_utf8": "the line is not valid UTF-8; re-export the file as UTF-8",
     "invalid_json": "the line is not a JSON object; fix or remove the line",
     "missing_field": "a required field is absent; every row needs id, prompt, models and completions",
-    "invalid_type": "a field has the wrong type; see the schema in the README",
+    "invalid_type": "a field has the wrong type; see the schema in docs/dataset.md (typed in builders/features.py)",
     "invalid_id": "ids must be non-empty, without '/' or '\\\\', and not start with '.'",
     "duplicate_id": "an earlier row has the same id; keep one row per instruction",
     "too_few_completions": "fewer than 2 completions: no preference pair can be formed",

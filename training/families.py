@@ -120,7 +120,7 @@ def vision_modules() -> tuple[str, ...]:
 
 
 def support_table() -> str:
-    """The README's family x speedup table (Markdown): "tested" or the reason a speedup is off."""
+    """The family x speedup table of docs/families.md (Markdown): "tested" or the reason a speedup is off."""
     header = "| family | architecture | " + " | ".join(f"`{s}`" for s in SPEEDUPS) + " |"
     lines = [header, "|" + "---|" * (len(SPEEDUPS) + 2)]
     for family in FAMILIES.values():
