@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from vlfeedback_kit.stats import bootstrap_ci
+
 WINNERS: tuple[str, ...] = ("model_a", "model_b", "tie", "tie (bothbad)")
 """A battle's outcome (FastChat's names): A better, B better, tie, both bad (a tie for every statistic)."""
 
@@ -158,12 +160,8 @@ def summarize_battles(battles: Sequence[Battle], model: str, other: str, rounds:
     rate_ci: tuple[float, float] = (float("nan"), float("nan"))
     gap_ci: tuple[float, float] = (float("nan"), float("nan"))
     if n:
-        points = np.array([_points(b, model) for b in battles])
-        draws = np.random.default_rng(seed).integers(0, n, size=(rounds, n))
-        rates = points[draws].mean(axis=1)
-        low, high = np.percentile(rates, [2.5, 97.5])
-        rate_ci = (float(low), float(high))
-        gap_ci = (elo_gap(float(low)), elo_gap(float(high)))
+        rate_ci = bootstrap_ci(np.array([_points(b, model) for b in battles]), rounds, seed)
+        gap_ci = (elo_gap(rate_ci[0]), elo_gap(rate_ci[1]))
     hidden = None
     if n < min_battles:
         hidden = f"{n} battle{'s' if n != 1 else ''} so far; ratings are shown from {min_battles} on"

@@ -264,6 +264,8 @@ MECHANISMS = {
     "builders/pipeline/cost.py": {"Budget", "Price", "load_prices", "price_for", "call_cost", "unpriced_note"},
     "builders/pipeline/store.py": {"Store"},
     "builders/ratings.py": {"parse_rating"},
+    "vlfeedback_kit/files.py": {"safe_name", "name_problem", "inside", "atomic_write", "write_json", "folder_name"},
+    "vlfeedback_kit/stats.py": {"bootstrap_means", "bootstrap_ci"},
 }  # fmt: skip
 """Where the endpoint mechanisms (client set-up, retries, breaker, redaction), the budget, the ledger and the rating
 parser are written, once."""

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from release_factory import row, write_release
 
-from vlfeedback_kit.builders.pipeline.agreement import bootstrap_ci
 from vlfeedback_kit.cli import main as cli_main
 from vlfeedback_kit.errors import UserError
+from vlfeedback_kit.stats import bootstrap_ci
 
 JUDGED = [
     row("i1", [(5, 5, 5), (3, 4, 5), (1, 1, 5)]),  # means 5, 4, 2.33

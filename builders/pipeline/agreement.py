@@ -29,6 +29,7 @@ import numpy as np
 from vlfeedback_kit.builders.features import ASPECTS
 from vlfeedback_kit.builders.ratings import parse_rating
 from vlfeedback_kit.errors import UserError
+from vlfeedback_kit.stats import bootstrap_ci
 
 OVERALL = "overall"
 GROUPS: tuple[str, ...] = (OVERALL, *ASPECTS)
@@ -55,14 +56,6 @@ def judge_scores(ratings: dict[str, int | None], aspect: str) -> float | None:
     needed = ASPECTS if aspect == OVERALL else (aspect,)
     values = [ratings.get(a) for a in needed]
     return None if None in values else float(np.mean(values))
-
-
-def bootstrap_ci(agree: np.ndarray, resamples: int, seed: int, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of a 0/1 array (resampling pairs with replacement)."""
-    rng = np.random.default_rng(seed)
-    means = rng.choice(agree, size=(resamples, len(agree)), replace=True).mean(axis=1)
-    tail = (1 - level) / 2 * 100
-    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
 
 
 def agreement(
