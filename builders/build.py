@@ -209,7 +209,7 @@ def batched(rows: Iterable[dict], size: int) -> Iterator[list[dict]]:
 
 def build(options: BuildOptions) -> dict:
     """Build the Hub-ready folder; returns the report. Raises UserError when the input is unusable."""
-    from tqdm.auto import tqdm
+    from huggingface_hub.utils import tqdm
 
     out = options.out_dir
     check_out_dir(out, options.overwrite)

@@ -104,7 +104,7 @@ def generate(
 ) -> int:
     """Answer every (item, side) not yet in its log, ``batch_size`` rows per call of ``answer``, rows of both
     sides mixed in one batch; returns how many responses were generated."""
-    from tqdm import tqdm
+    from huggingface_hub.utils import tqdm
 
     rows = [(item, prompt, side) for item, prompt in zip(items, prompts) for side in sides
             if item.id not in logs[side.label].done]  # fmt: skip

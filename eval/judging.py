@@ -274,7 +274,7 @@ def judge(
 
 async def _judge_pending(tasks, pending, judgements, config, store, benchmark, stats, progress, budget,
                          api_key) -> None:  # fmt: skip
-    from tqdm import tqdm
+    from huggingface_hub.utils import tqdm
 
     from vlfeedback_kit.builders.pipeline.cost import call_cost
     from vlfeedback_kit.builders.pipeline.endpoint import (

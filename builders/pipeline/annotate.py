@@ -185,7 +185,7 @@ def estimate(
 
 def annotate(options: AnnotateOptions) -> dict:
     """Judge the input into ``options.out_dir`` and assemble the release layout there; returns the report."""
-    from tqdm.auto import tqdm
+    from huggingface_hub.utils import tqdm
 
     from vlfeedback_kit.builders.pipeline.assemble import REPORT_FILE, assemble
 

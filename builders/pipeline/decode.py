@@ -67,7 +67,7 @@ from vlfeedback_kit.builders.sources import IMAGE_DIR
 from vlfeedback_kit.builders.validate import Reject, check_image
 
 if TYPE_CHECKING:
-    from tqdm import tqdm
+    from huggingface_hub.utils import tqdm
 
 OUTPUT_JSONL = "responses.jsonl"
 STAGE_DIR = "decode"
@@ -245,7 +245,7 @@ def decode(
     progress: bool = True,
 ) -> dict:
     """Decode every instruction of ``input_dir`` with the pool into ``out_dir``; returns the report."""
-    from tqdm.auto import tqdm
+    from huggingface_hub.utils import tqdm
 
     check_out(input_dir, out_dir)
     pool = load_pool(pool_path, k, seed)

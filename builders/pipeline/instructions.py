@@ -306,7 +306,7 @@ def draw(
     pass reads the chosen ones, widening the candidate pool if skipped records leave the quota short. A record whose
     image path leads outside ``root`` (or ``base``) is skipped as ``unsafe_path``, its origin added to ``unsafe``.
     """
-    from tqdm.auto import tqdm
+    from huggingface_hub.utils import tqdm
 
     total = sum(1 for f in files for _ in read_records(f))
     pool = total if quota is None else min(total, 2 * quota + 64)

@@ -27,7 +27,7 @@ from vlfeedback_kit.builders.pipeline.store import Store
 from vlfeedback_kit.errors import UserError
 
 if TYPE_CHECKING:
-    from tqdm import tqdm
+    from huggingface_hub.utils import tqdm
 
     from vlfeedback_kit.builders.pipeline.annotate import AnnotateOptions
 
