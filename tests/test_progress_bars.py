@@ -1,4 +1,4 @@
-"""Progress bars are huggingface_hub's tqdm, so HF_HUB_DISABLE_PROGRESS_BARS (and disable_progress_bars) silence them."""
+"""Progress bars are huggingface_hub's tqdm, so HF_HUB_DISABLE_PROGRESS_BARS silences them."""
 
 import os
 import subprocess
