@@ -216,7 +216,7 @@ def schema_of(files: list[Path]) -> list[dict[str, str]]:
     ]
 
 
-def response_table(raw_files: list[Path]) -> pa.Table:
+def rating_table(raw_files: list[Path]) -> pa.Table:
     """One row per response of the ``raw`` config: ``model`` and one rating column per aspect (nested reads only)."""
     columns = ["completions.list.element.model"] + [
         f"completions.list.element.annotations.{aspect}.Rating" for aspect in ASPECTS
@@ -416,7 +416,7 @@ def dataset_facts(folder: Path) -> dict:
     shutil.rmtree(assets, ignore_errors=True)
     assets.mkdir()
     files = {config: config_files(folder, config, splits) for config, splits in report["splits"].items()}
-    responses = response_table(files["raw"])
+    responses = rating_table(files["raw"])
     ratings = rating_distributions(responses)
     plots = {
         aspect: rating_distribution_plot(aspect, counts, assets / f"ratings-{slug(aspect)}.png")

@@ -142,7 +142,7 @@ def check_no_local_paths(files: dict[str, Path | bytes], roots: list[Path]) -> N
             )
 
 
-def read_run(run_dir: Path) -> dict:
+def read_run_info(run_dir: Path) -> dict:
     """``run_info.json`` of a run dir, after checking the folder holds an adapter or merged weights."""
     info_path = run_dir / RUN_INFO
     if not info_path.is_file():
@@ -206,7 +206,7 @@ def render_model_card(
     ``license`` defaults to the original release's for a run on it or on data of unrecorded origin, else none.
     """
     run_dir = Path(run_dir)
-    run = read_run(run_dir)
+    run = read_run_info(run_dir)
     is_adapter = (run_dir / "adapter_config.json").is_file()
     title = repo_id.split("/")[-1] if repo_id else run_dir.resolve().name
     model_id = repo_id or title

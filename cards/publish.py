@@ -412,10 +412,10 @@ def publish_model(
     What is uploaded names no folder of this machine: the run's records are uploaded rewritten (a local base model
     or dataset by its folder name, ``cards.model.public_files``), and any other text file that still holds the
     run dir's, its parent's or the home folder's path is refused, naming the file."""
-    from vlfeedback_kit.cards.model import check_no_local_paths, public_files, read_run, render_model_card
+    from vlfeedback_kit.cards.model import check_no_local_paths, public_files, read_run_info, render_model_card
 
     run_dir = Path(run_dir)
-    run = read_run(run_dir)
+    run = read_run_info(run_dir)
     api, state, previous, hub_unread = prepare(release, dry_run)
     card = render_model_card(
         run_dir, repo_id=release.repo_id, revision=release.tag, eval_results=eval_results, license=license

@@ -12,7 +12,6 @@ exiting 3); a judge that stops answering stops the run there (the next benchmark
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -285,8 +284,3 @@ def score_file(
         result = score_judged(name, items, responses, folder, judge, runs, progress=progress, cache_path=cache)
     write_json(out, result)
     return result
-
-
-def read_run(folder: Path) -> dict:
-    path = folder / RUN_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

@@ -28,8 +28,8 @@ from vlfeedback_kit.cards.dataset import (
     PAPER_JUDGE,
     model_scores,
     rating_distributions,
+    rating_table,
     render_dataset_card,
-    response_table,
     write_dataset_card,
 )
 from vlfeedback_kit.cards.model import EXAMPLE_IMAGE_URL, render_model_card
@@ -74,7 +74,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_statistics_are_computed_from_the_raw_parquet(folder: Path) -> None:
-    responses = response_table(sorted((folder / "data" / "raw").glob("*.parquet")))
+    responses = rating_table(sorted((folder / "data" / "raw").glob("*.parquet")))
     assert responses.num_rows == 10
     assert rating_distributions(responses)["Helpfulness"] == {"1": 2, "2": 3, "3": 2, "4": 1, "5": 2, "null": 0}
     assert rating_distributions(responses)["Visual Faithfulness"] == {
