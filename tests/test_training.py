@@ -560,8 +560,8 @@ def test_local_dataset_key_is_the_config_data_not_the_folder(workspace, tmp_path
     ids=["autocast", "dtype", "attention", "quantization"],
 )
 def test_cache_key_holds_precision_attention_and_quantization(flags):
-    from vlfeedback_kit.training.resolve import Source, cache_parts
     from vlfeedback_kit.training.ref_cache import namespace
+    from vlfeedback_kit.training.resolve import Source, cache_parts
 
     data, model = Source("d", None, "local-d"), Source("m", None, "local-m")
     base = cache_parts(*tiny_script_args(), {}, data, model)
@@ -675,3 +675,15 @@ def test_pairs_from_raw_trains_on_the_same_rows_with_each_image_cached_once(work
     for column in ("id", "prompt", "chosen", "rejected", "margin"):
         assert from_raw["train"][column] == plain["train"][column], column
     assert from_raw["train"][0]["images"][0].tobytes() == plain["train"][0]["images"][0].tobytes()
+
+
+def test_the_script_keeps_its_public_names_after_the_move():
+    """Source resolution moved to training/resolve.py; ``local_dataset_key`` stays importable from the script (eval's
+    win-rate imports it there), and make_parser is TRL's parser alone (no dead sub-command branch)."""
+    import inspect
+
+    from vlfeedback_kit.training import dpo, resolve
+
+    assert dpo.local_dataset_key is resolve.local_dataset_key
+    assert list(inspect.signature(dpo.make_parser).parameters) == ["prog"]
+

@@ -20,7 +20,8 @@ A non-empty ``output_dir`` is refused unless the run resumes from it or ``--over
 As in TRL's ``trl/scripts/dpo.py`` the trainer loads the model from ``model_init_kwargs`` (revision,
 ``trust_remote_code``, ``attn_implementation``, ``dtype``, plus the recipe's own ``model_init_kwargs``) with
 ``ModelConfig``'s quantization (``load_in_4bit`` / ``load_in_8bit``). The model and the dataset are loaded at the
-commit their revisions resolve to when the run starts, and that commit keys the reference cache.
+commit their revisions resolve to when the run starts, and that commit keys the reference cache (``resolve.py``);
+the trainer's speedups are ``trainer.py``, and every TRL / transformers internal they use is checked in ``compat.py``.
 
 Outputs in ``output_dir``: the LoRA adapter (and ``merged/`` with ``--merge``), the processor, ``run_info.json``
 (base model, dataset id + revision, hyperparameters, hardware, metrics), ``train_results.json``,

@@ -11,6 +11,9 @@
   under autocast, and an optional selective checkpointing policy that keeps matrix-product outputs.
 - Everything else — the loss types, metrics, PEFT reference via disabled adapters, logging — is TRL's own code path:
   the cached values enter through TRL's ``ref_chosen_logps`` / ``ref_rejected_logps`` inputs.
+
+Every TRL / transformers / PEFT / accelerate internal this relies on goes through :mod:`.compat`, which refuses a
+changed one at construction (or at the first batch) instead of training without the speedup.
 """
 
 from __future__ import annotations
