@@ -687,3 +687,28 @@ def test_the_script_keeps_its_public_names_after_the_move():
     assert dpo.local_dataset_key is resolve.local_dataset_key
     assert list(inspect.signature(dpo.make_parser).parameters) == ["prog"]
 
+
+def test_prefix_sharing_encodes_each_policy_image_once_per_forward(workspace, tmp_path):
+    """A packed forward (4-D mask) carries each image once: the image-sharing hook leaves it to the model instead of
+    encoding the images first only to find no repeated halves (LLaVA ran its vision tower twice per packed forward)."""
+    from datasets import load_dataset
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from vlfeedback_kit.training.trainer import SilkieDPOTrainer
+
+    model_dir = workspace / "runs" / "tiny-llava"
+    trainer = SilkieDPOTrainer(
+        model=AutoModelForImageTextToText.from_pretrained(model_dir),
+        args=cpu_dpo_config(tmp_path, share_prompt_prefix=True),
+        train_dataset=load_dataset(str(workspace / "vlfeedback"), "pairs", split="train").select(range(2)),
+        processing_class=AutoProcessor.from_pretrained(model_dir),
+    )
+    towers = [trainer.model.model.vision_tower, trainer.ref_model.model.vision_tower]
+    forwards = [0, 0]
+    for index, tower in enumerate(towers):
+        tower.register_forward_hook(lambda *_, index=index: forwards.__setitem__(index, forwards[index] + 1))
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    with torch.no_grad():
+        trainer.compute_loss(trainer.model, batch)
+    assert forwards == [1, 1]  # policy: one packed forward; reference (TRL's live two-row forward): the hook's encode
+    assert [hook.encoded_images for hook in trainer.image_sharing] == [0, 2]

@@ -140,6 +140,9 @@ class ImageFeatureSharing:
         pixel_values, ids = kwargs.get("pixel_values"), kwargs.get("input_ids")
         if pixel_values is None or ids is None or ids.shape[0] % 2:
             return None
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.dim() == 4:
+            return None  # prefix sharing's packed rows carry each image once: nothing to share, nothing to encode
         grid = self._grid_half(kwargs)
         if grid is False:
             return None
