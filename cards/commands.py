@@ -174,7 +174,7 @@ def _report(outcome: Outcome) -> int:
 
 
 def _register_publish_space(publish_kinds: argparse._SubParsersAction) -> None:
-    """``publish space``: the Silkie-vs-base Space (vlfeedback_kit.cards.space)."""
+    """``publish space``: the Silkie-vs-base Space (vlfeedback_kit.eval.arena.publish)."""
     space = publish_kinds.add_parser("space", help="publish the Silkie-vs-base Space: one commit, variables set")
     space.add_argument("--repo", required=True, metavar="ORG/NAME", help="Space repo (created if new)")
     space.add_argument("--model", required=True, metavar="BASE_ID", help="base model repo id")
@@ -194,7 +194,7 @@ def _register_publish_space(publish_kinds: argparse._SubParsersAction) -> None:
 
 
 def _publish_space(args: argparse.Namespace) -> int:
-    from vlfeedback_kit.cards.space import SpaceRelease, publish_space
+    from vlfeedback_kit.eval.arena.publish import SpaceRelease, publish_space
 
     token = None
     if args.votes_token_env:

@@ -40,8 +40,8 @@ def build_prompt(spec: dict, family: str, question: str) -> str:
 
 
 def generation_settings(spec: dict, max_new_tokens: int | None = None):
-    """The benchmark's decoding settings (:class:`~vlfeedback_kit.eval.serving.GenerationSettings`)."""
-    from vlfeedback_kit.eval.serving import GenerationSettings
+    """The benchmark's decoding settings (:class:`~vlfeedback_kit.serving.GenerationSettings`)."""
+    from vlfeedback_kit.serving import GenerationSettings
 
     values = dict(spec["generation"])
     if max_new_tokens is not None:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from vlfeedback_kit.cli import main as cli_main
-from vlfeedback_kit.eval import arena_ui
-from vlfeedback_kit.eval.arena_commands import gpu_decorator
+from vlfeedback_kit.eval.arena import ui as arena_ui
+from vlfeedback_kit.eval.arena.commands import gpu_decorator
 
 
 class Created(Exception):

@@ -32,8 +32,8 @@ from vlfeedback_kit.eval.arena import (
     read_votes,
     vote_record,
 )
-from vlfeedback_kit.eval.arena_bench import tiny_silkie
-from vlfeedback_kit.eval.serving import GenerationSettings, generate_both, load
+from vlfeedback_kit.eval.arena.bench import tiny_silkie
+from vlfeedback_kit.serving import GenerationSettings, generate_both, load
 
 APP = Path(__file__).parents[1] / "spaces" / "silkie-vs-base" / "app.py"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -348,9 +348,9 @@ def test_browser_battle_vote_reveal_and_leaderboard(space, png, tmp_path, caplog
 
 
 def test_both_rows_stream_together_and_end_as_the_batched_answers(silkie):
-    from vlfeedback_kit.eval.arena import stream_pair
-    from vlfeedback_kit.eval.serving import BASE as BASE_ROW
-    from vlfeedback_kit.eval.serving import SILKIE as SILKIE_ROW
+    from vlfeedback_kit.eval.arena.streaming import stream_pair
+    from vlfeedback_kit.serving import BASE as BASE_ROW
+    from vlfeedback_kit.serving import SILKIE as SILKIE_ROW
 
     served = load(None, adapter=str(silkie[1]))
     image, settings = Image.new("RGB", (96, 64), (200, 30, 30)), GenerationSettings(max_new_tokens=12)
@@ -383,7 +383,7 @@ def test_publish_space_dry_run_tree_starts_from_itself_alone(silkie, tmp_path, p
     assert header["models"] == [str(base), str(run)] and "org/votes" in header["datasets"]
     assert header["suggested_hardware"] == "zero-a10g" and len(header["short_description"]) <= 60
     (wheel,) = (out / "wheels").glob("vlfeedback_kit-*.whl")
-    assert f"./wheels/{wheel.name}[train]" in (out / "requirements.txt").read_text().splitlines()
+    assert f"./wheels/{wheel.name}" in (out / "requirements.txt").read_text().splitlines()
     site = tmp_path / "site"  # what pip does with the wheel the requirements name
     zipfile.ZipFile(wheel).extractall(site)
     env = {**os.environ, "PYTHONPATH": str(site), "ARENA_ADAPTER": str(run), "ARENA_VOTES_DIR": str(tmp_path / "v"),
@@ -464,7 +464,7 @@ def test_vlfeedback_space_serves_the_arena_on_the_cpu(silkie, tmp_path, png, mon
     from gradio_client import Client, handle_file
 
     from vlfeedback_kit.cli import main
-    from vlfeedback_kit.eval import arena_ui
+    from vlfeedback_kit.eval.arena import ui as arena_ui
 
     for name in [name for name in os.environ if name.startswith("ARENA_")]:  # the module's Space sets some
         monkeypatch.delenv(name)
@@ -489,7 +489,7 @@ def test_examples_come_from_the_held_out_split(tmp_path):
 
     from vlfeedback_kit.builders.build import BuildOptions, build
     from vlfeedback_kit.cards.dataset import write_dataset_card
-    from vlfeedback_kit.eval.arena_ui import examples_from
+    from vlfeedback_kit.eval.arena.ui import examples_from
 
     rows = [row(f"svit-{i}", [(5, 5, 5), (1, 1, 1)], prompt=f"What is in picture {i}?") for i in range(40)]
     out = tmp_path / "vlfeedback"

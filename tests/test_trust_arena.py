@@ -33,7 +33,7 @@ from vlfeedback_kit.eval.arena import (
     vote_record,
     votes_to_items,
 )
-from vlfeedback_kit.eval.serving import GenerationSettings
+from vlfeedback_kit.serving import GenerationSettings
 
 TOKEN = "hf_publisher_token"
 
@@ -46,8 +46,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    from vlfeedback_kit.eval.arena_bench import tiny_silkie
-    from vlfeedback_kit.eval.serving import load
+    from vlfeedback_kit.eval.arena.bench import tiny_silkie
+    from vlfeedback_kit.serving import load
 
     _, run = tiny_silkie(tmp_path_factory.mktemp("arena-model"))
     return load(None, adapter=str(run))
@@ -57,7 +57,7 @@ def served(tmp_path_factory):
 def arena(served, tmp_path_factory):
     """The arena app with 3 battles a minute per session, 2 sessions' worth per address, and a frozen clock (no
     request ever leaves the window: the counts below do not depend on how fast the machine is)."""
-    from vlfeedback_kit.eval.arena_ui import build_app
+    from vlfeedback_kit.eval.arena.ui import build_app
 
     config = ArenaConfig(max_new_tokens=2, battles_per_minute=3, clients_per_address=2)
     store = VoteStore(tmp_path_factory.mktemp("arena-votes"))
@@ -125,7 +125,7 @@ def test_the_page_says_what_a_vote_stores_and_where_before_the_first_vote(arena)
 
 def vote_through_the_page(demo, host: str) -> None:
     """Cast one blind vote as the page's "A is better" button does, from a visitor at ``host``."""
-    from vlfeedback_kit.eval.serving import BASE, SILKIE
+    from vlfeedback_kit.serving import BASE, SILKIE
 
     cast = next(f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "cast")
     state = {"battle_id": "b0", "mode": "battle", "adapters": [SILKIE, BASE], "done": True, "voted": False,
@@ -140,7 +140,7 @@ def test_without_a_voter_secret_each_start_makes_its_own_key_and_votes_say_ids_d
 ):
     import gradio as gr
 
-    from vlfeedback_kit.eval.arena_ui import build_app
+    from vlfeedback_kit.eval.arena.ui import build_app
 
     assert ArenaConfig().voter_secret is None and ArenaConfig.from_env({}).voter_secret is None
     keys = []
@@ -305,7 +305,7 @@ def publish(*argv: str) -> int:
 def test_publish_space_makes_the_votes_repo_private_and_does_not_claim_votes_are_kept_without_a_token(
     hub, monkeypatch, capsys
 ):
-    from vlfeedback_kit.cards import space
+    from vlfeedback_kit.eval.arena import publish as space
 
     monkeypatch.setattr(space, "build_wheel", fake_wheel)
     monkeypatch.setenv("HF_TOKEN", TOKEN)
@@ -320,7 +320,7 @@ def test_publish_space_makes_the_votes_repo_private_and_does_not_claim_votes_are
 
 
 def test_publish_space_refuses_a_public_votes_repo_unless_public_votes(hub, monkeypatch, capsys):
-    from vlfeedback_kit.cards import space
+    from vlfeedback_kit.eval.arena import publish as space
 
     monkeypatch.setattr(space, "build_wheel", fake_wheel)
     monkeypatch.setenv("HF_TOKEN", TOKEN)
@@ -334,7 +334,7 @@ def test_publish_space_refuses_a_public_votes_repo_unless_public_votes(hub, monk
 def test_publish_space_with_public_votes_and_a_token_says_where_votes_go(hub, monkeypatch, capsys):
     from huggingface_hub import constants
 
-    from vlfeedback_kit.cards import space
+    from vlfeedback_kit.eval.arena import publish as space
 
     monkeypatch.setattr(space, "build_wheel", fake_wheel)
     monkeypatch.setenv("HF_TOKEN", TOKEN)
@@ -350,7 +350,7 @@ def test_publish_space_with_public_votes_and_a_token_says_where_votes_go(hub, mo
 
 
 def test_publish_space_flags_make_public_votes_and_set_the_token_secret(hub, monkeypatch, capsys):
-    from vlfeedback_kit.cards import space
+    from vlfeedback_kit.eval.arena import publish as space
 
     monkeypatch.setattr(space, "build_wheel", fake_wheel)
     monkeypatch.setenv("HF_TOKEN", TOKEN)

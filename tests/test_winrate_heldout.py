@@ -132,7 +132,8 @@ def test_a_parquet_file_without_the_raw_columns_is_one_line(tmp_path):
 
 
 def test_eval_run_refuses_a_training_set_win_rate_before_loading_the_model(release, tmp_path, monkeypatch):
-    from vlfeedback_kit.eval import runner, serving
+    from vlfeedback_kit import serving
+    from vlfeedback_kit.eval import runner
     from vlfeedback_kit.eval.judging import JudgeConfig
 
     def no_load(*args, **kwargs):

@@ -109,7 +109,8 @@ def check_matched(labels: list[Label], results: dict) -> None:
 def read_labels(path: Path) -> list[Label]:
     """Human labels from a CSV or JSONL file (see the module docstring for the columns), or from the Silkie-vs-base
     Space's votes (a votes folder or its Hub dataset id)."""
-    from vlfeedback_kit.eval.arena import is_votes_source, read_votes, vote_labels
+    # builders' one import of eval: the arena's public vote reader, which imports only the kit's floor
+    from vlfeedback_kit.eval.arena.votes import is_votes_source, read_votes, vote_labels
 
     if is_votes_source(path):
         return _labels_from_records(path, vote_labels(read_votes(path)))

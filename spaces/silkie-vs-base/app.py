@@ -3,8 +3,8 @@
 Runs unchanged on a CPU (``vlfeedback space`` or ``python app.py``), on a GPU and on ZeroGPU. Configuration is by
 environment variables (Space variables / secrets): ARENA_MODEL, ARENA_MODEL_REVISION, ARENA_ADAPTER,
 ARENA_ADAPTER_REVISION, ARENA_VOTES_REPO, ARENA_PUBLIC_VOTES, ARENA_VOTER_SECRET, ARENA_MAX_NEW_TOKENS, ... (all
-fields of vlfeedback_kit.eval.arena.ArenaConfig); HF_TOKEN (a write token for the votes repo, as a Space secret) is
-read by huggingface_hub only: without it the votes stay on the Space's disk and are lost at restart.
+fields of vlfeedback_kit.eval.arena.config.ArenaConfig); HF_TOKEN (a write token for the votes repo, as a Space
+secret) is read by huggingface_hub only: without it the votes stay on the Space's disk and are lost at restart.
 """
 
 try:
@@ -12,8 +12,8 @@ try:
 except ImportError:  # a local run without Hugging Face's `spaces` package
     spaces = None
 
-from vlfeedback_kit.eval.arena import ArenaConfig
-from vlfeedback_kit.eval.arena_ui import create_app, launch_options, no_gpu
+from vlfeedback_kit.eval.arena.config import ArenaConfig
+from vlfeedback_kit.eval.arena.ui import create_app, launch_options, no_gpu
 
 config = ArenaConfig.from_env()
 demo, store = create_app(config, gpu=spaces.GPU if spaces is not None else no_gpu)  # the model loads here, once
