@@ -500,3 +500,37 @@ def test_examples_come_from_the_held_out_split(tmp_path):
     for image, question in examples:
         assert Path(image).is_file() and re.fullmatch(r"What is in picture \d+\?", question)
     assert examples_from(None) == [] and examples_from(tmp_path / "missing") == []
+
+
+OLD_ARENA_NAMES = (
+    "VOTES", "IDENTITY_WORDS", "VOTER_STORAGE_KEY", "ArenaConfig", "Contender", "contenders", "PairStreamer",
+    "stream_pair", "LimitError", "Limits", "RateLimiter", "client_address", "VisitorLimiter", "names_model",
+    "image_sha256", "kit_version", "vote_record", "DATASET_README", "token_available", "VoteStore",
+    "privacy_notice", "read_votes", "Board", "BOARD_HEADERS", "board", "HUMAN_PREFERENCE", "is_votes_source",
+    "vote_labels", "votes_to_items",
+)  # fmt: skip
+"""The public names eval/arena.py defined before the arena became a package."""
+
+
+def test_the_arena_is_one_package_and_the_old_module_paths_work_one_more_release():
+    """``from vlfeedback_kit.eval.arena import X`` still gives every name the old module defined; the moved modules'
+    old names are the new modules themselves, each saying it is deprecated; the old benchmark command still runs."""
+    import importlib
+    import subprocess
+
+    import vlfeedback_kit.eval.arena as arena
+
+    assert [name for name in OLD_ARENA_NAMES if not hasattr(arena, name)] == []
+    assert arena.read_votes is importlib.import_module("vlfeedback_kit.eval.arena.votes").read_votes
+    moved = {"vlfeedback_kit.eval.arena_ui": "vlfeedback_kit.eval.arena.ui",
+             "vlfeedback_kit.eval.arena_commands": "vlfeedback_kit.eval.arena.commands",
+             "vlfeedback_kit.eval.arena_bench": "vlfeedback_kit.eval.arena.bench",
+             "vlfeedback_kit.cards.space": "vlfeedback_kit.eval.arena.publish"}  # fmt: skip
+    root = Path(__file__).parents[1]
+    for old, new in moved.items():
+        assert importlib.import_module(old) is importlib.import_module(new), old
+        shim = root / old.removeprefix("vlfeedback_kit.").replace(".", "/")
+        assert shim.with_suffix(".py").read_text().startswith('"""Deprecated: '), old
+    for module in ("vlfeedback_kit.eval.arena_bench", "vlfeedback_kit.eval.arena.bench"):
+        done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True)
+        assert done.returncode == 0 and "--concurrent" in done.stdout, done.stderr[-500:]
