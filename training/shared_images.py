@@ -15,32 +15,17 @@ forward. Two small pieces remove that work without touching TRL's loss:
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
 
+from vlfeedback_kit.serving import NOT_FOR_THE_LANGUAGE_MODEL, PER_IMAGE_KEYS, image_features, repeat_features
 from vlfeedback_kit.training.compat import image_token_id, inner_vlm, pooled_features, repeated_half
-
-PER_IMAGE_KEYS = frozenset({"pixel_values", "pixel_attention_mask", "image_sizes", "batch_num_images"})
-"""Processor outputs that only the vision encoder reads (pixels, Idefics3's pixel mask, LLaVA-OneVision's anyres
-sizes): prepared once per unique image. Everything else (token ids, Qwen's ``image_grid_thw`` that M-RoPE needs) is
-repeated for both halves."""
-ENCODER_KEYS = PER_IMAGE_KEYS | {"image_grid_thw"}
-"""Forward inputs handed to ``get_image_features`` when its signature takes them."""
-_NOT_FOR_THE_LANGUAGE_MODEL = ("last_hidden_state", "hidden_states", "attentions")
 
 
 def repeat_halves(value: Any) -> Any:
-    """Encoder outputs for both halves: per-image tensors or sequences of them twice over (Qwen3-VL's DeepStack
-    features, a list per layer of per-image tensors, are repeated layer by layer)."""
-    if isinstance(value, torch.Tensor):
-        return torch.cat([value, value], dim=0)
-    if isinstance(value, (list, tuple)):
-        if all(isinstance(item, torch.Tensor) for item in value):
-            return type(value)([*value, *value])
-        return type(value)(repeat_halves(item) for item in value)
-    return value
+    """Encoder outputs for both halves (chosen and rejected): the serving layer's repeat, twice over."""
+    return repeat_features(value, 2)
 
 
 def feature_tokens(pooled: Any) -> int:
@@ -82,25 +67,12 @@ def vision_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for name, p in model.named_parameters() if is_vision_parameter(name)]
 
 
-def image_features(inner: torch.nn.Module, inputs: Any, grid: torch.Tensor | None = None) -> Any:
-    """``get_image_features`` of the inner VLM on the inputs its signature takes, the config's feature-layer choices
-    included (``grid``: the ``image_grid_thw`` to use instead of the inputs' own)."""
-    parameters = inspect.signature(inner.get_image_features).parameters
-    call = {k: v for k, v in inputs.items() if k in ENCODER_KEYS and k in parameters and v is not None}
-    if grid is not None:
-        call["image_grid_thw"] = grid
-    for name in ("vision_feature_layer", "vision_feature_select_strategy"):
-        if name in parameters and inputs.get(name) is None:
-            call[name] = getattr(inner.config, name, None)
-    return inner.get_image_features(**call, return_dict=True)
-
-
 def encoded_twice_over(model: torch.nn.Module, batch: Any) -> dict:
     """``mm_encoder_outputs`` for a batch of ``batch``'s rows twice over (see :func:`repeat_rows`), each image
     encoded once: the features are computed on ``batch`` and repeated, without their hidden states."""
     features = image_features(inner_vlm(model), batch)
     return {"image": type(features)(
-        **{k: repeat_halves(v) for k, v in features.items() if k not in _NOT_FOR_THE_LANGUAGE_MODEL})}  # fmt: skip
+        **{k: repeat_halves(v) for k, v in features.items() if k not in NOT_FOR_THE_LANGUAGE_MODEL})}  # fmt: skip
 
 
 class ImageFeatureSharing:
@@ -165,7 +137,7 @@ class ImageFeatureSharing:
         else:
             self.encoded_images += images
         shared = type(features)(
-            **{k: repeat_halves(v) for k, v in features.items() if k not in _NOT_FOR_THE_LANGUAGE_MODEL}
+            **{k: repeat_halves(v) for k, v in features.items() if k not in NOT_FOR_THE_LANGUAGE_MODEL}
         )
         kwargs = {k: v for k, v in kwargs.items() if k not in PER_IMAGE_KEYS}
         kwargs["mm_encoder_outputs"] = {"image": shared}

@@ -241,8 +241,8 @@ class SilkieDPOTrainer(DPOTrainer):
     @torch.no_grad()
     def precompute_reference(self) -> int:
         """Reference log-probs of every uncached training pair, batched and without gradients; returns the count."""
+        from huggingface_hub.utils import tqdm
         from torch.utils.data import DataLoader
-        from tqdm.auto import tqdm
 
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
             logger.warning("reference cache: sharded model, filling the cache during the first epoch instead")

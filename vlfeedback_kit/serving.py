@@ -45,7 +45,7 @@ left out of the generate inputs when the features are handed over encoded. The r
 ``image_grid_thw`` that M-RoPE needs) is repeated per row."""
 ENCODER_KEYS = PER_IMAGE_KEYS | {"image_grid_thw"}
 """Inputs handed to ``get_image_features`` when its signature takes them."""
-_NOT_FOR_THE_LANGUAGE_MODEL = ("last_hidden_state", "hidden_states", "attentions")
+NOT_FOR_THE_LANGUAGE_MODEL = ("last_hidden_state", "hidden_states", "attentions")
 
 
 @dataclass(frozen=True)
@@ -313,7 +313,7 @@ def repeated_inputs(served: ServedModel, prompts: Sequence[tuple[Any, str]], tim
     with torch.inference_mode():
         features = image_features(inner_vlm(served.model), once)
     encoded = type(features)(**{k: repeat_features(v, times) for k, v in features.items()
-                                if k not in _NOT_FOR_THE_LANGUAGE_MODEL})  # fmt: skip
+                                if k not in NOT_FOR_THE_LANGUAGE_MODEL})  # fmt: skip
     for key in list(once.keys()):
         if key in PER_IMAGE_KEYS:
             del once[key]
