@@ -14,7 +14,7 @@ from vlfeedback_kit import benchlog
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHES = ("builders.bench", "builders.pipeline.bench", "training.bench", "training.memory", "eval.bench",
-           "eval.arena_bench")  # fmt: skip
+           "eval.arena.bench")  # fmt: skip
 
 
 def lines(path: Path) -> list[dict]:

@@ -38,7 +38,7 @@ import sys
 sys.modules["trl"] = None
 from PIL import Image
 from vlfeedback_kit import serving
-import vlfeedback_kit.eval.arena_ui
+import vlfeedback_kit.eval.arena.ui
 served = serving.load(None, adapter={str(run)!r})
 image = Image.new("RGB", (56, 56), "red")
 both = serving.generate_both(served, [(image, "What colour?")], serving.GenerationSettings(max_new_tokens=3))
@@ -76,7 +76,7 @@ def test_only_the_serving_layer_loads_and_prompts_a_vlm():
 def test_the_space_requirements_list_no_trl():
     """The generated requirements and the checked-in Space folder's name the wheel without the [train] extra and
     the serving libraries at the kit's pins, TRL not among them; the two agree."""
-    from vlfeedback_kit.cards.space import SERVING_LIBRARIES, space_requirements
+    from vlfeedback_kit.eval.arena.publish import SERVING_LIBRARIES, space_requirements
 
     checked_in = (ROOT / "spaces" / "silkie-vs-base" / "requirements.txt").read_text().splitlines()
     lines = [line for line in checked_in if line and not line.startswith("#")]

@@ -20,7 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "vlfeedback_kit.builders.pipeline.commands",
     "vlfeedback_kit.training.commands",
     "vlfeedback_kit.eval.commands",
-    "vlfeedback_kit.eval.arena_commands",
+    "vlfeedback_kit.eval.arena.commands",
     "vlfeedback_kit.cards.commands",
 )
 

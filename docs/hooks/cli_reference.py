@@ -24,7 +24,7 @@ TOOLS = (
     "vlfeedback_kit.training.bench",
     "vlfeedback_kit.training.memory",
     "vlfeedback_kit.eval.bench",
-    "vlfeedback_kit.eval.arena_bench",
+    "vlfeedback_kit.eval.arena.bench",
 )
 """Modules run as ``python -m MODULE``, each with a ``make_parser()``."""
 WIDTH = 110
