@@ -22,7 +22,7 @@ from vlfeedback_kit.eval.generation import BASE_LABEL, SILKIE_LABEL, ResponseLog
 from vlfeedback_kit.eval.items import Item
 from vlfeedback_kit.eval.judging import CACHE_FILE, STOPPED_BY_JUDGE, JudgeConfig, ledger_spend, make_budget, preflight
 from vlfeedback_kit.eval.scoring import BENCHMARKS, JUDGED, incomplete_line, score_judged, score_mme
-from vlfeedback_kit.eval.spec import build_prompt, family_of, generation_settings, load_spec
+from vlfeedback_kit.eval.spec import build_prompt, generation_settings, load_spec, prompt_family
 from vlfeedback_kit.files import write_json
 from vlfeedback_kit.hub_ids import is_hub_id, split_revision
 
@@ -168,7 +168,7 @@ def run(options: RunOptions) -> dict:
         served = serving.load(options.model, options.adapter, options.model_revision, options.adapter_revision)
         summary["model_loads"] += 1
         provenance = served.provenance()
-        family = options.prompt_family or family_of(getattr(served.model.config, "model_type", None))
+        family = options.prompt_family or prompt_family(getattr(served.model.config, "model_type", None))
     for name in options.benchmarks:
         spec = load_spec(name)
         settings = generation_settings(spec, options.max_new_tokens)

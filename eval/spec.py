@@ -23,7 +23,7 @@ def load_spec(name: str) -> dict:
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
-def family_of(model_type: str | None) -> str:
+def prompt_family(model_type: str | None) -> str:
     """The prompt family of a transformers ``model_type`` (``llava*`` → llava, else the default)."""
     return "llava" if model_type and "llava" in model_type else "default"
 

@@ -213,15 +213,16 @@ def end_training(trainer: Any) -> None:
 def inner_vlm(model: Any) -> Any:
     """transformers >= 5.17 (checked 5.25.0): the module that owns ``get_image_features`` and whose forward accepts
     ``mm_encoder_outputs`` (e.g. ``Qwen2VLModel``), where image sharing hands in features computed once."""
-    for module in model.modules():
-        is_inner = hasattr(module, "get_image_features") and not hasattr(module, "lm_head")
-        if is_inner and "mm_encoder_outputs" in inspect.signature(module.forward).parameters:
-            return module
-    raise incompatible(
-        "transformers",
-        f"an inner model of {type(model).__name__} accepting mm_encoder_outputs",
-        "share_image_features",
-    )
+    from vlfeedback_kit.serving import find_inner_vlm
+
+    inner = find_inner_vlm(model)
+    if inner is None:
+        raise incompatible(
+            "transformers",
+            f"an inner model of {type(model).__name__} accepting mm_encoder_outputs",
+            "share_image_features",
+        )
+    return inner
 
 
 def pooled_features(features: Any) -> Any:

@@ -336,16 +336,25 @@ def repeat_features(value: Any, times: int) -> Any:
     return value
 
 
-def inner_vlm(model: Any) -> Any:
-    """The module that owns ``get_image_features`` and accepts ``mm_encoder_outputs`` (e.g. ``Qwen2VLModel``)."""
+def find_inner_vlm(model: Any) -> Any | None:
+    """The module that owns ``get_image_features`` and accepts ``mm_encoder_outputs`` (e.g. ``Qwen2VLModel``), or
+    None where the model has none (the one search; training's compat layer raises its own error on None)."""
     for module in model.modules():
         is_inner = hasattr(module, "get_image_features") and not hasattr(module, "lm_head")
         if is_inner and "mm_encoder_outputs" in inspect.signature(module.forward).parameters:
             return module
-    raise ValueError(
-        f"{type(model).__name__} has no inner model accepting `mm_encoder_outputs` (transformers >= 5.17 VLMs do); "
-        "set `share_image_features=False`"
-    )
+    return None
+
+
+def inner_vlm(model: Any) -> Any:
+    """:func:`find_inner_vlm`, failing with the way out when the model has no such module."""
+    inner = find_inner_vlm(model)
+    if inner is None:
+        raise ValueError(
+            f"{type(model).__name__} has no inner model accepting `mm_encoder_outputs` (transformers >= 5.17 VLMs "
+            "do); set `share_image_features=False`"
+        )
+    return inner
 
 
 def shares_image_features(model: Any) -> bool:
