@@ -258,3 +258,17 @@ def test_save_matmuls_names_an_aten_op_this_torch_lacks(monkeypatch):
     with pytest.raises(CompatError) as error:
         activations.save_matmuls_policy(4)
     assert_names(error, "torch", "torch.ops.aten._no_such_attention", "checkpoint_policy")
+
+
+def test_the_benchmarks_internals_are_read_through_compat(tiny, tmp_path):
+    """training.bench and training.memory read Trainer internals only through compat: there they work, and a missing
+    one is a CompatError naming the way out (never an AttributeError mid-benchmark)."""
+    trainer = make_trainer(tiny, tmp_path)
+    assert compat.trained_tokens(trainer) == 0  # nothing trained yet
+    batch = compat.prepare_inputs(trainer, next(iter(trainer.get_train_dataloader())))
+    assert batch["input_ids"].device.type == "cpu"
+    del trainer._total_train_tokens
+    with pytest.raises(CompatError, match="bench tokens per step"):
+        compat.trained_tokens(trainer)
+    with pytest.raises(CompatError, match="use --shape tiny"):
+        compat.model_from_config(type("NoFactory", (), {}), None)

@@ -48,6 +48,7 @@ from pathlib import Path
 
 from vlfeedback_kit.benchlog import Log, add_results_dir_argument
 from vlfeedback_kit.cli import Parser
+from vlfeedback_kit.training.compat import model_from_config, trained_tokens
 from vlfeedback_kit.training.tiny_model import FAMILIES
 
 PEAK_FLOPS = {"cuda": 989e12}
@@ -240,7 +241,7 @@ def build_model(
     processor = real_resolution(processor, family, spec)
     torch.manual_seed(0)
     with torch.device("meta" if meta else device):
-        model = type(tiny_model)._from_config(full, dtype=torch.bfloat16, attn_implementation="sdpa")
+        model = model_from_config(type(tiny_model), full, dtype=torch.bfloat16, attn_implementation="sdpa")
     return model, processor
 
 
@@ -371,7 +372,7 @@ def run_config(
         def on_step_end(self, args, state, control, **kwargs):
             sync()
             self.ends.append(time.perf_counter())
-            self.tokens.append(trainer._total_train_tokens)
+            self.tokens.append(trained_tokens(trainer))
             if state.global_step == warmup and cuda and not spec.get("grouped"):  # grouped: warm-up = longest
                 torch.cuda.reset_peak_memory_stats()
 

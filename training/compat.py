@@ -30,6 +30,8 @@ OFF = {
     "checkpoint_policy": "use checkpoint_policy full",
     "full_checkpoint_layers": "set full_checkpoint_layers 0",
     "train_sampling_strategy": "use train_sampling_strategy random",
+    "bench real shapes": "use --shape tiny",
+    "bench tokens per step": "run the benchmark on that version",
 }
 """How to turn off a feature that is not a boolean flag (the others: ``set FEATURE false``)."""
 
@@ -186,6 +188,22 @@ def remove_unused_columns(trainer: Any, dataset: Any, description: str) -> Any:
 def prepare_inputs(trainer: Any, batch: dict) -> dict:
     """transformers 5.25.0: ``Trainer._prepare_inputs`` (tensors to the device, as a training step does)."""
     return trainer._prepare_inputs(batch)
+
+
+def trained_tokens(trainer: Any) -> int:
+    """transformers 5.25.0: ``Trainer._total_train_tokens`` (tokens seen so far; the benchmark's tokens per step)."""
+    if not hasattr(trainer, "_total_train_tokens"):
+        raise incompatible("transformers", "Trainer._total_train_tokens", "bench tokens per step")
+    return int(trainer._total_train_tokens)
+
+
+def model_from_config(model_class: type, config: Any, **kwargs: Any) -> Any:
+    """transformers 5.25.0: ``PreTrainedModel._from_config(config, **kwargs)`` (a model of a concrete class from a
+    config, honouring ``dtype`` and ``attn_implementation``; the benchmark's real-shape models)."""
+    build = getattr(model_class, "_from_config", None)
+    if not callable(build):
+        raise incompatible("transformers", f"{model_class.__name__}._from_config", "bench real shapes")
+    return build(config, **kwargs)
 
 
 def pair_keys_lost() -> CompatError:
@@ -399,6 +417,7 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("transformers", "transformers:Trainer", "_remove_unused_columns", "ref_cache"),
     Internal("transformers", "transformers:Trainer", "_prepare_inputs", "ref_cache"),
     Internal("transformers", "transformers:Trainer", "_get_eval_sampler", "train_sampling_strategy"),
+    Internal("transformers", "transformers:PreTrainedModel", "_from_config", "bench real shapes"),
     Internal("transformers", "transformers:PreTrainedConfig", "_attn_implementation", "share_prompt_prefix"),
     Internal("transformers", "transformers:Qwen2VLModel", "get_rope_index", "share_prompt_prefix"),
     Internal("transformers", "transformers:PreTrainedModel", "activation_checkpointing_enable", "checkpoint_policy"),

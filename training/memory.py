@@ -41,6 +41,7 @@ from typing import Any
 
 from vlfeedback_kit.benchlog import Log, add_results_dir_argument
 from vlfeedback_kit.cli import Parser
+from vlfeedback_kit.training.compat import prepare_inputs
 
 LAYER = re.compile(r"\.layers\.(\d+)\.")
 WRAPPERS = re.compile(r"^(base_model\.model\.)?(model\.)?(language_model\.)?")
@@ -158,7 +159,7 @@ def account(shape: str, name: str, layers: int, vision_depth: int) -> dict:
         kwargs = dict(trainer.args.activation_checkpointing_kwargs or {"use_reentrant": False})
         every = kwargs.pop("every_n_layers", 1)
         trainer.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, every_n_layers=every)
-    inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    inputs = prepare_inputs(trainer, next(iter(trainer.get_train_dataloader())))
     tokens = int(inputs["attention_mask"].sum())
     layout_tokens = layout_length(inputs, getattr(trainer.args, "share_prompt_prefix", False))
     model = trainer.model
