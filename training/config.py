@@ -167,6 +167,8 @@ class SilkieDPOConfig(DPOConfig):
                 "pass --init_adapter RUN_DIR_OR_ORG/NAME, or use --reference_policy base"
             )
         if self.init_adapter_revision and not self.init_adapter:
-            raise ValueError("--init_adapter_revision is the revision of a Hub --init_adapter; pass --init_adapter too")
+            raise ValueError(
+                "--init_adapter_revision is the revision of a Hub --init_adapter; pass --init_adapter too"
+            )
         if self.ref_precompute and not self.ref_cache:
             self.ref_precompute = False
