@@ -76,6 +76,17 @@ def resolve_init(args: Any) -> Source | None:
     return resolve_adapter(args.init_adapter, args.init_adapter_revision)
 
 
+def adapter_folder(init: Source) -> str:
+    """A folder holding the adapter's files: a local adapter's own, a Hub adapter's snapshot at its resolved commit
+    (downloaded once into the Hub cache; the config and weights only)."""
+    if init.local:
+        return init.name
+    from huggingface_hub import snapshot_download
+
+    patterns = [ADAPTER_CONFIG, *ADAPTER_WEIGHTS]
+    return snapshot_download(init.name, revision=init.load, allow_patterns=patterns)
+
+
 def reference_identity(args: Any, init: Source | None) -> dict:
     """What the reference is, for the reference cache's key: ``{"policy": "base"}``, or the starting adapter's
     identity (its Hub id and commit, or a local adapter's content digest) for ``reference_policy init``."""
@@ -124,9 +135,8 @@ def starting_policy(kwargs: dict, init: Source | None) -> Source | None:
     from peft import PeftConfig, PeftModel
 
     init = init or resolve_init(args)
-    check_lora_match(
-        args.init_adapter, PeftConfig.from_pretrained(init.name, revision=init.load), kwargs.get("peft_config")
-    )
+    folder = adapter_folder(init)
+    check_lora_match(args.init_adapter, PeftConfig.from_pretrained(folder), kwargs.get("peft_config"))
     model = kwargs["model"]
     if isinstance(model, str):
         model = compat.load_base_model(model, args, kwargs.pop("quantization_config", None))
@@ -134,8 +144,7 @@ def starting_policy(kwargs: dict, init: Source | None) -> Source | None:
     plugin = args.deepspeed_plugin
     kwargs["model"] = PeftModel.from_pretrained(
         model,
-        init.name,
-        revision=init.load,
+        folder,
         is_trainable=True,
         # as TRL's get_peft_model under ZeRO-3: adapter weights in the base's dtype (trl#6089)
         autocast_adapter_dtype=not (plugin is not None and plugin.zero_stage == 3 and not quantized),
