@@ -134,6 +134,17 @@ def test_other_lora_settings_are_refused_in_one_line_naming_the_fix(silkie, tmp_
         starting_policy({"model": str(base), "args": cpu_dpo_config(tmp_path, init_adapter=str(adapter))}, None)
 
 
+def test_reference_policy_init_stops_when_trl_makes_no_reference_copy(silkie, tmp_path, monkeypatch):
+    """TRL 1.16 names its frozen copy of a passed adapter "ref"; a TRL that names it otherwise (or makes none) would
+    train against the base while the records say init: refused at construction, naming the way out."""
+    from vlfeedback_kit.training import compat
+
+    base, adapter = silkie
+    monkeypatch.setattr(compat, "REFERENCE_ADAPTER", "reference")
+    with pytest.raises(compat.CompatError, match="reference_policy init needs trl .* use reference_policy base"):
+        kit_trainer(base, tmp_path, cache=False, init_adapter=str(adapter), reference_policy="init")
+
+
 def test_cache_key_names_the_reference_policy_and_adapter(silkie, tmp_path):
     """A cache filled against one reference is never read for another: the namespace names the policy and, for
     init, the adapter's content (a copy or its published form keeps it, one changed weight does not) or commit."""

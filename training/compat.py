@@ -475,6 +475,7 @@ INTERNALS: tuple[Internal, ...] = (
         "gradient_checkpointing",
         "full_checkpoint_layers",
     ),  # fmt: skip
+    Internal("trl", "trl.trainer.utils", "create_model_from_path", "init_adapter"),
     Internal("peft", "peft.helpers", "disable_input_dtype_casting", "share_lora_inputs"),
     Internal(
         "torch",
