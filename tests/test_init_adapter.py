@@ -122,6 +122,26 @@ def test_run_from_an_adapter_equals_trl_stock_mpo_with_every_speedup(silkie, tmp
         assert ref and all(torch.equal(ref[k], v) for k, v in saved.items())
 
 
+def test_resumed_run_keeps_the_starting_adapter_as_reference(silkie, tmp_path):
+    """A checkpoint holds the trained adapter only; resuming rebuilds the frozen reference from init_adapter, so the
+    resumed run ends where the uninterrupted one does."""
+    base, adapter = silkie
+    settings = {"init_adapter": str(adapter), "reference_policy": "init", "max_steps": 2,
+                "per_device_train_batch_size": 1, "save_strategy": "steps", "save_steps": 1, **MPO_LOSS}  # fmt: skip
+    whole = kit_trainer(base, tmp_path / "whole", cache=False, **settings)
+    whole.train()
+    checkpoint = tmp_path / "whole" / "checkpoint-1"
+    assert (checkpoint / "adapter_model.safetensors").is_file() and not (checkpoint / "ref").exists()
+    resumed = kit_trainer(base, tmp_path / "resumed", cache=False, **settings)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    ends = [{k: p.detach() for k, p in t.model.named_parameters() if ".default." in k} for t in (whole, resumed)]
+    assert ends[0].keys() == ends[1].keys() and all(torch.allclose(ends[0][k], ends[1][k]) for k in ends[0])
+    saved = state_dict(adapter)
+    assert any(not torch.equal(ends[1][k.replace(".weight", ".default.weight")], v) for k, v in saved.items())
+    reference = {k.replace(".ref.", "."): p for k, p in resumed.model.named_parameters() if ".ref." in k}
+    assert all(torch.equal(reference[k], v) for k, v in saved.items())
+
+
 def test_other_lora_settings_are_refused_in_one_line_naming_the_fix(silkie, tmp_path):
     from vlfeedback_kit.training.init_adapter import starting_policy
 
