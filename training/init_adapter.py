@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,12 @@ def _plain(value: object) -> object:
     return value
 
 
+def _shell(value: object) -> str:
+    """A setting as the flag's value on a command line (a list as its items, each shell-quoted)."""
+    plain = _plain(value)
+    return " ".join(shlex.quote(str(item)) for item in (plain if isinstance(plain, list) else [plain]))
+
+
 def check_lora_match(adapter: str, saved: Any, recipe: Any) -> None:
     """Refuse, in one line, a starting adapter whose LoRA settings differ from the recipe's ``peft_config``, naming
     each difference and the flags that would train it as it is."""
@@ -118,7 +125,7 @@ def check_lora_match(adapter: str, saved: Any, recipe: Any) -> None:
     ]
     if differences:
         said = "; ".join(f"{flag} {mine!r} where the recipe has {theirs!r}" for flag, mine, theirs in differences)
-        flags = " ".join(f"--{flag} {json.dumps(_plain(mine))}" for flag, mine, _ in differences)
+        flags = " ".join(f"--{flag} {_shell(mine)}" for flag, mine, _ in differences)
         raise UserError(
             f"--init_adapter {adapter} was trained with other LoRA settings ({said}): pass {flags} to train it "
             "further as it is, or drop --init_adapter to start a new adapter"
