@@ -280,3 +280,30 @@ def test_train_refuses_a_starting_point_that_is_no_adapter_before_the_launch(wor
                     "--output_dir", "runs/never"], workspace)  # fmt: skip
     assert done.returncode == 2 and not (workspace / "runs" / "never").exists()
     assert "--init_adapter vlfeedback is a folder without adapter_config.json" in done.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("adapter", "info", "rows"),
+    [
+        (True, {"init_adapter": None, "reference_policy": "base"},
+         ["| starting point | a new LoRA adapter on the base model |",
+          "| reference policy | the base model, adapters disabled (`reference_policy: base`) |"]),
+        (False, {"init_adapter": None, "reference_policy": "base"},
+         ["| starting point | the base model's weights |",
+          "| reference policy | the base model (`reference_policy: base`) |"]),
+        (True, {"init_adapter": {"name": "org/silkie-r1", "revision": "c" * 40}, "reference_policy": "init"},
+         ["| starting point | the LoRA adapter [`org/silkie-r1`](https://huggingface.co/org/silkie-r1) "
+          f"(revision `{'c' * 40}`), trained on |",
+          "| reference policy | the starting adapter, frozen (`reference_policy: init`) |"]),
+        (True, {}, []),  # a run recorded before init_adapter: the card claims nothing about it
+    ],
+    ids=["new-adapter", "full-weights", "hub-start", "older-record"],
+)  # fmt: skip
+def test_card_states_where_training_started_and_the_reference(silkie, tmp_path, adapter, info, rows):
+    from support.run_dirs import write_run_dir
+
+    from vlfeedback_kit.cards.model import render_model_card
+
+    card = str(render_model_card(write_run_dir(tmp_path / "run", silkie[0], adapter, curves=False, **info)))
+    assert all(row in card for row in rows)
+    assert ("| starting point |" in card) == bool(rows) and "loss " not in card.split("| method |")[1].split("\n")[0]
