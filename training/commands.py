@@ -44,10 +44,10 @@ def launch_command(recipe: str, accelerate: str, overrides: list[str]) -> list[s
 
 def check_arguments(recipe: str, overrides: list[str]) -> None:
     """Parse the recipe and overrides with the script's own parser and check the checkpoint to resume from, the
-    output folder, the dataset and model names and the dataset config, so a misspelled flag, a missing checkpoint, a
-    run about to be replaced, a typo in a name or the ``raw`` config is one line here rather than a traceback after
-    the launch. The parse runs in a short child process: building TrainingArguments sets up the accelerator, which
-    the launcher's parent must not hold (a CUDA context on GPU 0 for the whole run)."""
+    output folder, the dataset, model and starting adapter names and the dataset config, so a misspelled flag, a
+    missing checkpoint, a run about to be replaced, a typo in a name or the ``raw`` config is one line here rather
+    than a traceback after the launch. The parse runs in a short child process: building TrainingArguments sets up
+    the accelerator, which the launcher's parent must not hold (a CUDA context on GPU 0 for the whole run)."""
     code = "import sys\nfrom vlfeedback_kit.training.commands import check_here\nsys.exit(check_here(sys.argv[1:]))"
     recipe_path = str(yaml_file(recipe, "recipe", RECIPES))
     done = subprocess.run([sys.executable, "-c", code, recipe_path, *overrides], capture_output=True, text=True)
@@ -59,11 +59,13 @@ def check_arguments(recipe: str, overrides: list[str]) -> None:
 def check_here(argv: list[str]) -> int:
     """:func:`check_arguments` in this process: 0, or 2 with the one-line reason on stderr."""
     from vlfeedback_kit.training.dpo import check_output_dir, check_sources, parse_arguments, resume_checkpoint
+    from vlfeedback_kit.training.init_adapter import resolve_init
 
     try:
         script_args, training_args, model_args = parse_arguments(["--config", argv[0], *argv[1:]])
         check_output_dir(training_args, resume_checkpoint(training_args))
         check_sources(script_args, model_args, resolve=True)
+        resolve_init(training_args)
     except UserError as err:
         print(err, file=sys.stderr)
         return 2

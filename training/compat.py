@@ -13,6 +13,7 @@ that needs it, so a speedup never switches itself off silently.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,6 +33,8 @@ OFF = {
     "train_sampling_strategy": "use train_sampling_strategy random",
     "bench real shapes": "use --shape tiny",
     "bench tokens per step": "run the benchmark on that version",
+    "init_adapter": "drop init_adapter (start a new adapter)",
+    "reference_policy init": "use reference_policy base",
 }
 """How to turn off a feature that is not a boolean flag (the others: ``set FEATURE false``)."""
 
@@ -67,6 +70,70 @@ def _require_method(owner: type, name: str, parameters: tuple[str, ...], library
     if found != parameters:
         raise incompatible(library, internal, feature, f"takes ({', '.join(found)}) instead")
     return method
+
+
+# --- TRL 1.16.0 / PEFT 0.21.2: a run that starts from a pretrained adapter (init_adapter) -----------------------
+
+REFERENCE_ADAPTER = "ref"
+"""TRL 1.16.0: the name ``DPOTrainer.__init__`` gives the frozen copy of a passed ``PeftModel``'s adapter; its
+``compute_ref_log_probs`` and ``_compute_loss`` use that adapter as the reference when the model has it, else the
+model with adapters disabled (the base)."""
+
+
+def load_base_model(model_id: str, args: Any, quantization_config: Any) -> Any:
+    """TRL 1.16.0: ``trl.trainer.utils.create_model_from_path`` with the keyword arguments ``DPOTrainer.__init__``
+    builds for a model id (``model_init_kwargs``, the quantization config, ``device_map=None`` under DDP / DeepSpeed,
+    ``trust_remote_code``), so a run from an adapter loads its base exactly as a run from the model id does."""
+    try:
+        from trl.trainer.utils import create_model_from_path
+    except ImportError as err:
+        raise incompatible("trl", "trl.trainer.utils.create_model_from_path", "init_adapter") from err
+    kwargs = dict(args.model_init_kwargs or {})
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+    if args.distributed_state.distributed_type in ("MULTI_GPU", "DEEPSPEED"):
+        kwargs["device_map"] = None
+    kwargs.setdefault("trust_remote_code", args.trust_remote_code)
+    return create_model_from_path(model_id, **kwargs)
+
+
+def peft_configs(model: Any, feature: str) -> dict:
+    """PEFT 0.21.2: ``PeftModel.peft_config``, adapter name -> config, of a (wrapped) PEFT model."""
+    configs = getattr(getattr(model, "module", model), "peft_config", None)
+    if not isinstance(configs, dict):
+        raise incompatible("peft", "PeftModel.peft_config", feature)
+    return configs
+
+
+def check_reference_adapter(model: Any, wanted: bool) -> None:
+    """Keep TRL's frozen copy (:data:`REFERENCE_ADAPTER`) for ``reference_policy init`` and refuse a TRL that made
+    none; delete it for ``reference_policy base`` (TRL then disables the adapters: the base is the reference)."""
+    configs = peft_configs(model, "init_adapter")
+    if wanted and REFERENCE_ADAPTER not in configs:
+        raise incompatible(
+            "trl", f"DPOTrainer's frozen {REFERENCE_ADAPTER!r} copy of a pretrained adapter", "reference_policy init"
+        )
+    if not wanted and REFERENCE_ADAPTER in configs:
+        getattr(model, "module", model).delete_adapter(REFERENCE_ADAPTER)
+
+
+@contextmanager
+def trained_adapter_only(model: Any) -> Iterator[None]:
+    """PEFT 0.21.2: ``PeftModel.save_pretrained`` saves every adapter of ``peft_config`` unless given
+    ``selected_adapters`` (transformers' ``Trainer._save`` gives none); while on, it saves all but TRL's frozen
+    reference copy, so a run dir and its checkpoints hold the trained adapter only (a resumed run rebuilds the copy
+    from ``init_adapter``)."""
+    unwrapped = getattr(model, "module", model)
+    configs = peft_configs(model, "init_adapter") if hasattr(unwrapped, "peft_config") else {}
+    if REFERENCE_ADAPTER not in configs:
+        yield
+        return
+    trained = [name for name in configs if name != REFERENCE_ADAPTER]
+    unwrapped.save_pretrained = functools.partial(unwrapped.save_pretrained, selected_adapters=trained)
+    try:
+        yield
+    finally:
+        del unwrapped.save_pretrained  # the class's method again
 
 
 # --- TRL 1.16.0: DPOTrainer and its vision collator -------------------------------------------------------------
@@ -427,6 +494,7 @@ INTERNALS: tuple[Internal, ...] = (
         "gradient_checkpointing",
         "full_checkpoint_layers",
     ),  # fmt: skip
+    Internal("trl", "trl.trainer.utils", "create_model_from_path", "init_adapter"),
     Internal("peft", "peft.helpers", "disable_input_dtype_casting", "share_lora_inputs"),
     Internal(
         "torch",

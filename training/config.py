@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 
 from trl import DPOConfig, ScriptArguments
 
+REFERENCE_POLICIES = ("base", "init")
+"""What ``reference_policy`` may name: the base model, or the policy ``init_adapter`` starts from."""
+
 
 @dataclass
 class SilkieScriptArguments(ScriptArguments):
@@ -52,6 +55,10 @@ class SilkieDPOConfig(DPOConfig):
 
     Guards: ``freeze_vision`` freezes the vision tower and projector (LoRA never targets them); ``audit`` checks every
     row against ``max_length`` with the real processor before training.
+
+    Starting point (:mod:`.init_adapter`): ``init_adapter`` trains an existing LoRA adapter further (a run dir of
+    ``vlfeedback train``, an adapter folder, or a Hub id at ``init_adapter_revision``); ``reference_policy`` is the
+    DPO reference: ``base`` (the base model, adapters disabled) or ``init`` (the starting adapter, frozen).
 
     Outputs: a non-empty ``output_dir`` is refused unless resuming or ``overwrite_output_dir``; ``merge`` also saves
     merged weights; ``plot`` writes the loss / reward curves PNG.
@@ -112,6 +119,24 @@ class SilkieDPOConfig(DPOConfig):
     audit_allow_response_truncation: bool = field(
         default=False, metadata={"help": "Accept rows whose answers max_length cuts (image tokens are never cut)."}
     )
+    init_adapter: str | None = field(
+        default=None,
+        metadata={
+            "help": "Start from this LoRA adapter and train it further: a run dir of `vlfeedback train`, a PEFT "
+            "adapter folder, or a Hub id ORG/NAME (its LoRA settings must equal the recipe's)."
+        },
+    )
+    init_adapter_revision: str | None = field(
+        default=None, metadata={"help": "Hub revision (tag, branch or commit) of a Hub init_adapter."}
+    )
+    reference_policy: str = field(
+        default="base",
+        metadata={
+            "help": "The DPO reference: base (the base model, adapters disabled) or init (the policy init_adapter "
+            "starts from, frozen); it keys the reference cache.",
+            "choices": ["base", "init"],
+        },
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={"help": "Train into an output_dir that already holds a run, writing over it (default: refuse)."},
@@ -131,6 +156,19 @@ class SilkieDPOConfig(DPOConfig):
         if self.checkpoint_policy not in CHECKPOINT_POLICIES:
             raise ValueError(
                 f"checkpoint_policy must be one of {', '.join(CHECKPOINT_POLICIES)}, not {self.checkpoint_policy!r}"
+            )
+        if self.reference_policy not in REFERENCE_POLICIES:
+            raise ValueError(
+                f"reference_policy must be one of {', '.join(REFERENCE_POLICIES)}, not {self.reference_policy!r}"
+            )
+        if self.reference_policy == "init" and not self.init_adapter:
+            raise ValueError(
+                "reference_policy init is the policy --init_adapter starts from, and no --init_adapter is given; "
+                "pass --init_adapter RUN_DIR_OR_ORG/NAME, or use --reference_policy base"
+            )
+        if self.init_adapter_revision and not self.init_adapter:
+            raise ValueError(
+                "--init_adapter_revision is the revision of a Hub --init_adapter; pass --init_adapter too"
             )
         if self.ref_precompute and not self.ref_cache:
             self.ref_precompute = False

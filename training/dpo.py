@@ -194,6 +194,7 @@ def main(script_args, training_args, model_args) -> Path:
     from vlfeedback_kit.training.audit import audit_dataset, check_audit
     from vlfeedback_kit.training.compat import end_training, ignore_ddp_buffers
     from vlfeedback_kit.training.freeze import language_lora_targets
+    from vlfeedback_kit.training.init_adapter import resolve_init
     from vlfeedback_kit.training.outputs import write_outputs
     from vlfeedback_kit.training.trainer import SilkieDPOTrainer
 
@@ -211,6 +212,7 @@ def main(script_args, training_args, model_args) -> Path:
     eval_dataset = dataset.get(script_args.dataset_test_split) if training_args.eval_strategy != "no" else None
 
     model = resolve_model(model_args.model_name_or_path, model_args.model_revision)
+    init = resolve_init(training_args)  # once: the cache key, the load and the records name the same adapter
     model_init_kwargs = dict(
         revision=model.load,
         trust_remote_code=training_args.trust_remote_code,
@@ -241,7 +243,8 @@ def main(script_args, training_args, model_args) -> Path:
         processing_class=processor,
         quantization_config=get_quantization_config(model_args),
         peft_config=get_peft_config(model_args),
-        ref_cache=reference_cache(script_args, training_args, model_args, processor, data, model),
+        ref_cache=reference_cache(script_args, training_args, model_args, processor, data, model, init),
+        init_adapter=init,
         lengths=audit.lengths(training_args.share_prompt_prefix) if audit is not None else None,
     )
     if script_args.ignore_bias_buffers:

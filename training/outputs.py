@@ -16,9 +16,9 @@ from vlfeedback_kit.files import write_json, write_text
 CURVES = "training_curves.png"
 CURVE_METRICS = (("loss", "DPO loss"), ("rewards/accuracies", "reward accuracy"), ("rewards/margins", "reward margin"))
 HYPERPARAMETERS = (
-    "beta", "loss_type", "learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "adam_beta1",
-    "adam_beta2", "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
-    "max_length", "bf16", "activation_checkpointing", "seed",
+    "beta", "loss_type", "loss_weights", "learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay",
+    "adam_beta1", "adam_beta2", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+    "gradient_accumulation_steps", "max_length", "bf16", "activation_checkpointing", "seed",
 )  # fmt: skip
 LORA = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
 
@@ -114,6 +114,7 @@ def write_outputs(trainer, processor, result, script_args, training_args, model_
     from vlfeedback_kit.cards.model import source_record, unlocated
     from vlfeedback_kit.files import folder_name
     from vlfeedback_kit.training.families import enabled_speedups, family_of
+    from vlfeedback_kit.training.init_adapter import start_record
 
     out = Path(training_args.output_dir)
     processor.save_pretrained(out)
@@ -144,6 +145,7 @@ def write_outputs(trainer, processor, result, script_args, training_args, model_
             **(dataset_origin(Path(data.name)) if data.local else {}),
         },
         "recipe": script_args.recipe_name,
+        **start_record(getattr(trainer, "init_adapter", None), training_args),
         "hyperparameters": hyperparameters,
         "hardware": script_args.hardware or hardware(),
         "num_processes": trainer.accelerator.num_processes,

@@ -102,12 +102,18 @@ def resolve_model(name: str, revision: str | None) -> Source:
     return Source(name, sha, sha)
 
 
-def cache_parts(script_args, training_args, model_args, processor_settings: dict, data: Source, model: Source) -> dict:
-    """Everything the reference log-probs depend on: the exact data and weights, how the model is loaded and run
-    (dtype, attention implementation, quantization, autocast precision), the processor, the length limits and the
-    library versions. A local folder is keyed by its content only, so a copy of it keeps its cache."""
+def cache_parts(
+    script_args, training_args, model_args, processor_settings: dict, data: Source, model: Source,
+    init_adapter: Source | None = None,
+) -> dict:  # fmt: skip
+    """Everything the reference log-probs depend on: the exact data and weights, which policy is the reference (the
+    base, or the starting adapter ``init_adapter``), how the model is loaded and run (dtype, attention implementation,
+    quantization, autocast precision), the processor, the length limits and the library versions. A local folder is
+    keyed by its content only, so a copy of it keeps its cache."""
     import transformers
     import trl
+
+    from vlfeedback_kit.training.init_adapter import reference_identity
 
     init = {k: str(v) for k, v in (training_args.model_init_kwargs or {}).items() if k != "revision"}
     init.setdefault("dtype", str(model_args.dtype))
@@ -125,6 +131,7 @@ def cache_parts(script_args, training_args, model_args, processor_settings: dict
             "revision": data.key,
         },
         "model": {"name": None if model.local else model.name, "revision": model.key, "init": init},
+        "reference": reference_identity(training_args, init_adapter),
         "quantization": quantization,
         "autocast": precision,
         "processor": settings.hexdigest(),
@@ -136,14 +143,16 @@ def cache_parts(script_args, training_args, model_args, processor_settings: dict
     }
 
 
-def reference_cache(script_args, training_args, model_args, processor, data: Source, model: Source):
-    """The reference log-prob cache of this exact dataset, model and way of computing (None with ``ref_cache``
-    off)."""
+def reference_cache(
+    script_args, training_args, model_args, processor, data: Source, model: Source, init_adapter: Source | None = None
+):
+    """The reference log-prob cache of this exact dataset, model, reference (``init_adapter``: the resolved
+    starting adapter) and way of computing (None with ``ref_cache`` off)."""
     from vlfeedback_kit.training.ref_cache import RefLogpCache, default_cache_dir
 
     if not training_args.ref_cache:
         return None
-    parts = cache_parts(script_args, training_args, model_args, processor.to_dict(), data, model)
+    parts = cache_parts(script_args, training_args, model_args, processor.to_dict(), data, model, init_adapter)
     folder = (
         Path(training_args.ref_cache_dir)
         if training_args.ref_cache_dir

@@ -30,8 +30,10 @@ from vlfeedback_kit.training import compat
 from vlfeedback_kit.training.activations import LoraInputSharing, enable_checkpoint_policy, lora_dropout_active
 from vlfeedback_kit.training.families import check_speedups, enabled_speedups, family_of
 from vlfeedback_kit.training.freeze import assert_no_vision_lora, freeze_vision
+from vlfeedback_kit.training.init_adapter import starting_policy
 from vlfeedback_kit.training.prefix_sharing import PrefixSharing
 from vlfeedback_kit.training.ref_cache import TOLERANCE, ReferenceCacheMismatch, RefLogpCache, pair_key
+from vlfeedback_kit.training.resolve import Source
 from vlfeedback_kit.training.shared_images import ImageFeatureSharing, ImageOnceProcessor
 
 logger = logging.getLogger(__name__)
@@ -110,12 +112,19 @@ class SilkieDPOTrainer(DPOTrainer):
     """DPO for VLMs with a persistent reference log-prob cache and one vision encode per image per step."""
 
     def __init__(
-        self, *args: Any, ref_cache: RefLogpCache | None = None, lengths: list[int] | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        ref_cache: RefLogpCache | None = None,
+        lengths: list[int] | None = None,
+        init_adapter: Source | None = None,
+        **kwargs: Any,
     ) -> None:
         """``ref_cache``: where reference log-probs live (None: TRL's live reference forward). ``lengths``: per-row
-        token lengths of the training set for ``group_by_length`` (e.g. from the pre-flight audit)."""
+        token lengths of the training set for ``group_by_length`` (e.g. from the pre-flight audit). ``init_adapter``:
+        ``args.init_adapter`` already resolved (:mod:`.init_adapter`; resolved here when not given)."""
         kwargs = inspect.signature(DPOTrainer.__init__).bind(self, *args, **kwargs).arguments
         kwargs.pop("self")
+        self.init_adapter = starting_policy(kwargs, init_adapter)
         for name in ("train_dataset", "eval_dataset"):
             if kwargs.get(name) is not None and ref_cache is not None:
                 kwargs[name] = add_pair_keys(kwargs[name])
@@ -130,6 +139,8 @@ class SilkieDPOTrainer(DPOTrainer):
                 lengths,
             )
         super().__init__(**kwargs)
+        if hasattr(self.model, "peft_config"):  # the reference: the base, or init_adapter's frozen copy
+            compat.check_reference_adapter(self.model, getattr(self.args, "reference_policy", "base") == "init")
         if getattr(self.args, "freeze_vision", False):
             freeze_vision(self.model)
             assert_no_vision_lora(self.model)
@@ -193,6 +204,11 @@ class SilkieDPOTrainer(DPOTrainer):
             policy,
             getattr(self.args, "full_checkpoint_layers", 0),
         )
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """TRL's save of the trained adapter, without the frozen reference copy of ``reference_policy init``."""
+        with compat.trained_adapter_only(self.model):
+            super()._save(output_dir, state_dict)
 
     def _get_eval_sampler(self, eval_dataset):
         """Evaluation in order: transformers would length-group it too, from a column only the train set has."""
