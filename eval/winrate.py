@@ -58,7 +58,8 @@ def score(
     item left out (never a silent tie). With ``answers`` (item id → (``model``'s answer, ``other``'s answer)) for
     every item, also ``length_controlled``: the same win rate style-controlled for answer length and Markdown
     (:func:`vlfeedback_kit.eval.pairwise.length_controlled`), since a judge that likes longer answers rewards DPO's
-    longer answers whether or not they are better."""
+    longer answers whether or not they are better (``length_controlled_win_rate``: its win rate, the card's metric;
+    None without answers or when it cannot be told)."""
     if answers is not None and (absent := [item for item in verdicts if item not in answers]):
         raise UserError(f"winrate: {len(absent)} judged items have no answers to control length with (first: "
                         f"{absent[0]}); pass both answers of every item, or none")  # fmt: skip
@@ -72,7 +73,9 @@ def score(
     if not battles:
         raise UserError("winrate: no item has both verdicts parsed; nothing to score")
     summary = summarize_battles(battles, model, other, rounds=rounds, seed=seed)
-    return {**summary.to_dict(), "unparsed": unparsed, "items": len(verdicts),
+    controlled = summary.length_controlled
+    return {**summary.to_dict(), "length_controlled_win_rate": controlled.win_rate if controlled else None,
+            "unparsed": unparsed, "items": len(verdicts),
             "scorer": "kit convention: both orders, swap-consistent verdicts, ties as half"}  # fmt: skip
 
 
