@@ -37,6 +37,9 @@ STYLE_L2 = 1e-6
 """L2 penalty of the style-controlled fit (sklearn's ``C=1e6``, as LMArena's fit): tiny, so the estimates are the
 maximum-likelihood ones wherever those exist, yet the fit always converges (one battle, a model that never lost)."""
 
+_FIT_CELLS = 2_000_000
+"""Resamples × battles fitted at once: bounds the style-controlled bootstrap's memory (~16 MB per array)."""
+
 _CODE_BLOCK = re.compile(r"```.*?(?:```|\Z)", re.DOTALL)
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 _HEADER = re.compile(r"^#{1,6}\s", re.MULTILINE)
@@ -177,40 +180,58 @@ class StyleFit:
 
 
 def _expit(x: np.ndarray) -> np.ndarray:
+    """σ(x) without overflow."""
     return np.exp(-np.logaddexp(0.0, -x))
 
 
 def _logistic_fit(
-    x: np.ndarray, y: np.ndarray, weights: np.ndarray, l2: float, iterations: int = 100, tolerance: float = 1e-9
+    x: np.ndarray,
+    y: np.ndarray,
+    weights: np.ndarray,
+    l2: float,
+    start: np.ndarray | None = None,
+    iterations: int = 100,
+    tolerance: float = 1e-9,
 ) -> np.ndarray:
     """Coefficients (one row per row of ``weights``) of a logistic regression of the soft targets ``y`` on ``x``
     with battle weights and an L2 penalty, by Newton steps (IRLS) halved until the penalised log-loss drops: that
-    loss is strictly convex, so the fit converges whatever the data."""
+    loss is strictly convex, so the fit converges whatever the data (``start``: the first guess for every row)."""
 
-    def loss(theta: np.ndarray, w: np.ndarray) -> np.ndarray:
+    def evaluate(theta: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         eta = theta @ x.T
-        return (w * (np.logaddexp(0.0, eta) - y * eta)).sum(axis=1) + 0.5 * l2 * (theta * theta).sum(axis=1)
+        softplus = np.logaddexp(0.0, eta)  # log(1 + e^η); σ(η) = e^(η − softplus)
+        return (w * (softplus - y * eta)).sum(axis=1) + 0.5 * l2 * (theta * theta).sum(axis=1), eta, softplus
 
-    theta = np.zeros((weights.shape[0], x.shape[1]))
-    current = loss(theta, weights)
+    theta = np.zeros((weights.shape[0], x.shape[1])) + (0.0 if start is None else start)
+    current, eta, softplus = evaluate(theta, weights)
+    active = np.arange(len(theta))  # rows still moving
     for _ in range(iterations):
-        prob = _expit(theta @ x.T)
-        grad = (weights * (prob - y)) @ x + l2 * theta
-        hess = (x.T * (weights * prob * (1.0 - prob))[:, None, :]) @ x + l2 * np.eye(x.shape[1])
+        w, t = weights[active], theta[active]
+        prob = np.exp(eta[active] - softplus[active])
+        grad = (w * (prob - y)) @ x + l2 * t
+        curvature = w * prob * (1.0 - prob)
+        hess = np.stack([(curvature * x[:, i]) @ x for i in range(x.shape[1])], axis=1) + l2 * np.eye(x.shape[1])
         step = np.linalg.solve(hess, grad[..., None])[..., 0]
-        size, moved = np.ones(len(theta)), theta - step
-        after = loss(moved, weights)
+        size, moved = np.ones(len(t)), t - step
+        after, new_eta, new_softplus = evaluate(moved, w)
         for _ in range(30):  # halve the step where the full one overshoots (beyond rounding)
-            worse = after > current + 1e-12 * (1.0 + np.abs(current))
+            worse = after > current[active] + 1e-12 * (1.0 + np.abs(current[active]))
             if not worse.any():
                 break
             size[worse] /= 2
-            moved[worse] = theta[worse] - size[worse, None] * step[worse]
-            after[worse] = loss(moved[worse], weights[worse])
-        keep = after <= current
-        change = np.abs(moved - theta)[keep].max(initial=0.0)
-        theta[keep], current[keep] = moved[keep], after[keep]
-        if change < tolerance:
+            moved[worse] = t[worse] - size[worse, None] * step[worse]
+            after[worse], new_eta[worse], new_softplus[worse] = evaluate(moved[worse], w[worse])
+        keep = after <= current[active]
+        rows = active[keep]
+        theta[rows], current[rows], eta[rows], softplus[rows] = (
+            moved[keep],
+            after[keep],
+            new_eta[keep],
+            new_softplus[keep],
+        )
+        still = keep & (np.abs(moved - t).max(axis=1) >= tolerance)
+        active = active[still]
+        if not len(active):
             break
     return theta
 
@@ -249,11 +270,12 @@ def style_controlled_fit(
         else:
             confounded.append(name)
     y = np.array([_points(b, b.model_a) for b in battles])
-    weights = np.ones((1, n))
-    if rounds:
-        draws = bootstrap_indices(n, rounds, seed)
-        weights = np.vstack([weights, np.apply_along_axis(np.bincount, 1, draws, minlength=n)])
-    theta = _logistic_fit(x, y, weights.astype(float), l2)
+    draws = bootstrap_indices(n, rounds, seed) if rounds else np.zeros((0, n), dtype=int)
+    theta = [_logistic_fit(x, y, np.ones((1, n)), l2)]
+    for first in range(0, rounds, chunk := max(1, _FIT_CELLS // max(n, 1))):  # memory: chunk × battles floats
+        counts = np.apply_along_axis(np.bincount, 1, draws[first : first + chunk], minlength=n)
+        theta.append(_logistic_fit(x, y, counts.astype(float), l2, start=theta[0]))  # resamples start near it
+    theta = np.vstack(theta)
     coefficients = np.full((len(theta), len(STYLE_FEATURES)), np.nan)
     coefficients[:, used] = theta[:, len(models) :]
     return StyleFit(models, theta[:, : len(models)], coefficients, constant, confounded)
