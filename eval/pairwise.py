@@ -223,12 +223,8 @@ def _logistic_fit(
             after[worse], new_eta[worse], new_softplus[worse] = evaluate(moved[worse], w[worse])
         keep = after <= current[active]
         rows = active[keep]
-        theta[rows], current[rows], eta[rows], softplus[rows] = (
-            moved[keep],
-            after[keep],
-            new_eta[keep],
-            new_softplus[keep],
-        )
+        theta[rows], current[rows] = moved[keep], after[keep]
+        eta[rows], softplus[rows] = new_eta[keep], new_softplus[keep]
         still = keep & (np.abs(moved - t).max(axis=1) >= tolerance)
         active = active[still]
         if not len(active):
