@@ -42,8 +42,8 @@ _FIT_CELLS = 2_000_000
 
 _CODE_BLOCK = re.compile(r"```.*?(?:```|\Z)", re.DOTALL)
 _TOKEN = re.compile(r"\w+|[^\w\s]")
-_HEADER = re.compile(r"^#{1,6}\s", re.MULTILINE)
-_LIST_ITEM = re.compile(r"^\s*(?:\d+[.)]|[-*+])\s", re.MULTILINE)
+_HEADER = re.compile(r"^#{1,6}[ \t]", re.MULTILINE)
+_LIST_ITEM = re.compile(r"^[ \t]*(?:\d+[.)]|[-*+])[ \t]", re.MULTILINE)
 _BOLD = re.compile(r"\*\*[^*\n]+\*\*|__[^_\n]+__")
 
 
@@ -54,10 +54,10 @@ class Style:
     tokens: int
     """Words and punctuation marks: each run of letters/digits/underscores is one, each other non-space one."""
     headers: int
-    """Markdown ATX headers: lines starting with 1–6 ``#`` and a space."""
+    """Markdown ATX headers: lines starting with 1–6 ``#`` and a space or tab."""
     list_items: int
-    """Markdown list items: lines starting (after indentation) with ``-``, ``*``, ``+``, ``1.`` or ``1)`` and a
-    space."""
+    """Markdown list items: lines starting (after spaces or tabs) with ``-``, ``*``, ``+``, ``1.`` or ``1)`` and a
+    space or tab."""
     bold: int
     """Bold spans: ``**text**`` or ``__text__`` on one line."""
 

@@ -89,7 +89,7 @@ def test_elo_gap_reference_values():
 def test_style_of_counts_length_headers_list_items_and_bold_outside_code():
     answer = (
         "# Title\n## Part\nSome **bold** and __also bold__ text, done.\n"
-        "- one\n  * two\n+ three\n1. four\n2) five\n#not a header\n-not an item\n"
+        "- one\n  * two\n+ three\n1. four\n2) five\n#not a header\n-not an item\n-\nnor this\n#\nnor this\n"
         "```python\n# a comment, not a header\n- not an item **nor bold**\n```\n"
     )
     style = style_of(answer)
