@@ -240,7 +240,10 @@ DISPLAY_NAMES = {
     "mmhal": ("MMHal-Bench", ["MMHal-Bench average score", "MMHal-Bench hallucination rate"]),
     "mmvet": ("MM-Vet", ["MM-Vet total"]),
     "redteam": ("Red-teaming (kit convention)", ["Red-teaming mean ethics rating (kit convention)"]),
-    "winrate": ("Win-rate vs base (VLFeedback held-out)", ["Win-rate vs base (kit judge, both orders)"]),
+    "winrate": (
+        "Win-rate vs base (VLFeedback held-out)",
+        ["Win-rate vs base (kit judge, both orders)", "Length-controlled win-rate vs base (kit judge, both orders)"],
+    ),
 }
 """Each benchmark's title and metric names as intended: what the card's model-index must show, whole."""
 
@@ -297,3 +300,73 @@ def test_official_files_and_the_report_are_written_through_the_one_atomic_writer
                        "eval_results.json"]  # fmt: skip
     assert json.loads((tmp_path / "results.json").read_text()) == {"v1_0": "an answer"}
     assert (tmp_path / "out" / "mmhal_per_type.png").read_bytes().startswith(b"\x89PNG")
+
+
+def length_judged(n: int) -> tuple[dict, dict]:
+    """(verdicts in both orders, answers) of :func:`length_biased` items (a judge that favours Silkie's longer
+    answers, the models otherwise equal), as ``winrate.score`` takes them."""
+    from support.length_bias import length_biased
+
+    both = {"win": ("model_a", "model_b"), "tie": ("tie", "tie"), "loss": ("model_b", "model_a")}
+    verdicts, answers = {}, {}
+    for i, (silkie, base, outcome) in enumerate(length_biased(n, length_effect=4.0, strength=0.0)):
+        answers[f"item-{i}"] = (f"Answer {i}: " + "word " * silkie, f"Answer {i}: " + "word " * base)
+        verdicts[f"item-{i}"] = both[outcome]
+    return verdicts, answers
+
+
+def test_winrate_with_answers_reports_a_length_controlled_win_rate():
+    verdicts, answers = length_judged(200)
+    result = winrate.score(verdicts, "silkie", "base", answers=answers)
+    controlled = result["length_controlled"]
+    assert result["win_rate"] > 0.6 and result["length_controlled_win_rate"] == controlled["win_rate"]
+    low, high = controlled["win_rate_ci"]
+    assert low < 0.5 < high < result["win_rate_ci"][0] and controlled["style_coefficients"]["tokens"] > 0.8
+    plain = winrate.score(verdicts, "silkie", "base")
+    assert plain["length_controlled"] is None and plain["length_controlled_win_rate"] is None
+    assert {k: v for k, v in plain.items() if "length" not in k} == {
+        k: v for k, v in result.items() if "length" not in k
+    }  # the raw numbers do not change
+    with pytest.raises(UserError, match="1 judged items have no answers to control length with"):
+        winrate.score(verdicts, "silkie", "base", answers={k: v for k, v in answers.items() if k != "item-3"})
+
+
+def test_judged_winrate_controls_length_with_the_saved_answers_and_the_report_shows_it(tmp_path, monkeypatch):
+    from support.eval_judge import EvalJudgeServer
+
+    from vlfeedback_kit.eval.items import Item
+    from vlfeedback_kit.eval.judging import JudgeConfig
+    from vlfeedback_kit.eval.report import eval_results, markdown
+    from vlfeedback_kit.eval.scoring import score_judged
+
+    monkeypatch.setenv("JUDGE_KEY", "sk-test")
+    verdicts, answers = length_judged(40)
+    letter = {"model_a": "A", "model_b": "B", "tie": "tie"}
+    by_pair = {}  # the judge's verdict on (answer A, answer B) in each order
+    for item, (silkie, base) in answers.items():
+        by_pair[silkie.strip(), base.strip()] = letter[verdicts[item][0]]
+        by_pair[base.strip(), silkie.strip()] = letter[verdicts[item][1]]
+
+    class LengthJudge(EvalJudgeServer):
+        def reply_for(self, text: str) -> str:
+            a, _, b = text.partition("### Answer A\n")[2].partition("\n\n### Answer B\n")
+            return "Verdict: " + by_pair[a.strip(), b.strip()]
+
+    items = [Item(item, f"Describe picture {item}.") for item in answers]
+    responses = {item: pair[0] for item, pair in answers.items()}
+    other = {item: pair[1] for item, pair in answers.items()}
+    with LengthJudge() as server:
+        judge = JudgeConfig("judge-x", server.url, "JUDGE_KEY")
+        scores = score_judged("winrate", items, responses, tmp_path / "silkie" / "winrate", judge, other=other,
+                              progress=False)  # fmt: skip
+    assert json.loads((tmp_path / "silkie" / "winrate" / "scores.json").read_text()) == json.loads(json.dumps(scores))
+    expected = winrate.score(verdicts, "silkie", "base", answers=answers)
+    assert scores["length_controlled"] == expected["length_controlled"]  # the answers on file were used
+    assert scores["length_controlled_win_rate"] < scores["win_rate"]
+    report = markdown({"silkie": {"winrate": scores}})
+    assert "| length_controlled_win_rate |" in report and "| length_controlled.style_coefficients | tokens " in report
+    assert "LMArena's style control" in report
+    names = {r["metric_name"]: r["metric_value"] for r in eval_results({"silkie": {"winrate": scores}})["results"]}
+    assert names["Length-controlled win-rate vs base (kit judge, both orders)"] == round(
+        scores["length_controlled_win_rate"], 4
+    )
