@@ -20,6 +20,8 @@ from pathlib import Path
 
 from vlfeedback_kit.builders.pipeline.commands import INCOMPLETE  # one meaning of exit 3 for the whole CLI
 
+JUDGE_BASE_URL = "https://api.openai.com/v1"
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``eval run|score|report`` to the ``vlfeedback`` parser."""
@@ -38,7 +40,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--label", help="label of the evaluated model's folder (default: silkie with an adapter, else base)"
     )
     run.add_argument("--engine", choices=("transformers", "openai"), default="transformers")
-    run.add_argument("--base-url", help="OpenAI-compatible server for --engine openai (vLLM, TGI, SGLang)")
+    run.add_argument(
+        "--base-url",
+        action="append",
+        help="OpenAI-compatible server for --engine openai (vLLM, TGI, SGLang); replicas of one deployment: repeat "
+        "the flag or separate them with commas",
+    )
     run.add_argument("--api-key-env", default="OPENAI_API_KEY", help="variable holding the --base-url API key")
     run.add_argument(
         "--batch-size",
@@ -83,9 +90,14 @@ def _run_extras(args: argparse.Namespace) -> tuple[str, ...]:
 
 def _judge_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--judge-model", help="pinned judge snapshot (required for judged benchmarks; no default)")
-    parser.add_argument("--judge-base-url", default="https://api.openai.com/v1")
+    parser.add_argument(
+        "--judge-base-url",
+        action="append",
+        help=f"the judge's endpoint (default {JUDGE_BASE_URL}); replicas of one deployment: repeat the flag or "
+        "separate them with commas",
+    )
     parser.add_argument("--judge-api-key-env", default="OPENAI_API_KEY", help="variable holding the judge's API key")
-    parser.add_argument("--judge-concurrency", type=int, default=16)
+    parser.add_argument("--judge-concurrency", type=int, default=16, help="judge requests in flight per replica")
     parser.add_argument("--runs", type=int, default=1, help="MM-Vet gradings per item (mean and std of totals)")
     parser.add_argument(
         "--max-cost",
@@ -115,8 +127,8 @@ def _judge(args: argparse.Namespace):
 
     if not args.judge_model:
         return None
-    return JudgeConfig(args.judge_model, args.judge_base_url, args.judge_api_key_env, args.judge_concurrency,
-                       args.max_cost, args.prices, dry_run=args.dry_run)  # fmt: skip
+    return JudgeConfig(args.judge_model, tuple(args.judge_base_url or [JUDGE_BASE_URL]), args.judge_api_key_env,
+                       args.judge_concurrency, args.max_cost, args.prices, dry_run=args.dry_run)  # fmt: skip
 
 
 def _run(args: argparse.Namespace) -> int:

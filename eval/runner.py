@@ -47,7 +47,7 @@ class RunOptions:
     adapter_revision: str | None = None
     compare_base: bool = False
     engine: str = "transformers"
-    base_url: str | None = None
+    base_url: str | list[str] | None = None
     api_key_env: str = "OPENAI_API_KEY"
     judge: JudgeConfig | None = None
     runs: int = 1
@@ -92,6 +92,10 @@ class RunOptions:
         values = asdict(self)
         values["out"] = str(self.out)
         values["judge"] = self.judge.record() if self.judge else None
+        if self.base_url:
+            from vlfeedback_kit.builders.pipeline.endpoint import base_urls, redact_url
+
+            values["base_url"] = ", ".join(redact_url(url) for url in base_urls(self.base_url))
         return values
 
 

@@ -240,6 +240,11 @@ class Store:
             )
 
 
+def result_in(stores: list[Store], key: str) -> Result | None:
+    """The finished item of a key in the first of ``stores`` that has it (the shards of one run hold each once)."""
+    return next((r for r in (store.result(key) for store in stores) if r is not None), None)
+
+
 def changes(name: str, recorded: object, value: object) -> str:
     """What differs between a recorded setting and this run's, field by field: ``shuffle_seed: 0 → null``."""
     if not (isinstance(recorded, dict) and isinstance(value, dict)):
