@@ -26,7 +26,7 @@ import os
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -223,7 +223,7 @@ class Breaker:
         return f"{host_of(self.base_url)}: {self.cause} ({self.streak} requests in a row)"
 
 
-@dataclass
+@dataclass(eq=False)
 class Replica:
     """One replica of a deployment: its client, its breaker, the requests it holds and, while its breaker has it
     out of the run, when it may be tried again (``time.monotonic``)."""
@@ -264,13 +264,14 @@ class Replicas:
             return 0 if now < replica.down_until else 1
         return self.concurrency or 1 << 30
 
-    async def acquire(self) -> Replica:
-        """A replica with room for one more request: one due for a trial first, else the least busy (in turn);
-        waits while every replica that is up is full."""
+    async def acquire(self, avoid: Collection[Replica] = ()) -> Replica:
+        """A replica with room for one more request, not one of ``avoid`` (those this request failed on) while
+        another is in the run: one due for a trial first, else the least busy (in turn); waits while they are full."""
         async with self._changed:
             while True:
                 now = time.monotonic()
-                free = [r for r in self.replicas if r.in_flight < self._capacity(r, now)]
+                others = [r for r in self.replicas if r not in avoid] if self.up_besides(*avoid) else self.replicas
+                free = [r for r in others if r.in_flight < self._capacity(r, now)]
                 if free:
                     self._turn += 1
                     turn = {id(r): (i - self._turn) % len(self.replicas) for i, r in enumerate(self.replicas)}
@@ -301,9 +302,9 @@ class Replicas:
         if all(r.down_until is not None for r in self.replicas):
             raise UserError(self.all_down())
 
-    def up_besides(self, replica: Replica) -> bool:
-        """Whether a replica other than this one is in the run (a failed request can go there at once)."""
-        return any(r is not replica and r.down_until is None for r in self.replicas)
+    def up_besides(self, *replicas: Replica) -> bool:
+        """Whether a replica other than these is in the run (a failed request can go there at once)."""
+        return any(r not in replicas and r.down_until is None for r in self.replicas)
 
     def all_down(self) -> str:
         """The run's last line when no replica answers: each (redacted) with its cause, and what to check."""
@@ -457,9 +458,10 @@ async def complete(
 
     last = "no attempt"
     retry = failovers = 0
+    failed_on: list[Replica] = []
     while True:
         headers = None
-        replica = await replicas.acquire()
+        replica = await replicas.acquire(failed_on)
         try:
             # the client's documented raw `post`: the typed `chat.completions.create` walks the whole request
             # (base64 image included) through its params transform, ~1.5 ms of CPU a call
@@ -482,7 +484,8 @@ async def complete(
             last = "APITimeoutError" if timed_out else "APIConnectionError"
             if not timed_out:
                 replicas.failed(replica, connection_cause(err))
-                if replicas.up_besides(replica) and failovers < BREAKER_LIMIT * len(replicas):
+                failed_on.append(replica)
+                if replicas.up_besides(*failed_on) and failovers < BREAKER_LIMIT * len(replicas):
                     failovers += 1
                     if on_retry is not None:
                         on_retry(f"{last}: sent to another replica")
