@@ -58,6 +58,7 @@ class RunOptions:
     label: str | None = None
     concurrency: int = 16
     progress: bool = True
+    shard: tuple[int, int] = (0, 1)
     extra: dict = field(default_factory=dict)
 
     def check(self) -> None:
@@ -160,7 +161,10 @@ def run(options: RunOptions) -> dict:
         if not options.judge.dry_run:
             preflight(options.judge)  # a dead judge, a missing key: one line now, not after the generation
         budget = make_budget(options.judge, ledger_spend(options.out.glob(f"*/*/{CACHE_FILE}")))
-    items = {name: load_items(name, options.data[name], options.limit) for name in options.benchmarks}
+    from vlfeedback_kit.eval.shards import shard_items  # --shard: this machine's items (eval assemble merges)
+
+    items = {name: shard_items(name, load_items(name, options.data[name], options.limit), options.shard)
+             for name in options.benchmarks}  # fmt: skip
     if "winrate" in items:  # held-out must be true: never a win rate on prompts the adapter trained on
         winrate.refuse_trained(items["winrate"], options.data["winrate"], options.adapter)
     sides = _sides(options)

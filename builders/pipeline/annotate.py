@@ -54,17 +54,6 @@ SETTINGS_FLAGS = (
 IMAGE_DETAILS = ("low", "high", "auto")
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    """``i/N`` → (i, N), with 0 ≤ i < N."""
-    try:
-        index, count = (int(part) for part in text.split("/"))
-    except ValueError as err:
-        raise UserError(f"--shard {text!r}: expected i/N, e.g. 0/4") from err
-    if not 0 <= index < count:
-        raise UserError(f"--shard {text!r}: need 0 <= i < N")
-    return index, count
-
-
 def state_path(out_dir: Path) -> Path:
     """Where a run's store lives."""
     return out_dir / STAGE_DIR / STATE_FILE

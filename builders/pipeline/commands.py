@@ -233,8 +233,8 @@ def _merge_hint(verb: str, args: argparse.Namespace, shard: tuple[int, int], mer
 
 
 def _decode(args: argparse.Namespace) -> int:
-    from vlfeedback_kit.builders.pipeline.annotate import parse_shard
     from vlfeedback_kit.builders.pipeline.decode import decode
+    from vlfeedback_kit.builders.pipeline.judge import parse_shard
 
     shard = parse_shard(args.shard)
     report = decode(
@@ -268,7 +268,8 @@ def _decode(args: argparse.Namespace) -> int:
 
 
 def _annotate(args: argparse.Namespace) -> int:
-    from vlfeedback_kit.builders.pipeline.annotate import AnnotateOptions, annotate, parse_shard
+    from vlfeedback_kit.builders.pipeline.annotate import AnnotateOptions, annotate
+    from vlfeedback_kit.builders.pipeline.judge import parse_shard
     from vlfeedback_kit.builders.pipeline.judging import MAX_COST_STOP
 
     options = AnnotateOptions(

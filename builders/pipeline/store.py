@@ -120,6 +120,18 @@ class Store:
                 f"{flag}, or use another --out for a new run"
             )
 
+    def absorb(self, path: Path) -> None:
+        """Copy another store's settings (those not recorded here), ledger and finished items into this one — the
+        stores of one run's shards, each key in one of them; what is here already is kept."""
+        self.db.execute("ATTACH DATABASE ? AS other", (str(path),))
+        try:
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                for table in ("meta", "calls", "results"):
+                    self.db.execute(f"INSERT OR IGNORE INTO main.{table} SELECT * FROM other.{table}")
+        finally:
+            self.db.execute("DETACH DATABASE other")
+
     # --- items --------------------------------------------------------------------------------------------------
 
     def finished(self) -> dict[str, str]:

@@ -278,6 +278,19 @@ class OpenAIServer(LoopbackServer):
         self.killed = True
         self.stop()
 
+    def arrives(self, via: str) -> bool:
+        """Count a chat call; False when it is the one ``kill_after`` named (the server dies on receiving it)."""
+        if via != "http":
+            return True
+        with self._lock:
+            self._http_chats += 1
+            dies = self._kill_at is not None and self._http_chats >= self._kill_at
+            if dies:
+                self._kill_at = None
+        if dies:
+            self.kill()  # from a handler thread: the serving loop runs in its own
+        return not dies
+
     def counts_by_hash(self, status: int | None = 200) -> Counter:
         """Chat calls per item content hash (only those answered with ``status``; None: all)."""
         with self._lock:
@@ -299,14 +312,8 @@ class OpenAIServer(LoopbackServer):
     def chat(self, body: dict, via: str) -> tuple[int, dict, dict[str, str]] | None:
         """Run one chat completion: (status, JSON body, extra headers), or None when the server was killed before
         it could reply (the connection is then closed without one)."""
-        if via == "http":
-            with self._lock:
-                self._http_chats += 1
-                dies = self._kill_at is not None and self._http_chats >= self._kill_at
-            if dies:
-                self._kill_at = None
-                self.kill()  # from a handler thread: the serving loop runs in its own
-                return None
+        if not self.arrives(via):
+            return None
         messages = body.get("messages") or []
         with self._lock:
             self.requests.append(
