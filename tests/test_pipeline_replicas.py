@@ -224,3 +224,17 @@ def test_check_endpoint_names_unreachable_replicas() -> None:
         dead = closed_port_url()
         lines = endpoint.check_endpoint([live.url, dead], "sk", 5.0)
     assert lines == [f"--base-url: replica {host_of_url(dead)}: connection refused; the run goes on with the others"]
+
+
+def test_a_pool_members_replica_killed_mid_decode_loses_nothing(tmp_path: Path) -> None:
+    source = instructions(tmp_path / "in", 16)
+    with OpenAIServer(latency=0.01) as a, OpenAIServer(latency=0.01) as b:
+        a_url = a.url
+        a.kill_after(4)
+        pool = pool_with(tmp_path / "pool.yaml", [a_url, b.url])
+        out = tmp_path / "out"
+        assert cli_main(["decode", "--input", str(source), "--pool", str(pool), "--out", str(out), "--quiet"]) == 0
+        counts = paid(a, b)
+    assert a.killed and len(responses(out)) == 16 and len(counts) == 16 and set(counts.values()) == {1}
+    report_ = json.loads((out / "decode" / "report.json").read_text())
+    assert report_["complete"] and report_["run"]["calls"] == 16
