@@ -156,14 +156,13 @@ def openai_answerer(
     base_url: str | Sequence[str], api_key: str, settings, concurrency: int = 16, timeout: float = 300.0
 ) -> Callable[[list[tuple[Item, str, Side]]], list[str]]:
     """Batches answered by an OpenAI-compatible server — or the replicas of one, requests spread over them —
-    ``concurrency`` requests in flight on each."""
+    ``concurrency`` requests in flight on each (a replica taken out stays out across batches until its cooldown)."""
     from vlfeedback_kit.builders.pipeline.endpoint import Replicas, RetryPolicy, base_urls, complete
     from vlfeedback_kit.builders.pipeline.judge import image_data_url
 
-    urls = base_urls(base_url, "--base-url")
+    replicas = Replicas(base_urls(base_url, "--base-url"), api_key, timeout, "--base-url", concurrency)
 
     async def run(batch: list[tuple[Item, str, Side]]) -> list[str]:
-        replicas = Replicas(urls, api_key, timeout, "--base-url", concurrency)
 
         async def one(item: Item, prompt: str, side: Side) -> str:
             body = {"model": side.route, "max_tokens": settings.max_new_tokens, "temperature": settings.temperature,

@@ -84,3 +84,17 @@ def test_eval_shards_merge_into_what_one_run_scores(two, tmp_path: Path, capsys:
     assert summary["generated"] == {"mmvet": 8} and summary["incomplete"] == []
     assert main(["eval", "assemble", str(tmp_path / "s0"), "--out", str(tmp_path / "m2"), "--quiet"]) == 2
     assert "give each shard 0..N-1 of one run once" in capsys.readouterr().err
+
+
+def test_a_replica_taken_out_stays_out_across_generation_batches(two, tmp_path: Path) -> None:
+    from vlfeedback_kit.builders.pipeline.endpoint import BREAKER_LIMIT
+
+    dead, live = two
+    dead.drop_chat = True  # it answers the probe, then drops every chat call
+    write_mme(tmp_path / "MME", subtasks=("existence", "count", "color"), images=4)
+    args = ["eval", "run", "--benchmark", "mme", "--data", f"mme={tmp_path / 'MME'}", "--engine", "openai",
+            "--model", "served-base", "--api-key-env", "EVAL_KEY", "--batch-size", "4", "--base-url",
+            f"{dead.url},{live.url}", "--out", str(tmp_path / "evals"), "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    assert len(read_responses(tmp_path / "evals" / "base" / "mme" / "responses.jsonl")) == 24 == len(live.calls)
+    assert dead.dropped <= BREAKER_LIMIT + 2  # 6 batches of 4: not a few drops in every batch

@@ -17,11 +17,12 @@ empty, not an image) is an invalid row (``unreadable_image``), not a crash mid-r
 
 Before the first member starts, every member that has work is checked (local model folders or Hub ids, adapters,
 ``api_key_env`` variables) and every endpoint is probed once; a run whose endpoint stops answering is stopped by
-the breaker with the host and the cause. With temperature > 0 each answer is sampled with a seed drawn from the
-pool seed and its content key (sent as ``seed`` to endpoints; a local member, served by :mod:`vlfeedback_kit.serving`,
-samples each row of a batch with its own seed), so a resumed decode samples exactly what an uninterrupted one
-would. ``decode/report.json`` counts the run's work per member: calls and tokens for endpoints, items, seconds and
-items/s for local models.
+the breaker with the host and the cause. A member may list several replicas of its endpoint (``base_url`` as a
+list): requests spread over them, and the run stops only when all of them are down (see ``endpoint.Replicas``).
+With temperature > 0 each answer is sampled with a seed drawn from the pool seed and its content key (sent as
+``seed`` to endpoints; a local member, served by :mod:`vlfeedback_kit.serving`, samples each row of a batch with its
+own seed), so a resumed decode samples exactly what an uninterrupted one would. ``decode/report.json`` counts the
+run's work per member: calls and tokens for endpoints, items, seconds and items/s for local models.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ dropped connections are retried with jittered exponential backoff, never sooner 
 (or ``retry-after-ms``); authentication and not-found errors stop the run; other 4xx answers fail the one item.
 Before fanning out, ``probe`` asks the endpoint for its model list once, so a wrong URL, a closed port, a host that
 does not resolve or a rejected key stops the run at once, with the host and the cause on one line (and, for a 404,
-the hint that OpenAI-compatible base URLs end in ``/v1``). During the run a ``Breaker`` stops it after
-``BREAKER_LIMIT`` consecutive connection failures with the same cause, instead of retrying every item for minutes.
+the hint that OpenAI-compatible base URLs end in ``/v1``). During the run a ``Breaker`` takes an endpoint out after
+``BREAKER_LIMIT`` consecutive connection failures with the same cause, so a dead server stops the run instead of
+every item being retried for minutes.
 
 A base URL setting may list several replicas of one deployment (``base_urls``: a YAML list, a repeated flag or a
 comma-separated value). ``Replicas`` spreads the requests over them (each holds at most ``concurrency`` in flight,
@@ -123,9 +124,9 @@ def redact_url(url: str) -> str:
 
 
 def host_of(url: str) -> str:
-    """``host:port`` of a URL, without credentials (what messages may show)."""
-    parts = urlsplit(url)
-    return f"{parts.hostname or url}{f':{parts.port}' if parts.port else ''}"
+    """``host:port`` of a URL as written (an IPv6 host keeps its brackets), without credentials: what messages show
+    and what a pool member's answers record as its ``endpoint``."""
+    return urlsplit(url).netloc.rsplit("@", 1)[-1] or url
 
 
 def base_urls(value: str | Sequence[str] | None, flag: str = "--base-url") -> tuple[str, ...]:
@@ -225,20 +226,22 @@ class Breaker:
 
 @dataclass(eq=False)
 class Replica:
-    """One replica of a deployment: its client, its breaker, the requests it holds and, while its breaker has it
-    out of the run, when it may be tried again (``time.monotonic``)."""
+    """One replica of a deployment: its breaker, the requests it holds, while its breaker has it out of the run when
+    it may be tried again (``time.monotonic``), and its client in the current event loop (None between loops)."""
 
     base_url: str
-    client: AsyncOpenAI
     breaker: Breaker
     in_flight: int = 0
     down_until: float | None = None
+    client: AsyncOpenAI | None = None
 
 
 class Replicas:
     """The replicas of one OpenAI-compatible deployment a run sends to (one or more base URLs; see the module
     docstring): ``acquire`` a replica for a request, ``release`` it after, and report its ``answered`` or
-    ``failed`` connection. ``flag`` names the setting in messages."""
+    ``failed`` connection. ``flag`` names the setting in messages. Clients are made in the event loop that uses
+    them and ``close`` ends them; the replicas' state (breakers, who is out) outlives it, so a caller that runs one
+    loop per batch keeps a dead replica out across batches."""
 
     def __init__(
         self,
@@ -249,11 +252,11 @@ class Replicas:
         concurrency: int | None = None,
         cooldown: float | None = None,
     ) -> None:
-        self.flag, self.concurrency = flag, concurrency
+        self.flag, self.concurrency, self._api_key, self._timeout = flag, concurrency, api_key, timeout
         self.cooldown = REPLICA_COOLDOWN if cooldown is None else cooldown
-        self.replicas = [Replica(url, make_client(url, api_key, timeout), Breaker(url)) for url in urls]
+        self.replicas = [Replica(url, Breaker(url)) for url in urls]
         self._turn = 0
-        self._changed = asyncio.Condition()
+        self._changed: asyncio.Condition | None = None
 
     def __len__(self) -> int:
         return len(self.replicas)
@@ -267,6 +270,7 @@ class Replicas:
     async def acquire(self, avoid: Collection[Replica] = ()) -> Replica:
         """A replica with room for one more request, not one of ``avoid`` (those this request failed on) while
         another is in the run: one due for a trial first, else the least busy (in turn); waits while they are full."""
+        self._changed = self._changed or asyncio.Condition()
         async with self._changed:
             while True:
                 now = time.monotonic()
@@ -277,6 +281,8 @@ class Replicas:
                     turn = {id(r): (i - self._turn) % len(self.replicas) for i, r in enumerate(self.replicas)}
                     replica = min(free, key=lambda r: (r.down_until is None, r.in_flight, turn[id(r)]))
                     replica.in_flight += 1
+                    if replica.client is None:
+                        replica.client = make_client(replica.base_url, self._api_key, self._timeout)
                     return replica
                 due = [r.down_until - now for r in self.replicas if r.down_until is not None and r.down_until > now]
                 with contextlib.suppress(TimeoutError):  # a replica's cooldown is over: it may take a trial
@@ -320,9 +326,12 @@ class Replicas:
         )
 
     async def close(self) -> None:
-        """Close every replica's client."""
+        """Close the clients of this event loop (the next loop that acquires a replica makes new ones)."""
         for replica in self.replicas:
-            await replica.client.close()
+            if replica.client is not None:
+                await replica.client.close()
+                replica.client = None
+        self._changed = None
 
 
 class Unreachable(UserError):
