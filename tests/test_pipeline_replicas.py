@@ -49,6 +49,22 @@ def test_base_urls_are_a_list_comma_separated_or_one() -> None:
         base_urls(["http://a/v1", "http://a/v1"], "--judge-base-url")
     with pytest.raises(UserError, match="--base-url: no base URL given"):
         base_urls(" , ")
+    assert endpoint.host_of("http://user:pw@[::1]:8000/v1") == "[::1]:8000"  # as pool.py's _host said it
+
+
+def test_replica_urls_with_credentials_never_reach_messages_or_files(
+    replicas: tuple[OpenAIServer, OpenAIServer], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    a, _ = replicas
+    dead = closed_port_url().replace("http://", f"http://user:{SECRET}@")
+    source, out = decoded(tmp_path / "in", {"svit-0": ("Q", ["x", "y"])}), tmp_path / "out"
+    assert cli_main(annotate_args(f"{dead},{a.url}", source, out, "--quiet", "--max-retries", "0")) == 0
+    err = capsys.readouterr().err
+    assert "connection refused" in err and SECRET not in err and SECRET not in report(out)["endpoint"]
+    assert cli_main(annotate_args(f"{dead},{closed_port_url()}", source, tmp_path / "o2", "--quiet")) == 2
+    assert SECRET not in capsys.readouterr().err
+    for path in out.rglob("*"):
+        assert not path.is_file() or SECRET.encode() not in path.read_bytes(), path
 
 
 def test_a_replica_killed_mid_run_loses_nothing_and_pays_nothing_twice(
