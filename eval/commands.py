@@ -1,4 +1,5 @@
-"""CLI verbs of evaluation: ``eval run``, ``eval score`` and ``eval report``.
+"""CLI verbs of evaluation: ``eval run``, ``eval score``, ``eval assemble`` (merge ``--shard`` runs) and
+``eval report``.
 
     vlfeedback eval run --benchmark mme,mmhal,mmvet --data mme=MME/ --data mmhal=MMHal/ --data mmvet=mm-vet/ \
         --adapter runs/silkie --compare-base --judge-model gpt-4-0613 --judge-base-url URL --out evals/silkie
@@ -20,6 +21,8 @@ from pathlib import Path
 
 from vlfeedback_kit.builders.pipeline.commands import INCOMPLETE  # one meaning of exit 3 for the whole CLI
 
+JUDGE_BASE_URL = "https://api.openai.com/v1"
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``eval run|score|report`` to the ``vlfeedback`` parser."""
@@ -38,7 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--label", help="label of the evaluated model's folder (default: silkie with an adapter, else base)"
     )
     run.add_argument("--engine", choices=("transformers", "openai"), default="transformers")
-    run.add_argument("--base-url", help="OpenAI-compatible server for --engine openai (vLLM, TGI, SGLang)")
+    run.add_argument(
+        "--base-url",
+        action="append",
+        help="OpenAI-compatible server for --engine openai (vLLM, TGI, SGLang); replicas of one deployment: repeat "
+        "the flag or separate them with commas",
+    )
     run.add_argument("--api-key-env", default="OPENAI_API_KEY", help="variable holding the --base-url API key")
     run.add_argument(
         "--batch-size",
@@ -49,6 +57,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--limit", type=int, help="only the first N items of each benchmark (smoke runs)")
     run.add_argument("--prompt-family", help="prompt of the benchmark YAML to use (default: from the model type)")
     run.add_argument("--max-new-tokens", type=int, help="override the benchmark's generation length")
+    run.add_argument(
+        "--shard", default="0/1", metavar="I/N", help="only shard I of N of each benchmark; merge with eval assemble"
+    )
     _judge_flags(run)
     run.add_argument("--out", type=Path, required=True, metavar="DIR")
     run.set_defaults(func=_run, extras=_run_extras)
@@ -65,6 +76,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _judge_flags(score)
     score.add_argument("--out", type=Path, required=True, metavar="SCORES.json")
     score.set_defaults(func=_score, extras=lambda args: () if args.benchmark == "mme" else ("eval",))
+
+    assemble = verbs.add_parser(
+        "assemble", help="merge the --shard folders of one eval run into --out and score every benchmark"
+    )
+    assemble.add_argument("folders", type=Path, nargs="+", metavar="SHARD_DIR")
+    _judge_flags(assemble)
+    assemble.add_argument("--out", type=Path, required=True, metavar="DIR")
+    assemble.set_defaults(func=_assemble, extras=("eval",))
 
     report = verbs.add_parser("report", help="results.json, report.md, plots and eval_results.json of eval folders")
     report.add_argument("folders", type=Path, nargs="+", metavar="DIR")
@@ -83,9 +102,14 @@ def _run_extras(args: argparse.Namespace) -> tuple[str, ...]:
 
 def _judge_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--judge-model", help="pinned judge snapshot (required for judged benchmarks; no default)")
-    parser.add_argument("--judge-base-url", default="https://api.openai.com/v1")
+    parser.add_argument(
+        "--judge-base-url",
+        action="append",
+        help=f"the judge's endpoint (default {JUDGE_BASE_URL}); replicas of one deployment: repeat the flag or "
+        "separate them with commas",
+    )
     parser.add_argument("--judge-api-key-env", default="OPENAI_API_KEY", help="variable holding the judge's API key")
-    parser.add_argument("--judge-concurrency", type=int, default=16)
+    parser.add_argument("--judge-concurrency", type=int, default=16, help="judge requests in flight per replica")
     parser.add_argument("--runs", type=int, default=1, help="MM-Vet gradings per item (mean and std of totals)")
     parser.add_argument(
         "--max-cost",
@@ -115,12 +139,14 @@ def _judge(args: argparse.Namespace):
 
     if not args.judge_model:
         return None
-    return JudgeConfig(args.judge_model, args.judge_base_url, args.judge_api_key_env, args.judge_concurrency,
-                       args.max_cost, args.prices, dry_run=args.dry_run)  # fmt: skip
+    return JudgeConfig(args.judge_model, tuple(args.judge_base_url or [JUDGE_BASE_URL]), args.judge_api_key_env,
+                       args.judge_concurrency, args.max_cost, args.prices, dry_run=args.dry_run)  # fmt: skip
 
 
 def _run(args: argparse.Namespace) -> int:
+    from vlfeedback_kit.builders.pipeline.judge import parse_shard
     from vlfeedback_kit.eval.runner import RunOptions, run
+    from vlfeedback_kit.eval.shards import merge_hint
 
     options = RunOptions(
         benchmarks=[b.strip() for b in args.benchmark.split(",") if b.strip()], data=_data(args.data), out=args.out,
@@ -128,10 +154,25 @@ def _run(args: argparse.Namespace) -> int:
         adapter_revision=args.adapter_revision, compare_base=args.compare_base, engine=args.engine,
         base_url=args.base_url, api_key_env=args.api_key_env, judge=_judge(args), runs=args.runs,
         batch_size=args.batch_size, limit=args.limit, prompt_family=args.prompt_family,
-        max_new_tokens=args.max_new_tokens, label=args.label, progress=not args.quiet,
+        max_new_tokens=args.max_new_tokens, label=args.label, progress=not args.quiet, shard=parse_shard(args.shard),
     )  # fmt: skip
     summary = run(options)
     print(json.dumps({"out": str(args.out), "model_loads": summary["model_loads"], "generated": summary["generated"]}))
+    if options.shard[1] > 1:
+        print(merge_hint(args.out, options.shard))
+    return _incomplete(summary["incomplete"])
+
+
+def _assemble(args: argparse.Namespace) -> int:
+    from vlfeedback_kit.eval.shards import assemble, read_shards
+
+    recorded = read_shards(args.folders)[0]["options"].get("judge") or {}
+    if args.judge_model is None:
+        args.judge_model = recorded.get("judge_model_requested")
+    if args.judge_base_url is None and recorded.get("judge_base_url"):
+        args.judge_base_url = [recorded["judge_base_url"]]
+    summary = assemble(args.folders, args.out, _judge(args), progress=not args.quiet)
+    print(json.dumps({"out": str(args.out), "shards": len(args.folders), "generated": summary["generated"]}))
     return _incomplete(summary["incomplete"])
 
 

@@ -153,15 +153,16 @@ def transformers_answerer(served, settings) -> Callable[[list[tuple[Item, str, S
 
 
 def openai_answerer(
-    base_url: str, api_key: str, settings, concurrency: int = 16, timeout: float = 300.0
+    base_url: str | Sequence[str], api_key: str, settings, concurrency: int = 16, timeout: float = 300.0
 ) -> Callable[[list[tuple[Item, str, Side]]], list[str]]:
-    """Batches answered by an OpenAI-compatible server, ``concurrency`` requests in flight."""
-    from vlfeedback_kit.builders.pipeline.endpoint import RetryPolicy, complete, make_client
+    """Batches answered by an OpenAI-compatible server — or the replicas of one, requests spread over them —
+    ``concurrency`` requests in flight on each (a replica taken out stays out across batches until its cooldown)."""
+    from vlfeedback_kit.builders.pipeline.endpoint import Replicas, RetryPolicy, base_urls, complete
     from vlfeedback_kit.builders.pipeline.judge import image_data_url
 
+    replicas = Replicas(base_urls(base_url, "--base-url"), api_key, timeout, "--base-url", concurrency)
+
     async def run(batch: list[tuple[Item, str, Side]]) -> list[str]:
-        client = make_client(base_url, api_key, timeout)
-        limit = asyncio.Semaphore(concurrency)
 
         async def one(item: Item, prompt: str, side: Side) -> str:
             body = {"model": side.route, "max_tokens": settings.max_new_tokens, "temperature": settings.temperature,
@@ -169,13 +170,12 @@ def openai_answerer(
                     "messages": [{"role": "user", "content": [
                         {"type": "image_url", "image_url": {"url": image_data_url(item.image_data())}},
                         {"type": "text", "text": prompt}]}]}  # fmt: skip
-            async with limit:
-                completion = await complete(client, body, RetryPolicy())
+            completion = await complete(replicas, body, RetryPolicy())
             return (completion.reply.content or "").strip()
 
         try:
             return list(await asyncio.gather(*(one(*row) for row in batch)))
         finally:
-            await client.close()
+            await replicas.close()
 
     return lambda batch: asyncio.run(run(batch))

@@ -17,10 +17,11 @@ A task describes its calls as a function of the replies so far (:attr:`JudgeTask
 official re-ask rule stays in the benchmark's module.
 
 A dead judge is never a success: :func:`preflight` checks the key and probes the endpoint before any work (a
-closed port, a wrong URL, a refused key: one line, exit 2), and during a run the pipeline's ``Breaker`` stops
-judging after repeated identical connection failures (the benchmark is then incomplete, and the CLI exits 3
-naming it). ``--max-cost`` is the pipeline's reserving :class:`~vlfeedback_kit.builders.pipeline.cost.Budget`:
-each call reserves its estimated cost before it is sent, so calls in flight cannot pass the cap together.
+closed port, a wrong URL, a refused key: one line, exit 2), and during a run the pipeline's ``Replicas`` stop
+judging once every replica of ``--judge-base-url`` (one, or several listed) failed repeatedly (the benchmark is
+then incomplete, and the CLI exits 3 naming it). ``--max-cost`` is the pipeline's reserving
+:class:`~vlfeedback_kit.builders.pipeline.cost.Budget`: each call reserves its estimated cost before it is sent, so
+calls in flight cannot pass the cap together.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import functools
 import hashlib
 import io
 import json
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -53,10 +55,11 @@ STOPPED_BY_COST = "--max-cost"
 
 @dataclass(frozen=True)
 class JudgeConfig:
-    """The judge endpoint, pinned by name (no default alias), and the run's limits."""
+    """The judge endpoint, pinned by name (no default alias), and the run's limits. ``base_url`` is one URL or the
+    replicas of one deployment (a list, or comma-separated); ``concurrency`` is per replica."""
 
     model: str
-    base_url: str
+    base_url: str | tuple[str, ...]
     api_key_env: str = "OPENAI_API_KEY"
     concurrency: int = 16
     max_cost: float | None = None
@@ -69,6 +72,16 @@ class JudgeConfig:
             raise UserError("--judge-concurrency must be at least 1")
         if self.max_cost is not None and self.max_cost <= 0:
             raise UserError("--max-cost must be positive")
+        from vlfeedback_kit.builders.pipeline.endpoint import base_urls
+
+        base_urls(self.base_url, "--judge-base-url")  # refused now, not after the generation
+
+    @property
+    def base_urls(self) -> tuple[str, ...]:
+        """The judge's replicas (one URL unless several were listed)."""
+        from vlfeedback_kit.builders.pipeline.endpoint import base_urls
+
+        return base_urls(self.base_url, "--judge-base-url")
 
     @property
     def key_flag(self) -> str:
@@ -85,7 +98,8 @@ class JudgeConfig:
         """What outputs say about the judge (the URL without credentials; never the key)."""
         from vlfeedback_kit.builders.pipeline.endpoint import redact_url
 
-        return {"judge_model_requested": self.model, "judge_base_url": redact_url(self.base_url)}
+        return {"judge_model_requested": self.model,
+                "judge_base_url": ", ".join(redact_url(url) for url in self.base_urls)}  # fmt: skip
 
 
 @dataclass
@@ -203,7 +217,8 @@ def preflight(config: JudgeConfig) -> str:
     if config.max_cost is not None:
         require_price(config.model, prices, "--max-cost")
     api_key = api_key_from_env(config.api_key_env, "--judge-api-key-env")
-    check_endpoint(config.base_url, api_key, config.timeout, "--judge-base-url", config.key_flag)
+    for line in check_endpoint(config.base_urls, api_key, config.timeout, "--judge-base-url", config.key_flag):
+        print(f"vlfeedback eval: {line}", file=sys.stderr)
     return api_key
 
 
@@ -277,19 +292,10 @@ async def _judge_pending(tasks, pending, judgements, config, store, benchmark, s
     from huggingface_hub.utils import tqdm
 
     from vlfeedback_kit.builders.pipeline.cost import call_cost
-    from vlfeedback_kit.builders.pipeline.endpoint import (
-        Breaker,
-        GaveUp,
-        Rejected,
-        RetryPolicy,
-        complete,
-        for_each,
-        make_client,
-    )  # fmt: skip
+    from vlfeedback_kit.builders.pipeline.endpoint import GaveUp, Rejected, Replicas, RetryPolicy, complete, for_each
 
     price = config.price()
-    client = make_client(config.base_url, api_key, config.timeout)
-    breaker = Breaker(config.base_url, flag="--judge-base-url")
+    replicas = Replicas(config.base_urls, api_key, config.timeout, "--judge-base-url", config.concurrency)
     policy = RetryPolicy()
     bar = tqdm(total=len(pending), desc=f"judge {benchmark}", unit="item", disable=not progress)
 
@@ -321,7 +327,7 @@ async def _judge_pending(tasks, pending, judgements, config, store, benchmark, s
                     judgement.replies, judgement.error = replies, f"not judged ({stats['stopped']})"
                     break
                 body = _with_image({"model": config.model, **request}, task.image)
-                completion = await complete(client, body, policy, retried, breaker)
+                completion = await complete(replicas, body, policy, retried)
                 resolved = str(completion.model or "")
                 cost = call_cost(completion.prompt_tokens, completion.completion_tokens, price)
                 replies.append(completion.reply.content)
@@ -346,12 +352,12 @@ async def _judge_pending(tasks, pending, judgements, config, store, benchmark, s
         judgements[index] = judgement
 
     try:
-        await for_each(pending, handle, config.concurrency, lambda _: stats["stopped"] is None)
+        await for_each(pending, handle, config.concurrency * len(replicas), lambda _: stats["stopped"] is None)
     except UserError as err:  # the breaker, a refused key, a 404 mid-run: the judge stopped answering
         stats["stopped"], stats["stopped_by"] = str(err), STOPPED_BY_JUDGE
     finally:
         bar.close()
-        await client.close()
+        await replicas.close()
     for index in pending:
         if judgements[index] is None:
             task = tasks[index]

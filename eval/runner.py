@@ -47,7 +47,7 @@ class RunOptions:
     adapter_revision: str | None = None
     compare_base: bool = False
     engine: str = "transformers"
-    base_url: str | None = None
+    base_url: str | list[str] | None = None
     api_key_env: str = "OPENAI_API_KEY"
     judge: JudgeConfig | None = None
     runs: int = 1
@@ -58,6 +58,7 @@ class RunOptions:
     label: str | None = None
     concurrency: int = 16
     progress: bool = True
+    shard: tuple[int, int] = (0, 1)
     extra: dict = field(default_factory=dict)
 
     def check(self) -> None:
@@ -92,6 +93,10 @@ class RunOptions:
         values = asdict(self)
         values["out"] = str(self.out)
         values["judge"] = self.judge.record() if self.judge else None
+        if self.base_url:
+            from vlfeedback_kit.builders.pipeline.endpoint import base_urls, redact_url
+
+            values["base_url"] = ", ".join(redact_url(url) for url in base_urls(self.base_url))
         return values
 
 
@@ -156,7 +161,10 @@ def run(options: RunOptions) -> dict:
         if not options.judge.dry_run:
             preflight(options.judge)  # a dead judge, a missing key: one line now, not after the generation
         budget = make_budget(options.judge, ledger_spend(options.out.glob(f"*/*/{CACHE_FILE}")))
-    items = {name: load_items(name, options.data[name], options.limit) for name in options.benchmarks}
+    from vlfeedback_kit.eval.shards import shard_items  # --shard: this machine's items (eval assemble merges)
+
+    items = {name: shard_items(name, load_items(name, options.data[name], options.limit), options.shard)
+             for name in options.benchmarks}  # fmt: skip
     if "winrate" in items:  # held-out must be true: never a win rate on prompts the adapter trained on
         winrate.refuse_trained(items["winrate"], options.data["winrate"], options.adapter)
     sides = _sides(options)

@@ -260,7 +260,8 @@ KIT_FOLDERS = ("builders", "eval", "cards", "training", "vlfeedback_kit")
 MECHANISMS = {
     "builders/pipeline/endpoint.py": {"make_client", "make_sync_client", "aiohttp_client", "complete", "Breaker",
                                       "RetryPolicy", "backoff_delay", "retry_after_seconds", "is_transient",
-                                      "redact_url", "host_of", "api_key_from_env", "check_endpoint"},
+                                      "redact_url", "host_of", "api_key_from_env", "check_endpoint", "Replicas",
+                                      "base_urls"},
     "builders/pipeline/cost.py": {"Budget", "Price", "load_prices", "price_for", "call_cost", "unpriced_note"},
     "builders/pipeline/store.py": {"Store"},
     "builders/ratings.py": {"parse_rating"},

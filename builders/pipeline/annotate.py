@@ -16,8 +16,10 @@ pass ``--max-fail-rate`` exits 1 with the reasons counted (``commands._annotate`
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections import Counter
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from vlfeedback_kit.builders.pipeline.cost import (
@@ -33,6 +35,7 @@ from vlfeedback_kit.builders.pipeline.cost import (
 from vlfeedback_kit.builders.pipeline.endpoint import (
     RetryPolicy,
     api_key_from_env,
+    base_urls,
     check_endpoint,
     redact_url,
 )
@@ -51,17 +54,6 @@ SETTINGS_FLAGS = (
 IMAGE_DETAILS = ("low", "high", "auto")
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    """``i/N`` → (i, N), with 0 ≤ i < N."""
-    try:
-        index, count = (int(part) for part in text.split("/"))
-    except ValueError as err:
-        raise UserError(f"--shard {text!r}: expected i/N, e.g. 0/4") from err
-    if not 0 <= index < count:
-        raise UserError(f"--shard {text!r}: need 0 <= i < N")
-    return index, count
-
-
 def state_path(out_dir: Path) -> Path:
     """Where a run's store lives."""
     return out_dir / STAGE_DIR / STATE_FILE
@@ -69,11 +61,12 @@ def state_path(out_dir: Path) -> Path:
 
 @dataclass
 class AnnotateOptions:
-    """Everything ``annotate`` needs; the CLI flags map one to one."""
+    """Everything ``annotate`` needs; the CLI flags map one to one (``base_url``: one URL, or the replicas of one
+    deployment as a list or comma-separated; ``concurrency`` is per replica)."""
 
     input_dir: Path
     out_dir: Path
-    base_url: str
+    base_url: str | Sequence[str]
     judge_model: str
     api_key_env: str = "OPENAI_API_KEY"
     template: Path | None = None
@@ -98,9 +91,11 @@ class AnnotateOptions:
     max_cost: float | None = None
     retry_failed: bool = False
     progress: bool = True
+    base_urls: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         self.input_dir, self.out_dir = Path(self.input_dir), Path(self.out_dir)
+        self.base_urls = base_urls(self.base_url, "--base-url")
         checks = {
             "--concurrency must be at least 1": self.concurrency < 1,
             "--max-attempts must be at least 1": self.max_attempts < 1,
@@ -114,6 +109,8 @@ class AnnotateOptions:
             "--batch-id needs --batch": self.batch_id is not None and not self.batch,
             "--no-wait needs --batch": self.no_wait and not self.batch,
             "--poll-interval must be positive": self.poll_interval <= 0,
+            "--batch sends to one endpoint (the OpenAI Batch API): give one --base-url": self.batch
+            and len(self.base_urls) > 1,
         }
         for message, failed in checks.items():
             if failed:
@@ -200,7 +197,10 @@ def annotate(options: AnnotateOptions) -> dict:
     if options.max_cost is not None:
         require_price(settings.model, prices, "--max-cost")
     api_key = api_key_from_env(options.api_key_env)
-    check_endpoint(options.base_url, api_key, options.timeout, key_flag=f"--api-key-env ({options.api_key_env})")
+    for line in check_endpoint(
+        options.base_urls, api_key, options.timeout, key_flag=f"--api-key-env ({options.api_key_env})"
+    ):
+        print(f"vlfeedback annotate: {line}", file=sys.stderr)
     with open_input(options.input_dir) as folder, Store(state_path(options.out_dir)) as store:
         settings = as_recorded(settings, store.meta("judge"))
         store.bind("judge", settings.to_dict(), SETTINGS_FLAGS)
@@ -231,7 +231,7 @@ def annotate(options: AnnotateOptions) -> dict:
             bar.close()
         report = assemble(folder, options.out_dir, [store], work)
     report["run"] = {**stats.to_dict(), "reopened": reopened}
-    report["endpoint"] = redact_url(options.base_url)
+    report["endpoint"] = ", ".join(redact_url(url) for url in options.base_urls)
     report["template"] = template.source
     report["pending_reasons"] = dict(Counter(stats.pending.values()))
     write_json(options.out_dir / STAGE_DIR / REPORT_FILE, report)

@@ -2,6 +2,9 @@
 
     vlfeedback assemble --input responses/ --out annotated/                       # again, from OUT's own store
     vlfeedback assemble --input responses/ --out merged/ --store s0/annotate/state.sqlite --store s1/...
+    vlfeedback assemble --input instructions/ --out responses/ --store s0/decode/state.sqlite --store s1/...
+
+The stores of ``decode --shard`` are merged the same way, into the layout ``decode`` writes (see ``decode``).
 
 Written to OUT:
 
@@ -27,7 +30,7 @@ from pathlib import Path
 from vlfeedback_kit.builders.pipeline.items import Plan, load, plan
 from vlfeedback_kit.builders.pipeline.judge import JudgeSettings, Template
 from vlfeedback_kit.builders.pipeline.layout import JsonlWriter, LayoutWriter, check_out, open_input
-from vlfeedback_kit.builders.pipeline.store import Result, Store
+from vlfeedback_kit.builders.pipeline.store import Result, Store, result_in
 from vlfeedback_kit.builders.sources import ReleaseFolder
 from vlfeedback_kit.errors import UserError
 from vlfeedback_kit.files import write_json
@@ -98,7 +101,7 @@ def assemble(folder: ReleaseFolder, out_dir: Path, stores: list[Store], work: Pl
             counts["invalid"] += 1
             reasons[f"invalid: {entry['detail']}"] += 1
         for planned in work.items:
-            result = next((r for r in (store.result(planned.key) for store in stores) if r is not None), None)
+            result = result_in(stores, planned.key)
             if result is not None and result.outcome == "ok":
                 item = load(folder, planned)
                 writer.add(judged_row(item.row, result, settings, planned.key), item.image)
@@ -147,7 +150,8 @@ def assemble(folder: ReleaseFolder, out_dir: Path, stores: list[Store], work: Pl
 
 
 def assemble_from(input_dir: Path, out_dir: Path, store_paths: list[Path]) -> dict:
-    """``vlfeedback assemble``: re-assemble from a run's own store, or merge the stores of several shards."""
+    """``vlfeedback assemble``: re-assemble from a run's own store, or merge the stores of several shards (of
+    ``annotate``, or of ``decode``: their stores record the pool)."""
     check_out(input_dir, out_dir)
     missing = [str(p) for p in store_paths if not p.is_file()]
     if missing:
@@ -155,6 +159,13 @@ def assemble_from(input_dir: Path, out_dir: Path, store_paths: list[Path]) -> di
     folder = open_input(input_dir)
     stores = [Store(path, lock=False) for path in store_paths]
     try:
+        decoded = [store.meta("pool") is not None for store in stores]
+        if all(decoded):
+            from vlfeedback_kit.builders.pipeline.decode import assemble_decoded
+
+            return assemble_decoded(folder, out_dir, stores)
+        if any(decoded):
+            raise UserError("--store: some stores are decode's and some annotate's; merge each stage's shards alone")
         settings = settings_of(stores)
         shard = stores[0].meta("shard") if len(stores) == 1 else None
         fixed = Template("", settings.template_sha256, "", texts=stores[0].meta("template_texts"))

@@ -223,5 +223,5 @@ class BatchRun(JudgeLoop):
 def run_batches(job: JudgeJob, work: Plan, api_key: str) -> RunStats:
     """Judge the plan's unfinished items through the Batch API."""
     options = job.options
-    with make_sync_client(options.base_url, api_key, options.timeout, options.max_retries) as client:
+    with make_sync_client(options.base_urls[0], api_key, options.timeout, options.max_retries) as client:
         return BatchRun(job, work, client).run()

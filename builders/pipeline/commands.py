@@ -64,6 +64,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     decode.add_argument("--out", type=Path, required=True, help="output folder (release layout, no ratings yet)")
     decode.add_argument("--k", type=int, help="members per instruction (default: the pool file's k, else 4)")
     decode.add_argument("--seed", type=int, help="seed of the member draw (default: the pool file's seed, else 0)")
+    decode.add_argument(
+        "--shard", default="0/1", metavar="I/N", help="decode only shard I of N (by content hash); merge with assemble"
+    )
     _endpoint_flags(decode)
     decode.set_defaults(func=_decode)
 
@@ -71,7 +74,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     annotate.add_argument("--input", type=Path, required=True, help="folder written by `vlfeedback decode`")
     annotate.add_argument("--out", type=Path, required=True, help="output folder; its annotate/ holds the store")
     annotate.add_argument(
-        "--base-url", required=True, help="OpenAI-compatible endpoint, e.g. https://api.openai.com/v1"
+        "--base-url",
+        required=True,
+        action="append",
+        help="OpenAI-compatible endpoint, e.g. https://api.openai.com/v1; replicas of one deployment: repeat the "
+        "flag or separate them with commas (--concurrency then applies to each)",
     )
     annotate.add_argument("--judge-model", required=True, help="judge model name at the endpoint, e.g. gpt-4o")
     annotate.add_argument(
@@ -82,7 +89,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     annotate.add_argument(
         "--template", type=Path, help="rubric prompt with {instruction} and {texts} (default: the kit's)"
     )
-    annotate.add_argument("--concurrency", type=int, default=16, help="requests in flight (default 16)")
+    annotate.add_argument(
+        "--concurrency", type=int, default=16, help="requests in flight per --base-url replica (default 16)"
+    )
     annotate.add_argument(
         "--max-attempts", type=int, default=3, help="asks per item when replies are malformed (default 3)"
     )
@@ -122,15 +131,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _endpoint_flags(annotate)
     annotate.set_defaults(func=_annotate, extras=("pipeline",))
 
-    assemble = subparsers.add_parser("assemble", help="write the annotated release layout from judge stores")
-    assemble.add_argument("--input", type=Path, required=True, help="the folder that was annotated")
+    assemble = subparsers.add_parser(
+        "assemble", help="write the release layout from the stores of annotate (or decode) shards"
+    )
+    assemble.add_argument("--input", type=Path, required=True, help="the folder that was annotated (or decoded)")
     assemble.add_argument("--out", type=Path, required=True, help="output folder")
     assemble.add_argument(
         "--store",
         type=Path,
         action="append",
         default=[],
-        help="a store to read (repeat to merge shards; default OUT/annotate/state.sqlite)",
+        help="a store to read: annotate's, or decode's (repeat to merge shards; default OUT/annotate/state.sqlite)",
     )
     assemble.set_defaults(func=_assemble)
 
@@ -211,9 +222,21 @@ def _instructions(args: argparse.Namespace) -> int:
     return 0
 
 
+def _merge_hint(verb: str, args: argparse.Namespace, shard: tuple[int, int], merged: str, stage: str) -> str:
+    """The line a shard's run ends with: this shard is done, and the ``assemble`` that merges every shard."""
+    index, count = shard
+    stores = " ".join(f"--store SHARD{i}/{stage}/state.sqlite" for i in range(count))
+    return (
+        f"{verb} shard {index}/{count} done in {args.out}; next, once every shard is done: vlfeedback assemble "
+        f"--input {args.input} --out {merged} {stores}"
+    )
+
+
 def _decode(args: argparse.Namespace) -> int:
     from vlfeedback_kit.builders.pipeline.decode import decode
+    from vlfeedback_kit.builders.pipeline.judge import parse_shard
 
+    shard = parse_shard(args.shard)
     report = decode(
         args.input,
         args.out,
@@ -224,10 +247,12 @@ def _decode(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         max_retries=args.max_retries,
         progress=not args.quiet,
+        shard=shard,
     )
+    others = f", other shards {report['other_shards']}" if report["other_shards"] else ""
     print(
         f"decoded {report['ok']} of {report['rows']} instructions into {args.out} "
-        f"(pending {report['pending']}, failed {report['failed']}, invalid {report['invalid']})"
+        f"(pending {report['pending']}, failed {report['failed']}, invalid {report['invalid']}{others})"
     )
     if not report["complete"]:
         print("some answers are missing (see decode/failures.jsonl): re-run the same command to finish")
@@ -235,12 +260,16 @@ def _decode(args: argparse.Namespace) -> int:
     if not report["ok"]:
         print(f"nothing was decoded (see {args.out}/decode/failures.jsonl for why)")
         return FAILED
+    if shard[1] > 1:
+        print(_merge_hint("decode", args, shard, "responses", "decode"))
+        return 0
     print(f"next: vlfeedback annotate --input {args.out} --out annotated --base-url URL --judge-model NAME")
     return 0
 
 
 def _annotate(args: argparse.Namespace) -> int:
-    from vlfeedback_kit.builders.pipeline.annotate import AnnotateOptions, annotate, parse_shard
+    from vlfeedback_kit.builders.pipeline.annotate import AnnotateOptions, annotate
+    from vlfeedback_kit.builders.pipeline.judge import parse_shard
     from vlfeedback_kit.builders.pipeline.judging import MAX_COST_STOP
 
     options = AnnotateOptions(
@@ -310,13 +339,8 @@ def _annotate(args: argparse.Namespace) -> int:
             "--max-fail-rate to accept these rows as lost"
         )
         return FAILED
-    index, count = options.shard
-    if count > 1:
-        stores = " ".join(f"--store SHARD{i}/annotate/state.sqlite" for i in range(count))
-        print(
-            f"shard {index}/{count} done in {args.out}; next, once every shard is done: vlfeedback assemble "
-            f"--input {args.input} --out annotated {stores}"
-        )
+    if options.shard[1] > 1:
+        print(_merge_hint("annotate", args, options.shard, "annotated", "annotate"))
         return 0
     print(f"release layout: {args.out} (next: vlfeedback build --source {args.out} --out vlfeedback)")
     return 0
@@ -327,9 +351,10 @@ def _assemble(args: argparse.Namespace) -> int:
     from vlfeedback_kit.builders.pipeline.assemble import assemble_from
 
     report = assemble_from(args.input, args.out, args.store or [state_path(args.out)])
+    what, refused = ("answered", "") if "pool" in report else ("judged", f", refused {report['refused']}")
     print(
-        f"assembled {report['ok']} judged rows into {args.out} (failed {report['failed']}, refused "
-        f"{report['refused']}, invalid {report['invalid']}, pending {report['pending']})"
+        f"assembled {report['ok']} {what} rows into {args.out} (failed {report['failed']}{refused}, "
+        f"invalid {report['invalid']}, pending {report['pending']})"
     )
     return 0 if report["complete"] else INCOMPLETE
 

@@ -1,6 +1,12 @@
 """``vlfeedback decode``: a model pool answers every instruction; output in the release layout, without ratings.
 
     vlfeedback decode --input instructions/ --pool pool.yaml --out responses/
+    vlfeedback decode --input instructions/ --pool pool.yaml --out shard0/ --shard 0/2     # one of two machines
+    vlfeedback assemble --input instructions/ --out responses/ \
+        --store shard0/decode/state.sqlite --store shard1/decode/state.sqlite              # merged
+
+With ``--shard I/N`` a run answers only the instructions of shard I (by a hash of the image and the prompt, so
+every machine agrees); ``assemble`` merges the shards' stores into one release layout, written as a run would.
 
 Each instruction is answered by ``k`` distinct pool members drawn with the pool's seed. Answers are committed to
 ``OUT/decode/state.sqlite`` as they come (keyed by image, prompt and the member's settings), so an interrupted
@@ -11,11 +17,12 @@ empty, not an image) is an invalid row (``unreadable_image``), not a crash mid-r
 
 Before the first member starts, every member that has work is checked (local model folders or Hub ids, adapters,
 ``api_key_env`` variables) and every endpoint is probed once; a run whose endpoint stops answering is stopped by
-the breaker with the host and the cause. With temperature > 0 each answer is sampled with a seed drawn from the
-pool seed and its content key (sent as ``seed`` to endpoints; a local member, served by :mod:`vlfeedback_kit.serving`,
-samples each row of a batch with its own seed), so a resumed decode samples exactly what an uninterrupted one
-would. ``decode/report.json`` counts the run's work per member: calls and tokens for endpoints, items, seconds and
-items/s for local models.
+the breaker with the host and the cause. A member may list several replicas of its endpoint (``base_url`` as a
+list): requests spread over them, and the run stops only when all of them are down (see ``endpoint.Replicas``).
+With temperature > 0 each answer is sampled with a seed drawn from the pool seed and its content key (sent as
+``seed`` to endpoints; a local member, served by :mod:`vlfeedback_kit.serving`, samples each row of a batch with its
+own seed), so a resumed decode samples exactly what an uninterrupted one would. ``decode/report.json`` counts the
+run's work per member: calls and tokens for endpoints, items, seconds and items/s for local models.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import json
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -31,18 +40,17 @@ from typing import TYPE_CHECKING
 
 from vlfeedback_kit.builders.pipeline.cost import Price, call_cost, load_prices, price_for
 from vlfeedback_kit.builders.pipeline.endpoint import (
-    Breaker,
     GaveUp,
     Rejected,
+    Replicas,
     RetryPolicy,
     RunStats,
     api_key_from_env,
     check_endpoint,
     complete,
     for_each,
-    make_client,
 )
-from vlfeedback_kit.builders.pipeline.judge import image_data_url
+from vlfeedback_kit.builders.pipeline.judge import image_data_url, shard_of
 from vlfeedback_kit.builders.pipeline.layout import (
     JsonlWriter,
     LayoutWriter,
@@ -58,13 +66,16 @@ from vlfeedback_kit.builders.pipeline.pool import (
     assign,
     chat_request,
     load_pool,
+    pool_of_record,
+    pool_record,
     preflight,
     sampling_seed,
     unit_key,
 )
-from vlfeedback_kit.builders.pipeline.store import Store
+from vlfeedback_kit.builders.pipeline.store import Store, result_in
 from vlfeedback_kit.builders.sources import IMAGE_DIR
 from vlfeedback_kit.builders.validate import Reject, check_image
+from vlfeedback_kit.errors import UserError
 
 if TYPE_CHECKING:
     from huggingface_hub.utils import tqdm
@@ -114,13 +125,21 @@ def image_problem(
     return None
 
 
+def instruction_shard(image_sha256: str, prompt: str, shards: int) -> int:
+    """The ``--shard`` an instruction belongs to: a function of its image and prompt only, so every machine agrees."""
+    blob = json.dumps([image_sha256, prompt], ensure_ascii=False).encode("utf-8")
+    return shard_of(hashlib.sha256(blob).hexdigest(), shards)
+
+
 def plan_units(
-    folder: StageInput, pool: Pool, finished: dict[str, str]
-) -> tuple[list[Row], list[dict], dict[str, list[Unit]]]:
-    """The rows to write, the rows that cannot be decoded, and per member the answers still missing."""
+    folder: StageInput, pool: Pool, finished: dict[str, str], shard: tuple[int, int] | None = None
+) -> tuple[list[Row], list[dict], dict[str, list[Unit]], int]:
+    """The rows of ``shard`` (None: all) to write, the rows that cannot be decoded, per member the answers still
+    missing, and how many rows other shards answer."""
     rows, invalid = [], []
     todo: dict[str, list[Unit]] = {m.name: [] for m in pool.members}
     queued: set[str] = set()
+    other_shards = 0
     for line in folder.lines():
         bad_prompt = line.row is not None and not isinstance(line.row.get("prompt"), str)
         image, problem = folder.usable(line, "'prompt' is missing or not a string" if bad_prompt else None)
@@ -129,6 +148,9 @@ def plan_units(
             invalid.append(line.invalid(problem))
             continue
         image_sha = hashlib.sha256(image).hexdigest()
+        if shard is not None and instruction_shard(image_sha, line.row["prompt"], shard[1]) != shard[0]:
+            other_shards += 1
+            continue
         members = assign(line.row["id"], pool)
         keys = tuple(unit_key(image_sha, line.row["prompt"], m) for m in members)
         rows.append(Row(line.number, line.offset, line.row["id"], tuple(m.name for m in members), keys))
@@ -137,7 +159,7 @@ def plan_units(
                 queued.add(key)
                 seed = sampling_seed(pool.seed, image_sha, line.row["prompt"], member.name)
                 todo[member.name].append(Unit(key, line.row["id"], line.offset, seed))
-    return rows, invalid, todo
+    return rows, invalid, todo, other_shards
 
 
 def run_local(member: Member, units: list[Unit], folder: StageInput, store: Store, bar: tqdm) -> dict:
@@ -177,10 +199,11 @@ async def run_endpoint(
     stats: RunStats,
     bar: tqdm,
 ) -> None:
-    """Answer ``units`` through an OpenAI-compatible endpoint with bounded concurrency, committing each answer."""
-    client = make_client(member.base_url, member_key(member), timeout)
+    """Answer ``units`` through an OpenAI-compatible endpoint (its replicas, ``concurrency`` in flight on each),
+    committing each answer."""
+    flag = f"the base_url of pool member {member.name!r}"
+    replicas = Replicas(member.replicas, member_key(member), timeout, flag, member.concurrency)
     settings = member.settings()
-    breaker = Breaker(member.base_url, flag=f"the base_url of pool member {member.name!r}")
 
     async def answer(unit: Unit) -> None:
         row = folder.row(unit.offset)
@@ -188,7 +211,7 @@ async def run_endpoint(
         if member.generation["temperature"] > 0:
             request["seed"] = unit.seed
         try:
-            completion = await complete(client, request, policy, stats.retried, breaker)
+            completion = await complete(replicas, request, policy, stats.retried)
         except GaveUp as err:
             stats.pending[unit.key] = f"{member.name}: {err}"
         except Rejected as err:
@@ -212,9 +235,9 @@ async def run_endpoint(
         bar.update(1)
 
     try:
-        await for_each(units, answer, member.concurrency, lambda unit: True)
+        await for_each(units, answer, member.concurrency * len(replicas), lambda unit: True)
     finally:
-        await client.close()
+        await replicas.close()
 
 
 def member_key(member: Member) -> str:
@@ -223,14 +246,17 @@ def member_key(member: Member) -> str:
 
 
 def check_members(members: list[Member], timeout: float) -> None:
-    """Before any member starts: every member's model / key (``preflight``), then one probe per endpoint."""
+    """Before any member starts: every member's model / key (``preflight``), then one probe per endpoint replica
+    (unreachable replicas are named on stderr while another of the member's answers)."""
     preflight(members)
     probed = set()
     for member in members:
-        if member.kind == "openai" and (member.base_url, member.api_key_env) not in probed:
-            probed.add((member.base_url, member.api_key_env))
+        if member.kind == "openai" and (member.replicas, member.api_key_env) not in probed:
+            probed.add((member.replicas, member.api_key_env))
             flag = f"the base_url of pool member {member.name!r}"
-            check_endpoint(member.base_url, member_key(member), timeout, flag, f"api_key_env of {member.name!r}")
+            key_flag = f"api_key_env of {member.name!r}"
+            for line in check_endpoint(member.replicas, member_key(member), timeout, flag, key_flag):
+                print(f"vlfeedback decode: {line}", file=sys.stderr)
 
 
 def decode(
@@ -243,8 +269,9 @@ def decode(
     timeout: float = 120.0,
     max_retries: int = 8,
     progress: bool = True,
+    shard: tuple[int, int] = (0, 1),
 ) -> dict:
-    """Decode every instruction of ``input_dir`` with the pool into ``out_dir``; returns the report."""
+    """Decode every instruction of ``input_dir`` (of ``shard``) with the pool into ``out_dir``; returns the report."""
     from huggingface_hub.utils import tqdm
 
     check_out(input_dir, out_dir)
@@ -253,7 +280,9 @@ def decode(
     stats = RunStats()
     local: dict[str, dict] = {}
     with open_input(input_dir) as folder, Store(out_dir / STAGE_DIR / "state.sqlite") as store:
-        rows, invalid, todo = plan_units(folder, pool, store.finished())
+        store.bind("shard", list(shard), "--shard")
+        store.put_meta("pool", pool_record(pool))
+        rows, invalid, todo, other_shards = plan_units(folder, pool, store.finished(), shard)
         check_members([m for m in pool.members if todo[m.name]], timeout)
         started = time.perf_counter()
         for member in pool.members:
@@ -268,16 +297,38 @@ def decode(
                     policy = RetryPolicy(max_retries=max_retries)
                     asyncio.run(run_endpoint(member, units, folder, store, price, policy, timeout, stats, bar))
         stats.seconds = time.perf_counter() - started
-        report = write_output(folder, out_dir, store, rows, invalid)
-    report["pool"] = {"k": pool.k, "seed": pool.seed, "members": {m.name: m.settings() for m in pool.members}}
+        report = write_output(folder, out_dir, [store], rows, invalid, other_shards)
+    report["pool"] = pool_summary(pool)
     report["asked_this_run"] = {name: len(units) for name, units in todo.items()}
     report["run"] = stats.to_dict() | {"answers_missing": len(stats.pending), "local": local}
     write_json(out_dir / STAGE_DIR / "report.json", report)
     return report
 
 
-def write_output(folder: StageInput, out_dir: Path, store: Store, rows: list[Row], invalid: list[dict]) -> dict:
-    """The release layout of every fully answered row; the others, and invalid input rows, in the failures file."""
+def pool_summary(pool: Pool) -> dict:
+    """The report's view of the pool: k, seed and each member's settings."""
+    return {"k": pool.k, "seed": pool.seed, "members": {m.name: m.settings() for m in pool.members}}
+
+
+def assemble_decoded(folder: StageInput, out_dir: Path, stores: list[Store]) -> dict:
+    """``vlfeedback assemble`` over decode stores (the shards of one decode): the release layout of every row, as
+    one unsharded run would write it, from the answers the stores hold; returns the report."""
+    records = [store.meta("pool") for store in stores]
+    if any(record != records[0] for record in records):
+        raise UserError("--store: the decode stores were made with different pools and cannot be merged")
+    pool = pool_of_record(records[0])
+    rows, invalid, _, other_shards = plan_units(folder, pool, {})
+    report = write_output(folder, out_dir, stores, rows, invalid, other_shards)
+    report["pool"] = pool_summary(pool)
+    write_json(out_dir / STAGE_DIR / "report.json", report)
+    return report
+
+
+def write_output(
+    folder: StageInput, out_dir: Path, stores: list[Store], rows: list[Row], invalid: list[dict], other_shards: int
+) -> dict:
+    """The release layout of every fully answered row (answers looked up in ``stores``, the first that has one);
+    the others, and invalid input rows, in the failures file."""
     with (
         LayoutWriter(out_dir, OUTPUT_JSONL, input_dir=folder.root) as writer,
         JsonlWriter(out_dir / STAGE_DIR / "failures.jsonl") as failures,
@@ -286,7 +337,7 @@ def write_output(folder: StageInput, out_dir: Path, store: Store, rows: list[Row
             failures.write(entry)
         counts: Counter = Counter(invalid=len(invalid))
         for row in rows:
-            results = [store.result(key) for key in row.keys]
+            results = [result_in(stores, key) for key in row.keys]
             if all(r is not None and r.outcome == "ok" for r in results):
                 source = folder.row(row.offset)
                 completions = [
@@ -309,7 +360,8 @@ def write_output(folder: StageInput, out_dir: Path, store: Store, rows: list[Row
     return {
         "input": folder.root.name,
         "output": OUTPUT_JSONL,
-        "rows": len(rows) + len(invalid),
+        "rows": len(rows) + len(invalid) + other_shards,
+        "other_shards": other_shards,
         **{name: counts[name] for name in ("ok", "failed", "pending", "invalid")},
         "complete": counts["pending"] == 0,
     }

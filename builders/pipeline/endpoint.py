@@ -5,20 +5,29 @@ dropped connections are retried with jittered exponential backoff, never sooner 
 (or ``retry-after-ms``); authentication and not-found errors stop the run; other 4xx answers fail the one item.
 Before fanning out, ``probe`` asks the endpoint for its model list once, so a wrong URL, a closed port, a host that
 does not resolve or a rejected key stops the run at once, with the host and the cause on one line (and, for a 404,
-the hint that OpenAI-compatible base URLs end in ``/v1``). During the run a ``Breaker`` stops it after
-``BREAKER_LIMIT`` consecutive connection failures with the same cause, instead of retrying every item for minutes.
+the hint that OpenAI-compatible base URLs end in ``/v1``). During the run a ``Breaker`` takes an endpoint out after
+``BREAKER_LIMIT`` consecutive connection failures with the same cause, so a dead server stops the run instead of
+every item being retried for minutes.
+
+A base URL setting may list several replicas of one deployment (``base_urls``: a YAML list, a repeated flag or a
+comma-separated value). ``Replicas`` spreads the requests over them (each holds at most ``concurrency`` in flight,
+the least busy is asked first); each replica has its own breaker, and one that trips is taken out of the run and
+tried again with a single request every ``REPLICA_COOLDOWN`` seconds while the others carry the run. A request that
+meets a dead replica is re-sent at once to another one. The run stops only when every replica is down, with one
+line naming each (redacted) and its cause.
 The API key is read from an environment variable and handed to the client only — never printed or stored.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import os
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -32,6 +41,8 @@ if TYPE_CHECKING:
 
 BREAKER_LIMIT = 5
 """Consecutive connection failures with the same cause after which a run stops."""
+REPLICA_COOLDOWN = 30.0
+"""Seconds a replica its breaker took out stays out before one request tries it again."""
 PROBE_TIMEOUT = 20.0
 """Seconds the endpoint probe waits (at most; less when --timeout is shorter)."""
 TRANSIENT_STATUS = (408, 409, 429)
@@ -113,9 +124,22 @@ def redact_url(url: str) -> str:
 
 
 def host_of(url: str) -> str:
-    """``host:port`` of a URL, without credentials (what messages may show)."""
-    parts = urlsplit(url)
-    return f"{parts.hostname or url}{f':{parts.port}' if parts.port else ''}"
+    """``host:port`` of a URL as written (an IPv6 host keeps its brackets), without credentials: what messages show
+    and what a pool member's answers record as its ``endpoint``."""
+    return urlsplit(url).netloc.rsplit("@", 1)[-1] or url
+
+
+def base_urls(value: str | Sequence[str] | None, flag: str = "--base-url") -> tuple[str, ...]:
+    """The replicas a base URL setting names, in order: one URL, a comma-separated string, or a list of either (a
+    YAML list, a repeated flag). Empty or repeated entries are refused, naming ``flag``."""
+    items = [value] if isinstance(value, str) else list(value or [])
+    urls = tuple(part.strip() for item in items for part in str(item).split(",") if part.strip())
+    if not urls:
+        raise UserError(f"{flag}: no base URL given (one URL, or several replicas as a list or comma-separated)")
+    repeated = sorted({redact_url(url) for url in urls if urls.count(url) > 1})
+    if repeated:
+        raise UserError(f"{flag}: {', '.join(repeated)} is listed more than once; list each replica once")
+    return urls
 
 
 def _chain(err: BaseException) -> list[BaseException]:
@@ -177,32 +201,150 @@ def not_found_message(base_url: str, path: str, err: Exception) -> str:
 
 @dataclass
 class Breaker:
-    """Stops a run (a UserError naming the host and the cause) after ``limit`` consecutive connection failures
-    with the same cause; any reply from the server resets it."""
+    """Counts one replica's consecutive connection failures; it trips after ``limit`` in a row with the same cause.
+    Any reply from the server resets it."""
 
     base_url: str
-    flag: str = "--base-url"
     limit: int = BREAKER_LIMIT
     cause: str | None = None
     streak: int = 0
 
-    def failed(self, cause: str) -> None:
-        """Count a connection failure; raise once ``limit`` in a row had this cause."""
+    def failed(self, cause: str) -> bool:
+        """Count a connection failure; True once ``limit`` in a row had this cause (the replica is down)."""
         self.streak = self.streak + 1 if cause == self.cause else 1
         self.cause = cause
-        if self.streak >= self.limit:
-            raise UserError(
-                f"cannot reach {host_of(self.base_url)}: {cause} ({self.streak} requests in a row); check {self.flag} "
-                "and that the server is up, then re-run the same command"
-            )
+        return self.streak >= self.limit
 
     def answered(self) -> None:
         """The server replied (whatever the status): the streak is over."""
         self.streak, self.cause = 0, None
 
+    def describe(self) -> str:
+        """The replica and why it is down, for the run's last line: ``host:port: cause (N requests in a row)``."""
+        return f"{host_of(self.base_url)}: {self.cause} ({self.streak} requests in a row)"
+
+
+@dataclass(eq=False)
+class Replica:
+    """One replica of a deployment: its breaker, the requests it holds, while its breaker has it out of the run when
+    it may be tried again (``time.monotonic``), and its client in the current event loop (None between loops)."""
+
+    base_url: str
+    breaker: Breaker
+    in_flight: int = 0
+    down_until: float | None = None
+    client: AsyncOpenAI | None = None
+
+
+class Replicas:
+    """The replicas of one OpenAI-compatible deployment a run sends to (one or more base URLs; see the module
+    docstring): ``acquire`` a replica for a request, ``release`` it after, and report its ``answered`` or
+    ``failed`` connection. ``flag`` names the setting in messages. Clients are made in the event loop that uses
+    them and ``close`` ends them; the replicas' state (breakers, who is out) outlives it, so a caller that runs one
+    loop per batch keeps a dead replica out across batches."""
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        api_key: str,
+        timeout: float,
+        flag: str = "--base-url",
+        concurrency: int | None = None,
+        cooldown: float | None = None,
+    ) -> None:
+        self.flag, self.concurrency, self._api_key, self._timeout = flag, concurrency, api_key, timeout
+        self.cooldown = REPLICA_COOLDOWN if cooldown is None else cooldown
+        self.replicas = [Replica(url, Breaker(url)) for url in urls]
+        self._turn = 0
+        self._changed: asyncio.Condition | None = None
+
+    def __len__(self) -> int:
+        return len(self.replicas)
+
+    def _capacity(self, replica: Replica, now: float) -> int:
+        """Requests the replica may hold now: none while out, one on trial after its cooldown, else the limit."""
+        if replica.down_until is not None:
+            return 0 if now < replica.down_until else 1
+        return self.concurrency or 1 << 30
+
+    async def acquire(self, avoid: Collection[Replica] = ()) -> Replica:
+        """A replica with room for one more request, not one of ``avoid`` (those this request failed on) while
+        another is in the run: one due for a trial first, else the least busy (in turn); waits while they are full."""
+        self._changed = self._changed or asyncio.Condition()
+        async with self._changed:
+            while True:
+                now = time.monotonic()
+                others = [r for r in self.replicas if r not in avoid] if self.up_besides(*avoid) else self.replicas
+                free = [r for r in others if r.in_flight < self._capacity(r, now)]
+                if free:
+                    self._turn += 1
+                    turn = {id(r): (i - self._turn) % len(self.replicas) for i, r in enumerate(self.replicas)}
+                    replica = min(free, key=lambda r: (r.down_until is None, r.in_flight, turn[id(r)]))
+                    replica.in_flight += 1
+                    if replica.client is None:
+                        replica.client = make_client(replica.base_url, self._api_key, self._timeout)
+                    return replica
+                due = [r.down_until - now for r in self.replicas if r.down_until is not None and r.down_until > now]
+                with contextlib.suppress(TimeoutError):  # a replica's cooldown is over: it may take a trial
+                    await asyncio.wait_for(self._changed.wait(), timeout=min(due) if due else None)
+
+    async def release(self, replica: Replica) -> None:
+        """The request is over: its slot is free."""
+        async with self._changed:
+            replica.in_flight -= 1
+            self._changed.notify_all()
+
+    def answered(self, replica: Replica) -> None:
+        """The replica replied (whatever the status): it is up, its streak is over."""
+        replica.breaker.answered()
+        replica.down_until = None
+
+    def failed(self, replica: Replica, cause: str) -> None:
+        """Count a connection failure of the replica: its breaker (or a failed trial) takes it out of the run; a
+        UserError naming every replica and its cause once all are out."""
+        tripped = replica.breaker.failed(cause)
+        if tripped or replica.down_until is not None:
+            replica.down_until = time.monotonic() + self.cooldown
+        if all(r.down_until is not None for r in self.replicas):
+            raise UserError(self.all_down())
+
+    def up_besides(self, *replicas: Replica) -> bool:
+        """Whether a replica other than these is in the run (a failed request can go there at once)."""
+        return any(r not in replicas and r.down_until is None for r in self.replicas)
+
+    def all_down(self) -> str:
+        """The run's last line when no replica answers: each (redacted) with its cause, and what to check."""
+        if len(self.replicas) == 1:
+            return (
+                f"cannot reach {self.replicas[0].breaker.describe()}; check {self.flag} and that the server is up, "
+                "then re-run the same command"
+            )
+        down = "; ".join(r.breaker.describe() for r in self.replicas)
+        return (
+            f"cannot reach any of the {len(self.replicas)} replicas of {self.flag}: {down}; check {self.flag} and "
+            "that the servers are up, then re-run the same command"
+        )
+
+    async def close(self) -> None:
+        """Close the clients of this event loop (the next loop that acquires a replica makes new ones)."""
+        for replica in self.replicas:
+            if replica.client is not None:
+                await replica.client.close()
+                replica.client = None
+        self._changed = None
+
+
+class Unreachable(UserError):
+    """The probe got no answer from an endpoint (``cause`` says why): with other replicas up, the run goes on."""
+
+    def __init__(self, message: str, cause: str) -> None:
+        super().__init__(message)
+        self.cause = cause
+
 
 async def probe(client: AsyncOpenAI, base_url: str, flag: str = "--base-url", key_flag: str = "--api-key-env") -> None:
-    """One request before any work: the model list. Unreachable, 404 or a refused key → a one-line UserError."""
+    """One request before any work: the model list. Unreachable (``Unreachable``), 404 or a refused key → a one-line
+    UserError."""
     import openai
 
     last = ""
@@ -222,22 +364,43 @@ async def probe(client: AsyncOpenAI, base_url: str, flag: str = "--base-url", ke
             last = connection_cause(err)
         except openai.APIStatusError:
             return  # 429 / 5xx: transient, the run's retries deal with them
-    raise UserError(f"cannot reach {host_of(base_url)}: {last}; check {flag} and that the server is up")
+    raise Unreachable(f"cannot reach {host_of(base_url)}: {last}; check {flag} and that the server is up", last)
 
 
 def check_endpoint(
-    base_url: str, api_key: str, timeout: float, flag: str = "--base-url", key_flag: str = "--api-key-env"
-) -> None:
-    """``probe`` from synchronous code (its own event loop and client)."""
+    base_url: str | Sequence[str],
+    api_key: str,
+    timeout: float,
+    flag: str = "--base-url",
+    key_flag: str = "--api-key-env",
+) -> list[str]:
+    """``probe`` every replica from synchronous code (its own event loop and clients). A wrong URL or a refused key
+    anywhere stops the run; unreachable replicas stop it only when none answers (one line naming each), else they
+    are returned, one line each, for the caller to print (the run takes them out at their first failures)."""
+    urls = base_urls(base_url, flag)
 
-    async def run() -> None:
-        client = make_client(base_url, api_key, timeout)
+    async def one(url: str) -> str | None:
+        client = make_client(url, api_key, timeout)
         try:
-            await probe(client, base_url, flag, key_flag)
+            await probe(client, url, flag, key_flag)
+        except Unreachable as err:
+            if len(urls) == 1:
+                raise
+            return f"{host_of(url)}: {err.cause}"
         finally:
             await client.close()
+        return None
 
-    asyncio.run(run())
+    async def run() -> list[str | None]:
+        return list(await asyncio.gather(*(one(url) for url in urls)))
+
+    down = [line for line in asyncio.run(run()) if line]
+    if len(down) == len(urls):
+        raise UserError(
+            f"cannot reach any of the {len(urls)} replicas of {flag}: {'; '.join(down)}; check {flag} and that the "
+            "servers are up"
+        )
+    return [f"{flag}: replica {line}; the run goes on with the others" for line in down]
 
 
 def _client_options(base_url: str, api_key: str, timeout: float, max_retries: int = 0) -> dict[str, Any]:
@@ -293,47 +456,57 @@ def completion_of(body: Mapping) -> Completion:
 
 
 async def complete(
-    client: AsyncOpenAI,
+    replicas: Replicas,
     request: dict,
     policy: RetryPolicy,
     on_retry: Callable[[str], None] | None = None,
-    breaker: Breaker | None = None,
 ) -> Completion:
-    """One chat completion, retried on transient failures; raises GaveUp, Rejected, or UserError (stop the run)."""
+    """One chat completion from one of ``replicas``, retried on transient failures (a connection failure goes at
+    once to another replica while one is up); raises GaveUp, Rejected, or UserError (stop the run)."""
     import openai
 
     last = "no attempt"
-    for retry in range(policy.max_retries + 1):
+    retry = failovers = 0
+    failed_on: list[Replica] = []
+    while True:
         headers = None
+        replica = await replicas.acquire(failed_on)
         try:
             # the client's documented raw `post`: the typed `chat.completions.create` walks the whole request
             # (base64 image included) through its params transform, ~1.5 ms of CPU a call
-            body = await client.post("/chat/completions", cast_to=dict, body=request)
-            if breaker is not None:
-                breaker.answered()
+            body = await replica.client.post("/chat/completions", cast_to=dict, body=request)
+            replicas.answered(replica)
             return completion_of(body)
         except openai.NotFoundError as err:
-            raise UserError(not_found_message(str(client.base_url), "/chat/completions", err)) from err
+            raise UserError(not_found_message(replica.base_url, "/chat/completions", err)) from err
         except (openai.AuthenticationError, openai.PermissionDeniedError) as err:
             raise UserError(
-                f"{host_of(str(client.base_url))} refused the run ({err.status_code}): {_message(err)}"
+                f"{host_of(replica.base_url)} refused the run ({err.status_code}): {_message(err)}"
             ) from err
         except openai.APIStatusError as err:
-            if breaker is not None:
-                breaker.answered()
+            replicas.answered(replica)
             if not is_transient(err.status_code):
                 raise Rejected(f"HTTP {err.status_code}: {_message(err)}") from err
             last, headers = f"HTTP {err.status_code}", err.response.headers
         except (openai.APITimeoutError, openai.APIConnectionError) as err:
             timed_out = is_timeout(err)
             last = "APITimeoutError" if timed_out else "APIConnectionError"
-            if breaker is not None and not timed_out:
-                breaker.failed(connection_cause(err))
+            if not timed_out:
+                replicas.failed(replica, connection_cause(err))
+                failed_on.append(replica)
+                if replicas.up_besides(*failed_on) and failovers < BREAKER_LIMIT * len(replicas):
+                    failovers += 1
+                    if on_retry is not None:
+                        on_retry(f"{last}: sent to another replica")
+                    continue
+        finally:
+            await replicas.release(replica)
         if retry == policy.max_retries:
             break
         if on_retry is not None:
             on_retry(last)
         await asyncio.sleep(backoff_delay(retry, retry_after_seconds(headers), policy, random.random()))
+        retry += 1
     raise GaveUp(f"{last} after {policy.max_retries} retries")
 
 

@@ -156,6 +156,17 @@ def item_key(image_sha256: str, prompt: str, responses: list[str], settings: Jud
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """``i/N`` → (i, N), with 0 ≤ i < N."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError as err:
+        raise UserError(f"--shard {text!r}: expected i/N, e.g. 0/4") from err
+    if not 0 <= index < count:
+        raise UserError(f"--shard {text!r}: need 0 <= i < N")
+    return index, count
+
+
 def shard_of(key: str, shards: int) -> int:
     """The shard an item belongs to: a function of its content key only, so every machine agrees."""
     return int(key[:16], 16) % shards

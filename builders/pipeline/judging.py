@@ -11,14 +11,13 @@ from typing import TYPE_CHECKING
 
 from vlfeedback_kit.builders.pipeline.cost import Budget, Price, call_cost, estimate_tokens
 from vlfeedback_kit.builders.pipeline.endpoint import (
-    Breaker,
     GaveUp,
     Rejected,
+    Replicas,
     RunStats,
     complete,
     for_each,
     host_of,
-    make_client,
 )
 from vlfeedback_kit.builders.pipeline.items import Planned, build_request, load, settle
 from vlfeedback_kit.builders.pipeline.judge import JudgeSettings, Template, read_reply
@@ -73,18 +72,19 @@ class Judging(JudgeLoop):
 
     def __init__(self, job: JudgeJob) -> None:
         super().__init__(job)
-        self.client = None
-        self.breaker = Breaker(self.options.base_url)
+        self.replicas: Replicas | None = None
         self.send_seed = True
 
     async def run(self, todo: list[Planned], api_key: str) -> RunStats:
-        """Judge every item in ``todo`` (bounded concurrency, budget permitting)."""
+        """Judge every item in ``todo`` (``--concurrency`` in flight per replica, budget permitting)."""
         started = time.perf_counter()
-        self.client = make_client(self.options.base_url, api_key, self.options.timeout)
+        options = self.options
+        self.replicas = Replicas(options.base_urls, api_key, options.timeout, concurrency=options.concurrency)
         try:
-            complete_intake = await for_each(todo, self.judge, self.options.concurrency, self.budget.admit)
+            in_flight = options.concurrency * len(self.replicas)
+            complete_intake = await for_each(todo, self.judge, in_flight, self.budget.admit)
         finally:
-            await self.client.close()
+            await self.replicas.close()
         if not complete_intake:
             self.stats.stopped = f"{MAX_COST_STOP} {self.options.max_cost} reached"
         self.stats.seed_sent = self.send_seed
@@ -102,14 +102,12 @@ class Judging(JudgeLoop):
                 if not self.send_seed:
                     request.pop("seed", None)
                 try:
-                    completion = await complete(
-                        self.client, request, self.options.retry, self.stats.retried, self.breaker
-                    )
+                    completion = await complete(self.replicas, request, self.options.retry, self.stats.retried)
                 except Rejected as err:
                     if "response_format" in request and "response_format" in str(err):
+                        host = host_of(self.options.base_urls[0])
                         raise UserError(
-                            f"{host_of(self.options.base_url)} does not take --response-format json-schema ({err}); "
-                            "run without it"
+                            f"{host} does not take --response-format json-schema ({err}); run without it"
                         ) from err
                     if "seed" not in request or "seed" not in str(err):
                         raise

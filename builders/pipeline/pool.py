@@ -11,12 +11,13 @@ import hashlib
 import json
 import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
 
+from vlfeedback_kit.builders.pipeline.endpoint import base_urls, host_of
 from vlfeedback_kit.errors import UserError
 from vlfeedback_kit.hub_ids import folder_or_hub_problem
 
@@ -43,7 +44,9 @@ MEMBER_KEYS = {
 
 @dataclass(frozen=True)
 class Member:
-    """One pool model and how it generates."""
+    """One pool model and how it generates. An endpoint member's ``base_url`` is its deployment's first URL (what
+    its answers' keys name); ``replicas`` all the URLs it is served at (``base_url`` as a YAML list), so replicas
+    can be added or removed without changing an answer's key."""
 
     name: str
     kind: str
@@ -56,13 +59,14 @@ class Member:
     base_url: str | None = None
     api_key_env: str | None = None
     concurrency: int = 8
+    replicas: tuple[str, ...] = ()
 
     def settings(self) -> dict:
         """What is recorded with each response: the member's identity and its generation settings."""
         where = (
             {"adapter": self.adapter, "dtype": self.dtype}
             if self.kind == "transformers"
-            else {"endpoint": _host(self.base_url)}
+            else {"endpoint": host_of(self.base_url)}
         )
         return {"kind": self.kind, "model": self.model, **where, **self.generation}
 
@@ -79,12 +83,6 @@ class Member:
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
-def _host(url: str | None) -> str | None:
-    from urllib.parse import urlsplit
-
-    return urlsplit(url).netloc.rsplit("@", 1)[-1] if url else None
-
-
 @dataclass(frozen=True)
 class Pool:
     """The members, how many answer each instruction, and the seed of that draw."""
@@ -92,6 +90,17 @@ class Pool:
     members: tuple[Member, ...]
     k: int
     seed: int
+
+
+def pool_record(pool: Pool) -> dict:
+    """The pool as JSON (what a decode store keeps, so ``assemble`` can merge the stores of shards)."""
+    return {"k": pool.k, "seed": pool.seed, "members": [asdict(member) for member in pool.members]}
+
+
+def pool_of_record(record: dict) -> Pool:
+    """The pool a decode store recorded (``pool_record``)."""
+    members = tuple(Member(**{**spec, "replicas": tuple(spec.get("replicas") or ())}) for spec in record["members"])
+    return Pool(members, int(record["k"]), int(record["seed"]))
 
 
 def load_pool(path: Path, k: int | None = None, seed: int | None = None) -> Pool:
@@ -129,6 +138,9 @@ def _member(spec: dict, defaults: dict, path: Path) -> Member:
     problems = [p for p in problems if p]
     if problems:
         raise UserError(f"--pool {path}: member {spec['name']!r}: {'; '.join(problems)}")
+    if spec.get("base_url"):
+        urls = base_urls(spec["base_url"], f"--pool {path}: member {spec['name']!r}: base_url")
+        spec = {**spec, "base_url": urls[0], "replicas": urls}
     return Member(**{**spec, "generation": generation})
 
 
@@ -225,4 +237,3 @@ def chat_request(member: Member, prompt: str, image_url: str) -> dict:
         "temperature": generation["temperature"],
         "top_p": generation["top_p"],
     }
-

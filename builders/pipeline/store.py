@@ -120,6 +120,18 @@ class Store:
                 f"{flag}, or use another --out for a new run"
             )
 
+    def absorb(self, path: Path) -> None:
+        """Copy another store's settings (those not recorded here), ledger and finished items into this one — the
+        stores of one run's shards, each key in one of them; what is here already is kept."""
+        self.db.execute("ATTACH DATABASE ? AS other", (str(path),))
+        try:
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                for table in ("meta", "calls", "results"):
+                    self.db.execute(f"INSERT OR IGNORE INTO main.{table} SELECT * FROM other.{table}")
+        finally:
+            self.db.execute("DETACH DATABASE other")
+
     # --- items --------------------------------------------------------------------------------------------------
 
     def finished(self) -> dict[str, str]:
@@ -238,6 +250,11 @@ class Store:
                 "INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?)",
                 (batch.input_file_id, batch.batch_id, json.dumps(batch.custom_ids), batch.status, time.time()),
             )
+
+
+def result_in(stores: list[Store], key: str) -> Result | None:
+    """The finished item of a key in the first of ``stores`` that has it (the shards of one run hold each once)."""
+    return next((r for r in (store.result(key) for store in stores) if r is not None), None)
 
 
 def changes(name: str, recorded: object, value: object) -> str:

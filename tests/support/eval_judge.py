@@ -8,7 +8,7 @@ matching that key gets the n-th reply, the last one repeating); otherwise a fixe
 (MMHal "Rating: 4", MM-Vet "0.5", red-teaming "Rating: 4 / Refusal: No", win-rate "Verdict: A"), and anything
 else (a generation request of ``--engine openai``) is a deterministic answer naming the model. ``response.model``
 is ``resolved[requested]`` when given (an alias resolved to a snapshot). Failures injected with ``fail_next``
-and the ``calls`` log work as in :class:`OpenAIServer`.
+the ``calls`` log, ``kill`` and ``kill_after`` work as in :class:`OpenAIServer`.
 """
 
 from __future__ import annotations
@@ -65,12 +65,16 @@ class EvalJudgeServer(OpenAIServer):
                 return reply
         return f"answer of {hash(text) % 997}: a small square."
 
-    def chat(self, body: dict, via: str) -> tuple[int, dict, dict[str, str]]:
+    def chat(self, body: dict, via: str) -> tuple[int, dict, dict[str, str]] | None:
         with self._lock:
             failing = bool(self._failures)
         if failing:
             return super().chat(body, via)
+        if not self.arrives(via):
+            return None
         time.sleep(self.latency)
+        if self.killed:
+            return None
         messages = body.get("messages") or []
         text = text_of(first_user_content(messages))
         last = text_of([m for m in messages if m.get("role") == "user"][-1]["content"])

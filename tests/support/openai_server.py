@@ -27,6 +27,10 @@ How it answers a chat request:
   ``drop_chat`` (every chat call's connection is closed without a reply; ``dropped`` counts them),
   ``reject_params`` (request fields answered with a 400 "unsupported parameter", as some servers do for ``seed``).
 - ``GET /v1/models`` lists ``models`` (``probes`` counts the requests).
+- ``kill()`` stops it as a crashed replica would: new connections are refused, and every request on a connection
+  already open — the calls in flight included, after their latency — is dropped without a reply (counted in
+  ``dropped``; such a call is not logged in ``calls``). ``kill_after(n)`` kills it when its n-th chat call over
+  HTTP arrives (that call is dropped too): a replica dying mid-run at a point the test chooses.
 
 ``calls`` logs every chat completion made (over HTTP or inside a batch) with the hash of the request's first user
 message — the item's content — so a test can count the calls per item, and the text of its last user message (a
@@ -242,6 +246,9 @@ class OpenAIServer(LoopbackServer):
         self.probes = 0
         self.drop_chat = False
         self.dropped = 0
+        self.killed = False
+        self._kill_at: int | None = None
+        self._http_chats = 0
         self.reject_params: set[str] = set()
         self.tokens: set[str] = set()
         self.files: dict[str, dict] = {}
@@ -261,6 +268,29 @@ class OpenAIServer(LoopbackServer):
         with self._lock:
             self._failures += [status] * count
 
+    def kill_after(self, calls: int) -> None:
+        """Kill the server when its ``calls``-th chat call over HTTP arrives."""
+        with self._lock:
+            self._kill_at = self._http_chats + calls
+
+    def kill(self) -> None:
+        """Stop like a crashed process: refuse new connections, drop every request of the open ones unanswered."""
+        self.killed = True
+        self.stop()
+
+    def arrives(self, via: str) -> bool:
+        """Count a chat call; False when it is the one ``kill_after`` named (the server dies on receiving it)."""
+        if via != "http":
+            return True
+        with self._lock:
+            self._http_chats += 1
+            dies = self._kill_at is not None and self._http_chats >= self._kill_at
+            if dies:
+                self._kill_at = None
+        if dies:
+            self.kill()  # from a handler thread: the serving loop runs in its own
+        return not dies
+
     def counts_by_hash(self, status: int | None = 200) -> Counter:
         """Chat calls per item content hash (only those answered with ``status``; None: all)."""
         with self._lock:
@@ -279,8 +309,11 @@ class OpenAIServer(LoopbackServer):
 
     # --- request handling (called from the handler threads) ---------------------------------------------------
 
-    def chat(self, body: dict, via: str) -> tuple[int, dict, dict[str, str]]:
-        """Run one chat completion: (status, JSON body, extra headers)."""
+    def chat(self, body: dict, via: str) -> tuple[int, dict, dict[str, str]] | None:
+        """Run one chat completion: (status, JSON body, extra headers), or None when the server was killed before
+        it could reply (the connection is then closed without one)."""
+        if not self.arrives(via):
+            return None
         messages = body.get("messages") or []
         with self._lock:
             self.requests.append(
@@ -303,6 +336,8 @@ class OpenAIServer(LoopbackServer):
         if via == "http":
             extra = float(directives["slow"]) if first and "slow" in directives else 0.0
             time.sleep(self.latency + extra)
+            if self.killed:
+                return None
         attempt = 1 + sum(m.get("role") == "assistant" for m in messages)
         usage = (0, 0)
         headers: dict[str, str] = {}
@@ -459,12 +494,15 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._authorized():
             return
         path = self.path.split("?", 1)[0]
-        if path == "/v1/chat/completions" and app.drop_chat:
+        answer = None
+        if path == "/v1/chat/completions" and not (app.drop_chat or app.killed):
+            answer = app.chat(json.loads(body), via="http")
+        if path == "/v1/chat/completions" and answer is None:
             with app._lock:
                 app.dropped += 1
             self.close_connection = True
         elif path == "/v1/chat/completions":
-            self._send(*app.chat(json.loads(body), via="http"))
+            self._send(*answer)
         elif path == "/v1/files":
             form = _multipart(self.headers.get("Content-Type", ""), body)
             self._send(200, app.add_file(form["file"][1], form["file"][0] or "upload", form["purpose"][1].decode()))
@@ -476,6 +514,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         app = self.server.app
         self._body()
+        if app.killed:
+            self.close_connection = True
+            return
         if not self._authorized():
             return
         parts = self.path.split("?", 1)[0].strip("/").split("/")
