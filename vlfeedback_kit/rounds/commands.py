@@ -1,0 +1,47 @@
+"""The ``vlfeedback rounds`` verb: on-policy rounds (generate, judge, build, train, evaluate), resumable."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``rounds`` to the ``vlfeedback`` parser."""
+    rounds = subparsers.add_parser(
+        "rounds",
+        help="on-policy rounds: the policy generates, the judge rates, the next round trains (resumable)",
+        description="Run RLAIF-V-style on-policy DPO rounds from a config (see docs/rounds.md); re-run the same "
+        "command to resume after an interruption: nothing finished is redone or paid twice.",
+    )
+    rounds.add_argument("--config", type=Path, required=True, help="rounds.yaml")
+    rounds.add_argument("--out", type=Path, required=True, help="output folder (resumable)")
+    rounds.add_argument("--rounds", type=int, help="run this many rounds in all (extends a finished run)")
+    rounds.add_argument("--dry-run", action="store_true", help="print what each round would do and its cost; no work")
+    rounds.add_argument("--quiet", action="store_true", help="no progress bars")
+    rounds.set_defaults(func=_rounds, extras=("train", "pipeline", "eval"))
+
+
+def _rounds(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from vlfeedback_kit.errors import UserError
+    from vlfeedback_kit.rounds.config import load_config
+    from vlfeedback_kit.rounds.loop import run_rounds
+    from vlfeedback_kit.rounds.plan import dry_run
+
+    config = load_config(args.config)
+    if args.rounds is not None:
+        if args.rounds < 1:
+            raise UserError("--rounds must be at least 1")
+        config = replace(config, rounds=args.rounds)
+    if args.dry_run:
+        print(json.dumps(dry_run(config, args.out), indent=2))
+        return 0
+    result = run_rounds(config, args.out, progress=not args.quiet)
+    for entry in result["rounds"]:
+        base, low, high = entry["vs_base"]["win_rate"], *entry["vs_base"]["win_rate_ci"]
+        print(f"round {entry['round']}: {entry['pairs']} pairs; win rate vs base {base:.3f} [{low:.3f}, {high:.3f}]")
+    print(f"best round by {result['pick_by']}: {result['best_round']}; report: {args.out / 'report.md'}")
+    return 0
