@@ -14,9 +14,9 @@ from pathlib import Path
 
 from support.eval_judge import EvalJudgeServer
 from support.openai_server import REFUSAL, TEXT_BLOCK, kit_reply
+from support.pipeline import JUDGE_KEY_ENV
 
 WINRATE_ANSWERS = re.compile(r"### Answer A\n(.*)\n\n### Answer B\n(.*)\Z", re.DOTALL)
-JUDGE_KEY_ENV = "VLF_TEST_JUDGE_KEY"
 
 
 def digits(text: str) -> int:
