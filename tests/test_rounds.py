@@ -13,7 +13,6 @@ import pytest
 from support.pipeline import JUDGE_KEY_ENV
 from support.rounds import RuleJudge, workspace
 
-from vlfeedback_kit.cli import main as cli_main
 from vlfeedback_kit.rounds.config import load_config
 from vlfeedback_kit.rounds.judge import RoundStopped
 from vlfeedback_kit.rounds.loop import run_rounds
@@ -107,7 +106,8 @@ def test_a_judge_failing_beyond_the_fail_rate_stops_the_round(tmp_path, monkeypa
     monkeypatch.setenv(JUDGE_KEY_ENV, "sk-test")
     with RuleJudge(refuse=True) as server:
         config = load_config(workspace(tmp_path, server.url, prompts=4, heldout=2))
-        with pytest.raises(RoundStopped, match=r"round 1: the judge rated 0 of 4 rows .*judge.max_fail_rate 5%.*refus"):
+        stopped = r"round 1: the judge rated 0 of 4 rows .*judge.max_fail_rate 5%.*refus"
+        with pytest.raises(RoundStopped, match=stopped):
             run_rounds(config, tmp_path / "out", progress=False)
     assert not (tmp_path / "out" / "round-1" / "run").exists()
     assert not (tmp_path / "out" / "round-1" / "judge.done.json").exists()
