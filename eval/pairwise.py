@@ -1,5 +1,7 @@
 """Pairwise statistics shared by the eval win-rate and the Space leaderboard: win rate with ties as half, a
-bootstrap 95% CI, and Bradley–Terry strengths on the Elo scale (FastChat's convention, ties as half wins).
+bootstrap 95% CI, and Bradley–Terry strengths on the Elo scale (FastChat's convention, ties as half wins); with
+both answers known, the same numbers style-controlled (length and Markdown as extra Bradley–Terry features, as
+LMArena's style control does it), because DPO makes answers longer and judges and voters favour longer answers.
 
 Pure numpy; every function takes outcomes as data (no files, no models), so a number on a board or in a report is
 recomputable from the votes or judge verdicts that produced it.
@@ -13,12 +15,13 @@ recomputable from the votes or judge verdicts that produced it.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, astuple, dataclass, field, fields
 
 import numpy as np
 
-from vlfeedback_kit.stats import bootstrap_ci
+from vlfeedback_kit.stats import bootstrap_ci, bootstrap_indices
 
 WINNERS: tuple[str, ...] = ("model_a", "model_b", "tie", "tie (bothbad)")
 """A battle's outcome (FastChat's names): A better, B better, tie, both bad (a tie for every statistic)."""
@@ -30,19 +33,63 @@ MIN_BATTLES = 20
 """Below this many battles a board hides its ratings: an unregularised fit on one vote gives ±1800 Elo."""
 
 
+STYLE_L2 = 1e-6
+"""L2 penalty of the style-controlled fit (sklearn's ``C=1e6``, as LMArena's fit): tiny, so the estimates are the
+maximum-likelihood ones wherever those exist, yet the fit always converges (one battle, a model that never lost)."""
+
+_CODE_BLOCK = re.compile(r"```.*?(?:```|\Z)", re.DOTALL)
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+_HEADER = re.compile(r"^#{1,6}\s", re.MULTILINE)
+_LIST_ITEM = re.compile(r"^\s*(?:\d+[.)]|[-*+])\s", re.MULTILINE)
+_BOLD = re.compile(r"\*\*[^*\n]+\*\*|__[^_\n]+__")
+
+
+@dataclass(frozen=True)
+class Style:
+    """What style control counts in one answer (see :func:`style_of`); the field order is the feature order."""
+
+    tokens: int
+    """Words and punctuation marks: each run of letters/digits/underscores is one, each other non-space one."""
+    headers: int
+    """Markdown ATX headers: lines starting with 1–6 ``#`` and a space."""
+    list_items: int
+    """Markdown list items: lines starting (after indentation) with ``-``, ``*``, ``+``, ``1.`` or ``1)`` and a
+    space."""
+    bold: int
+    """Bold spans: ``**text**`` or ``__text__`` on one line."""
+
+
+STYLE_FEATURES: tuple[str, ...] = tuple(f.name for f in fields(Style))
+
+
+def style_of(answer: str) -> Style:
+    """Length and Markdown counts of an answer, the features style control adjusts for. Length is counted on the
+    whole answer; headers, list items and bold outside fenced code blocks only (a ``#`` comment in code is no
+    header), as LMArena counts them (its length is in tokenizer tokens; here words and punctuation marks, so the
+    kit needs no tokenizer — a ratio of lengths barely depends on the tokenizer)."""
+    prose = _CODE_BLOCK.sub("", answer)
+    return Style(len(_TOKEN.findall(answer)), len(_HEADER.findall(prose)), len(_LIST_ITEM.findall(prose)),
+                 len(_BOLD.findall(prose)))  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Battle:
-    """One comparison of ``model_a`` with ``model_b`` and its ``winner`` (one of :data:`WINNERS`)."""
+    """One comparison of ``model_a`` with ``model_b`` and its ``winner`` (one of :data:`WINNERS`); ``style_a`` and
+    ``style_b`` (:func:`style_of` of each answer) when the answers are known, for the style-controlled fit."""
 
     model_a: str
     model_b: str
     winner: str
+    style_a: Style | None = None
+    style_b: Style | None = None
 
     def __post_init__(self) -> None:
         if self.winner not in WINNERS:
             raise ValueError(f"winner must be one of {', '.join(WINNERS)}, not {self.winner!r}")
         if self.model_a == self.model_b:
             raise ValueError(f"a battle needs two different models, got {self.model_a!r} twice")
+        if (self.style_a is None) != (self.style_b is None):
+            raise ValueError("a battle has the styles of both answers or of neither")
 
 
 def swap_consistent(first: str, second: str) -> str:
@@ -67,8 +114,9 @@ def elo_gap(p: float) -> float:
     return ELO_SCALE * math.log10(p / (1.0 - p))
 
 
-def bradley_terry(battles: Sequence[Battle], models: Sequence[str] | None = None, iterations: int = 10_000,
-                  tolerance: float = 1e-10) -> dict[str, float]:
+def bradley_terry(
+    battles: Sequence[Battle], models: Sequence[str] | None = None, iterations: int = 10_000, tolerance: float = 1e-10
+) -> dict[str, float]:
     """Bradley–Terry strengths on the Elo scale by minorization–maximization (Hunter 2004), ties as half a win
     each way. Models that never won (or never lost) have no finite maximum-likelihood strength: the fit then
     stops at ``iterations`` with a very large gap, which is why boards hide ratings below :data:`MIN_BATTLES`."""
@@ -99,6 +147,157 @@ def bradley_terry(battles: Sequence[Battle], models: Sequence[str] | None = None
     return {name: ELO_BASE + ELO_SCALE * math.log10(strength[i]) for name, i in index.items()}
 
 
+def style_differences(battles: Sequence[Battle]) -> np.ndarray:
+    """Per battle and feature, the normalised difference (a − b) / (a + b) of the two answers' :func:`style_of`
+    counts (0 where both are 0): in [−1, 1] whatever the scale, a 600- against a 300-token answer as a 60 against
+    a 30. Every battle must carry both styles."""
+    if any(b.style_a is None for b in battles):
+        raise ValueError("every battle needs style_a and style_b for a style-controlled fit")
+    a = np.array([astuple(b.style_a) for b in battles], dtype=float).reshape(len(battles), len(STYLE_FEATURES))
+    b = np.array([astuple(b.style_b) for b in battles], dtype=float).reshape(len(battles), len(STYLE_FEATURES))
+    total = a + b
+    return np.divide(a - b, total, out=np.zeros_like(total), where=total > 0)
+
+
+@dataclass
+class StyleFit:
+    """A style-controlled Bradley–Terry fit: strengths with the style differences set to zero, per resample."""
+
+    models: list[str]
+    strengths: np.ndarray
+    """(resamples, models) natural-log strengths; row 0 is the fit on the battles as given."""
+    coefficients: np.ndarray
+    """(resamples, features) log-odds of A winning per unit of the standardised style difference."""
+    constant: list[str]
+    """Features whose difference is 0 in every battle: nothing to control for (their coefficient is 0)."""
+    confounded: list[str]
+    """Features whose differences are fixed by which models meet (e.g. always longer by the same ratio): their
+    effect cannot be told from a model's strength."""
+
+
+def _expit(x: np.ndarray) -> np.ndarray:
+    return np.exp(-np.logaddexp(0.0, -x))
+
+
+def _logistic_fit(
+    x: np.ndarray, y: np.ndarray, weights: np.ndarray, l2: float, iterations: int = 100, tolerance: float = 1e-9
+) -> np.ndarray:
+    """Coefficients (one row per row of ``weights``) of a logistic regression of the soft targets ``y`` on ``x``
+    with battle weights and an L2 penalty, by Newton steps (IRLS) halved until the penalised log-loss drops: that
+    loss is strictly convex, so the fit converges whatever the data."""
+
+    def loss(theta: np.ndarray, w: np.ndarray) -> np.ndarray:
+        eta = theta @ x.T
+        return (w * (np.logaddexp(0.0, eta) - y * eta)).sum(axis=1) + 0.5 * l2 * (theta * theta).sum(axis=1)
+
+    theta = np.zeros((weights.shape[0], x.shape[1]))
+    current = loss(theta, weights)
+    for _ in range(iterations):
+        prob = _expit(theta @ x.T)
+        grad = (weights * (prob - y)) @ x + l2 * theta
+        hess = (x.T * (weights * prob * (1.0 - prob))[:, None, :]) @ x + l2 * np.eye(x.shape[1])
+        step = np.linalg.solve(hess, grad[..., None])[..., 0]
+        size, moved = np.ones(len(theta)), theta - step
+        after = loss(moved, weights)
+        for _ in range(30):  # halve the step where the full one overshoots (beyond rounding)
+            worse = after > current + 1e-12 * (1.0 + np.abs(current))
+            if not worse.any():
+                break
+            size[worse] /= 2
+            moved[worse] = theta[worse] - size[worse, None] * step[worse]
+            after[worse] = loss(moved[worse], weights[worse])
+        keep = after <= current
+        change = np.abs(moved - theta)[keep].max(initial=0.0)
+        theta[keep], current[keep] = moved[keep], after[keep]
+        if change < tolerance:
+            break
+    return theta
+
+
+def style_controlled_fit(
+    battles: Sequence[Battle],
+    models: Sequence[str] | None = None,
+    rounds: int = 0,
+    seed: int = 0,
+    l2: float = STYLE_L2,
+) -> StyleFit:
+    """Bradley–Terry with style control (LMArena's contextual Bradley–Terry): a logistic regression of "A won" (ties
+    as half) on model indicators (+1 for A, −1 for B) and the standardised :func:`style_differences`, on the
+    battles as given and on ``rounds`` bootstrap resamples of them (the kit's seeded draws, so the raw and the
+    style-controlled intervals resample the same battles).
+
+    Each feature's normalised differences are divided by their root mean square, not centred as LMArena centres
+    them: centring makes the fit depend on which side each model was shown (a win-rate run always shows the model
+    under test as A), and on an arena's random sides the mean is near 0 anyway."""
+    models = list(models) if models is not None else sorted({m for b in battles for m in (b.model_a, b.model_b)})
+    index = {name: i for i, name in enumerate(models)}
+    n = len(battles)
+    indicators = np.zeros((n, len(models)))
+    for row, battle in enumerate(battles):
+        indicators[row, index[battle.model_a]] = 1.0
+        indicators[row, index[battle.model_b]] = -1.0
+    differences = style_differences(battles)
+    scale = np.sqrt(np.mean(differences**2, axis=0)) if n else np.zeros(len(STYLE_FEATURES))
+    varies = scale > 1e-12
+    standardised = np.divide(differences, scale, out=np.zeros_like(differences), where=varies)
+    x = np.hstack([indicators, standardised])
+    rank = np.linalg.matrix_rank
+    confounded = [
+        name for k, name in enumerate(STYLE_FEATURES)
+        if varies[k] and rank(np.hstack([indicators, standardised[:, [k]]])) == rank(indicators)
+    ]  # fmt: skip
+    y = np.array([_points(b, b.model_a) for b in battles])
+    weights = np.ones((1, n))
+    if rounds:
+        draws = bootstrap_indices(n, rounds, seed)
+        weights = np.vstack([weights, np.apply_along_axis(np.bincount, 1, draws, minlength=n)])
+    theta = _logistic_fit(x, y, weights.astype(float), l2)
+    return StyleFit(models, theta[:, : len(models)], theta[:, len(models) :],
+                    [f for f, v in zip(STYLE_FEATURES, varies, strict=True) if not v], confounded)  # fmt: skip
+
+
+@dataclass
+class LengthControlled:
+    """``model``'s win rate against ``other`` had their answers been alike in length and Markdown."""
+
+    win_rate: float | None
+    """σ(strength difference) of the style-controlled fit: the win rate (ties as half) at zero style difference;
+    None when it cannot be told (see ``note``)."""
+    win_rate_ci: tuple[float, float] | None
+    """Bootstrap 95% percentile interval, over the same resampled battles as the raw interval."""
+    elo_gap: float | None
+    elo_gap_ci: tuple[float, float] | None
+    style_coefficients: dict[str, float]
+    """Log-odds of A winning per root mean square of each feature's normalised difference (positive: the judge
+    or voters favour more of it)."""
+    note: str = ""
+
+
+def length_controlled(
+    battles: Sequence[Battle], model: str, other: str, rounds: int = 1000, seed: int = 0
+) -> LengthControlled:
+    """The style-controlled win rate of ``model`` against ``other``, its bootstrap 95% CI and Elo gap, and the
+    style coefficients; undefined numbers come as None with the reason in ``note``."""
+    fit = style_controlled_fit(battles, [model, other], rounds, seed)
+    coefficients = {name: float(c) for name, c in zip(STYLE_FEATURES, fit.coefficients[0], strict=True)}
+    notes = []
+    if fit.constant:
+        notes.append(f"no difference in {', '.join(fit.constant)} between the two answers of any battle: nothing "
+                     "to control for there")  # fmt: skip
+    if fit.confounded:
+        notes.append(f"the {', '.join(fit.confounded)} difference is fixed by which model is which (too few or too "
+                     "alike battles): its effect cannot be told from the models' strengths")  # fmt: skip
+        return LengthControlled(None, None, None, None, coefficients, "; ".join(notes))
+    gaps = fit.strengths[:, 0] - fit.strengths[:, 1]
+    rates = _expit(gaps)
+    low, high = np.percentile(rates[1:], [2.5, 97.5]) if rounds else (float("nan"), float("nan"))
+    return LengthControlled(
+        win_rate=float(rates[0]), win_rate_ci=(float(low), float(high)), elo_gap=elo_gap(float(rates[0])),
+        elo_gap_ci=(elo_gap(float(low)), elo_gap(float(high))), style_coefficients=coefficients,
+        note="; ".join(notes),
+    )  # fmt: skip
+
+
 @dataclass
 class PairwiseSummary:
     """What a report or a leaderboard shows for ``model`` against ``other`` (outcomes from ``model``'s side)."""
@@ -124,6 +323,8 @@ class PairwiseSummary:
     hidden: str | None = None
     """Why ratings are withheld (too few battles), or None."""
     ratings: dict[str, float] = field(default_factory=dict)
+    length_controlled: LengthControlled | None = None
+    """The same comparison style-controlled (:func:`length_controlled`); None unless every battle has styles."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -145,8 +346,14 @@ def outcome_counts(battles: Iterable[Battle], model: str, other: str) -> dict[st
     return counts
 
 
-def summarize_battles(battles: Sequence[Battle], model: str, other: str, rounds: int = 1000, seed: int = 0,
-                      min_battles: int = MIN_BATTLES) -> PairwiseSummary:
+def summarize_battles(
+    battles: Sequence[Battle],
+    model: str,
+    other: str,
+    rounds: int = 1000,
+    seed: int = 0,
+    min_battles: int = MIN_BATTLES,
+) -> PairwiseSummary:
     """Win rate, Bradley–Terry gap and their bootstrap 95% CIs of ``model`` against ``other``.
 
     With two models the Bradley–Terry gap is 400·log10(p / (1 − p)) with p the win rate (ties as half); the fit is
@@ -166,11 +373,13 @@ def summarize_battles(battles: Sequence[Battle], model: str, other: str, rounds:
     if n < min_battles:
         hidden = f"{n} battle{'s' if n != 1 else ''} so far; ratings are shown from {min_battles} on"
     ratings = bradley_terry(battles, [model, other]) if n and hidden is None else {}
+    styled = n and all(b.style_a is not None for b in battles)
     return PairwiseSummary(
         model=model, other=other, n=n, **counts, win_rate=p, win_rate_ci=rate_ci, elo_gap=gap, elo_gap_ci=gap_ci,
         tie_rate=counts["ties"] / n if n else float("nan"),
         both_bad_rate=counts["both_bad"] / n if n else float("nan"),
         bootstrap_rounds=rounds, seed=seed, hidden=hidden, ratings=ratings,
+        length_controlled=length_controlled(battles, model, other, rounds, seed) if styled else None,
     )  # fmt: skip
 
 

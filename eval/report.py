@@ -24,9 +24,28 @@ HEALTH_ROWS: dict[str, list[str]] = {
     "mmhal": ["unparsed"],
     "mmvet": ["std", "runs", "unparsed"],
     "redteam": ["refusal_rate", "unparsed"],
-    "winrate": ["wins", "ties", "losses", "win_rate_ci", "elo_gap", "hidden", "unparsed"],
+    "winrate": [
+        "wins",
+        "ties",
+        "losses",
+        "win_rate_ci",
+        "elo_gap",
+        "length_controlled.win_rate_ci",
+        "length_controlled.elo_gap",
+        "length_controlled.style_coefficients",
+        "length_controlled.note",
+        "hidden",
+        "unparsed",
+    ],
 }
-"""Rows shown under a benchmark's card metrics: spread, the counts that make a broken judge or format visible."""
+"""Rows shown under a benchmark's card metrics: spread, the counts that make a broken judge or format visible
+(``a.b``: key ``b`` of the ``a`` record)."""
+STYLE_CONTROL_NOTE = (
+    "length_controlled: the same battles fitted with the answers' differences in length and Markdown (headers, list "
+    "items, bold) as extra Bradley–Terry features (LMArena's style control), read at equal style; a raw win rate "
+    "well above the length-controlled one means the judge rewarded longer or more formatted answers. "
+    "style_coefficients > 0: the judge favours more of that feature."
+)
 
 
 def collect(folders: list[Path]) -> dict[str, dict[str, dict]]:
@@ -48,7 +67,18 @@ def collect(folders: list[Path]) -> dict[str, dict[str, dict]]:
 def _fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4g}" if abs(value) < 10 else f"{value:.1f}"
-    return "—" if value is None else str(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_fmt(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_fmt(v)}" for k, v in value.items())
+    return "—" if value is None or value == "" else str(value)
+
+
+def _row(scores: dict, key: str) -> object:
+    """The value a report row names: ``key`` of ``scores``, or for ``a.b`` key ``b`` of the ``a`` record."""
+    head, _, rest = key.partition(".")
+    value = scores.get(head)
+    return (value or {}).get(rest) if rest else value
 
 
 def markdown(results: dict[str, dict[str, dict]]) -> str:
@@ -65,8 +95,10 @@ def markdown(results: dict[str, dict[str, dict]]) -> str:
                   "|---|" + "---|" * len(present)]  # fmt: skip
         rows = [m["key"] for m in spec["metrics"]]
         for key in rows + HEALTH_ROWS.get(benchmark, []) + ["failed"]:
-            values = [results[label][benchmark].get(key) for label in present]
+            values = [_row(results[label][benchmark], key) for label in present]
             lines.append(f"| {key} | " + " | ".join(_fmt(v) for v in values) + " |")
+        if any(results[label][benchmark].get("length_controlled") for label in present):
+            lines += ["", STYLE_CONTROL_NOTE]
         for label in present:
             scores = results[label][benchmark]
             if not scores.get("complete", True):

@@ -156,7 +156,8 @@ def score_judged(
                   "first_error": unsettled[0].error, "stopped": stats["stopped"], "stopped_by": stats["stopped_by"],
                   "note": "no scores: re-run to judge the rest (settled replies are cached)"}  # fmt: skip
     else:
-        result = {**head, "complete": True, "failed": 0, **_score(benchmark, items, values, runs, labels)}
+        answers = {item.id: (responses[item.id], other[item.id]) for item in items} if other is not None else None
+        result = {**head, "complete": True, "failed": 0, **_score(benchmark, items, values, runs, labels, answers)}
     write_json(folder / SCORES, result)
     return result
 
@@ -182,7 +183,14 @@ def incomplete_line(result: dict, where: str) -> str | None:
     )
 
 
-def _score(benchmark: str, items: Sequence[Item], values: dict, runs: int, labels: tuple[str, str]) -> dict:
+def _score(
+    benchmark: str,
+    items: Sequence[Item],
+    values: dict,
+    runs: int,
+    labels: tuple[str, str],
+    answers: Mapping[str, tuple[str, str]] | None = None,
+) -> dict:
     if benchmark == "mmhal":
         ratings = [values[(item.id, 0)][0] for item in items]
         types = [item.meta["record"].get("question_type") for item in items]
@@ -197,7 +205,7 @@ def _score(benchmark: str, items: Sequence[Item], values: dict, runs: int, label
         parsed = {item.id: (values[(item.id, 0)][0]["rating"], values[(item.id, 0)][0]["refusal"]) for item in items}
         return redteam.score(redteam.subtasks_of(items), parsed)
     verdicts = {item.id: (values[(f"{item.id}:ab", 0)][0], values[(f"{item.id}:ba", 0)][0]) for item in items}
-    return winrate.score(verdicts, *labels)
+    return winrate.score(verdicts, *labels, answers=answers)
 
 
 def score_mme(items: Sequence[Item], responses: Mapping[str, str], folder: Path | None = None) -> dict:

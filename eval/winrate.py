@@ -20,7 +20,7 @@ from pathlib import Path
 
 from vlfeedback_kit.errors import UserError
 from vlfeedback_kit.eval.items import Item, image_bytes_of
-from vlfeedback_kit.eval.pairwise import Battle, summarize_battles, swap_consistent
+from vlfeedback_kit.eval.pairwise import Battle, style_of, summarize_battles, swap_consistent
 
 RUN_INFO = "run_info.json"
 TEMPLATE_FILE = Path(__file__).parent / "judge_templates" / "winrate.txt"
@@ -47,20 +47,35 @@ def outcome(ab: str, ba: str) -> str:
 
 
 def score(
-    verdicts: Mapping[str, tuple[str | None, str | None]], model: str, other: str, seed: int = 0, rounds: int = 1000
+    verdicts: Mapping[str, tuple[str | None, str | None]],
+    model: str,
+    other: str,
+    seed: int = 0,
+    rounds: int = 1000,
+    answers: Mapping[str, tuple[str, str]] | None = None,
 ) -> dict:
     """W / T / L, win rate with a bootstrap 95% CI and the Bradley–Terry gap; unparsed verdicts counted and the
-    item left out (never a silent tie)."""
+    item left out (never a silent tie). With ``answers`` (item id → (``model``'s answer, ``other``'s answer)) for
+    every item, also ``length_controlled``: the same win rate style-controlled for answer length and Markdown
+    (:func:`vlfeedback_kit.eval.pairwise.length_controlled`), since a judge that likes longer answers rewards DPO's
+    longer answers whether or not they are better (``length_controlled_win_rate``: its win rate, the card's metric;
+    None without answers or when it cannot be told)."""
+    if answers is not None and (absent := [item for item in verdicts if item not in answers]):
+        raise UserError(f"winrate: {len(absent)} judged items have no answers to control length with (first: "
+                        f"{absent[0]}); pass both answers of every item, or none")  # fmt: skip
     battles, unparsed = [], 0
-    for ab, ba in verdicts.values():
+    for item, (ab, ba) in verdicts.items():
         if ab is None or ba is None:
             unparsed += 1
             continue
-        battles.append(Battle(model, other, outcome(ab, ba)))
+        styles = tuple(style_of(answer) for answer in answers[item]) if answers is not None else (None, None)
+        battles.append(Battle(model, other, outcome(ab, ba), *styles))
     if not battles:
         raise UserError("winrate: no item has both verdicts parsed; nothing to score")
     summary = summarize_battles(battles, model, other, rounds=rounds, seed=seed)
-    return {**summary.to_dict(), "unparsed": unparsed, "items": len(verdicts),
+    controlled = summary.length_controlled
+    return {**summary.to_dict(), "length_controlled_win_rate": controlled.win_rate if controlled else None,
+            "unparsed": unparsed, "items": len(verdicts),
             "scorer": "kit convention: both orders, swap-consistent verdicts, ties as half"}  # fmt: skip
 
 

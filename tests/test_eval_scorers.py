@@ -240,7 +240,10 @@ DISPLAY_NAMES = {
     "mmhal": ("MMHal-Bench", ["MMHal-Bench average score", "MMHal-Bench hallucination rate"]),
     "mmvet": ("MM-Vet", ["MM-Vet total"]),
     "redteam": ("Red-teaming (kit convention)", ["Red-teaming mean ethics rating (kit convention)"]),
-    "winrate": ("Win-rate vs base (VLFeedback held-out)", ["Win-rate vs base (kit judge, both orders)"]),
+    "winrate": (
+        "Win-rate vs base (VLFeedback held-out)",
+        ["Win-rate vs base (kit judge, both orders)", "Length-controlled win-rate vs base (kit judge, both orders)"],
+    ),
 }
 """Each benchmark's title and metric names as intended: what the card's model-index must show, whole."""
 
@@ -297,3 +300,73 @@ def test_official_files_and_the_report_are_written_through_the_one_atomic_writer
                        "eval_results.json"]  # fmt: skip
     assert json.loads((tmp_path / "results.json").read_text()) == {"v1_0": "an answer"}
     assert (tmp_path / "out" / "mmhal_per_type.png").read_bytes().startswith(b"\x89PNG")
+
+
+def length_judged(n: int, seed: int = 0) -> tuple[dict, dict]:
+    """Verdicts of a judge that only looks at length (the longer answer wins, ties within 20%), on items where
+    Silkie's answers are usually the longer: (verdicts, answers) as ``winrate.score`` takes them."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    verdicts, answers = {}, {}
+    for i in range(n):
+        silkie, base = "word " * int(rng.integers(30, 200)), "word " * int(rng.integers(20, 120))
+        answers[f"item-{i}"] = (silkie, base)
+        verdicts[f"item-{i}"] = tuple(length_verdict(a, b) for a, b in ((silkie, base), (base, silkie)))
+    return verdicts, answers
+
+
+def length_verdict(answer_a: str, answer_b: str) -> str:
+    a, b = len(answer_a.split()), len(answer_b.split())
+    return "tie" if abs(a - b) <= 0.2 * max(a, b) else ("model_a" if a > b else "model_b")
+
+
+def test_winrate_with_answers_reports_a_length_controlled_win_rate():
+    verdicts, answers = length_judged(150)
+    result = winrate.score(verdicts, "silkie", "base", answers=answers)
+    controlled = result["length_controlled"]
+    assert result["win_rate"] > 0.7 and result["length_controlled_win_rate"] == controlled["win_rate"]
+    low, high = controlled["win_rate_ci"]
+    assert low < 0.5 < high < result["win_rate_ci"][0] and controlled["style_coefficients"]["tokens"] > 1
+    plain = winrate.score(verdicts, "silkie", "base")
+    assert plain["length_controlled"] is None and plain["length_controlled_win_rate"] is None
+    assert {k: v for k, v in plain.items() if "length" not in k} == {
+        k: v for k, v in result.items() if "length" not in k
+    }  # the raw numbers do not change
+    with pytest.raises(UserError, match="1 judged items have no answers to control length with"):
+        winrate.score(verdicts, "silkie", "base", answers={k: v for k, v in answers.items() if k != "item-3"})
+
+
+def test_judged_winrate_controls_length_with_the_saved_answers_and_the_report_shows_it(tmp_path, monkeypatch):
+    from support.eval_judge import EvalJudgeServer
+
+    from vlfeedback_kit.eval.items import Item
+    from vlfeedback_kit.eval.judging import JudgeConfig
+    from vlfeedback_kit.eval.report import eval_results, markdown
+    from vlfeedback_kit.eval.scoring import score_judged
+
+    class LengthJudge(EvalJudgeServer):
+        def reply_for(self, text: str) -> str:
+            a, _, b = text.partition("### Answer A\n")[2].partition("\n\n### Answer B\n")
+            return "Verdict: " + {"model_a": "A", "model_b": "B", "tie": "tie"}[length_verdict(a, b)]
+
+    monkeypatch.setenv("JUDGE_KEY", "sk-test")
+    verdicts, answers = length_judged(40)
+    items = [Item(item, f"Describe picture {item}.") for item in answers]
+    responses = {item: pair[0] for item, pair in answers.items()}
+    other = {item: pair[1] for item, pair in answers.items()}
+    with LengthJudge() as server:
+        judge = JudgeConfig("judge-x", server.url, "JUDGE_KEY")
+        scores = score_judged("winrate", items, responses, tmp_path / "silkie" / "winrate", judge, other=other,
+                              progress=False)  # fmt: skip
+    assert json.loads((tmp_path / "silkie" / "winrate" / "scores.json").read_text()) == json.loads(json.dumps(scores))
+    expected = winrate.score(verdicts, "silkie", "base", answers=answers)
+    assert scores["length_controlled"] == expected["length_controlled"]  # the answers on file were used
+    assert scores["length_controlled_win_rate"] < scores["win_rate"]
+    report = markdown({"silkie": {"winrate": scores}})
+    assert "| length_controlled_win_rate |" in report and "| length_controlled.style_coefficients | tokens " in report
+    assert "LMArena's style control" in report
+    names = {r["metric_name"]: r["metric_value"] for r in eval_results({"silkie": {"winrate": scores}})["results"]}
+    assert names["Length-controlled win-rate vs base (kit judge, both orders)"] == round(
+        scores["length_controlled_win_rate"], 4
+    )

@@ -2,13 +2,18 @@
 
 import math
 
+import numpy as np
 import pytest
 
 from vlfeedback_kit.eval.pairwise import (
+    STYLE_FEATURES,
     Battle,
+    Style,
     bradley_terry,
     elo_gap,
     outcome_counts,
+    style_controlled_fit,
+    style_of,
     summarize_battles,
     swap_consistent,
 )
@@ -77,3 +82,100 @@ def test_bradley_terry_with_three_models_orders_them():
 
 def test_elo_gap_reference_values():
     assert elo_gap(0.5) == 0 and elo_gap(1.0) == math.inf
+
+
+def test_style_of_counts_length_headers_list_items_and_bold_outside_code():
+    answer = (
+        "# Title\n## Part\nSome **bold** and __also bold__ text, done.\n"
+        "- one\n  * two\n+ three\n1. four\n2) five\n#not a header\n-not an item\n"
+        "```python\n# a comment, not a header\n- not an item **nor bold**\n```\n"
+    )
+    style = style_of(answer)
+    assert (style.headers, style.list_items, style.bold) == (2, 5, 2)
+    assert style_of("Hello, world!").tokens == 4  # Hello , world !
+    assert style_of("") == Style(0, 0, 0, 0)
+    assert STYLE_FEATURES == ("tokens", "headers", "list_items", "bold")
+
+
+def styled_battles(n: int, length_effect: float, strength: float, seed: int = 0) -> list[Battle]:
+    """``silkie`` (always A, as a win-rate run shows it) writes longer answers than ``base``; the judge prefers A with
+    log-odds ``strength + length_effect · (a − b) / (a + b)`` of the token counts, a quarter of the close calls are
+    ties."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        a, b = int(rng.integers(80, 400)), int(rng.integers(40, 250))
+        p = 1.0 / (1.0 + math.exp(-(strength + length_effect * (a - b) / (a + b))))
+        u = rng.random()
+        winner = "tie" if abs(u - p) < 0.1 else ("model_a" if u < p else "model_b")
+        out.append(Battle("silkie", "base", winner, Style(a, 0, 0, 0), Style(b, 0, 0, 0)))
+    return out
+
+
+def test_a_judge_that_prefers_longer_answers_wins_raw_but_not_length_controlled():
+    summary = summarize_battles(styled_battles(400, length_effect=4.0, strength=0.0), "silkie", "base", seed=3)
+    lc = summary.length_controlled
+    assert summary.win_rate_ci[0] > 0.6  # raw: "silkie is better"
+    assert lc.win_rate_ci[0] < 0.5 < lc.win_rate_ci[1] and abs(lc.win_rate - 0.5) < 0.06
+    assert lc.win_rate_ci[1] < summary.win_rate_ci[0]
+    assert lc.style_coefficients["tokens"] > 0.5 and lc.elo_gap_ci[0] < 0 < lc.elo_gap_ci[1]
+    assert "headers, list_items, bold" in lc.note  # no Markdown in these answers: nothing to control there
+
+
+def test_without_a_style_effect_length_controlled_agrees_with_raw():
+    summary = summarize_battles(styled_battles(400, length_effect=0.0, strength=0.8), "silkie", "base", seed=3)
+    lc = summary.length_controlled
+    assert summary.win_rate > 0.6 and abs(lc.win_rate - summary.win_rate) < 0.05
+    assert lc.win_rate_ci[0] < summary.win_rate < lc.win_rate_ci[1]
+    assert abs(lc.style_coefficients["tokens"]) < 0.3
+
+
+def test_length_control_is_seeded_and_does_not_depend_on_the_side_each_model_was_shown():
+    games = styled_battles(200, length_effect=3.0, strength=0.3)
+    one = summarize_battles(games, "silkie", "base", seed=5).length_controlled
+    assert one == summarize_battles(games, "silkie", "base", seed=5).length_controlled
+    assert one.win_rate_ci != summarize_battles(games, "silkie", "base", seed=6).length_controlled.win_rate_ci
+    flip = {"model_a": "model_b", "model_b": "model_a", "tie": "tie"}
+    swapped = [Battle(g.model_b, g.model_a, flip[g.winner], g.style_b, g.style_a) if i % 2 else g
+               for i, g in enumerate(games)]  # fmt: skip
+    other = summarize_battles(swapped, "silkie", "base", seed=5).length_controlled
+    assert other.win_rate == pytest.approx(one.win_rate, abs=1e-6)
+    assert other.style_coefficients["tokens"] == pytest.approx(one.style_coefficients["tokens"], abs=1e-5)
+
+
+def test_degenerate_styles_give_a_defined_result_or_the_reason():
+    same = [Battle(g.model_a, g.model_b, g.winner, Style(50, 1, 0, 0), Style(50, 1, 0, 0))
+            for g in battles(20, 5, 5)]  # fmt: skip
+    summary = summarize_battles(same, "silkie", "base")
+    lc = summary.length_controlled
+    assert lc.win_rate == pytest.approx(summary.win_rate, abs=1e-4)  # nothing to control: the plain fit
+    assert "no difference in tokens, headers, list_items, bold" in lc.note
+    assert all(c == 0 for c in lc.style_coefficients.values())
+    one = summarize_battles([Battle("silkie", "base", "model_a", Style(90, 0, 0, 0), Style(30, 0, 0, 0))],
+                            "silkie", "base")  # fmt: skip
+    assert one.hidden and one.length_controlled.win_rate is None and one.length_controlled.win_rate_ci is None
+    assert "tokens difference is fixed by which model is which" in one.length_controlled.note
+    assert summarize_battles(battles(20, 5, 5), "silkie", "base").length_controlled is None  # no styles, no LC
+    mixed = [*same[:-1], battles(1, 0, 0)[0]]
+    assert summarize_battles(mixed, "silkie", "base").length_controlled is None
+    with pytest.raises(ValueError, match="styles of both answers or of neither"):
+        Battle("a", "b", "tie", Style(1, 0, 0, 0))
+
+
+def test_style_controlled_fit_orders_three_models_once_length_is_accounted_for():
+    rng = np.random.default_rng(1)
+    true = {"long": 0.0, "mid": 0.5, "short": 1.0}  # "short" is best, "long" only writes more
+    length = {"long": 300, "mid": 150, "short": 60}
+    games = []
+    for _ in range(900):
+        a, b = rng.choice(list(true), size=2, replace=False)
+        la, lb = int(rng.normal(length[a], 20)), int(rng.normal(length[b], 20))
+        p = 1.0 / (1.0 + math.exp(-(true[a] - true[b] + 3.0 * (la - lb) / (la + lb))))
+        winner = "model_a" if rng.random() < p else "model_b"
+        games.append(Battle(a, b, winner, Style(la, 0, 0, 0), Style(lb, 0, 0, 0)))
+    raw = bradley_terry(games)
+    assert raw["long"] > raw["short"]
+    fit = style_controlled_fit(games)
+    strength = dict(zip(fit.models, fit.strengths[0], strict=True))
+    assert strength["short"] > strength["mid"] > strength["long"]
+    assert fit.coefficients.shape == (1, 4) and fit.confounded == []

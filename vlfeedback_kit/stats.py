@@ -5,12 +5,18 @@ from __future__ import annotations
 import numpy as np
 
 
+def bootstrap_indices(n: int, rounds: int, seed: int) -> np.ndarray:
+    """(rounds, n) indices of ``rounds`` resamples of ``n`` items with replacement, from a seeded generator (same
+    size and seed, same draws, whoever asks: a statistic refitted per resample shares its resamples with the
+    means')."""
+    return np.random.default_rng(seed).integers(0, n, size=(rounds, n))
+
+
 def bootstrap_means(values: np.ndarray, rounds: int, seed: int) -> np.ndarray:
     """The means of ``rounds`` resamples of ``values`` with replacement, from a seeded generator (same data, same
     draws, whoever asks)."""
     values = np.asarray(values, dtype=float)
-    draws = np.random.default_rng(seed).integers(0, len(values), size=(rounds, len(values)))
-    return values[draws].mean(axis=1)
+    return values[bootstrap_indices(len(values), rounds, seed)].mean(axis=1)
 
 
 def bootstrap_ci(values: np.ndarray, rounds: int, seed: int, level: float = 0.95) -> tuple[float, float]:
