@@ -74,7 +74,6 @@ def workspace(root: Path, judge_url: str, prompts: int = 12, heldout: int = 8, *
         "pairing": {"min_margin": 1.0, "max_pairs_per_prompt": 2, "max_length_ratio": None},
         "train": {"recipe": "tiny", "accelerate": "cpu", "overrides": {"max_steps": 12, "learning_rate": 5.0e-3,
                                                                        "audit": False}},
-        "eval": {"bootstrap": 1000},
     }  # fmt: skip
     for key, value in overrides.items():
         config[key] = {**config[key], **value} if isinstance(value, dict) else value

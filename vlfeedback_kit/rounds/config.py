@@ -28,7 +28,7 @@ from vlfeedback_kit.errors import UserError
 ENGINES = ("transformers", "openai")
 REFERENCES = ("base", "init")
 PICK_BY = ("winrate_vs_base", "winrate_vs_previous")
-"""What chooses the best round: a win rate (vs the base, vs the previous round), or a benchmark's score field."""
+"""What chooses the best round: its judged win rate vs the base, or vs the previous round."""
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,7 @@ class Eval:
 
     pick_by: str = "winrate_vs_base"
     max_new_tokens: int | None = None
-    bootstrap: int = 1000
-    benchmarks: tuple[str, ...] = ()
+    """Answer length of the held-out answers (default: ``generation.max_new_tokens``); they are greedy."""
 
 
 @dataclass(frozen=True)
@@ -142,8 +141,6 @@ def _section(cls: type, data: object, where: str) -> object:
     unknown = sorted(set(data) - names)
     if unknown:
         raise UserError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(names))}")
-    if cls is Eval and "benchmarks" in data:
-        data = {**data, "benchmarks": tuple(data["benchmarks"] or ())}
     try:
         return cls(**data)
     except TypeError as err:
@@ -208,8 +205,7 @@ def check(config: RoundsConfig, where: str) -> None:
             config.train.overrides, dict
         ),
         "judge.max_fail_rate must be between 0 and 1": not 0 <= config.judge.max_fail_rate <= 1,
-        f"eval.pick_by must be one of {', '.join(PICK_BY)} or a listed benchmark": config.eval.pick_by
-        not in PICK_BY + config.eval.benchmarks,
+        f"eval.pick_by must be one of {', '.join(PICK_BY)}": config.eval.pick_by not in PICK_BY,
     }
     for message, failed in problems.items():
         if failed:

@@ -3,7 +3,7 @@
 The best round is named by ``eval.pick_by``: the win rate vs the base (default) or vs the previous round, the
 upper end of ties broken by the earlier round (the cheaper policy). Each win rate is shown with its bootstrap 95% CI,
 the mean answer length beside it (DPO rounds make answers longer), and the length-controlled win rate when the
-eval folder computes one.
+eval folder can tell it (style control: :func:`vlfeedback_kit.eval.pairwise.length_controlled`).
 """
 
 from __future__ import annotations
@@ -32,12 +32,14 @@ def summary(records: list[dict], config: RoundsConfig) -> dict:
 
 
 def _cell(result: dict) -> str:
+    """A win rate with its CI and W/T/L, and the length-controlled win rate (or why it cannot be told)."""
     low, high = result["win_rate_ci"]
     text = f"{result['win_rate']:.3f} [{low:.3f}, {high:.3f}] ({result['wins']}/{result['ties']}/{result['losses']})"
-    lc = result.get("length_controlled")
-    if isinstance(lc, dict) and lc.get("win_rate") is not None:
-        text += f"; LC {lc['win_rate']:.3f}"
-    return text
+    controlled = result.get("length_controlled") or {}
+    if controlled.get("win_rate") is not None:
+        low, high = controlled["win_rate_ci"]
+        return f"{text}; LC {controlled['win_rate']:.3f} [{low:.3f}, {high:.3f}]"
+    return f"{text}; LC n/a" + (f" ({controlled['note']})" if controlled.get("note") else "")
 
 
 def plot(path: Path, records: list[dict]) -> None:

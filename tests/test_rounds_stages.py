@@ -1,0 +1,138 @@
+"""``vlfeedback rounds`` stage by stage: a bad config is one line, ``--dry-run`` prices the rounds without a call,
+generation resumes per prompt with the answers an uninterrupted run gives, training resumes from its checkpoint,
+and a run folder refuses another config."""
+
+import json
+
+import pytest
+import yaml
+from support.pipeline import JUDGE_KEY_ENV
+from support.rounds import RuleJudge, workspace
+
+from vlfeedback_kit import serving
+from vlfeedback_kit.cli import main as cli_main
+from vlfeedback_kit.errors import UserError
+from vlfeedback_kit.rounds import generate, train
+from vlfeedback_kit.rounds.config import load_config
+from vlfeedback_kit.rounds.loop import check_record, policy_of
+
+
+@pytest.fixture
+def rounds_yaml(tmp_path):
+    return workspace(tmp_path, "http://127.0.0.1:9/v1", prompts=6, heldout=2)
+
+
+def edit(path, **changes):
+    data = yaml.safe_load(path.read_text())
+    for key, value in changes.items():
+        if value is None:
+            data.pop(key)
+        else:
+            data[key] = {**data[key], **value} if isinstance(value, dict) else value
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"sample": 4}, "unknown key 'sample'; valid keys:"),
+        ({"samples": 1}, "samples must be at least 2"),
+        ({"judge": None}, "'judge' is required"),
+        ({"judge": {"modle": "x"}}, "judge: unknown key 'modle'"),
+        ({"generation": {"temperature": 0}}, "generation.temperature must be > 0"),
+        ({"pairing": {"strategy": "best"}}, "pairing: unknown strategy 'best'"),
+        ({"train": {"overrides": {"output_dir": "x"}}}, "train.overrides sets 'output_dir'"),
+        ({"heldout": "nowhere"}, "heldout "),
+        ({"engine": "openai"}, "engine openai needs engine_base_url"),
+    ],
+)
+def test_a_bad_config_is_one_line_naming_the_key(rounds_yaml, tmp_path, capsys, changes, message):
+    edit(rounds_yaml, **changes)
+    assert cli_main(["rounds", "--config", str(rounds_yaml), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and err.startswith("vlfeedback rounds: error: ")
+    assert not (tmp_path / "out").exists()
+
+
+def test_dry_run_prices_every_round_without_a_call(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(serving, "load", lambda *a, **k: pytest.fail("a dry run loads no model"))
+    with RuleJudge() as server:
+        path = workspace(tmp_path, server.url, prompts=6, heldout=2)
+        assert cli_main(["rounds", "--config", str(path), "--out", str(tmp_path / "out"), "--dry-run",
+                         "--rounds", "3"]) == 0  # fmt: skip
+    assert server.calls == []
+    plan = json.loads(capsys.readouterr().out)
+    assert [r["round"] for r in plan["rounds"]] == [1, 2, 3]
+    first, second = plan["rounds"][:2]
+    assert first["generations"] == 6 * 4 and first["judge_calls"] == 6
+    assert first["winrate_judge_calls"] == 2 * 2 * 1 and second["winrate_judge_calls"] == 2 * 2 * 2
+    assert "fresh LoRA" in first["train"] and "from round-1" in second["train"]
+    assert second["estimated_cost_usd"] > first["estimated_cost_usd"] > 0  # gpt-4o is in the price table
+    assert plan["estimated_total_usd"] == pytest.approx(sum(r["estimated_cost_usd"] for r in plan["rounds"]), 1e-3)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_generation_resumes_per_prompt_with_the_uninterrupted_answers(rounds_yaml, tmp_path, monkeypatch):
+    config = load_config(edit(rounds_yaml, batch_size=2))
+    policy = policy_of(config, tmp_path / "out", 1)
+    asked = []
+    sample = serving.sample
+    monkeypatch.setattr(serving, "sample", lambda served, prompts, *a, **k: asked.append(len(prompts))
+                        or sample(served, prompts, *a, **k))  # fmt: skip
+
+    def kill(done: int) -> None:
+        if done == 4:
+            raise Killed
+
+    with pytest.raises(Killed):
+        generate.generate_local(config, 1, policy, tmp_path / "resumed", progress=False, after_batch=kill)
+    assert not (tmp_path / "resumed" / "responses.jsonl").exists()
+    report = generate.generate_local(config, 1, policy, tmp_path / "resumed", progress=False)
+    assert asked == [2, 2, 2] and report["answered"] == 6  # the two committed batches are not asked again
+    config_whole = load_config(edit(rounds_yaml, batch_size=6))
+    generate.generate_local(config_whole, 1, policy, tmp_path / "whole", progress=False)
+    resumed = (tmp_path / "resumed" / "responses.jsonl").read_text()
+    assert resumed == (tmp_path / "whole" / "responses.jsonl").read_text()  # seeds per (round, prompt, draw)
+
+
+def test_training_resumes_from_its_last_checkpoint(rounds_yaml, tmp_path):
+    config = load_config(rounds_yaml)
+    run = tmp_path / "run"
+    fresh = train.train_command(config, tmp_path / "dataset", run, {"adapter": None, "adapter_revision": None})
+    assert "--resume_from_checkpoint" not in fresh and "--init_adapter" not in fresh
+    (run / "checkpoint-4").mkdir(parents=True)
+    start = {"adapter": str(tmp_path / "round-1" / "run"), "adapter_revision": None}
+    resumed = train.train_command(config, tmp_path / "dataset", run, start)
+    assert resumed[-2:] == ["--resume_from_checkpoint", "true"]
+    at = resumed.index("--init_adapter")
+    assert resumed[at : at + 4] == ["--init_adapter", start["adapter"], "--reference_policy", "base"]
+    assert resumed[resumed.index("--dataset_config") + 1] == "round-pairs"
+    assert resumed[resumed.index("--learning_rate") + 1] == "0.005" and "false" in resumed  # recipe overrides
+    (run / "checkpoint-4").rmdir()
+    (run / "trainer_log.jsonl").write_text("{}")  # killed before its first checkpoint
+    assert train.train_command(config, tmp_path / "dataset", run, start)[-2:] == ["--overwrite_output_dir", "true"]
+
+
+def test_a_run_folder_refuses_another_config_but_may_grow(rounds_yaml, tmp_path):
+    out = tmp_path / "out"
+    check_record(load_config(rounds_yaml), out)
+    check_record(load_config(edit(rounds_yaml, rounds=5)), out)  # --rounds N extends a run
+    with pytest.raises(UserError, match=r"another config \(samples changed\)"):
+        check_record(load_config(edit(rounds_yaml, samples=3)), out)
+
+
+def test_engine_openai_samples_through_decode_with_one_member_per_sample(rounds_yaml, tmp_path, monkeypatch):
+    monkeypatch.setenv(JUDGE_KEY_ENV, "sk-test")
+    with RuleJudge() as server:
+        config = load_config(edit(rounds_yaml, engine="openai", engine_base_url=server.url,
+                                  engine_api_key_env=JUDGE_KEY_ENV))  # fmt: skip
+        report = generate.generate_openai(config, 2, "round-1", tmp_path / "answers", progress=False)
+        again = generate.generate_openai(config, 2, "round-1", tmp_path / "answers", progress=False)
+    assert report["answered"] == again["answered"] == 6
+    assert len(server.calls) == 6 * 4 and {c.model for c in server.calls} == {"round-1"}  # the adapter by name
+    row = json.loads((tmp_path / "answers" / "responses.jsonl").open().readline())
+    assert sorted(row["models"]) == [f"round2-sample{j}" for j in range(4)]  # decode draws the members' order
