@@ -13,6 +13,7 @@ import pytest
 from support.pipeline import JUDGE_KEY_ENV
 from support.rounds import RuleJudge, workspace
 
+from vlfeedback_kit.cli import main as cli_main
 from vlfeedback_kit.rounds.config import load_config
 from vlfeedback_kit.rounds.judge import RoundStopped
 from vlfeedback_kit.rounds.loop import run_rounds
@@ -57,18 +58,24 @@ def test_round_two_beats_the_base_on_held_out_prompts(two_rounds):
     assert second["model"] == "round-2" and second["other"] == "base" and second["n"] == 8
     assert second["win_rate"] > 0.5 and low <= second["win_rate"] <= high
     assert second["wins"] > second["losses"]
+    assert isinstance(second["length_controlled"], dict)  # style control, from eval's pairwise statistics
     report = (out / "report.md").read_text()
+    assert report.count("; LC ") == 4  # every win rate also comes length-controlled (a number or why not)
     assert f"{second['win_rate']:.3f} [{low:.3f}, {high:.3f}]" in report
     assert f"**round {summary['best_round']}**" in report and (out / "rounds.png").stat().st_size > 0
 
 
-def test_nothing_is_judged_twice_across_kills(two_rounds):
+def test_nothing_is_judged_twice_across_kills(two_rounds, capsys, monkeypatch):
     server, out, summary = two_rounds
     assert server.rubric_calls() == 2 * 12  # one annotate call per prompt per round
     comparisons = 1 + 2  # round 1 vs base (its previous policy is the base); round 2 vs base and vs round 1
     assert server.winrate_calls() == comparisons * 8 * 2  # every held-out prompt in both orders, once
-    run_rounds(load_config(out.parent / "rounds.yaml"), out, progress=False)  # a finished run: a no-op
-    assert server.rubric_calls() == 24 and server.winrate_calls() == 48
+    monkeypatch.setenv(JUDGE_KEY_ENV, "sk-test")
+    assert cli_main(["rounds", "--config", str(out.parent / "rounds.yaml"), "--out", str(out), "--quiet"]) == 0
+    assert server.rubric_calls() == 24 and server.winrate_calls() == 48  # a finished run re-run: no call
+    printed = capsys.readouterr().out
+    assert f"round 2: {summary['rounds'][1]['pairs']} pairs; win rate vs base" in printed
+    assert f"best round by winrate_vs_base: {summary['best_round']}" in printed
 
 
 def test_round_two_trains_from_round_one_adapter(two_rounds):

@@ -80,3 +80,12 @@ def workspace(root: Path, judge_url: str, prompts: int = 12, heldout: int = 8, *
     path = root / "rounds.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def serve() -> None:
+    """Run the rule judge until killed, its URL as the first line of stdout (the rounds benchmark's judge)."""
+    import threading
+
+    with RuleJudge() as server:
+        print(server.url, flush=True)
+        threading.Event().wait()
