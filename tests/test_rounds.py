@@ -118,3 +118,30 @@ def test_a_judge_failing_beyond_the_fail_rate_stops_the_round(tmp_path, monkeypa
             run_rounds(config, tmp_path / "out", progress=False)
     assert not (tmp_path / "out" / "round-1" / "run").exists()
     assert not (tmp_path / "out" / "round-1" / "judge.done.json").exists()
+
+
+def test_publish_carries_every_round_and_each_round_model_names_its_lineage(two_rounds, hub, monkeypatch, capsys):
+    _, out, summary = two_rounds
+    monkeypatch.setenv("HF_TOKEN", "hf_roundsSECRETtoken0123456789abcdef")
+    monkeypatch.setenv(JUDGE_KEY_ENV, "sk-test")
+    flags = ["rounds", "--config", str(out.parent / "rounds.yaml"), "--out", str(out), "--quiet",
+             "--publish-dataset", "org/rounds-data", "--publish-model", "org/silkie-rounds"]  # fmt: skip
+    assert cli_main(flags) == 0
+    printed = capsys.readouterr().out
+    assert "dataset: org/rounds-data v0.2.0 (published)" in printed
+    assert "model: org/silkie-rounds v0.1.0, v0.2.0" in printed
+    dataset, models = hub.repo("org/rounds-data"), hub.repo("org/silkie-rounds", "model")
+    assert set(dataset.tags) == {"v0.2.0"} and set(models.tags) == {"v0.1.0", "v0.2.0"}
+    files = dataset.resolve("v0.2.0").files
+    assert "config_name: round-2-pairs" in files["README.md"].content.decode()
+    assert any(path.startswith("data/round-1/") for path in files) and "rounds.json" in files
+    card = models.resolve("v0.2.0").files["README.md"].content.decode()
+    second = summary["rounds"][1]["vs_base"]
+    assert "Round 2 of on-policy DPO rounds" in card and "round 1 (`org/silkie-rounds` revision `v0.1.0`)" in card
+    assert "config\n`round-2-pairs` of `org/rounds-data` at revision `v0.2.0`" in card
+    assert f"| vs base | {second['win_rate']:.3f} |" in card
+    first = models.resolve("v0.1.0").files["README.md"].content.decode()
+    assert "answers of\nthe base model `base`" in first
+    assert cli_main(flags) == 0  # a re-run publishes nothing twice
+    printed = capsys.readouterr().out
+    assert "dataset: org/rounds-data already published" in printed and "every round is published" in printed

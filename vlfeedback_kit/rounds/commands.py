@@ -20,6 +20,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rounds.add_argument("--rounds", type=int, help="run this many rounds in all (extends a finished run)")
     rounds.add_argument("--dry-run", action="store_true", help="print what each round would do and its cost; no work")
     rounds.add_argument("--quiet", action="store_true", help="no progress bars")
+    rounds.add_argument(
+        "--publish-dataset", metavar="ORG/NAME", help="then publish OUT/dataset (every round's configs) as v0.N.0"
+    )
+    rounds.add_argument(
+        "--publish-model",
+        metavar="ORG/NAME",
+        help="then publish round k's adapter as v0.k.0, its card naming its lineage",
+    )
+    rounds.add_argument("--publish-dry-run", type=Path, metavar="DIR", help="write the release trees here; no upload")
     rounds.set_defaults(func=_rounds, extras=("train", "pipeline", "eval"))
 
 
@@ -44,4 +53,21 @@ def _rounds(args: argparse.Namespace) -> int:
         base, low, high = entry["vs_base"]["win_rate"], *entry["vs_base"]["win_rate_ci"]
         print(f"round {entry['round']}: {entry['pairs']} pairs; win rate vs base {base:.3f} [{low:.3f}, {high:.3f}]")
     print(f"best round by {result['pick_by']}: {result['best_round']}; report: {args.out / 'report.md'}")
+    _publish(args, config)
     return 0
+
+
+def _publish(args: argparse.Namespace, config) -> None:
+    from vlfeedback_kit.rounds.publish import publish_dataset_version, publish_round_models
+
+    dry_run = args.publish_dry_run
+    if args.publish_dataset:
+        outcome = publish_dataset_version(args.out, args.publish_dataset, dry_run / "dataset" if dry_run else None)
+        print(f"dataset: {args.publish_dataset} " + (f"{outcome.release.tag} ({'dry run' if dry_run else 'published'})"
+                                                     if outcome else "already published"))  # fmt: skip
+    if args.publish_model:
+        records = json.loads((args.out / "dataset" / "rounds.json").read_text(encoding="utf-8"))["rounds"]
+        outcomes = publish_round_models(args.out, config, records, args.publish_model, args.publish_dataset,
+                                        dry_run / "models" if dry_run else None)  # fmt: skip
+        tags = ", ".join(o.release.tag for o in outcomes) or "none (every round is published)"
+        print(f"model: {args.publish_model} {tags}" + (" (dry run)" if dry_run else ""))

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from vlfeedback_kit.errors import UserError
 from vlfeedback_kit.files import write_json
-from vlfeedback_kit.rounds import data, evaluate, generate, judge, report, train
+from vlfeedback_kit.rounds import data, evaluate, generate, judge, publish, report, train
 from vlfeedback_kit.rounds.config import RoundsConfig
 
 STAGES = ("generate", "judge", "build", "train", "evaluate")
@@ -116,8 +116,10 @@ def run_round(config: RoundsConfig, out: Path, k: int, progress: bool = True,
     trained = stage.run("train", lambda: train.train_round(config, k, folder / "dataset", folder / "run", policy))
     scores = stage.run("evaluate", lambda: evaluate_round(config, out, k, progress))
     public_policy = {key: policy[key] for key in ("model_name", "adapter_name", "adapter_revision")}
-    return {"round": k, "policy": public_policy, "generated": gen, "judged": judged, **built, "train": trained,
-            "eval": scores}  # fmt: skip
+    record = {"round": k, "policy": public_policy, "generated": gen, "judged": judged, **built, "train": trained,
+              "eval": scores}  # fmt: skip
+    write_json(folder / "run" / publish.LINEAGE, publish.lineage(record, config))
+    return record
 
 
 def evaluate_round(config: RoundsConfig, out: Path, k: int, progress: bool = True) -> dict:
