@@ -3,6 +3,10 @@ generation resumes per prompt with the answers an uninterrupted run gives, train
 and a run folder refuses another config."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -14,7 +18,7 @@ from vlfeedback_kit.cli import main as cli_main
 from vlfeedback_kit.errors import UserError
 from vlfeedback_kit.rounds import generate, train
 from vlfeedback_kit.rounds.config import load_config
-from vlfeedback_kit.rounds.loop import check_record, policy_of
+from vlfeedback_kit.rounds.loop import check_record, label_of, policy_of
 
 
 @pytest.fixture
@@ -136,3 +140,35 @@ def test_engine_openai_samples_through_decode_with_one_member_per_sample(rounds_
     assert len(server.calls) == 6 * 4 and {c.model for c in server.calls} == {"round-1"}  # the adapter by name
     row = json.loads((tmp_path / "answers" / "responses.jsonl").open().readline())
     assert sorted(row["models"]) == [f"round2-sample{j}" for j in range(4)]  # decode draws the members' order
+
+
+def test_kill_9_while_judging_pays_only_the_call_in_flight_again(tmp_path):
+    """A pairing no answer pair can meet (margin 5 on ratings 1-5) stops the round right after judging, so the
+    re-run shows the resumed judge without training."""
+    overrides = {"rounds": 1, "judge": {"concurrency": 1}, "pairing": {"min_margin": 5.0}}
+    env = {**os.environ, JUDGE_KEY_ENV: "sk-test", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    with RuleJudge() as server:
+        path = workspace(tmp_path, server.url, prompts=6, heldout=2, **overrides)
+        command = [sys.executable, "-m", "vlfeedback_kit.cli", "rounds", "--config", str(path), "--out",
+                   str(tmp_path / "out"), "--quiet"]  # fmt: skip
+        child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server.on_call = lambda n: server.rubric_calls() == 3 and os.kill(child.pid, signal.SIGKILL)
+        assert child.wait(timeout=300) == -signal.SIGKILL
+        server.on_call = None
+        assert not (tmp_path / "out" / "round-1" / "judge.done.json").exists()
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert server.rubric_calls() == 6 + 1  # the third call's reply died with the process: asked once more
+    assert done.returncode == 2 and "round 1: the pairing policy kept no pair of 6 judged rows" in done.stderr
+    assert (tmp_path / "out" / "round-1" / "judge.done.json").is_file()
+    assert not (tmp_path / "out" / "round-1" / "run").exists()  # nothing is trained on a round without pairs
+
+
+def test_round_one_starts_from_the_start_adapter(rounds_yaml, tmp_path):
+    (tmp_path / "silkie").mkdir()
+    config = load_config(edit(rounds_yaml, start_adapter="silkie", train={"reference": "init"}))
+    policy = policy_of(config, tmp_path / "out", 1)
+    assert policy["adapter"] == str(tmp_path / "silkie") and policy["adapter_name"] == "silkie"
+    command = train.train_command(config, tmp_path / "dataset", tmp_path / "run", policy)
+    at = command.index("--init_adapter")
+    assert command[at : at + 4] == ["--init_adapter", str(tmp_path / "silkie"), "--reference_policy", "init"]
+    assert label_of(config, 0) == "start" and policy_of(config, tmp_path / "out", 2)["adapter_name"] == "round-1"
