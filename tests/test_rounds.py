@@ -120,12 +120,19 @@ def test_a_judge_failing_beyond_the_fail_rate_stops_the_round(tmp_path, monkeypa
     assert not (tmp_path / "out" / "round-1" / "judge.done.json").exists()
 
 
-def test_publish_carries_every_round_and_each_round_model_names_its_lineage(two_rounds, hub, monkeypatch, capsys):
+def test_publish_carries_every_round_and_each_round_model_names_its_lineage(
+    two_rounds, hub, monkeypatch, capsys, tmp_path
+):
     _, out, summary = two_rounds
     monkeypatch.setenv("HF_TOKEN", "hf_roundsSECRETtoken0123456789abcdef")
     monkeypatch.setenv(JUDGE_KEY_ENV, "sk-test")
     flags = ["rounds", "--config", str(out.parent / "rounds.yaml"), "--out", str(out), "--quiet",
              "--publish-dataset", "org/rounds-data", "--publish-model", "org/silkie-rounds"]  # fmt: skip
+    assert cli_main([*flags, "--publish-dry-run", str(tmp_path / "tree")]) == 0
+    assert not hub.repos  # a dry run uploads nothing
+    assert (tmp_path / "tree" / "dataset" / "data" / "round-2-pairs").is_dir()
+    assert "Round 2 of on-policy" in (tmp_path / "tree" / "models" / "round-2" / "README.md").read_text()
+    capsys.readouterr()
     assert cli_main(flags) == 0
     printed = capsys.readouterr().out
     assert "dataset: org/rounds-data v0.2.0 (published)" in printed

@@ -49,6 +49,7 @@ def edit(path, **changes):
         ({"train": {"overrides": {"output_dir": "x"}}}, "train.overrides sets 'output_dir'"),
         ({"heldout": "nowhere"}, "heldout "),
         ({"engine": "openai"}, "engine openai needs engine_base_url"),
+        ({"heldout": "prompts"}, "6 prompts (first: pmc-vqa-0) are also in prompts"),
     ],
 )
 def test_a_bad_config_is_one_line_naming_the_key(rounds_yaml, tmp_path, capsys, changes, message):
@@ -172,3 +173,9 @@ def test_round_one_starts_from_the_start_adapter(rounds_yaml, tmp_path):
     at = command.index("--init_adapter")
     assert command[at : at + 4] == ["--init_adapter", str(tmp_path / "silkie"), "--reference_policy", "init"]
     assert label_of(config, 0) == "start" and policy_of(config, tmp_path / "out", 2)["adapter_name"] == "round-1"
+
+
+def test_the_engine_flag_overrides_the_config_and_is_checked(rounds_yaml, tmp_path, capsys):
+    flags = ["rounds", "--config", str(rounds_yaml), "--out", str(tmp_path / "out"), "--engine", "openai"]
+    assert cli_main(flags) == 2
+    assert "engine openai needs engine_base_url" in capsys.readouterr().err

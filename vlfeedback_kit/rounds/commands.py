@@ -18,6 +18,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rounds.add_argument("--config", type=Path, required=True, help="rounds.yaml")
     rounds.add_argument("--out", type=Path, required=True, help="output folder (resumable)")
     rounds.add_argument("--rounds", type=int, help="run this many rounds in all (extends a finished run)")
+    rounds.add_argument(
+        "--engine",
+        choices=("transformers", "openai"),
+        help="generation engine (overrides the config's `engine`): openai samples from the vLLM server at the "
+        "config's engine_base_url, which serves the base and each round's adapter by name",
+    )
     rounds.add_argument("--dry-run", action="store_true", help="print what each round would do and its cost; no work")
     rounds.add_argument("--quiet", action="store_true", help="no progress bars")
     rounds.add_argument(
@@ -36,7 +42,7 @@ def _rounds(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from vlfeedback_kit.errors import UserError
-    from vlfeedback_kit.rounds.config import load_config
+    from vlfeedback_kit.rounds.config import check, load_config
     from vlfeedback_kit.rounds.loop import run_rounds
     from vlfeedback_kit.rounds.plan import dry_run
 
@@ -45,6 +51,9 @@ def _rounds(args: argparse.Namespace) -> int:
         if args.rounds < 1:
             raise UserError("--rounds must be at least 1")
         config = replace(config, rounds=args.rounds)
+    if args.engine is not None:
+        config = replace(config, engine=args.engine)
+        check(config, str(args.config))
     if args.dry_run:
         print(json.dumps(dry_run(config, args.out), indent=2))
         return 0

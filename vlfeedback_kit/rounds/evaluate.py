@@ -23,16 +23,41 @@ def heldout_items(config: RoundsConfig) -> list:
     from vlfeedback_kit.builders.pipeline.layout import open_input
     from vlfeedback_kit.errors import UserError
     from vlfeedback_kit.eval.items import Item
+    from vlfeedback_kit.rounds.generate import read_prompts
 
-    items = []
     with open_input(config.heldout, "heldout") as folder:
-        for line in folder.lines():
-            image, problem = folder.usable(line, None)
-            if problem is None and isinstance(line.row.get("prompt"), str):
-                items.append(Item(str(line.row["id"]), line.row["prompt"], image_bytes=image))
+        usable, _ = read_prompts(folder)
+    items = [Item(str(line.row["id"]), line.row["prompt"], image_bytes=image) for line, image in usable]
     if not items:
         raise UserError(f"heldout {config.heldout}: no usable held-out prompt (id, prompt and image each)")
     return items
+
+
+def content_keys(folder_path: Path, flag: str) -> dict[str, str]:
+    """Prompt + image digest → id of every row of a release-layout folder (images read, not decoded)."""
+    import hashlib
+
+    from vlfeedback_kit.builders.pipeline.layout import open_input
+
+    keys = {}
+    with open_input(folder_path, flag) as folder:
+        for line in folder.lines():
+            if line.row is not None and isinstance(line.row.get("prompt"), str):
+                digest = hashlib.sha256(line.row["prompt"].encode() + b"\0" + (folder.image_bytes(line.row) or b""))
+                keys[digest.hexdigest()] = str(line.row["id"])
+    return keys
+
+
+def check_held_out(config: RoundsConfig) -> None:
+    """Refuse held-out prompts that are also training prompts (same prompt and image): a win rate on prompts a
+    round trained on is not held-out."""
+    from vlfeedback_kit.errors import UserError
+
+    trained = content_keys(config.prompts, "prompts")
+    shared = [row_id for key, row_id in content_keys(config.heldout, "heldout").items() if key in trained]
+    if shared:
+        raise UserError(f"heldout {config.heldout}: {len(shared)} prompts (first: {shared[0]}) are also in prompts "
+                        "(same question and image); hold out prompts no round trains on")  # fmt: skip
 
 
 def answers_of(config: RoundsConfig, items: list, label: str, adapter: str | None, folder: Path) -> dict[str, str]:

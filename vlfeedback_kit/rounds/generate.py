@@ -17,7 +17,7 @@ import io
 from collections.abc import Callable
 from pathlib import Path
 
-from vlfeedback_kit.builders.pipeline.layout import JsonlWriter, LayoutWriter, open_input
+from vlfeedback_kit.builders.pipeline.layout import JsonlWriter, LayoutWriter, Line, open_input
 from vlfeedback_kit.builders.pipeline.store import Store
 from vlfeedback_kit.errors import UserError
 from vlfeedback_kit.files import write_json
@@ -47,6 +47,20 @@ def settings_record(config: RoundsConfig, policy: dict) -> dict:
             "engine": config.engine}  # fmt: skip
 
 
+def read_prompts(folder) -> tuple[list[tuple[Line, bytes]], list[dict]]:
+    """The usable prompt rows of a release-layout folder with their image bytes (each image decoded in full), and
+    the failures-file entries of the rows that cannot be asked (no prompt, no or a broken image)."""
+    usable, invalid = [], []
+    for line in folder.lines():
+        text = (line.row or {}).get("prompt")
+        image, problem = folder.usable(line, None if isinstance(text, str) else "'prompt' is missing or not a string")
+        if problem:
+            invalid.append(line.invalid(problem))
+        else:
+            usable.append((line, image))
+    return usable, invalid
+
+
 def generate_local(
     config: RoundsConfig,
     round_k: int,
@@ -65,11 +79,8 @@ def generate_local(
     settings = serving.GenerationSettings(**config.to_dict()["generation"])
     with open_input(config.prompts, "prompts") as folder, Store(out_dir / STAGE_DIR / "state.sqlite") as store:
         store.bind("settings", settings_record(config, policy), "the rounds config (generation, samples, policy)")
-        rows, invalid = [], []
-        for line in folder.lines():
-            image, problem = folder.usable(line, None if isinstance((line.row or {}).get("prompt"), str)
-                                           else "'prompt' is missing or not a string")  # fmt: skip
-            (invalid if problem else rows).append(line.invalid(problem) if problem else line)
+        usable, invalid = read_prompts(folder)
+        rows = [line for line, _ in usable]
         finished = store.finished()
         todo = [line for line in rows if line.row["id"] not in finished]
         if todo:

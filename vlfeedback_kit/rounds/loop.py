@@ -144,6 +144,7 @@ def run_rounds(config: RoundsConfig, out: Path, progress: bool = True,
                hook: Callable[[int, str], None] | None = None) -> dict:  # fmt: skip
     """Run every round of ``config`` into ``out`` (resuming what is there), then write the dataset version and
     the report; ``hook(round, stage)`` is called before each stage that runs (tests stop a run there)."""
+    evaluate.check_held_out(config)
     out.mkdir(parents=True, exist_ok=True)
     check_record(config, out)
     records = []

@@ -24,13 +24,11 @@ def prompt_shapes(folder: Path) -> list[tuple[int, tuple[int, int]]]:
     from PIL import Image
 
     from vlfeedback_kit.builders.pipeline.layout import open_input
+    from vlfeedback_kit.rounds.generate import read_prompts
 
-    shapes = []
     with open_input(folder) as source:
-        for line in source.lines():
-            image, problem = source.usable(line, None)
-            if problem is None and isinstance(line.row.get("prompt"), str):
-                shapes.append((len(line.row["prompt"]), Image.open(io.BytesIO(image)).size))
+        usable, _ = read_prompts(source)
+    shapes = [(len(line.row["prompt"]), Image.open(io.BytesIO(image)).size) for line, image in usable]
     return shapes
 
 
