@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -179,3 +180,29 @@ def test_the_engine_flag_overrides_the_config_and_is_checked(rounds_yaml, tmp_pa
     flags = ["rounds", "--config", str(rounds_yaml), "--out", str(tmp_path / "out"), "--engine", "openai"]
     assert cli_main(flags) == 2
     assert "engine openai needs engine_base_url" in capsys.readouterr().err
+
+
+def test_kill_9_while_training_resumes_from_the_last_checkpoint(tmp_path):
+    """The whole process group (rounds → train → accelerate → dpo.py) is killed once checkpoint-2 exists."""
+    overrides = {"rounds": 1, "train": {"overrides": {"max_steps": 4, "save_strategy": "steps", "save_steps": 2,
+                                                      "learning_rate": 5.0e-3, "audit": False}}}  # fmt: skip
+    env = {**os.environ, JUDGE_KEY_ENV: "sk-test", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    run = tmp_path / "out" / "round-1" / "run"
+    with RuleJudge() as server:
+        path = workspace(tmp_path, server.url, prompts=4, heldout=2, **overrides)
+        command = [sys.executable, "-m", "vlfeedback_kit.cli", "rounds", "--config", str(path), "--out",
+                   str(tmp_path / "out"), "--quiet"]  # fmt: skip
+        child = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)  # fmt: skip
+        while not (run / "checkpoint-2" / "trainer_state.json").is_file():
+            assert child.poll() is None, "the run ended before its first checkpoint"
+            time.sleep(0.2)
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+        assert not (run / "run_info.json").exists()
+        calls = server.rubric_calls()
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((tmp_path / "out" / "round-1" / "train.done.json").read_text())["resumed"] is True
+    assert json.loads((run / "trainer_state.json").read_text())["global_step"] == 4
+    assert server.rubric_calls() == calls == 4  # judged once, before the kill
