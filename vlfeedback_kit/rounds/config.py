@@ -18,8 +18,6 @@ Unknown keys and bad values are one-line :class:`~vlfeedback_kit.errors.UserErro
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,11 +108,6 @@ class RoundsConfig:
     pairing: Pairing = Pairing()
     train: Train = Train()
     eval: Eval = Eval()
-
-    def fingerprint(self, *names: str) -> str:
-        """A short hash of the named fields: a finished stage records what it was made with."""
-        data = {name: _plain(getattr(self, name)) for name in names}
-        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:
         """The config as plain data (paths as given)."""

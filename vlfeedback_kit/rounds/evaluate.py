@@ -82,14 +82,13 @@ def answers_of(config: RoundsConfig, items: list, label: str, adapter: str | Non
     return answers
 
 
-def judge_config(config: RoundsConfig, dry_run: bool = False):
+def judge_config(config: RoundsConfig):
     """The eval judge: the rounds' judge endpoint and model."""
     from vlfeedback_kit.eval.judging import JudgeConfig
 
     judge = config.judge
     return JudgeConfig(model=judge.model, base_url=judge.base_url, api_key_env=judge.api_key_env,
-                       concurrency=judge.concurrency, prices=Path(judge.prices) if judge.prices else None,
-                       dry_run=dry_run)  # fmt: skip
+                       concurrency=judge.concurrency, prices=Path(judge.prices) if judge.prices else None)  # fmt: skip
 
 
 def compare(config: RoundsConfig, items: list, answers: dict[str, dict[str, str]], model: str, other: str,
