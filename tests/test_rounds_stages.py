@@ -206,3 +206,27 @@ def test_kill_9_while_training_resumes_from_the_last_checkpoint(tmp_path):
     assert json.loads((tmp_path / "out" / "round-1" / "train.done.json").read_text())["resumed"] is True
     assert json.loads((run / "trainer_state.json").read_text())["global_step"] == 4
     assert server.rubric_calls() == calls == 4  # judged once, before the kill
+
+
+def test_a_built_folder_gives_its_train_prompts_and_held_out_test_split(tmp_path, capsys):
+    from vlfeedback_kit.builders.build import BuildOptions, build
+    from vlfeedback_kit.builders.sample import write_sample
+    from vlfeedback_kit.cards.dataset import write_dataset_card
+
+    write_sample(tmp_path / "release", 20, seed=0)
+    report = build(BuildOptions(source=str(tmp_path / "release"), out_dir=tmp_path / "built", eval_fraction=0.3,
+                                progress=False, card=write_dataset_card))  # fmt: skip
+    train_rows, test_rows = report["splits"]["raw"]["train"], report["splits"]["raw"]["test"]
+    path = workspace(tmp_path, "http://127.0.0.1:9/v1", prompts=4, heldout=2)
+    edit(path, prompts="built", heldout="built")
+    assert cli_main(["rounds", "--config", str(path), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["rounds"][0]["generations"] == train_rows * 4
+    assert plan["rounds"][0]["winrate_judge_calls"] == test_rows * 2
+    exported = json.loads((tmp_path / "out" / "inputs" / "heldout" / "exported.json").read_text())
+    assert exported == {"source": "built", "config": "raw", "split": "test", "rows": test_rows}
+    rebuilt = tmp_path / "no-test"
+    build(BuildOptions(source=str(tmp_path / "release"), out_dir=rebuilt, progress=False, card=write_dataset_card))
+    edit(path, heldout="no-test")
+    assert cli_main(["rounds", "--config", str(path), "--out", str(tmp_path / "out2"), "--dry-run"]) == 2
+    assert "has no `test` split (build it with --eval-fraction" in capsys.readouterr().err

@@ -2,8 +2,8 @@
 
     base_model: runs/tiny-qwen2-vl
     start_adapter: null               # optional policy of round 0, e.g. the offline Silkie (run dir or Hub id)
-    prompts: instructions/            # release layout: `vlfeedback instructions` output or a VLFeedback release
-    heldout: heldout/                 # release layout, prompts no round trains on
+    prompts: instructions/            # release layout (`vlfeedback instructions` output) or a built folder (train)
+    heldout: heldout/                 # release layout, or a built folder (its raw test split)
     rounds: 3
     samples: 4
     generation: {max_new_tokens: 256, temperature: 0.7, top_p: 1.0, seed: 0}

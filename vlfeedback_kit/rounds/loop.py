@@ -25,7 +25,7 @@ from pathlib import Path
 
 from vlfeedback_kit.errors import UserError
 from vlfeedback_kit.files import write_json
-from vlfeedback_kit.rounds import data, evaluate, generate, judge, publish, report, train
+from vlfeedback_kit.rounds import data, evaluate, generate, inputs, judge, publish, report, train
 from vlfeedback_kit.rounds.config import RoundsConfig
 
 STAGES = ("generate", "judge", "build", "train", "evaluate")
@@ -144,9 +144,10 @@ def run_rounds(config: RoundsConfig, out: Path, progress: bool = True,
                hook: Callable[[int, str], None] | None = None) -> dict:  # fmt: skip
     """Run every round of ``config`` into ``out`` (resuming what is there), then write the dataset version and
     the report; ``hook(round, stage)`` is called before each stage that runs (tests stop a run there)."""
-    evaluate.check_held_out(config)
     out.mkdir(parents=True, exist_ok=True)
     check_record(config, out)
+    config = inputs.resolve(config, out)
+    evaluate.check_held_out(config)
     records = []
     for k in range(1, config.rounds + 1):
         records.append(run_round(config, out, k, progress, hook))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from vlfeedback_kit.rounds import judge, loop
+from vlfeedback_kit.rounds import inputs, judge, loop
 from vlfeedback_kit.rounds.config import RoundsConfig
 
 CHARS_PER_ANSWER_TOKEN = 4
@@ -44,6 +44,7 @@ def dry_run(config: RoundsConfig, out: Path) -> dict:
     )
     from vlfeedback_kit.builders.pipeline.judge import TEMPLATE_FILE
 
+    config = inputs.resolve(config, out)
     price = price_for(config.judge.model, load_prices(Path(config.judge.prices) if config.judge.prices else None))
     tiles = price or DEFAULT_TILES
     prompts, heldout = prompt_shapes(config.prompts), prompt_shapes(config.heldout)
