@@ -10,6 +10,7 @@ answers hold few, so round 2 beats the base on held-out prompts only if the roun
 import json
 
 import pytest
+from support.eval_data import write_mme
 from support.pipeline import JUDGE_KEY_ENV
 from support.rounds import RuleJudge, workspace
 
@@ -31,7 +32,8 @@ def two_rounds(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch, RuleJudge() as server:
         patch.setenv(JUDGE_KEY_ENV, "sk-test")
         patch.setenv("HF_HUB_OFFLINE", "1")
-        config = load_config(workspace(root, server.url))
+        write_mme(root / "mme", images=1)
+        config = load_config(workspace(root, server.url, eval={"benchmarks": {"mme": "mme"}}))
         kills = {(1, "judge"), (2, "train"), (2, "evaluate")}
         stopped = []
 
@@ -63,6 +65,10 @@ def test_round_two_beats_the_base_on_held_out_prompts(two_rounds):
     assert report.count("; LC ") == 4  # every win rate also comes length-controlled (a number or why not)
     assert f"{second['win_rate']:.3f} [{low:.3f}, {high:.3f}]" in report
     assert f"**round {summary['best_round']}**" in report and (out / "rounds.png").stat().st_size > 0
+    rounds = json.loads((out / "dataset" / "rounds.json").read_text())["rounds"]
+    perception = [r["eval"]["benchmarks"]["mme"]["perception"] for r in rounds]  # the listed benchmark, each round
+    base = json.loads((out / "eval" / "benchmarks-base.json").read_text())["mme"]["perception"]
+    assert f"| mme | perception | {base:.4g} | {perception[0]:.4g} | {perception[1]:.4g} |" in report
 
 
 def test_nothing_is_judged_twice_across_kills(two_rounds, capsys, monkeypatch):

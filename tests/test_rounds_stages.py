@@ -33,7 +33,7 @@ def edit(path, **changes):
         if value is None:
             data.pop(key)
         else:
-            data[key] = {**data[key], **value} if isinstance(value, dict) else value
+            data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
     path.write_text(yaml.safe_dump(data))
     return path
 
@@ -51,6 +51,8 @@ def edit(path, **changes):
         ({"heldout": "nowhere"}, "heldout "),
         ({"engine": "openai"}, "engine openai needs engine_base_url"),
         ({"heldout": "prompts"}, "6 prompts (first: pmc-vqa-0) are also in prompts"),
+        ({"eval": {"benchmarks": {"winrate": "x"}}}, "eval.benchmarks 'winrate': use mme, mmhal"),
+        ({"eval": {"pick_by": "mme:perception"}}, "or BENCHMARK:KEY of a benchmark in eval.benchmarks"),
     ],
 )
 def test_a_bad_config_is_one_line_naming_the_key(rounds_yaml, tmp_path, capsys, changes, message):
@@ -230,3 +232,12 @@ def test_a_built_folder_gives_its_train_prompts_and_held_out_test_split(tmp_path
     edit(path, heldout="no-test")
     assert cli_main(["rounds", "--config", str(path), "--out", str(tmp_path / "out2"), "--dry-run"]) == 2
     assert "has no `test` split (build it with --eval-fraction" in capsys.readouterr().err
+
+
+def test_the_best_round_by_a_benchmark_number():
+    from vlfeedback_kit.rounds.report import pick_value
+
+    record = {"eval": {"benchmarks": {"mme": {"perception": 120.5, "cognition": 40.0}}}}
+    assert pick_value(record, "mme:perception") == 120.5
+    with pytest.raises(UserError, match=r"mme's scores have no number 'total' \(they have perception, cognition\)"):
+        pick_value(record, "mme:total")

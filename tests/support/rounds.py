@@ -76,7 +76,7 @@ def workspace(root: Path, judge_url: str, prompts: int = 12, heldout: int = 8, *
                                                                        "audit": False}},
     }  # fmt: skip
     for key, value in overrides.items():
-        config[key] = {**config[key], **value} if isinstance(value, dict) else value
+        config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
     path = root / "rounds.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

@@ -26,7 +26,8 @@ from vlfeedback_kit.errors import UserError
 ENGINES = ("transformers", "openai")
 REFERENCES = ("base", "init")
 PICK_BY = ("winrate_vs_base", "winrate_vs_previous")
-"""What chooses the best round: its judged win rate vs the base, or vs the previous round."""
+"""What chooses the best round: its judged win rate vs the base, or vs the previous round (or a benchmark's number,
+``BENCHMARK:KEY``)."""
 
 
 @dataclass(frozen=True)
@@ -82,8 +83,13 @@ class Eval:
     """After each round: judged win rates on the held-out prompts, and what names the best round."""
 
     pick_by: str = "winrate_vs_base"
+    """``winrate_vs_base``, ``winrate_vs_previous``, or ``BENCHMARK:KEY`` (a number in that benchmark's scores,
+    e.g. ``mme:perception``; higher is better)."""
     max_new_tokens: int | None = None
     """Answer length of the held-out answers (default: ``generation.max_new_tokens``); they are greedy."""
+    benchmarks: dict = field(default_factory=dict)
+    """``{benchmark: data}`` run after each round with ``vlfeedback eval run``'s own function (mme, mmhal, mmvet,
+    redteam; data as ``--data NAME=PATH`` takes it), and once for the base."""
 
 
 @dataclass(frozen=True)
@@ -166,9 +172,14 @@ def config_from_dict(data: dict, root: Path, where: str = "rounds config") -> Ro
     for required in ("base_model", "prompts", "heldout", "judge"):
         if data.get(required) in (None, ""):
             raise UserError(f"{where}: {required!r} is required (see docs/rounds.md for the keys)")
-    values = {k: _section(sections[k], v, f"{where}: {k}") if k in sections else v for k, v in data.items()}
+    values = {k: _section(sections[k], data.get(k), f"{where}: {k}") for k in sections} | {
+        k: v for k, v in data.items() if k not in sections}  # fmt: skip
     for key in ("prompts", "heldout"):
         values[key] = root / Path(str(values[key])).expanduser()
+    if values["eval"].benchmarks and isinstance(values["eval"].benchmarks, dict):
+        data = {name: str(root / path) if (root / str(path)).exists() else str(path)
+                for name, path in values["eval"].benchmarks.items()}  # fmt: skip
+        values["eval"] = dataclasses.replace(values["eval"], benchmarks=data)
     for key in ("base_model", "start_adapter"):
         value = values.get(key)
         if isinstance(value, str) and (root / value).exists():
@@ -198,11 +209,23 @@ def check(config: RoundsConfig, where: str) -> None:
             config.train.overrides, dict
         ),
         "judge.max_fail_rate must be between 0 and 1": not 0 <= config.judge.max_fail_rate <= 1,
-        f"eval.pick_by must be one of {', '.join(PICK_BY)}": config.eval.pick_by not in PICK_BY,
+        f"eval.pick_by must be one of {', '.join(PICK_BY)}, or BENCHMARK:KEY of a benchmark in eval.benchmarks "
+        "(e.g. mme:perception)": config.eval.pick_by not in PICK_BY
+        and config.eval.pick_by.partition(":")[0] not in config.eval.benchmarks,
+        "eval.benchmarks must map a benchmark to its data, e.g. {mme: MME_Benchmark_release_version}": not isinstance(
+            config.eval.benchmarks, dict
+        ),
     }
     for message, failed in problems.items():
         if failed:
             raise UserError(f"{where}: {message}")
+    from vlfeedback_kit.eval.scoring import BENCHMARKS
+
+    unknown = sorted(set(config.eval.benchmarks) - set(BENCHMARKS) | ({"winrate"} & set(config.eval.benchmarks)))
+    if unknown:
+        known = ", ".join(b for b in BENCHMARKS if b != "winrate")
+        raise UserError(f"{where}: eval.benchmarks {unknown[0]!r}: use {known} (the held-out win rates are the "
+                        "rounds' own)")  # fmt: skip
     reserved = {"dataset_name", "dataset_config", "output_dir", "model_name_or_path", "init_adapter"}
     clash = sorted(reserved & set(config.train.overrides))
     if clash:

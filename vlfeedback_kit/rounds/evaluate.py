@@ -112,3 +112,20 @@ def compare(config: RoundsConfig, items: list, answers: dict[str, dict[str, str]
 def mean_words(answers: dict[str, str]) -> float:
     """Mean answer length in words (DPO rounds make answers longer: the report shows it beside each win rate)."""
     return sum(len(a.split()) for a in answers.values()) / max(len(answers), 1)
+
+
+def benchmark_scores(config: RoundsConfig, label: str, adapter: str | None, folder: Path, progress: bool) -> dict:
+    """The listed benchmarks of one policy through ``vlfeedback eval run``'s own function (its response logs and
+    judge cache resume a killed run): ``{benchmark: {key: number}}`` of each benchmark's top-level numbers."""
+    from vlfeedback_kit.errors import UserError
+    from vlfeedback_kit.eval.runner import RunOptions, run
+
+    benchmarks = config.eval.benchmarks
+    summary = run(RunOptions(benchmarks=list(benchmarks), data=dict(benchmarks), out=folder, model=config.base_model,
+                             adapter=adapter, label=label, judge=judge_config(config), batch_size=config.batch_size,
+                             max_new_tokens=config.eval.max_new_tokens, progress=progress))  # fmt: skip
+    if summary["incomplete"]:
+        raise UserError(f"{label}: {summary['incomplete'][0]}")
+    return {name: {key: value for key, value in scores[label].items()
+                   if isinstance(value, int | float) and not isinstance(value, bool)}
+            for name, scores in summary["scores"].items()}  # fmt: skip

@@ -134,23 +134,39 @@ def evaluate_round(config: RoundsConfig, out: Path, k: int, progress: bool = Tru
     result = {"mean_words": {label: evaluate.mean_words(a) for label, a in answers.items()}}
     result["vs_base"] = evaluate.compare(config, items, answers, label_of(config, k), evaluate.BASE_LABEL,
                                          folder / "vs-base", progress)  # fmt: skip
+    if config.eval.benchmarks:
+        result["benchmarks"] = evaluate.benchmark_scores(config, label_of(config, k), labels[label_of(config, k)],
+                                                         folder / "benchmarks", progress)  # fmt: skip
     previous = label_of(config, k - 1)
     result["vs_previous"] = (result["vs_base"] if previous == evaluate.BASE_LABEL else evaluate.compare(
         config, items, answers, label_of(config, k), previous, folder / "vs-previous", progress))  # fmt: skip
     return result
 
 
+def base_benchmarks(config: RoundsConfig, out: Path, progress: bool = True) -> dict:
+    """The listed benchmarks of the base model, run once (``eval/benchmarks-base.json``)."""
+    path = out / "eval" / "benchmarks-base.json"
+    if not config.eval.benchmarks:
+        return {}
+    if not path.is_file():
+        scores = evaluate.benchmark_scores(config, evaluate.BASE_LABEL, None, out / "eval" / "benchmarks", progress)
+        write_json(path, scores)
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
 def run_rounds(config: RoundsConfig, out: Path, progress: bool = True,
                hook: Callable[[int, str], None] | None = None) -> dict:  # fmt: skip
     """Run every round of ``config`` into ``out`` (resuming what is there), then write the dataset version and
     the report; ``hook(round, stage)`` is called before each stage that runs (tests stop a run there)."""
+    resolved = inputs.resolve(config, out)
+    evaluate.check_held_out(resolved)
     out.mkdir(parents=True, exist_ok=True)
     check_record(config, out)
-    config = inputs.resolve(config, out)
-    evaluate.check_held_out(config)
+    config = resolved
+    base_scores = base_benchmarks(config, out, progress)
     records = []
     for k in range(1, config.rounds + 1):
         records.append(run_round(config, out, k, progress, hook))
         data.write_version(out, records, config)
-        report.write_report(out, records, config)
+        report.write_report(out, records, config, base_scores)
     return report.summary(records, config)

@@ -17,7 +17,16 @@ PLOT = "rounds.png"
 
 
 def pick_value(record: dict, pick_by: str) -> float:
-    """The number ``pick_by`` ranks a round by."""
+    """The number ``pick_by`` ranks a round by: a win rate, or ``BENCHMARK:KEY`` of the round's benchmark scores."""
+    if ":" in pick_by:
+        name, _, key = pick_by.partition(":")
+        scores = record["eval"].get("benchmarks", {}).get(name, {})
+        if key not in scores:
+            from vlfeedback_kit.errors import UserError
+
+            raise UserError(f"eval.pick_by {pick_by}: {name}'s scores have no number {key!r} (they have "
+                            f"{', '.join(scores) or 'none'})")  # fmt: skip
+        return scores[key]
     key = {"winrate_vs_base": "vs_base", "winrate_vs_previous": "vs_previous"}[pick_by]
     return record["eval"][key]["win_rate"]
 
@@ -67,8 +76,23 @@ def plot(path: Path, records: list[dict]) -> None:
     plt.close(figure)
 
 
-def write_report(out: Path, records: list[dict], config: RoundsConfig) -> dict:
-    """Write ``report.md``, ``report.json`` and the plot for the finished rounds."""
+def benchmark_lines(records: list[dict], base: dict) -> list[str]:
+    """The benchmarks table: one row per benchmark number, the base and each round as columns."""
+    if not base:
+        return []
+    lines = ["| benchmark | number | base | " + " | ".join(f"round {r['round']}" for r in records) + " |",
+             "|---|---|---|" + "---|" * len(records)]  # fmt: skip
+    for name, numbers in base.items():
+        for key, value in numbers.items():
+            cells = [r["eval"].get("benchmarks", {}).get(name, {}).get(key) for r in records]
+            shown = " | ".join("" if c is None else f"{c:.4g}" for c in cells)
+            lines.append(f"| {name} | {key} | {value:.4g} | {shown} |")
+    return ["", "Benchmarks (`vlfeedback eval run`'s scorers):", "", *lines]
+
+
+def write_report(out: Path, records: list[dict], config: RoundsConfig, base: dict | None = None) -> dict:
+    """Write ``report.md``, ``report.json`` and the plot for the finished rounds (``base``: the base's
+    benchmark numbers)."""
     result = summary(records, config)
     plot(out / PLOT, records)
     lines = [
@@ -86,8 +110,9 @@ def write_report(out: Path, records: list[dict], config: RoundsConfig) -> dict:
         lines.append(f"| {r['round']} | {generator} | {r['pairs']} | {_cell(r['eval']['vs_base'])} | "
                      f"{_cell(r['eval']['vs_previous'])} | {words[label]:.1f} / "
                      f"{words['base']:.1f} |")  # fmt: skip
+    lines += benchmark_lines(records, base or {})
     lines += ["", f"Best round by {config.eval.pick_by}: **round {result['best_round']}** "
               f"(`round-{result['best_round']}/run`).", "", f"![win rates across rounds]({PLOT})", ""]  # fmt: skip
     write_text(out / "report.md", "\n".join(lines))
-    write_json(out / "report.json", result)
+    write_json(out / "report.json", {**result, "base_benchmarks": base or {}})
     return result
