@@ -46,6 +46,8 @@ TAGS: tuple[str, ...] = ("dpo", "trl", "vlfeedback", "silkie", "vision")
 EXAMPLE_IMAGE_URL = "https://huggingface.co/datasets/huggingface/documentation-images/resolve/main/p-blog/candy.JPG"
 """The image the quick start describes (the one the transformers docs use for image-text-to-text)."""
 HUB_URL = "https://huggingface.co"
+MPO: tuple[tuple[str, float], ...] = (("sigmoid", 0.8), ("bco_pair", 0.2), ("sft", 1.0))
+"""InternVL's mixed preference optimisation as TRL loss terms and weights (the ``silkie-mpo-*`` recipes)."""
 
 
 def is_local(name: str | None, revision: str | None, local: bool | None = None) -> bool:
@@ -195,6 +197,30 @@ def data_origin(dataset: dict) -> str | None:
     return "original" if str(dataset.get("name") or "").lower() == ORIGINAL_REPO.lower() else None
 
 
+def loss_formula(hyperparameters: dict) -> str | None:
+    """The weighted sum of TRL loss terms a run trained with (``0.8 × sigmoid + 0.2 × bco_pair + 1 × sft``), or None
+    for the plain sigmoid DPO loss."""
+    types = hyperparameters.get("loss_type") or ["sigmoid"]
+    types = [types] if isinstance(types, str) else list(types)
+    weights = hyperparameters.get("loss_weights") or [1.0] * len(types)
+    if types == ["sigmoid"] and list(weights) == [1.0]:
+        return None
+    formula = " + ".join(f"{weight:g} × {name}" for weight, name in zip(weights, types))
+    return formula + (", mixed preference optimisation (MPO)" if list(zip(types, weights)) == list(MPO) else "")
+
+
+def starting_point(run: dict) -> str | None:
+    """Where training started, for the card: the starting adapter named (a Hub one linked, at its commit; a local
+    one by folder name and content digest), or None for a new adapter or a run recorded before ``init_adapter``."""
+    adapter = run.get("init_adapter")
+    if not adapter:
+        return None
+    name, revision = adapter.get("name"), adapter.get("revision")
+    if adapter.get("local"):
+        return f"the LoRA adapter `{folder_name(str(name))}` (a local folder; content digest `{revision}`), trained on"
+    return f"the LoRA adapter [`{name}`]({HUB_URL}/{name}) (revision `{revision}`), trained on"
+
+
 def render_model_card(
     run_dir: Path,
     repo_id: str | None = None,
@@ -258,6 +284,9 @@ def render_model_card(
         license=license,
         image_url=EXAMPLE_IMAGE_URL,
         hyperparameters={k: v if isinstance(v, str) else json.dumps(v) for k, v in run["hyperparameters"].items()},
+        loss=loss_formula(run["hyperparameters"]),
+        starting_point=starting_point(run),
+        reference_policy=run.get("reference_policy"),
         metrics={k: f"{v:.4g}" if isinstance(v, float) else v for k, v in run.get("metrics", {}).items()},
         merged_subfolder=MERGED_DIR if (run_dir / MERGED_DIR / "config.json").is_file() else None,
         curves=CURVES if (run_dir / CURVES).is_file() else None,

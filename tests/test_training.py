@@ -98,9 +98,25 @@ def test_tiny_llava_run_with_precomputed_reference_and_prefix_sharing(workspace)
     assert list((workspace / "llava-cache").glob("*.parquet"))
 
 
+MPO_RECIPE = yaml.safe_load((RECIPES / "silkie-mpo-qwen2-vl-2b-lora.yaml").read_text())
+LOSSES = {
+    "sigmoid": {"loss_type": ["sigmoid"]},
+    "mpo": {"loss_type": MPO_RECIPE["loss_type"], "loss_weights": MPO_RECIPE["loss_weights"]},
+}
+
+
+def last_metric(trainer, name: str) -> float:
+    """The last value of a TRL metric the trainer logged, in the mode its model is in."""
+    return trainer._metrics["train" if trainer.model.training else "eval"][name][-1]
+
+
+@pytest.mark.parametrize("loss", list(LOSSES))
 @pytest.mark.parametrize("prefix", [False, True], ids=["two-rows", "prefix-shared"])
 @pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
-def test_kit_loss_equals_trl_sigmoid_loss_on_the_same_batch(workspace, family, prefix, tmp_path):
+def test_kit_loss_equals_trl_stock_loss_on_the_same_batch(workspace, family, prefix, loss, tmp_path):
+    """Every speedup on (reference cache, one image encode, prompt-prefix sharing) against stock TRL, for the paper's
+    sigmoid loss and for MPO (silkie-mpo-*: bco_pair reads the cached reference log-probs, sft the policy's per-token
+    log-probs, which prefix sharing scatters back to TRL's layout)."""
     from datasets import load_dataset
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from trl import DPOTrainer
@@ -111,7 +127,9 @@ def test_kit_loss_equals_trl_sigmoid_loss_on_the_same_batch(workspace, family, p
 
     model_dir = workspace / "runs" / f"tiny-{family.replace('_', '-')}"
     dataset = load_dataset(str(workspace / "vlfeedback"), "pairs", split="train").select(range(8))
-    config = cpu_dpo_config(tmp_path, per_device_train_batch_size=4, seed=0, share_prompt_prefix=prefix)
+    config = cpu_dpo_config(
+        tmp_path, per_device_train_batch_size=4, seed=0, share_prompt_prefix=prefix, **LOSSES[loss]
+    )
     reference_dir = build_tiny_model(family, tmp_path / "reference", seed=1)  # another reference than the policy
 
     def models():
@@ -134,6 +152,9 @@ def test_kit_loss_equals_trl_sigmoid_loss_on_the_same_batch(workspace, family, p
     kit_loss = kit.compute_loss(kit.model, kit._prepare_inputs(kit_batch))
     assert abs(stock_loss.item() - math.log(2)) > 1e-3  # policy and reference really differ
     assert kit_loss.item() == pytest.approx(stock_loss.item(), rel=1e-4)
+    assert stock.loss_types == kit.loss_types == LOSSES[loss]["loss_type"]
+    for metric in ("rewards/margins", "logps/chosen", "logps/rejected"):  # what bco_pair and sft are made of
+        assert last_metric(kit, metric) == pytest.approx(last_metric(stock, metric), rel=1e-4)
     assert kit.reference_forwards == forwards  # served from the cache
     policy_hook, reference_hook = kit.image_sharing
     # each image once per forward: through the hook for two-row pairs; a packed pair carries its image only once.

@@ -13,6 +13,7 @@ that needs it, so a speedup never switches itself off silently.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -116,16 +117,21 @@ def check_reference_adapter(model: Any, wanted: bool) -> None:
 
 @contextmanager
 def trained_adapter_only(model: Any) -> Iterator[None]:
-    """PEFT 0.21.2: ``PeftModel.save_pretrained`` saves every adapter of ``peft_config`` (another one in a subfolder
-    of its name); while on, TRL's frozen reference copy is not among them, so a run dir holds the trained adapter
-    only (a resumed run rebuilds the copy from ``init_adapter``)."""
-    configs = peft_configs(model, "init_adapter") if hasattr(getattr(model, "module", model), "peft_config") else {}
-    hidden = configs.pop(REFERENCE_ADAPTER, None)
+    """PEFT 0.21.2: ``PeftModel.save_pretrained`` saves every adapter of ``peft_config`` unless given
+    ``selected_adapters`` (transformers' ``Trainer._save`` gives none); while on, it saves all but TRL's frozen
+    reference copy, so a run dir and its checkpoints hold the trained adapter only (a resumed run rebuilds the copy
+    from ``init_adapter``)."""
+    unwrapped = getattr(model, "module", model)
+    configs = peft_configs(model, "init_adapter") if hasattr(unwrapped, "peft_config") else {}
+    if REFERENCE_ADAPTER not in configs:
+        yield
+        return
+    trained = [name for name in configs if name != REFERENCE_ADAPTER]
+    unwrapped.save_pretrained = functools.partial(unwrapped.save_pretrained, selected_adapters=trained)
     try:
         yield
     finally:
-        if hidden is not None:
-            configs[REFERENCE_ADAPTER] = hidden
+        del unwrapped.save_pretrained  # the class's method again
 
 
 # --- TRL 1.16.0: DPOTrainer and its vision collator -------------------------------------------------------------
@@ -469,6 +475,7 @@ INTERNALS: tuple[Internal, ...] = (
         "gradient_checkpointing",
         "full_checkpoint_layers",
     ),  # fmt: skip
+    Internal("trl", "trl.trainer.utils", "create_model_from_path", "init_adapter"),
     Internal("peft", "peft.helpers", "disable_input_dtype_casting", "share_lora_inputs"),
     Internal(
         "torch",

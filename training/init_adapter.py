@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,17 @@ def resolve_init(args: Any) -> Source | None:
     return resolve_adapter(args.init_adapter, args.init_adapter_revision)
 
 
+def adapter_folder(init: Source) -> str:
+    """A folder holding the adapter's files: a local adapter's own, a Hub adapter's snapshot at its resolved commit
+    (downloaded once into the Hub cache; the config and weights only)."""
+    if init.local:
+        return init.name
+    from huggingface_hub import snapshot_download
+
+    patterns = [ADAPTER_CONFIG, *ADAPTER_WEIGHTS]
+    return snapshot_download(init.name, revision=init.load, allow_patterns=patterns)
+
+
 def reference_identity(args: Any, init: Source | None) -> dict:
     """What the reference is, for the reference cache's key: ``{"policy": "base"}``, or the starting adapter's
     identity (its Hub id and commit, or a local adapter's content digest) for ``reference_policy init``."""
@@ -95,6 +107,12 @@ def _plain(value: object) -> object:
     return value
 
 
+def _shell(value: object) -> str:
+    """A setting as the flag's value on a command line (a list as its items, each shell-quoted)."""
+    plain = _plain(value)
+    return " ".join(shlex.quote(str(item)) for item in (plain if isinstance(plain, list) else [plain]))
+
+
 def check_lora_match(adapter: str, saved: Any, recipe: Any) -> None:
     """Refuse, in one line, a starting adapter whose LoRA settings differ from the recipe's ``peft_config``, naming
     each difference and the flags that would train it as it is."""
@@ -107,7 +125,7 @@ def check_lora_match(adapter: str, saved: Any, recipe: Any) -> None:
     ]
     if differences:
         said = "; ".join(f"{flag} {mine!r} where the recipe has {theirs!r}" for flag, mine, theirs in differences)
-        flags = " ".join(f"--{flag} {json.dumps(_plain(mine))}" for flag, mine, _ in differences)
+        flags = " ".join(f"--{flag} {_shell(mine)}" for flag, mine, _ in differences)
         raise UserError(
             f"--init_adapter {adapter} was trained with other LoRA settings ({said}): pass {flags} to train it "
             "further as it is, or drop --init_adapter to start a new adapter"
@@ -124,9 +142,8 @@ def starting_policy(kwargs: dict, init: Source | None) -> Source | None:
     from peft import PeftConfig, PeftModel
 
     init = init or resolve_init(args)
-    check_lora_match(
-        args.init_adapter, PeftConfig.from_pretrained(init.name, revision=init.load), kwargs.get("peft_config")
-    )
+    folder = adapter_folder(init)
+    check_lora_match(args.init_adapter, PeftConfig.from_pretrained(folder), kwargs.get("peft_config"))
     model = kwargs["model"]
     if isinstance(model, str):
         model = compat.load_base_model(model, args, kwargs.pop("quantization_config", None))
@@ -134,8 +151,7 @@ def starting_policy(kwargs: dict, init: Source | None) -> Source | None:
     plugin = args.deepspeed_plugin
     kwargs["model"] = PeftModel.from_pretrained(
         model,
-        init.name,
-        revision=init.load,
+        folder,
         is_trainable=True,
         # as TRL's get_peft_model under ZeRO-3: adapter weights in the base's dtype (trl#6089)
         autocast_adapter_dtype=not (plugin is not None and plugin.zero_stage == 3 and not quantized),
