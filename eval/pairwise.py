@@ -37,6 +37,9 @@ STYLE_L2 = 1e-6
 """L2 penalty of the style-controlled fit (sklearn's ``C=1e6``, as LMArena's fit): tiny, so the estimates are the
 maximum-likelihood ones wherever those exist, yet the fit always converges (one battle, a model that never lost)."""
 
+_FIT_CELLS = 2_000_000
+"""Resamples × battles fitted at once: bounds the style-controlled bootstrap's memory (~16 MB per array)."""
+
 _CODE_BLOCK = re.compile(r"```.*?(?:```|\Z)", re.DOTALL)
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 _HEADER = re.compile(r"^#{1,6}\s", re.MULTILINE)
@@ -167,49 +170,68 @@ class StyleFit:
     strengths: np.ndarray
     """(resamples, models) natural-log strengths; row 0 is the fit on the battles as given."""
     coefficients: np.ndarray
-    """(resamples, features) log-odds of A winning per unit of the standardised style difference."""
+    """(resamples, features) log-odds of A winning per unit of the standardised style difference (NaN for a
+    feature left out of the fit)."""
     constant: list[str]
-    """Features whose difference is 0 in every battle: nothing to control for (their coefficient is 0)."""
+    """Features left out because their difference is 0 in every battle: nothing to control for."""
     confounded: list[str]
-    """Features whose differences are fixed by which models meet (e.g. always longer by the same ratio): their
-    effect cannot be told from a model's strength."""
+    """Features left out because their differences are fixed by which models meet (e.g. only one model ever uses
+    bold): their effect cannot be told from a model's strength, so the fit does not control for them."""
 
 
 def _expit(x: np.ndarray) -> np.ndarray:
+    """σ(x) without overflow."""
     return np.exp(-np.logaddexp(0.0, -x))
 
 
 def _logistic_fit(
-    x: np.ndarray, y: np.ndarray, weights: np.ndarray, l2: float, iterations: int = 100, tolerance: float = 1e-9
+    x: np.ndarray,
+    y: np.ndarray,
+    weights: np.ndarray,
+    l2: float,
+    start: np.ndarray | None = None,
+    iterations: int = 100,
+    tolerance: float = 1e-9,
 ) -> np.ndarray:
     """Coefficients (one row per row of ``weights``) of a logistic regression of the soft targets ``y`` on ``x``
     with battle weights and an L2 penalty, by Newton steps (IRLS) halved until the penalised log-loss drops: that
-    loss is strictly convex, so the fit converges whatever the data."""
+    loss is strictly convex, so the fit converges whatever the data (``start``: the first guess for every row)."""
 
-    def loss(theta: np.ndarray, w: np.ndarray) -> np.ndarray:
+    def evaluate(theta: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         eta = theta @ x.T
-        return (w * (np.logaddexp(0.0, eta) - y * eta)).sum(axis=1) + 0.5 * l2 * (theta * theta).sum(axis=1)
+        softplus = np.logaddexp(0.0, eta)  # log(1 + e^η); σ(η) = e^(η − softplus)
+        return (w * (softplus - y * eta)).sum(axis=1) + 0.5 * l2 * (theta * theta).sum(axis=1), eta, softplus
 
-    theta = np.zeros((weights.shape[0], x.shape[1]))
-    current = loss(theta, weights)
+    theta = np.zeros((weights.shape[0], x.shape[1])) + (0.0 if start is None else start)
+    current, eta, softplus = evaluate(theta, weights)
+    active = np.arange(len(theta))  # rows still moving
     for _ in range(iterations):
-        prob = _expit(theta @ x.T)
-        grad = (weights * (prob - y)) @ x + l2 * theta
-        hess = (x.T * (weights * prob * (1.0 - prob))[:, None, :]) @ x + l2 * np.eye(x.shape[1])
+        w, t = weights[active], theta[active]
+        prob = np.exp(eta[active] - softplus[active])
+        grad = (w * (prob - y)) @ x + l2 * t
+        curvature = w * prob * (1.0 - prob)
+        hess = np.stack([(curvature * x[:, i]) @ x for i in range(x.shape[1])], axis=1) + l2 * np.eye(x.shape[1])
         step = np.linalg.solve(hess, grad[..., None])[..., 0]
-        size, moved = np.ones(len(theta)), theta - step
-        after = loss(moved, weights)
+        size, moved = np.ones(len(t)), t - step
+        after, new_eta, new_softplus = evaluate(moved, w)
         for _ in range(30):  # halve the step where the full one overshoots (beyond rounding)
-            worse = after > current + 1e-12 * (1.0 + np.abs(current))
+            worse = after > current[active] + 1e-12 * (1.0 + np.abs(current[active]))
             if not worse.any():
                 break
             size[worse] /= 2
-            moved[worse] = theta[worse] - size[worse, None] * step[worse]
-            after[worse] = loss(moved[worse], weights[worse])
-        keep = after <= current
-        change = np.abs(moved - theta)[keep].max(initial=0.0)
-        theta[keep], current[keep] = moved[keep], after[keep]
-        if change < tolerance:
+            moved[worse] = t[worse] - size[worse, None] * step[worse]
+            after[worse], new_eta[worse], new_softplus[worse] = evaluate(moved[worse], w[worse])
+        keep = after <= current[active]
+        rows = active[keep]
+        theta[rows], current[rows], eta[rows], softplus[rows] = (
+            moved[keep],
+            after[keep],
+            new_eta[keep],
+            new_softplus[keep],
+        )
+        still = keep & (np.abs(moved - t).max(axis=1) >= tolerance)
+        active = active[still]
+        if not len(active):
             break
     return theta
 
@@ -238,62 +260,67 @@ def style_controlled_fit(
         indicators[row, index[battle.model_b]] = -1.0
     differences = style_differences(battles)
     scale = np.sqrt(np.mean(differences**2, axis=0)) if n else np.zeros(len(STYLE_FEATURES))
-    varies = scale > 1e-12
-    standardised = np.divide(differences, scale, out=np.zeros_like(differences), where=varies)
-    x = np.hstack([indicators, standardised])
-    rank = np.linalg.matrix_rank
-    confounded = [
-        name for k, name in enumerate(STYLE_FEATURES)
-        if varies[k] and rank(np.hstack([indicators, standardised[:, [k]]])) == rank(indicators)
-    ]  # fmt: skip
+    standardised = np.divide(differences, scale, out=np.zeros_like(differences), where=scale > 1e-12)
+    x, used, constant, confounded = indicators, [], [], []
+    for k, name in enumerate(STYLE_FEATURES):  # in order, each feature that adds information the fit does not have
+        if scale[k] <= 1e-12:
+            constant.append(name)
+        elif np.linalg.matrix_rank(candidate := np.hstack([x, standardised[:, [k]]])) > np.linalg.matrix_rank(x):
+            x, used = candidate, [*used, k]
+        else:
+            confounded.append(name)
     y = np.array([_points(b, b.model_a) for b in battles])
-    weights = np.ones((1, n))
-    if rounds:
-        draws = bootstrap_indices(n, rounds, seed)
-        weights = np.vstack([weights, np.apply_along_axis(np.bincount, 1, draws, minlength=n)])
-    theta = _logistic_fit(x, y, weights.astype(float), l2)
-    return StyleFit(models, theta[:, : len(models)], theta[:, len(models) :],
-                    [f for f, v in zip(STYLE_FEATURES, varies, strict=True) if not v], confounded)  # fmt: skip
+    draws = bootstrap_indices(n, rounds, seed) if rounds else np.zeros((0, n), dtype=int)
+    theta = [_logistic_fit(x, y, np.ones((1, n)), l2)]
+    for first in range(0, rounds, chunk := max(1, _FIT_CELLS // max(n, 1))):  # memory: chunk × battles floats
+        counts = np.apply_along_axis(np.bincount, 1, draws[first : first + chunk], minlength=n)
+        theta.append(_logistic_fit(x, y, counts.astype(float), l2, start=theta[0]))  # resamples start near it
+    theta = np.vstack(theta)
+    coefficients = np.full((len(theta), len(STYLE_FEATURES)), np.nan)
+    coefficients[:, used] = theta[:, len(models) :]
+    return StyleFit(models, theta[:, : len(models)], coefficients, constant, confounded)
 
 
 @dataclass
 class LengthControlled:
     """``model``'s win rate against ``other`` had their answers been alike in length and Markdown."""
 
-    win_rate: float | None
-    """σ(strength difference) of the style-controlled fit: the win rate (ties as half) at zero style difference;
-    None when it cannot be told (see ``note``)."""
+    win_rate: float
+    """σ(strength difference) of the style-controlled fit: the win rate (ties as half) at zero style difference."""
     win_rate_ci: tuple[float, float] | None
-    """Bootstrap 95% percentile interval, over the same resampled battles as the raw interval."""
-    elo_gap: float | None
+    """Bootstrap 95% percentile interval, over the same resampled battles as the raw interval (None without
+    bootstrap rounds)."""
+    elo_gap: float
     elo_gap_ci: tuple[float, float] | None
-    style_coefficients: dict[str, float]
+    style_coefficients: dict[str, float | None]
     """Log-odds of A winning per root mean square of each feature's normalised difference (positive: the judge
-    or voters favour more of it)."""
+    or voters favour more of it); None for a feature the fit left out (see ``note``)."""
     note: str = ""
+    """Which features were left out of the fit and why (no differences; confounded with the models)."""
 
 
 def length_controlled(
     battles: Sequence[Battle], model: str, other: str, rounds: int = 1000, seed: int = 0
 ) -> LengthControlled:
     """The style-controlled win rate of ``model`` against ``other``, its bootstrap 95% CI and Elo gap, and the
-    style coefficients; undefined numbers come as None with the reason in ``note``."""
+    style coefficients, with a note naming the features the data could not control for."""
     fit = style_controlled_fit(battles, [model, other], rounds, seed)
-    coefficients = {name: float(c) for name, c in zip(STYLE_FEATURES, fit.coefficients[0], strict=True)}
+    coefficients = {name: None if math.isnan(c) else float(c) for name, c in zip(STYLE_FEATURES, fit.coefficients[0])}
     notes = []
     if fit.constant:
-        notes.append(f"no difference in {', '.join(fit.constant)} between the two answers of any battle: nothing "
-                     "to control for there")  # fmt: skip
+        notes.append(f"not controlled for {', '.join(fit.constant)}: no battle's answers differ in it")
     if fit.confounded:
-        notes.append(f"the {', '.join(fit.confounded)} difference is fixed by which model is which (too few or too "
-                     "alike battles): its effect cannot be told from the models' strengths")  # fmt: skip
-        return LengthControlled(None, None, None, None, coefficients, "; ".join(notes))
-    gaps = fit.strengths[:, 0] - fit.strengths[:, 1]
-    rates = _expit(gaps)
-    low, high = np.percentile(rates[1:], [2.5, 97.5]) if rounds else (float("nan"), float("nan"))
+        notes.append(f"not controlled for {', '.join(fit.confounded)}: its difference is fixed by which model is "
+                     "which (too few or too alike battles), so its effect cannot be told from the models' "
+                     "strengths")  # fmt: skip
+    rates = _expit(fit.strengths[:, 0] - fit.strengths[:, 1])
+    ci = None
+    if rounds:
+        low, high = (float(q) for q in np.percentile(rates[1:], [2.5, 97.5]))
+        ci = (low, high)
     return LengthControlled(
-        win_rate=float(rates[0]), win_rate_ci=(float(low), float(high)), elo_gap=elo_gap(float(rates[0])),
-        elo_gap_ci=(elo_gap(float(low)), elo_gap(float(high))), style_coefficients=coefficients,
+        win_rate=float(rates[0]), win_rate_ci=ci, elo_gap=elo_gap(float(rates[0])),
+        elo_gap_ci=(elo_gap(ci[0]), elo_gap(ci[1])) if ci else None, style_coefficients=coefficients,
         note="; ".join(notes),
     )  # fmt: skip
 

@@ -302,32 +302,26 @@ def test_official_files_and_the_report_are_written_through_the_one_atomic_writer
     assert (tmp_path / "out" / "mmhal_per_type.png").read_bytes().startswith(b"\x89PNG")
 
 
-def length_judged(n: int, seed: int = 0) -> tuple[dict, dict]:
-    """Verdicts of a judge that only looks at length (the longer answer wins, ties within 20%), on items where
-    Silkie's answers are usually the longer: (verdicts, answers) as ``winrate.score`` takes them."""
-    import numpy as np
+def length_judged(n: int) -> tuple[dict, dict]:
+    """(verdicts in both orders, answers) of :func:`length_biased` items (a judge that favours Silkie's longer
+    answers, the models otherwise equal), as ``winrate.score`` takes them."""
+    from support.length_bias import length_biased
 
-    rng = np.random.default_rng(seed)
+    both = {"win": ("model_a", "model_b"), "tie": ("tie", "tie"), "loss": ("model_b", "model_a")}
     verdicts, answers = {}, {}
-    for i in range(n):
-        silkie, base = "word " * int(rng.integers(30, 200)), "word " * int(rng.integers(20, 120))
-        answers[f"item-{i}"] = (silkie, base)
-        verdicts[f"item-{i}"] = tuple(length_verdict(a, b) for a, b in ((silkie, base), (base, silkie)))
+    for i, (silkie, base, outcome) in enumerate(length_biased(n, length_effect=4.0, strength=0.0)):
+        answers[f"item-{i}"] = (f"Answer {i}: " + "word " * silkie, f"Answer {i}: " + "word " * base)
+        verdicts[f"item-{i}"] = both[outcome]
     return verdicts, answers
 
 
-def length_verdict(answer_a: str, answer_b: str) -> str:
-    a, b = len(answer_a.split()), len(answer_b.split())
-    return "tie" if abs(a - b) <= 0.2 * max(a, b) else ("model_a" if a > b else "model_b")
-
-
 def test_winrate_with_answers_reports_a_length_controlled_win_rate():
-    verdicts, answers = length_judged(150)
+    verdicts, answers = length_judged(200)
     result = winrate.score(verdicts, "silkie", "base", answers=answers)
     controlled = result["length_controlled"]
-    assert result["win_rate"] > 0.7 and result["length_controlled_win_rate"] == controlled["win_rate"]
+    assert result["win_rate"] > 0.6 and result["length_controlled_win_rate"] == controlled["win_rate"]
     low, high = controlled["win_rate_ci"]
-    assert low < 0.5 < high < result["win_rate_ci"][0] and controlled["style_coefficients"]["tokens"] > 1
+    assert low < 0.5 < high < result["win_rate_ci"][0] and controlled["style_coefficients"]["tokens"] > 0.8
     plain = winrate.score(verdicts, "silkie", "base")
     assert plain["length_controlled"] is None and plain["length_controlled_win_rate"] is None
     assert {k: v for k, v in plain.items() if "length" not in k} == {
@@ -345,13 +339,19 @@ def test_judged_winrate_controls_length_with_the_saved_answers_and_the_report_sh
     from vlfeedback_kit.eval.report import eval_results, markdown
     from vlfeedback_kit.eval.scoring import score_judged
 
+    monkeypatch.setenv("JUDGE_KEY", "sk-test")
+    verdicts, answers = length_judged(40)
+    letter = {"model_a": "A", "model_b": "B", "tie": "tie"}
+    by_pair = {}  # the judge's verdict on (answer A, answer B) in each order
+    for item, (silkie, base) in answers.items():
+        by_pair[silkie.strip(), base.strip()] = letter[verdicts[item][0]]
+        by_pair[base.strip(), silkie.strip()] = letter[verdicts[item][1]]
+
     class LengthJudge(EvalJudgeServer):
         def reply_for(self, text: str) -> str:
             a, _, b = text.partition("### Answer A\n")[2].partition("\n\n### Answer B\n")
-            return "Verdict: " + {"model_a": "A", "model_b": "B", "tie": "tie"}[length_verdict(a, b)]
+            return "Verdict: " + by_pair[a.strip(), b.strip()]
 
-    monkeypatch.setenv("JUDGE_KEY", "sk-test")
-    verdicts, answers = length_judged(40)
     items = [Item(item, f"Describe picture {item}.") for item in answers]
     responses = {item: pair[0] for item, pair in answers.items()}
     other = {item: pair[1] for item, pair in answers.items()}

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from support.length_bias import length_biased
 
 from vlfeedback_kit.eval.pairwise import (
     STYLE_FEATURES,
@@ -11,6 +12,7 @@ from vlfeedback_kit.eval.pairwise import (
     Style,
     bradley_terry,
     elo_gap,
+    length_controlled,
     outcome_counts,
     style_controlled_fit,
     style_of,
@@ -98,18 +100,10 @@ def test_style_of_counts_length_headers_list_items_and_bold_outside_code():
 
 
 def styled_battles(n: int, length_effect: float, strength: float, seed: int = 0) -> list[Battle]:
-    """``silkie`` (always A, as a win-rate run shows it) writes longer answers than ``base``; the judge prefers A with
-    log-odds ``strength + length_effect · (a − b) / (a + b)`` of the token counts, a quarter of the close calls are
-    ties."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        a, b = int(rng.integers(80, 400)), int(rng.integers(40, 250))
-        p = 1.0 / (1.0 + math.exp(-(strength + length_effect * (a - b) / (a + b))))
-        u = rng.random()
-        winner = "tie" if abs(u - p) < 0.1 else ("model_a" if u < p else "model_b")
-        out.append(Battle("silkie", "base", winner, Style(a, 0, 0, 0), Style(b, 0, 0, 0)))
-    return out
+    """:func:`length_biased` outcomes with Silkie always A, as a win-rate run shows it."""
+    winner = {"win": "model_a", "tie": "tie", "loss": "model_b"}
+    return [Battle("silkie", "base", winner[outcome], Style(a, 0, 0, 0), Style(b, 0, 0, 0))
+            for a, b, outcome in length_biased(n, length_effect, strength, seed)]  # fmt: skip
 
 
 def test_a_judge_that_prefers_longer_answers_wins_raw_but_not_length_controlled():
@@ -119,7 +113,8 @@ def test_a_judge_that_prefers_longer_answers_wins_raw_but_not_length_controlled(
     assert lc.win_rate_ci[0] < 0.5 < lc.win_rate_ci[1] and abs(lc.win_rate - 0.5) < 0.06
     assert lc.win_rate_ci[1] < summary.win_rate_ci[0]
     assert lc.style_coefficients["tokens"] > 0.5 and lc.elo_gap_ci[0] < 0 < lc.elo_gap_ci[1]
-    assert "headers, list_items, bold" in lc.note  # no Markdown in these answers: nothing to control there
+    assert lc.note == "not controlled for headers, list_items, bold: no battle's answers differ in it"
+    assert lc.style_coefficients["bold"] is None
 
 
 def test_without_a_style_effect_length_controlled_agrees_with_raw():
@@ -149,12 +144,19 @@ def test_degenerate_styles_give_a_defined_result_or_the_reason():
     summary = summarize_battles(same, "silkie", "base")
     lc = summary.length_controlled
     assert lc.win_rate == pytest.approx(summary.win_rate, abs=1e-4)  # nothing to control: the plain fit
-    assert "no difference in tokens, headers, list_items, bold" in lc.note
-    assert all(c == 0 for c in lc.style_coefficients.values())
+    assert "not controlled for tokens, headers, list_items, bold" in lc.note
+    assert all(c is None for c in lc.style_coefficients.values())
     one = summarize_battles([Battle("silkie", "base", "model_a", Style(90, 0, 0, 0), Style(30, 0, 0, 0))],
                             "silkie", "base")  # fmt: skip
-    assert one.hidden and one.length_controlled.win_rate is None and one.length_controlled.win_rate_ci is None
-    assert "tokens difference is fixed by which model is which" in one.length_controlled.note
+    controlled = one.length_controlled
+    assert one.hidden and controlled.win_rate > 0.99 and math.isfinite(controlled.elo_gap)  # the tiny L2 bounds it
+    assert "not controlled for tokens: its difference is fixed by which model is which" in controlled.note
+    bold = [Battle(g.model_a, g.model_b, g.winner, g.style_a, Style(g.style_b.tokens, 0, 0, 1))
+            for g in styled_battles(100, length_effect=3.0, strength=0.0)]  # fmt: skip
+    only_base_bolds = summarize_battles(bold, "silkie", "base", rounds=100).length_controlled
+    assert "not controlled for bold: its difference is fixed" in only_base_bolds.note
+    assert only_base_bolds.style_coefficients["tokens"] > 0.5 and only_base_bolds.style_coefficients["bold"] is None
+    assert length_controlled(bold, "silkie", "base", rounds=0).win_rate_ci is None  # no resamples, no interval
     assert summarize_battles(battles(20, 5, 5), "silkie", "base").length_controlled is None  # no styles, no LC
     mixed = [*same[:-1], battles(1, 0, 0)[0]]
     assert summarize_battles(mixed, "silkie", "base").length_controlled is None

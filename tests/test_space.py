@@ -20,6 +20,7 @@ from support.arena import stub_spaces
 from support.hub_server import HubServer, point_clients_at
 
 from vlfeedback_kit.eval.arena import (
+    BOARD_HEADERS,
     ArenaConfig,
     Contender,
     LimitError,
@@ -188,6 +189,36 @@ def test_board_hides_ratings_below_the_minimum_and_drops_identity_leaks():
     many = board([record("a", i) for i in range(15)] + [record("b", i, BASE, SILKIE) for i in range(5)],
                  SILKIE, BASE, min_votes=20, rounds=200)  # fmt: skip
     assert many.summary.win_rate == 1.0 and many.rows[0][7] == "100.0%"
+    assert many.rows[0][11] == "100.0%"  # answers alike in style: nothing to control, LC is the plain fit
+    assert "not controlled for tokens, headers, list_items, bold: no battle's answers differ in it" in many.note
+    assert small.rows[0][11:] == ["hidden"] * 3
+
+
+def test_board_shows_a_length_controlled_win_rate_beside_the_raw_one():
+    """Voters who favour the longer answer (:func:`length_biased`) make Silkie's longer answers "win"; controlled for
+    length and Markdown the win rate is about even. Votes without both answers (older data) get no such column."""
+    from support.length_bias import length_biased
+
+    votes = []
+    for i, (silkie_tokens, base_tokens, outcome) in enumerate(length_biased(200, length_effect=4.0, strength=0.0)):
+        silkie = ("**Note:** " if i % 3 == 0 else "") + "word " * silkie_tokens
+        base = ("**Note:** " if i % 5 == 0 else "") + "word " * base_tokens
+        silkie_is_a = i % 2 == 0
+        a, b, answer_a, answer_b = (SILKIE, BASE, silkie, base) if silkie_is_a else (BASE, SILKIE, base, silkie)
+        vote = "tie" if outcome == "tie" else ("a" if (outcome == "win") == silkie_is_a else "b")
+        votes.append({**record(vote, i, a, b, answer_a=answer_a), "answer_b": answer_b})
+    result = board(votes, SILKIE, BASE, rounds=200)
+    raw = result.summary.win_rate
+    controlled = result.summary.length_controlled
+    assert raw > 0.6 and controlled.win_rate < raw - 0.1
+    assert controlled.win_rate_ci[0] < 0.5 < controlled.win_rate_ci[1]
+    assert controlled.style_coefficients["bold"] is not None
+    assert result.rows[0][7] == f"{raw:.1%}" and result.rows[0][11] == f"{controlled.win_rate:.1%}"
+    assert result.rows[0][13] == f"{controlled.elo_gap:+.0f}" and len(result.rows[0]) == len(BOARD_HEADERS)
+    assert "read at equal style" in result.note
+    old = board([{k: v for k, v in vote.items() if k != "answer_b"} for vote in votes], SILKIE, BASE, rounds=200)
+    assert old.rows[0][7] == result.rows[0][7] and old.rows[0][11:] == ["—"] * 3
+    assert "some votes lack the answers" in old.note
 
 
 def load_fresh(repo_id: str, hub: HubServer) -> Any:
@@ -311,6 +342,7 @@ def test_browser_battle_vote_reveal_and_leaderboard(space, png, tmp_path, caplog
         page.get_by_role("tab", name="🏆 Leaderboard").click()
         expect(page.locator("#board_note")).to_contain_text("1 battle so far", timeout=10_000)
         expect(page.locator("#board")).to_contain_text("Silkie")
+        expect(page.locator("#board")).to_contain_text("LC win rate")  # raw and length-controlled, side by side
         page.screenshot(path=str(artifacts / "space-leaderboard.png"), full_page=True)
         page.get_by_role("tab", name="👀 Side by side (named)").click()
         expect(page.locator("#named_vote_a")).to_have_text("👈 Silkie is better")
