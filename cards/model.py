@@ -34,6 +34,8 @@ TEMPLATE = TEMPLATES / "model_card.md"
 RUN_INFO = "run_info.json"
 CURVES = "training_curves.png"
 EVAL_RESULTS = "eval_results.json"
+LINEAGE = "lineage.json"
+"""Written by ``vlfeedback rounds``: the run's round, parent policy, data config and win rates (the card's Lineage)."""
 MERGED_DIR = "merged"
 LICENSE = ORIGINAL_LICENSE
 """The default licence of the weights: the original release's, for a run on it (or on data of unrecorded origin)."""
@@ -291,6 +293,7 @@ def render_model_card(
         curves_file=CURVES,
         evaluations=evaluations,
         reference=reference,
+        lineage=json.loads((run_dir / LINEAGE).read_text(encoding="utf-8")) if (run_dir / LINEAGE).is_file() else None,
         citation=CITATION.read_text(encoding="utf-8").strip(),
     )
 

@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "vlfeedback_kit.eval.commands",
     "vlfeedback_kit.eval.arena.commands",
     "vlfeedback_kit.cards.commands",
+    "vlfeedback_kit.rounds.commands",
 )
 
 
