@@ -113,6 +113,7 @@ def write_outputs(trainer, processor, result, script_args, training_args, model_
 
     from vlfeedback_kit.cards.model import source_record, unlocated
     from vlfeedback_kit.files import folder_name
+    from vlfeedback_kit.training.distributed import describe
     from vlfeedback_kit.training.families import enabled_speedups, family_of
 
     out = Path(training_args.output_dir)
@@ -147,6 +148,7 @@ def write_outputs(trainer, processor, result, script_args, training_args, model_
         "hyperparameters": hyperparameters,
         "hardware": script_args.hardware or hardware(),
         "num_processes": trainer.accelerator.num_processes,
+        "distributed": describe(trainer),
         "global_batch_size": training_args.per_device_train_batch_size
         * training_args.gradient_accumulation_steps
         * trainer.accelerator.num_processes,

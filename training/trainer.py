@@ -28,6 +28,7 @@ from trl import DPOTrainer
 
 from vlfeedback_kit.training import compat
 from vlfeedback_kit.training.activations import LoraInputSharing, enable_checkpoint_policy, lora_dropout_active
+from vlfeedback_kit.training.distributed import settle_launch
 from vlfeedback_kit.training.families import check_speedups, enabled_speedups, family_of
 from vlfeedback_kit.training.freeze import assert_no_vision_lora, freeze_vision
 from vlfeedback_kit.training.prefix_sharing import PrefixSharing
@@ -149,6 +150,11 @@ class SilkieDPOTrainer(DPOTrainer):
             self.data_collator = KitCollator(self.data_collator, length_column)
         if ref_cache is not None:
             self.add_callback(_ShareCacheEachEpoch(self))
+
+    def create_accelerator_and_postprocess(self) -> None:
+        """transformers' accelerator, made FSDP2 on CPUs when the launch asks for FSDP2 (:mod:`.distributed`)."""
+        super().create_accelerator_and_postprocess()
+        settle_launch(self)
 
     def _check_internals(self, cached: bool) -> None:
         """Refuse, before any step, a TRL / transformers version whose internals an enabled speedup needs and lacks

@@ -1,0 +1,123 @@
+"""What a distributed launch asked for, what actually ran, and FSDP2 on CPUs (gloo) through accelerate's own code.
+
+``accelerate launch`` hands the script its config through the environment (``ACCELERATE_USE_FSDP``,
+``FSDP_VERSION``, ``ACCELERATE_USE_DEEPSPEED``, ``WORLD_SIZE``...). On CPUs accelerate 1.16 runs an FSDP config as
+DDP (its state becomes FSDP only from GPU-like distributed types). The kit turns such a launch into the FSDP state a
+GPU launch gets (:func:`.compat.fsdp2_over_gloo`), so the model is prepared by accelerate's ``fsdp2_prepare_model``
+(``fully_shard``: DTensor parameters) over gloo: the same library code path as on GPUs, testable on this machine.
+FSDP version 1 on CPUs stays DDP, with a warning. Whatever ran is recorded (:func:`describe`) in ``run_info.json``
+and the model card; a launch that became something else than its config asked is a warning there and on the console.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "false").lower() == "true"
+
+
+def requested() -> dict:
+    """What the launcher was asked for, from the environment ``accelerate launch`` / ``torchrun`` set."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if _flag("ACCELERATE_USE_FSDP"):
+        return {"distributed_type": "FSDP", "fsdp_version": int(os.environ.get("FSDP_VERSION", "1"))}
+    if _flag("ACCELERATE_USE_DEEPSPEED"):
+        return {"distributed_type": "DEEPSPEED"}
+    return {"distributed_type": "MULTI" if world > 1 else "NO"}
+
+
+def num_machines() -> int:
+    """The number of nodes of this launch: torchrun's ``GROUP_WORLD_SIZE`` (one agent a node), else 1."""
+    return int(os.environ.get("GROUP_WORLD_SIZE", "1"))
+
+
+def settle_launch(trainer: Any) -> None:
+    """Make an FSDP2 launch on CPUs really FSDP2 (the trainer's accelerator, DDP over gloo, switched to accelerate's
+    FSDP state before the model is prepared), and warn about any launch that runs as something else than asked."""
+    from accelerate.utils import DistributedType
+
+    from vlfeedback_kit.training import compat
+
+    asked = requested()
+    accelerator = trainer.accelerator
+    trainer._launch_warnings = []
+    on_cpu = accelerator.distributed_type == DistributedType.MULTI_CPU
+    if asked["distributed_type"] == "FSDP" and on_cpu and asked["fsdp_version"] == 2:
+        if getattr(trainer.args, "activation_checkpointing", False) and _flag("FSDP_ACTIVATION_CHECKPOINTING"):
+            raise ValueError(
+                "fsdp_activation_checkpointing and activation_checkpointing are both on; keep one (the recipe's "
+                "activation_checkpointing: the kit's checkpoint_policy acts on it)"
+            )
+        compat.fsdp2_over_gloo(accelerator)
+        trainer.is_fsdp_enabled = True
+        if accelerator.is_main_process:
+            logger.warning(
+                "FSDP2 on CPUs: accelerate would run this launch as DDP; the kit prepares the model with accelerate's "
+                "FSDP2 (fully_shard, DTensor parameters) over gloo instead"
+            )
+    ran = str(accelerator.distributed_type).rsplit(".", 1)[-1]
+    if asked["distributed_type"] == "FSDP" and ran != "FSDP":
+        hint = " (use fsdp_version: 2, training/accelerate/fsdp2.yaml)" if on_cpu else ""
+        processes = accelerator.num_processes
+        warn(
+            trainer,
+            f"the accelerate config asks for FSDP version {asked['fsdp_version']}, and this launch runs as {ran} over "
+            f"{processes} process(es): parameters replicated, not sharded{hint}",
+        )
+    elif asked["distributed_type"] == "DEEPSPEED" and ran != "DEEPSPEED":
+        warn(trainer, f"the accelerate config asks for DeepSpeed, and this launch runs as {ran}: DeepSpeed needs GPUs")
+    elif asked["distributed_type"] == "MULTI" and ran == "NO":
+        warn(trainer, "the launch started several processes, and this one runs alone (no process group)")
+
+
+def warn(trainer: Any, message: str) -> None:
+    """A launch that became something else than its config asked: on the console (main process) and in the run's
+    records (``run_info.json`` ``distributed.warnings``)."""
+    trainer.__dict__.setdefault("_launch_warnings", []).append(message)
+    if trainer.accelerator.is_main_process:
+        logger.warning(message)
+
+
+def parameters_sharded(model: Any) -> bool:
+    """Whether the model's parameters are sharded across processes: DTensor (FSDP2) or DeepSpeed ZeRO-3 partitions."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) or hasattr(p, "ds_id") for p in model.parameters())
+
+
+def describe(trainer: Any) -> dict:
+    """What ran, for ``run_info.json`` and the model card: the distributed type, world size, machines, whether the
+    parameters were sharded, what the launcher was asked for, and any warning about a difference."""
+    accelerator = trainer.accelerator
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    ran = str(accelerator.distributed_type).rsplit(".", 1)[-1]
+    record = {
+        "distributed_type": ran,
+        "world_size": accelerator.num_processes,
+        "num_machines": num_machines(),
+        "parameters_sharded": parameters_sharded(trainer.model_wrapped),
+        "requested": requested(),
+        "warnings": list(getattr(trainer, "_launch_warnings", [])),
+    }
+    if ran == "FSDP":
+        record["fsdp_version"] = accelerator.state.fsdp_plugin.fsdp_version
+    if plugin is not None:
+        record["zero_stage"] = plugin.zero_stage
+    return record
+
+
+def save_model(trainer: Any, output_dir: str) -> None:
+    """Save the trained model the way a single process does: under FSDP with a sharded state-dict type (the
+    checkpoints' format, for resuming) the final save gathers the full state dict first (accelerate's
+    ``set_state_dict_type`` for "sharded while training, full at the end"), so a LoRA run leaves a normal, whole PEFT
+    adapter. A collective: every process calls it."""
+    plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None)
+    if trainer.is_fsdp_enabled and plugin is not None and "FULL_STATE_DICT" not in str(plugin.state_dict_type):
+        plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(output_dir)
