@@ -84,6 +84,29 @@ def warn(trainer: Any, message: str) -> None:
         logger.warning(message)
 
 
+def lora_input_sharing_allowed(trainer: Any) -> bool:
+    """``share_lora_inputs`` is checked against torch autocast over whole parameters only; under FSDP2 (whose
+    MixedPrecisionPolicy casts parameters in the all-gather) and DeepSpeed (its own bf16 engine) it is refused: turned
+    off with the reason on the console and in ``run_info.json``, and recorded off."""
+    engine = "DeepSpeed" if trainer.is_deepspeed_enabled else "FSDP" if trainer.is_fsdp_enabled else None
+    if engine is None:
+        return True
+    trainer.args.share_lora_inputs = False
+    warn(
+        trainer,
+        f"share_lora_inputs is off under {engine}: the kit checked it against torch autocast on whole parameters "
+        f"only, not with {engine}'s own mixed precision; set share_lora_inputs false in the recipe to silence this",
+    )
+    return False
+
+
+def shards_parameters(trainer: Any) -> bool:
+    """Whether the trainer's set-up shards parameters across processes (FSDP, DeepSpeed ZeRO-3): then every process
+    must take part in each forward. ZeRO-1/2 shard optimizer states and gradients only: whole weights on each rank."""
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    return bool(trainer.is_fsdp_enabled or (plugin is not None and plugin.zero_stage == 3))
+
+
 def parameters_sharded(model: Any) -> bool:
     """Whether the model's parameters are sharded across processes: DTensor (FSDP2) or DeepSpeed ZeRO-3 partitions."""
     from torch.distributed.tensor import DTensor

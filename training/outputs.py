@@ -168,6 +168,7 @@ def write_outputs(trainer, processor, result, script_args, training_args, model_
             "hits": trainer.ref_cache.hits,
             "misses": trainer.ref_cache.misses,
             "reference_forwards": trainer.reference_forwards,
+            "entries_sent": trainer.ref_cache.sent,  # this process's entries shared with the others, each once
             "self_check": trainer.ref_cache_check,
         },
         "curves": CURVES if curves else None,
