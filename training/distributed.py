@@ -144,3 +144,79 @@ def save_model(trainer: Any, output_dir: str) -> None:
     if trainer.is_fsdp_enabled and plugin is not None and "FULL_STATE_DICT" not in str(plugin.state_dict_type):
         plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(output_dir)
+
+
+def check_launch(config_path: str, training_args: Any, model_args: Any, cuda: bool) -> list[str]:
+    """Validate an accelerate config against the parsed recipe before the launch: a UserError for a DeepSpeed config
+    that cannot run here (``deepspeed`` not installed, no GPU) or whose options do not fit the recipe (the ZeRO-3 +
+    LoRA / frozen-vision pitfalls the kit refuses); the returned lines say what the launch will become where that is
+    not what the config names (FSDP and DDP on CPUs)."""
+    import importlib.util
+
+    import yaml
+
+    from vlfeedback_kit.errors import UserError
+
+    with open(config_path, encoding="utf-8") as file:
+        config = yaml.safe_load(file) or {}
+    name = os.path.basename(config_path)
+    kind = str(config.get("distributed_type", "NO"))
+    on_cpu = bool(config.get("use_cpu")) or not cuda
+    if kind == "DEEPSPEED":
+        check_deepspeed(name, config.get("deepspeed_config") or {}, config, training_args, model_args)
+        if importlib.util.find_spec("deepspeed") is None:
+            raise UserError(
+                f"{name} runs DeepSpeed, which is not installed: pip install deepspeed (on a machine with NVIDIA GPUs "
+                "and CUDA), or launch with fsdp2 / multi_gpu"
+            )
+        if on_cpu:
+            raise UserError(f"{name} runs DeepSpeed, which needs GPUs; on the CPU launch with fsdp2 or multi_gpu")
+        return []
+    if not on_cpu:
+        return []
+    if kind == "FSDP":
+        version = int((config.get("fsdp_config") or {}).get("fsdp_version", 1))
+        if version == 2:
+            return [
+                f"{name} on the CPU: accelerate would run FSDP as DDP; the kit shards the model with accelerate's "
+                "FSDP2 (fully_shard, DTensor parameters) over gloo instead"
+            ]
+        return [
+            f"{name} on the CPU: FSDP version {version} runs as DDP over gloo (parameters replicated, not sharded)"
+        ]
+    if kind == "MULTI_GPU":
+        return [f"{name} on the CPU: runs as DDP over gloo (MULTI_CPU), one process per --num_processes"]
+    return []
+
+
+def check_deepspeed(name: str, deepspeed: dict, config: dict, training_args: Any, model_args: Any) -> None:
+    """Refuse a DeepSpeed config whose options do not fit the recipe, each with the reason."""
+    from vlfeedback_kit.errors import UserError
+
+    stage = int(deepspeed.get("zero_stage", 0))
+    if stage != 3 and str(deepspeed.get("offload_param_device", "none")) != "none":
+        raise UserError(f"{name}: offload_param_device offloads parameters, which only ZeRO-3 does; set it to none")
+    precision = str(config.get("mixed_precision", "no"))
+    recipe = "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "no"
+    if precision != recipe:
+        raise UserError(
+            f"{name}: mixed_precision {precision} and the recipe's {recipe} differ (DeepSpeed takes its precision "
+            f"from the accelerate config); set mixed_precision: {recipe} in {name}, or --bf16 / --fp16 in the recipe"
+        )
+    if stage != 3:
+        return
+    if getattr(model_args, "load_in_4bit", False) or getattr(model_args, "load_in_8bit", False):
+        raise UserError(
+            f"{name}: ZeRO-3 partitions parameters, and bitsandbytes 4/8-bit weights cannot be partitioned by it; "
+            "train QLoRA with zero2 or fsdp2"
+        )
+    if not deepspeed.get("zero3_save_16bit_model", False):
+        raise UserError(
+            f"{name}: without zero3_save_16bit_model: true a ZeRO-3 run saves only DeepSpeed's partitioned "
+            "checkpoint, not a usable adapter or model; set it to true"
+        )
+    if training_args.activation_checkpointing and getattr(training_args, "checkpoint_policy", "full") != "full":
+        raise UserError(
+            f"{name}: checkpoint_policy {training_args.checkpoint_policy} needs non-reentrant checkpointing, which "
+            "TRL replaces with reentrant checkpointing for LoRA under ZeRO-3; use checkpoint_policy full with ZeRO-3"
+        )
