@@ -7,7 +7,9 @@ batch (8 pairs: 4 per device x 2 accumulation x 1 process, against 2 x 2 x 2), f
 Each is a real ``accelerate launch`` of ``training/dpo.py`` (``cpu.yaml``; ``fsdp2.yaml --num_processes 2``); the
 step time is the trainer's ``train_runtime`` over the steps (the first step's set-up included), so the numbers
 compare the two launches, not the GPU gain FSDP2 is for: on a CPU the 2 processes share its cores and add gloo
-all-gathers. Each result is appended to ``benchmarks/results/training.bench_scale.jsonl`` (:mod:`.benchlog`).
+all-gathers. ``--threads`` sets ``OMP_NUM_THREADS`` of every process (default 1, what torchrun gives each of
+several processes; a lone process would otherwise take every core, and on a shared VM its threads wait on each
+other). Each result is appended to ``benchmarks/results/training.bench_scale.jsonl`` (:mod:`.benchlog`).
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ HERE = Path(__file__).parent
 GLOBAL_BATCH = 8
 
 
-def _run(command: list[str], cwd: Path) -> None:
-    env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
+def _run(command: list[str], cwd: Path, threads: int = 1) -> None:
+    env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads)}
     done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command[:6])} ... failed:\n{done.stderr[-2000:]}")
@@ -41,7 +43,7 @@ def prepare(root: Path) -> None:
     _run([*cli, "tiny-model", "--family", "qwen2_vl", "--out", "runs/tiny-qwen2-vl"], root)
 
 
-def launch(root: Path, name: str, steps: int) -> dict:
+def launch(root: Path, name: str, steps: int, threads: int) -> dict:
     """One timed run: ``one-process`` (cpu.yaml, batch 4) or ``fsdp2-2proc`` (fsdp2.yaml, 2 processes, batch 2)."""
     launcher = [sys.executable, "-m", "accelerate.commands.launch"]
     if name == "one-process":
@@ -55,13 +57,14 @@ def launch(root: Path, name: str, steps: int) -> dict:
     cache = root / f"{name}-cache"
     script = [str(HERE / "dpo.py"), "--config", str(HERE / "recipes" / "tiny.yaml"), "--max_steps", str(steps),
               "--ref_precompute", "false", "--output_dir", str(out), "--ref_cache_dir", str(cache)]  # fmt: skip
-    _run([*launcher, *script, *batch], root)
+    _run([*launcher, *script, *batch], root, threads)
     metrics = json.loads((out / "train_results.json").read_text())
     info = json.loads((out / "run_info.json").read_text())
     runtime = metrics["train_runtime"]
     return {
         "config": name,
         "steps": steps,
+        "threads_per_process": threads,
         "global_batch": info["global_batch_size"],
         "distributed": info["distributed"],
         "train_runtime_s": round(runtime, 3),
@@ -75,14 +78,17 @@ def main(argv: list[str] | None = None) -> None:
     """Time both launches and print/append one JSON line each."""
     parser = argparse.ArgumentParser(prog="python -m vlfeedback_kit.training.bench_scale", description=__doc__)
     parser.add_argument("--steps", type=int, default=6, help="optimizer steps per run (default 6)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="OMP_NUM_THREADS of every process (default 1, torchrun's default)"
+    )
     add_results_dir_argument(parser)
     args = parser.parse_args(argv)
-    log = Log(__name__, argv, args.results_dir)
+    log = Log("vlfeedback_kit.training.bench_scale", argv, args.results_dir)
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         prepare(root)
         for name in ("one-process", "fsdp2-2proc"):
-            result = launch(root, name, args.steps)
+            result = launch(root, name, args.steps, args.threads)
             print(json.dumps(result))
             log.append(result)
 
