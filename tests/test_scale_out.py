@@ -185,6 +185,22 @@ def test_fsdp1_or_deepspeed_that_runs_as_something_else_is_a_warning(monkeypatch
     ]
 
 
+def test_merging_a_sharded_model_is_refused_with_the_way_to_merge(monkeypatch):
+    from accelerate.utils import DistributedType
+
+    from vlfeedback_kit.training.distributed import settle_launch
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    accelerator = SimpleNamespace(distributed_type=DistributedType.FSDP, num_processes=8, is_main_process=True)
+    trainer = SimpleNamespace(accelerator=accelerator, is_fsdp_enabled=True, args=SimpleNamespace(merge=True))
+    with pytest.raises(ValueError, match=r"merge true under FSDP: .*\.merge_and_unload\(\)"):
+        settle_launch(trainer)
+    trainer.args.merge = False
+    settle_launch(trainer)
+    assert trainer._launch_warnings == []
+
+
 def test_only_zero3_and_fsdp_skip_the_precomputed_reference_pass():
     """ZeRO-2 keeps whole parameters on every rank: the batched reference pass runs there."""
     from vlfeedback_kit.training.distributed import shards_parameters

@@ -61,6 +61,12 @@ def settle_launch(trainer: Any) -> None:
                 "FSDP2 on CPUs: accelerate would run this launch as DDP; the kit prepares the model with accelerate's "
                 "FSDP2 (fully_shard, DTensor parameters) over gloo instead"
             )
+    if getattr(trainer, "is_fsdp_enabled", False) and getattr(trainer.args, "merge", False):
+        raise ValueError(
+            "merge true under FSDP: the trained model's parameters are shards on every process, and merging needs "
+            "them whole; train with merge false (the run saves a whole adapter) and merge that adapter in one "
+            "process (PeftModel.from_pretrained(base, RUN_DIR).merge_and_unload())"
+        )
     ran = str(accelerator.distributed_type).rsplit(".", 1)[-1]
     if asked["distributed_type"] == "FSDP" and ran != "FSDP":
         hint = " (use fsdp_version: 2, training/accelerate/fsdp2.yaml)" if on_cpu else ""
