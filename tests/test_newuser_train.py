@@ -37,7 +37,7 @@ def check(workspace: Path, capsys: pytest.CaptureFixture, *flags: str) -> tuple[
         "--output_dir": str(workspace / "runs" / "fresh"),
     }
     given = dict(zip(flags[::2], flags[1::2]))
-    argv = [str(RECIPES / "tiny.yaml"), *[x for item in {**defaults, **given}.items() for x in item]]
+    argv = ["", str(RECIPES / "tiny.yaml"), *[x for item in {**defaults, **given}.items() for x in item]]
     code = check_here(argv)
     return code, capsys.readouterr().err.strip()
 

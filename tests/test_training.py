@@ -356,6 +356,7 @@ def test_two_process_ddp_shares_one_reference_pass(workspace):
     assert info["num_processes"] == 2 and info["global_batch_size"] == 8
     assert cache["misses"] == 0 and cache["hits"] >= pairs // 2  # rank 0 trained on its half, all from the cache
     assert cache["reference_forwards"] == math.ceil(math.ceil(pairs / 2) / 4)  # its half of the pass, batches of 4
+    assert cache["entries_sent"] == math.ceil(pairs / 2)  # its half, sent once: later merges carry nothing new
 
 
 def test_reference_pass_encodes_every_batch_and_matches_live_log_probs(workspace, tmp_path):

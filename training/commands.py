@@ -42,33 +42,45 @@ def launch_command(recipe: str, accelerate: str, overrides: list[str]) -> list[s
     ]  # fmt: skip
 
 
-def check_arguments(recipe: str, overrides: list[str]) -> None:
+def check_arguments(recipe: str, overrides: list[str], accelerate: str | None = None) -> list[str]:
     """Parse the recipe and overrides with the script's own parser and check the checkpoint to resume from, the
     output folder, the dataset, model and starting adapter names and the dataset config, so a misspelled flag, a
     missing checkpoint, a run about to be replaced, a typo in a name or the ``raw`` config is one line here rather
-    than a traceback after the launch. The parse runs in a short child process: building TrainingArguments sets up
-    the accelerator, which the launcher's parent must not hold (a CUDA context on GPU 0 for the whole run)."""
+    than a traceback after the launch. With ``accelerate`` the accelerate config is validated against the recipe too
+    (``distributed.check_launch``); the returned lines say what the launch becomes where that differs from the config.
+    The parse runs in a short child process: building TrainingArguments sets up the accelerator, which the launcher's
+    parent must not hold (a CUDA context on GPU 0 for the whole run)."""
     code = "import sys\nfrom vlfeedback_kit.training.commands import check_here\nsys.exit(check_here(sys.argv[1:]))"
     recipe_path = str(yaml_file(recipe, "recipe", RECIPES))
-    done = subprocess.run([sys.executable, "-c", code, recipe_path, *overrides], capture_output=True, text=True)
+    config = str(yaml_file(accelerate, "accelerate config", ACCELERATE)) if accelerate else ""
+    done = subprocess.run(
+        [sys.executable, "-c", code, config, recipe_path, *overrides], capture_output=True, text=True
+    )
     if done.returncode != 0:
         lines = done.stderr.strip().splitlines() or [f"the recipe and flags do not parse (exit {done.returncode})"]
         raise UserError(lines[-1])
+    return done.stdout.splitlines()
 
 
 def check_here(argv: list[str]) -> int:
-    """:func:`check_arguments` in this process: 0, or 2 with the one-line reason on stderr."""
+    """:func:`check_arguments` in this process (``argv``: the accelerate config or "", the recipe, the overrides): 0
+    with the launch notes on stdout, or 2 with the one-line reason on stderr."""
+    import torch
+
+    from vlfeedback_kit.training.distributed import check_launch
     from vlfeedback_kit.training.dpo import check_output_dir, check_sources, parse_arguments, resume_checkpoint
     from vlfeedback_kit.training.init_adapter import resolve_init
 
     try:
-        script_args, training_args, model_args = parse_arguments(["--config", argv[0], *argv[1:]])
+        script_args, training_args, model_args = parse_arguments(["--config", argv[1], *argv[2:]])
+        notes = check_launch(argv[0], training_args, model_args, torch.cuda.is_available()) if argv[0] else []
         check_output_dir(training_args, resume_checkpoint(training_args))
         check_sources(script_args, model_args, resolve=True)
         resolve_init(training_args)
     except UserError as err:
         print(err, file=sys.stderr)
         return 2
+    print("\n".join(notes))
     return 0
 
 
@@ -108,8 +120,10 @@ def _train(args: argparse.Namespace) -> int:
 
         accelerate = "single_gpu" if torch.cuda.is_available() else "cpu"
     command = launch_command(args.recipe, accelerate, args.extra)
-    check_arguments(args.recipe, args.extra)
+    notes = check_arguments(args.recipe, args.extra, accelerate)
     print(" ".join(command), flush=True)
+    for note in filter(None, notes):
+        print(f"note: {note}", flush=True)
     if args.print_command:
         return 0
     return subprocess.run(command).returncode

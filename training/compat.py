@@ -35,6 +35,7 @@ OFF = {
     "bench tokens per step": "run the benchmark on that version",
     "init_adapter": "drop init_adapter (start a new adapter)",
     "reference_policy init": "use reference_policy base",
+    "fsdp2 on CPU": "train on GPUs, or with the multi_gpu accelerate config (DDP) on the CPU",
 }
 """How to turn off a feature that is not a boolean flag (the others: ``set FEATURE false``)."""
 
@@ -430,6 +431,25 @@ def autocast_active(accelerator: Any) -> bool:
     if not hasattr(accelerator, "native_amp"):
         raise incompatible("accelerate", "Accelerator.native_amp", "share_lora_inputs")
     return bool(accelerator.native_amp)
+
+
+def fsdp2_over_gloo(accelerator: Any) -> None:
+    """accelerate 1.16.0: turn a CPU (``MULTI_CPU``, gloo) state that the launcher was asked to run as FSDP2 into the
+    FSDP state a GPU launch gets — ``AcceleratorState.distributed_type`` / ``fsdp_plugin`` (accelerate sets them only
+    from GPU-like distributed types) and ``PartialState``'s shared ``distributed_type`` — so ``Accelerator.prepare``
+    shards the model with accelerate's own ``fsdp2_prepare_model`` (``fully_shard``, DTensor parameters)."""
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    state = accelerator.state
+    if not isinstance(state, AcceleratorState) or "distributed_type" not in PartialState._shared_state:
+        raise incompatible("accelerate", "AcceleratorState / PartialState._shared_state", "fsdp2 on CPU")
+    plugin = FullyShardedDataParallelPlugin()  # from the launcher's FSDP_* environment, as Accelerator() reads it
+    if state.mixed_precision != "no":
+        plugin.set_mixed_precision(state.mixed_precision)
+    state.fsdp_plugin = plugin
+    state.distributed_type = DistributedType.FSDP
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
 
 
 def ignore_ddp_buffers(model: Any, names: list[str]) -> None:

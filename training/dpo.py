@@ -193,6 +193,7 @@ def main(script_args, training_args, model_args) -> Path:
 
     from vlfeedback_kit.training.audit import audit_dataset, check_audit
     from vlfeedback_kit.training.compat import end_training, ignore_ddp_buffers
+    from vlfeedback_kit.training.distributed import save_model
     from vlfeedback_kit.training.freeze import language_lora_targets
     from vlfeedback_kit.training.init_adapter import resolve_init
     from vlfeedback_kit.training.outputs import write_outputs
@@ -260,7 +261,7 @@ def main(script_args, training_args, model_args) -> Path:
         )
     result = trainer.train(resume_from_checkpoint=resume)
 
-    trainer.save_model(str(output_dir))
+    save_model(trainer, str(output_dir))  # a whole adapter, also from sharded (FSDP) training
     if trainer.accelerator.is_main_process:
         write_outputs(trainer, processor, result, script_args, training_args, model_args, data, model, audit)
         print(

@@ -113,6 +113,7 @@ def write_outputs(trainer, processor, result, script_args, training_args, model_
 
     from vlfeedback_kit.cards.model import source_record, unlocated
     from vlfeedback_kit.files import folder_name
+    from vlfeedback_kit.training.distributed import describe
     from vlfeedback_kit.training.families import enabled_speedups, family_of
     from vlfeedback_kit.training.init_adapter import start_record
 
@@ -149,6 +150,7 @@ def write_outputs(trainer, processor, result, script_args, training_args, model_
         "hyperparameters": hyperparameters,
         "hardware": script_args.hardware or hardware(),
         "num_processes": trainer.accelerator.num_processes,
+        "distributed": describe(trainer),
         "global_batch_size": training_args.per_device_train_batch_size
         * training_args.gradient_accumulation_steps
         * trainer.accelerator.num_processes,
@@ -168,6 +170,7 @@ def write_outputs(trainer, processor, result, script_args, training_args, model_
             "hits": trainer.ref_cache.hits,
             "misses": trainer.ref_cache.misses,
             "reference_forwards": trainer.reference_forwards,
+            "entries_sent": trainer.ref_cache.sent,  # this process's entries shared with the others, each once
             "self_check": trainer.ref_cache_check,
         },
         "curves": CURVES if curves else None,

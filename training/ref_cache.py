@@ -77,7 +77,8 @@ class RefLogpCache:
         self.path = path
         self.parts = parts
         self.values: dict[str, tuple[float, float]] = {}
-        self.hits = self.misses = 0
+        self.unshared: dict[str, tuple[float, float]] = {}  # added here since the last merge across processes
+        self.hits = self.misses = self.sent = 0
         if path.is_file():
             table = pq.read_table(path)
             self.values = dict(
@@ -102,7 +103,20 @@ class RefLogpCache:
 
     def add(self, keys: list[str], chosen: list[float], rejected: list[float]) -> None:
         """Record reference log-probs for ``keys``."""
-        self.values.update(zip(keys, zip(chosen, rejected)))
+        entries = dict(zip(keys, zip(chosen, rejected)))
+        self.values.update(entries)
+        self.unshared.update(entries)
+
+    def take_unshared(self) -> dict[str, tuple[float, float]]:
+        """The entries this process added since the last call (what a merge across processes sends), counted."""
+        entries, self.unshared = self.unshared, {}
+        self.sent += len(entries)
+        return entries
+
+    def merge(self, parts: list[dict[str, tuple[float, float]]]) -> None:
+        """Add every process's new entries (as received from a merge), not to be sent on again."""
+        for part in parts:
+            self.values.update(part)
 
     def save(self) -> None:
         """Write the file atomically, with the namespace parts as metadata for humans."""

@@ -28,6 +28,7 @@ from trl import DPOTrainer
 
 from vlfeedback_kit.training import compat
 from vlfeedback_kit.training.activations import LoraInputSharing, enable_checkpoint_policy, lora_dropout_active
+from vlfeedback_kit.training.distributed import lora_input_sharing_allowed, settle_launch, shards_parameters
 from vlfeedback_kit.training.families import check_speedups, enabled_speedups, family_of
 from vlfeedback_kit.training.freeze import assert_no_vision_lora, freeze_vision
 from vlfeedback_kit.training.init_adapter import starting_policy
@@ -161,6 +162,11 @@ class SilkieDPOTrainer(DPOTrainer):
         if ref_cache is not None:
             self.add_callback(_ShareCacheEachEpoch(self))
 
+    def create_accelerator_and_postprocess(self) -> None:
+        """transformers' accelerator, made FSDP2 on CPUs when the launch asks for FSDP2 (:mod:`.distributed`)."""
+        super().create_accelerator_and_postprocess()
+        settle_launch(self)
+
     def _check_internals(self, cached: bool) -> None:
         """Refuse, before any step, a TRL / transformers version whose internals an enabled speedup needs and lacks
         (:mod:`.compat`), and prompt-prefix sharing where it would do nothing (rows without images)."""
@@ -185,8 +191,8 @@ class SilkieDPOTrainer(DPOTrainer):
         self._share_inputs = (
             getattr(self.args, "share_lora_inputs", True)
             and compat.autocast_active(self.accelerator)  # the forward runs under torch autocast
-            and not self.is_deepspeed_enabled
             and not lora_dropout_active(self.model)
+            and lora_input_sharing_allowed(self)  # off, with the reason, under DeepSpeed / FSDP
         )
         self._lora_inputs = LoraInputSharing(self.model)
         if self._share_inputs:
@@ -260,9 +266,11 @@ class SilkieDPOTrainer(DPOTrainer):
         from huggingface_hub.utils import tqdm
         from torch.utils.data import DataLoader
 
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+        if shards_parameters(self):  # ZeRO-3, FSDP; ZeRO-2 keeps whole parameters on every rank
             logger.warning("reference cache: sharded model, filling the cache during the first epoch instead")
             return 0
+        if self.is_deepspeed_enabled:  # ZeRO-1/2: transformers leaves placing the model to DeepSpeed's engine
+            self.model.to(self.accelerator.device)
         keys = self.train_dataset[PAIR_KEY]
         missing = [i for i, key in enumerate(keys) if key not in self.ref_cache.values]
         if not missing:
@@ -303,13 +311,12 @@ class SilkieDPOTrainer(DPOTrainer):
         return self.ref_model if self.ref_model is not None else model
 
     def _gather_cache(self) -> None:
-        """Share every process's new cache entries with all processes."""
+        """Share every process's new cache entries with all processes (each entry crosses once)."""
         if self.accelerator.num_processes == 1:
             return
         from accelerate.utils import gather_object
 
-        for part in gather_object([self.ref_cache.values]):
-            self.ref_cache.values.update(part)
+        self.ref_cache.merge(gather_object([self.ref_cache.take_unshared()]))  # only what is new since the last merge
 
     def compute_dtype(self) -> str:
         """The precision the reference forward runs in: the autocast dtype, else the model's weights."""
