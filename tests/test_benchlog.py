@@ -13,8 +13,8 @@ import pytest
 from vlfeedback_kit import benchlog
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCHES = ("builders.bench", "builders.pipeline.bench", "training.bench", "training.memory", "eval.bench",
-           "eval.arena.bench")  # fmt: skip
+BENCHES = ("builders.bench", "builders.pipeline.bench", "training.bench", "training.bench_scale", "training.memory",
+           "eval.bench", "eval.arena.bench", "rounds.bench")  # fmt: skip
 
 
 def lines(path: Path) -> list[dict]:
@@ -117,6 +117,6 @@ def test_benchmarks_md_commands_name_todays_modules_and_flags():
     for module, args in benches:
         assert module.startswith("vlfeedback_kit.") and module.removeprefix("vlfeedback_kit.") in BENCHES, module
         parsed = importlib.import_module(module).make_parser().parse_args(args)
-        if module.startswith("vlfeedback_kit.training.") and parsed.configs:
+        if getattr(parsed, "configs", None):
             assert set(parsed.configs.split(",")) <= set(CONFIGS), (module, args)
     assert "PYTHONPATH=$PWD/.site:$PWD" not in (ROOT / "BENCHMARKS.md").read_text()

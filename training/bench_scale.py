@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 from vlfeedback_kit.benchlog import Log, add_results_dir_argument
+from vlfeedback_kit.cli import Parser
 
 HERE = Path(__file__).parent
 GLOBAL_BATCH = 8
@@ -74,15 +75,20 @@ def launch(root: Path, name: str, steps: int, threads: int) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Time both launches and print/append one JSON line each."""
-    parser = argparse.ArgumentParser(prog="python -m vlfeedback_kit.training.bench_scale", description=__doc__)
+def make_parser() -> argparse.ArgumentParser:
+    """The benchmark's flags (BENCHMARKS.md's commands are checked against it)."""
+    parser = Parser(prog="python -m vlfeedback_kit.training.bench_scale", description=__doc__)
     parser.add_argument("--steps", type=int, default=6, help="optimizer steps per run (default 6)")
     parser.add_argument(
         "--threads", type=int, default=1, help="OMP_NUM_THREADS of every process (default 1, torchrun's default)"
     )
     add_results_dir_argument(parser)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Time both launches and print/append one JSON line each."""
+    args = make_parser().parse_args(argv)
     log = Log("vlfeedback_kit.training.bench_scale", argv, args.results_dir)
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
