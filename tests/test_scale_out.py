@@ -1,11 +1,15 @@
 """Scale-out on this machine, for real: FSDP2 over gloo with 2 CPU processes, two "nodes" (DDP and FSDP2, the Slurm
 script's launch among them), each ending in the adapter a one-process run of the same global batch gives."""
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -42,15 +46,57 @@ def environment() -> dict[str, str]:
     return {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
 
 
-def run_nodes(commands: list[list[str]], cwd: Path, env: dict[str, str] | None = None) -> list[str]:
-    """Start every command at once (one per "node"), wait for all; each must succeed. Their outputs."""
-    started = [
-        subprocess.Popen(
-            c, cwd=cwd, env=env or environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        for c in commands
-    ]
-    outputs = [process.communicate()[0] for process in started]
+def wait_for_listener(port: int, first: subprocess.Popen, deadline_s: float = 300.0) -> None:
+    """Until node 0 holds the rendezvous port. On one machine both "nodes" match the endpoint's host, so a node 1
+    that started first would host torch's c10d store on that port itself, and node 0's accelerate would then refuse
+    the port as in use; on real nodes only node 0's host matches."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline and first.poll() is None:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)  # polling for a state, not timing anything
+    raise AssertionError(f"node 0 did not listen on port {port} (exit code {first.poll()})")
+
+
+def run_nodes(commands: list[list[str]], cwd: Path, env: dict[str, str] | None = None, port: int | None = None,
+              limit_s: float = 600.0) -> list[str]:  # fmt: skip
+    """Start every command (one per "node"; with ``port``, the others once the first holds it) and wait for all;
+    each must succeed. A node that fails stops the others at once (a lone node would wait for its peer until the
+    rendezvous times out). Their outputs."""
+    with tempfile.TemporaryDirectory() as folder:
+        logs = [open(Path(folder) / f"node{i}.log", "w+") for i in range(len(commands))]  # noqa: SIM115
+        started = []
+        try:
+            for i, command in enumerate(commands):
+                started.append(
+                    subprocess.Popen(
+                        command,
+                        cwd=cwd,
+                        env=env or environment(),
+                        stdout=logs[i],
+                        stderr=subprocess.STDOUT,
+                        text=True,
+                        start_new_session=True,
+                    )  # fmt: skip
+                )
+                if i == 0 and port is not None and len(commands) > 1:
+                    wait_for_listener(port, started[0])
+            deadline = time.monotonic() + limit_s
+            while any(p.poll() is None for p in started):
+                if time.monotonic() > deadline or any(p.poll() not in (None, 0) for p in started):
+                    break
+                time.sleep(0.5)  # polling for exits, not timing anything
+        finally:
+            for process in started:  # each node with its launcher's workers (its own process group)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            outputs = []
+            for log in logs:
+                log.seek(0)
+                outputs.append(log.read())
+                log.close()
     for process, output in zip(started, outputs):
         assert process.returncode == 0, output[-3000:]
     return outputs
@@ -121,7 +167,8 @@ def two_node_command(config: str, rank: int, port: int, root: Path, name: str) -
 
 def test_two_nodes_fsdp2_end_in_the_one_node_adapter(workspace, one_process):  # noqa: F811
     port = free_port()
-    run_nodes([two_node_command("fsdp2.yaml", rank, port, workspace, "nodes-fsdp2") for rank in (0, 1)], workspace)
+    commands = [two_node_command("fsdp2.yaml", rank, port, workspace, "nodes-fsdp2") for rank in (0, 1)]
+    run_nodes(commands, workspace, port=port)
     out = workspace / "runs" / "nodes-fsdp2"
     distributed = json.loads((out / "run_info.json").read_text())["distributed"]
     assert distributed["num_machines"] == 2 and distributed["world_size"] == 2 and distributed["parameters_sharded"]
@@ -134,8 +181,14 @@ def test_slurm_script_two_ddp_nodes_end_in_the_one_node_adapter(workspace, one_p
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "srun").write_text(
-        '#!/bin/bash\nSLURM_PROCID=0 "$@" & first=$!\nSLURM_PROCID=1 "$@" & second=$!\n'
-        "wait $first; a=$?; wait $second; b=$?; exit $((a | b))\n"
+        # task 0 first, task 1 once task 0 holds the rendezvous port (on one machine either could host the c10d
+        # store; see wait_for_listener); the first task to fail stops the other
+        '#!/bin/bash\nSLURM_PROCID=0 "$@" & first=$!\n'
+        "for _ in $(seq 1500); do (echo > /dev/tcp/127.0.0.1/$MAIN_PROCESS_PORT) 2>/dev/null && break\n"
+        "  kill -0 $first 2>/dev/null || break; sleep 0.2; done\n"
+        'SLURM_PROCID=1 "$@" & second=$!\n'
+        "wait -n; rc=$?; if [ $rc -ne 0 ]; then kill $first $second 2>/dev/null; wait; exit $rc; fi\n"
+        "wait -n; exit $?\n"
     )
     (bin_dir / "scontrol").write_text("#!/bin/bash\necho 127.0.0.1\n")
     for tool in bin_dir.iterdir():
