@@ -53,6 +53,9 @@ def edit(path, **changes):
         ({"heldout": "prompts"}, "6 prompts (first: pmc-vqa-0) are also in prompts"),
         ({"eval": {"benchmarks": {"winrate": "x"}}}, "eval.benchmarks 'winrate': use mme, mmhal"),
         ({"eval": {"pick_by": "mme:perception"}}, "or BENCHMARK:KEY of a benchmark in eval.benchmarks"),
+        ({"eval": {"pick_order": "lowest"}}, "eval.pick_order must be one of max, min"),
+        ({"judge": {"base_url": ["http://a/v1", "http://a/v1"]}}, "judge.base_url: http://a/v1 is listed more than"),
+        ({"engine": "openai", "engine_base_url": [""]}, "engine_base_url: no base URL given"),
     ],
 )
 def test_a_bad_config_is_one_line_naming_the_key(rounds_yaml, tmp_path, capsys, changes, message):
@@ -127,10 +130,16 @@ def test_training_resumes_from_its_last_checkpoint(rounds_yaml, tmp_path):
 
 def test_a_run_folder_refuses_another_config_but_may_grow(rounds_yaml, tmp_path):
     out = tmp_path / "out"
+    judge = yaml.safe_load(rounds_yaml.read_text())["judge"]
     check_record(load_config(rounds_yaml), out)
     check_record(load_config(edit(rounds_yaml, rounds=5)), out)  # --rounds N extends a run
+    # where the judge is served may change (a replica added, a moved deployment): nothing a round computes changes
+    replicas = {"base_url": ["http://127.0.0.1:9/v1", "http://127.0.0.1:8/v1"], "concurrency": 4}
+    check_record(load_config(edit(rounds_yaml, judge=replicas)), out)
+    with pytest.raises(UserError, match=r"another config \(judge\.model changed\); .* judge and policy endpoints"):
+        check_record(load_config(edit(rounds_yaml, judge={"model": "another-judge"})), out)
     with pytest.raises(UserError, match=r"another config \(samples changed\)"):
-        check_record(load_config(edit(rounds_yaml, samples=3)), out)
+        check_record(load_config(edit(rounds_yaml, judge=judge, samples=3)), out)
 
 
 def test_engine_openai_samples_through_decode_with_one_member_per_sample(rounds_yaml, tmp_path, monkeypatch):
@@ -235,9 +244,18 @@ def test_a_built_folder_gives_its_train_prompts_and_held_out_test_split(tmp_path
 
 
 def test_the_best_round_by_a_benchmark_number():
-    from vlfeedback_kit.rounds.report import pick_value
+    from types import SimpleNamespace
+
+    from vlfeedback_kit.rounds.report import pick_value, summary
 
     record = {"eval": {"benchmarks": {"mme": {"perception": 120.5, "cognition": 40.0}}}}
     assert pick_value(record, "mme:perception") == 120.5
+    config = SimpleNamespace(eval=SimpleNamespace(pick_by="mmhal:hallucination_rate", pick_order="min"))
+    records = [{"round": k, "pairs": 1, "eval": {"vs_base": {}, "vs_previous": {}, "mean_words": {},
+                                                 "benchmarks": {"mmhal": {"hallucination_rate": rate}}}}
+               for k, rate in ((1, 0.40), (2, 0.31), (3, 0.35))]  # fmt: skip
+    assert summary(records, config)["best_round"] == 2  # the lowest rate, where lower is better
+    config.eval.pick_order = "max"
+    assert summary(records, config)["best_round"] == 1
     with pytest.raises(UserError, match=r"mme's scores have no number 'total' \(they have perception, cognition\)"):
         pick_value(record, "mme:total")

@@ -26,6 +26,7 @@ from vlfeedback_kit.errors import UserError
 ENGINES = ("transformers", "openai")
 REFERENCES = ("base", "init")
 PICK_BY = ("winrate_vs_base", "winrate_vs_previous")
+PICK_ORDERS = ("max", "min")
 """What chooses the best round: its judged win rate vs the base, or vs the previous round (or a benchmark's number,
 ``BENCHMARK:KEY``)."""
 
@@ -44,7 +45,9 @@ class Generation:
 class Judge:
     """The judge: any OpenAI-compatible endpoint, with ``annotate``'s limits; it also gives the win-rate verdicts."""
 
-    base_url: str = "https://api.openai.com/v1"
+    base_url: str | list[str] = "https://api.openai.com/v1"
+    """One URL, or the replicas of one deployment (a YAML list, or comma-separated): requests spread over them, each
+    with its own breaker, as ``annotate --base-url A,B``."""
     model: str = "gpt-4o"
     api_key_env: str = "OPENAI_API_KEY"
     concurrency: int = 16
@@ -84,7 +87,10 @@ class Eval:
 
     pick_by: str = "winrate_vs_base"
     """``winrate_vs_base``, ``winrate_vs_previous``, or ``BENCHMARK:KEY`` (a number in that benchmark's scores,
-    e.g. ``mme:perception``; higher is better)."""
+    e.g. ``mme:perception``)."""
+    pick_order: str = "max"
+    """``max`` (higher is better) or ``min``, for a ``pick_by`` number where lower is better (e.g. a hallucination
+    or attack-success rate)."""
     max_new_tokens: int | None = None
     """Answer length of the held-out answers (default: ``generation.max_new_tokens``); they are greedy."""
     benchmarks: dict = field(default_factory=dict)
@@ -105,8 +111,9 @@ class RoundsConfig:
     rounds: int = 3
     samples: int = 4
     engine: str = "transformers"
-    engine_base_url: str | None = None
-    """``--engine openai``: the vLLM server serving the base and each round's adapter by name."""
+    engine_base_url: str | list[str] | None = None
+    """``--engine openai``: the vLLM server serving the base and each round's adapter by name (or its replicas, as a
+    list)."""
     engine_api_key_env: str | None = None
     batch_size: int = 8
     dtype: str = "auto"
@@ -212,6 +219,7 @@ def check(config: RoundsConfig, where: str) -> None:
         f"eval.pick_by must be one of {', '.join(PICK_BY)}, or BENCHMARK:KEY of a benchmark in eval.benchmarks "
         "(e.g. mme:perception)": config.eval.pick_by not in PICK_BY
         and config.eval.pick_by.partition(":")[0] not in config.eval.benchmarks,
+        f"eval.pick_order must be one of {', '.join(PICK_ORDERS)}": config.eval.pick_order not in PICK_ORDERS,
         "eval.benchmarks must map a benchmark to its data, e.g. {mme: MME_Benchmark_release_version}": not isinstance(
             config.eval.benchmarks, dict
         ),
@@ -219,6 +227,11 @@ def check(config: RoundsConfig, where: str) -> None:
     for message, failed in problems.items():
         if failed:
             raise UserError(f"{where}: {message}")
+    from vlfeedback_kit.builders.pipeline.endpoint import base_urls
+
+    base_urls(config.judge.base_url, f"{where}: judge.base_url")  # one URL or replicas, each listed once
+    if config.engine == "openai":
+        base_urls(config.engine_base_url, f"{where}: engine_base_url")
     from vlfeedback_kit.eval.scoring import BENCHMARKS
 
     unknown = sorted(set(config.eval.benchmarks) - set(BENCHMARKS) | ({"winrate"} & set(config.eval.benchmarks)))

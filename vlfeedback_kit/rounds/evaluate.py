@@ -87,7 +87,8 @@ def judge_config(config: RoundsConfig):
     from vlfeedback_kit.eval.judging import JudgeConfig
 
     judge = config.judge
-    return JudgeConfig(model=judge.model, base_url=judge.base_url, api_key_env=judge.api_key_env,
+    urls = judge.base_url if isinstance(judge.base_url, str) else tuple(judge.base_url)
+    return JudgeConfig(model=judge.model, base_url=urls, api_key_env=judge.api_key_env,
                        concurrency=judge.concurrency, prices=Path(judge.prices) if judge.prices else None)  # fmt: skip
 
 

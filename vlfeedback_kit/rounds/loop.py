@@ -30,8 +30,17 @@ from vlfeedback_kit.rounds.config import RoundsConfig
 
 STAGES = ("generate", "judge", "build", "train", "evaluate")
 CONFIG_RECORD = "config.json"
-RESUMABLE_KEYS = ("rounds",)
-"""Config keys a re-run may change (``--rounds N`` extends a finished run); any other change is refused."""
+RESUMABLE_KEYS = ("rounds", "engine_base_url", "judge.base_url", "judge.concurrency")
+"""Config keys a re-run may change: ``--rounds N`` extends a finished run, and where the judge and the policy are
+served (a moved deployment, a replica added) changes nothing a round computes; any other change is refused."""
+
+
+def comparable(config: dict) -> dict:
+    """The config as ``section.key`` entries, less what a re-run may change."""
+    flat = {f"{k}.{key}": v for k, section in config.items() if isinstance(section, dict)
+            for key, v in section.items()}  # fmt: skip
+    flat |= {k: v for k, v in config.items() if not isinstance(v, dict)}
+    return {k: v for k, v in flat.items() if k not in RESUMABLE_KEYS}
 
 
 def public_name(value: str | None) -> str | None:
@@ -69,14 +78,15 @@ def label_of(config: RoundsConfig, k: int) -> str:
 def check_record(config: RoundsConfig, out: Path) -> None:
     """Refuse to continue ``out`` with another config (besides ``rounds``): its rounds would mix two setups."""
     path = out / CONFIG_RECORD
-    current = {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_KEYS}
+    current = comparable(config.to_dict())
     if path.is_file():
-        recorded = {k: v for k, v in json.loads(path.read_text(encoding="utf-8")).items() if k not in RESUMABLE_KEYS}
+        recorded = comparable(json.loads(path.read_text(encoding="utf-8")))
         changed = sorted(k for k in current.keys() | recorded.keys() if current.get(k) != recorded.get(k))
         if changed:
             raise UserError(
                 f"--out {out} was started with another config ({', '.join(changed)} changed); re-run with the same "
-                "config (only `rounds`/--rounds may grow), or choose a new --out"
+                "config (only `rounds`/--rounds may grow, and the judge and policy endpoints move), or choose a "
+                "new --out"
             )
     write_json(path, config.to_dict())
 

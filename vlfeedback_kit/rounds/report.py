@@ -33,11 +33,13 @@ def pick_value(record: dict, pick_by: str) -> float:
 
 def summary(records: list[dict], config: RoundsConfig) -> dict:
     """The rounds' win rates and the best round by ``eval.pick_by``."""
-    best = max(records, key=lambda r: (pick_value(r, config.eval.pick_by), -r["round"]))
+    sign = -1 if config.eval.pick_order == "min" else 1
+    best = max(records, key=lambda r: (sign * pick_value(r, config.eval.pick_by), -r["round"]))
     return {"rounds": [{"round": r["round"], "pairs": r["pairs"], "vs_base": r["eval"]["vs_base"],
                         "vs_previous": r["eval"]["vs_previous"], "mean_words": r["eval"]["mean_words"]}
                        for r in records],
-            "best_round": best["round"], "pick_by": config.eval.pick_by}  # fmt: skip
+            "best_round": best["round"], "pick_by": config.eval.pick_by,
+            "pick_order": config.eval.pick_order}  # fmt: skip
 
 
 def _cell(result: dict) -> str:
@@ -111,7 +113,8 @@ def write_report(out: Path, records: list[dict], config: RoundsConfig, base: dic
                      f"{_cell(r['eval']['vs_previous'])} | {words[label]:.1f} / "
                      f"{words['base']:.1f} |")  # fmt: skip
     lines += benchmark_lines(records, base or {})
-    lines += ["", f"Best round by {config.eval.pick_by}: **round {result['best_round']}** "
+    order = " (lowest)" if config.eval.pick_order == "min" else ""
+    lines += ["", f"Best round by {config.eval.pick_by}{order}: **round {result['best_round']}** "
               f"(`round-{result['best_round']}/run`).", "", f"![win rates across rounds]({PLOT})", ""]  # fmt: skip
     write_text(out / "report.md", "\n".join(lines))
     write_json(out / "report.json", {**result, "base_benchmarks": base or {}})
