@@ -65,26 +65,18 @@ def run_nodes(commands: list[list[str]], cwd: Path, env: dict[str, str] | None =
     each must succeed. A node that fails stops the others at once (a lone node would wait for its peer until the
     rendezvous times out). Their outputs."""
     with tempfile.TemporaryDirectory() as folder:
-        logs = [open(Path(folder) / f"node{i}.log", "w+") for i in range(len(commands))]  # noqa: SIM115
+        logs = [Path(folder) / f"node{i}.log" for i in range(len(commands))]
         started = []
         try:
             for i, command in enumerate(commands):
-                started.append(
-                    subprocess.Popen(
-                        command,
-                        cwd=cwd,
-                        env=env or environment(),
-                        stdout=logs[i],
-                        stderr=subprocess.STDOUT,
-                        text=True,
-                        start_new_session=True,
-                    )  # fmt: skip
-                )
+                with logs[i].open("w") as log:  # the child keeps its own copy of the descriptor
+                    started.append(subprocess.Popen(command, cwd=cwd, env=env or environment(), stdout=log,
+                                                    stderr=subprocess.STDOUT, start_new_session=True))  # fmt: skip
                 if i == 0 and port is not None and len(commands) > 1:
                     wait_for_listener(port, started[0])
             deadline = time.monotonic() + limit_s
-            while any(p.poll() is None for p in started):
-                if time.monotonic() > deadline or any(p.poll() not in (None, 0) for p in started):
+            while any(p.poll() is None for p in started) and time.monotonic() < deadline:
+                if any(p.poll() not in (None, 0) for p in started):
                     break
                 time.sleep(0.5)  # polling for exits, not timing anything
         finally:
@@ -92,11 +84,7 @@ def run_nodes(commands: list[list[str]], cwd: Path, env: dict[str, str] | None =
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-            outputs = []
-            for log in logs:
-                log.seek(0)
-                outputs.append(log.read())
-                log.close()
+        outputs = [log.read_text(errors="replace") for log in logs[: len(started)]]
     for process, output in zip(started, outputs):
         assert process.returncode == 0, output[-3000:]
     return outputs

@@ -26,9 +26,10 @@ from vlfeedback_kit.errors import UserError
 ENGINES = ("transformers", "openai")
 REFERENCES = ("base", "init")
 PICK_BY = ("winrate_vs_base", "winrate_vs_previous")
-PICK_ORDERS = ("max", "min")
 """What chooses the best round: its judged win rate vs the base, or vs the previous round (or a benchmark's number,
 ``BENCHMARK:KEY``)."""
+PICK_ORDERS = ("max", "min")
+"""Whether the best round has the highest ``pick_by`` number or the lowest."""
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,8 @@ def label_of(config: RoundsConfig, k: int) -> str:
 
 
 def check_record(config: RoundsConfig, out: Path) -> None:
-    """Refuse to continue ``out`` with another config (besides ``rounds``): its rounds would mix two setups."""
+    """Refuse to continue ``out`` with another config (besides :data:`RESUMABLE_KEYS`): its rounds would mix two
+    setups."""
     path = out / CONFIG_RECORD
     current = comparable(config.to_dict())
     if path.is_file():
